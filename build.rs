@@ -1,0 +1,21 @@
+//! Compiles meshless's own protos with meshless-build: the wire contract for the library, and
+//! the example and test protos for `examples/` and `tests/`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The library's own messages: generated here, used by everyone else through `meshless::v1`.
+    meshless_build::configure()
+        .generate_meshless_proto(true)
+        .include_file("_meshless_v1_includes.rs")
+        .compile_protos(&["proto/meshless/v1/meshless.proto"], &["proto"])?;
+
+    // Example and test services, as a user's crate would compile them.
+    meshless_build::configure().compile_protos(
+        &[
+            "proto/signup/v1/users.proto",
+            "proto/testing/v1/echo.proto",
+            "proto/testing/v1/shop.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}

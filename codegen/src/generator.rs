@@ -1,0 +1,80 @@
+//! The prost-build `ServiceGenerator` that writes, per service, tonic's stubs (with their paths
+//! pointed at `meshless`'s re-exports) followed by meshless's own handler, service and client.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use proc_macro2::{Literal, TokenStream};
+use quote::quote;
+
+use crate::compile::Compiled;
+use crate::model::Service;
+use crate::{client, rewrite, server};
+
+pub(crate) struct Generator {
+    tonic: Box<dyn prost_build::ServiceGenerator>,
+    compiled: Rc<Compiled>,
+    build_client: bool,
+    build_server: bool,
+    /// Packages whose module already holds `FILE_DESCRIPTOR_SET`.
+    packages_with_descriptors: BTreeSet<String>,
+}
+
+impl Generator {
+    pub(crate) fn new(
+        tonic: Box<dyn prost_build::ServiceGenerator>,
+        compiled: Rc<Compiled>,
+        build_client: bool,
+        build_server: bool,
+    ) -> Self {
+        Self {
+            tonic,
+            compiled,
+            build_client,
+            build_server,
+            packages_with_descriptors: BTreeSet::new(),
+        }
+    }
+}
+
+impl prost_build::ServiceGenerator for Generator {
+    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        let model = Service::new(&self.compiled, &service);
+
+        let mut tonic_code = String::new();
+        self.tonic.generate(service, &mut tonic_code);
+        // tonic's own output is prettyplease-formatted Rust, so it always tokenizes.
+        let tonic_tokens: TokenStream = tonic_code
+            .parse()
+            .unwrap_or_else(|e| panic!("meshless-build: tonic-build output does not parse: {e}"));
+        let tonic_tokens = rewrite::tonic_paths(tonic_tokens);
+
+        let handler = self.build_server.then(|| server::generate(&model));
+        let client = self.build_client.then(|| client::generate(&model));
+        let tokens = quote! {
+            #tonic_tokens
+            #handler
+            #client
+        };
+        buf.push_str(&tokens.to_string());
+        buf.push('\n');
+    }
+
+    fn finalize(&mut self, buf: &mut String) {
+        self.tonic.finalize(buf);
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        self.tonic.finalize_package(package, buf);
+        if self.build_server && self.packages_with_descriptors.insert(package.to_owned()) {
+            let bytes = Literal::byte_string(&self.compiled.encoded_for_reflection);
+            let tokens = quote! {
+                /// The encoded `FileDescriptorSet` of the `.proto` files this package was
+                /// generated from, and their imports: served by gRPC server reflection.
+                pub const FILE_DESCRIPTOR_SET: &[u8] = #bytes;
+            };
+            buf.push_str(&tokens.to_string());
+            buf.push('\n');
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What the generators need to know about a service, gathered from prost-build's view (Rust
+//! names and types) and the descriptor pool (custom options).
+
+use prost_reflect::{MethodDescriptor, Value};
+
+use crate::compile::Compiled;
+
+/// Full name of the request message of every event RPC.
+pub(crate) const SUBSCRIBE_MESSAGE: &str = "meshless.v1.Subscribe";
+/// Full name of the method option that marks event RPCs.
+pub(crate) const EVENT_EXTENSION: &str = "meshless.v1.event";
+/// Field number that carries event metadata in every event message.
+pub(crate) const EVENT_METADATA_FIELD: u32 = 536_870_000;
+
+/// The options of an event RPC, read from `option (meshless.v1.event)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventOptions {
+    /// `retain`, 0 when unset (the runtime's default applies).
+    pub(crate) retain: u64,
+}
+
+/// The event options of `method`, or `None` when it is not an event RPC.
+pub(crate) fn event_options(compiled: &Compiled, method: &MethodDescriptor) -> Option<EventOptions> {
+    let extension = compiled.pool.get_extension_by_name(EVENT_EXTENSION)?;
+    let options = method.options();
+    if !options.has_extension(&extension) {
+        return None;
+    }
+    let retain = match &*options.get_extension(&extension) {
+        Value::Message(message) => message
+            .get_field_by_name("retain")
+            .and_then(|value| value.as_u64())
+            .unwrap_or(0),
+        _ => 0,
+    };
+    Some(EventOptions { retain })
+}
+
+/// How a method is called and served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Streaming,
+    /// A server-streaming RPC marked `option (meshless.v1.event)`: served by the framework.
+    Event(EventOptions),
+}
+
+/// One RPC of a service, as the generators see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Method {
+    /// The name in the `.proto` file, `SignUp`.
+    pub(crate) proto_name: String,
+    /// The Rust method name, `sign_up`.
+    pub(crate) name: String,
+    /// Rust paths of the request and response messages, relative to the package module.
+    pub(crate) input_type: String,
+    pub(crate) output_type: String,
+    pub(crate) shape: Shape,
+    /// Doc comment lines from the `.proto` file.
+    pub(crate) docs: Vec<String>,
+    pub(crate) deprecated: bool,
+}
+
+/// One service, as the generators see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    /// The name in the `.proto` file, `Users`.
+    pub(crate) proto_name: String,
+    /// `package.Service`, the gRPC service name.
+    pub(crate) full_name: String,
+    /// The Rust module tonic generates for its server, `users_server`.
+    pub(crate) tonic_server_module: String,
+    /// The Rust module tonic generates for its client, `users_client`.
+    pub(crate) tonic_client_module: String,
+    pub(crate) docs: Vec<String>,
+    pub(crate) methods: Vec<Method>,
+}
+
+impl Service {
+    pub(crate) fn new(compiled: &Compiled, service: &prost_build::Service) -> Self {
+        let full_name = if service.package.is_empty() {
+            service.proto_name.clone()
+        } else {
+            format!("{}.{}", service.package, service.proto_name)
+        };
+        let descriptor = compiled.pool.get_service_by_name(&full_name);
+        let methods = service
+            .methods
+            .iter()
+            .map(|method| {
+                let event = descriptor
+                    .as_ref()
+                    .and_then(|d| d.methods().find(|m| m.name() == method.proto_name))
+                    .and_then(|m| event_options(compiled, &m));
+                let shape = match (event, method.client_streaming, method.server_streaming) {
+                    (Some(options), false, true) => Shape::Event(options),
+                    (_, false, false) => Shape::Unary,
+                    (_, false, true) => Shape::ServerStreaming,
+                    (_, true, false) => Shape::ClientStreaming,
+                    (_, true, true) => Shape::Streaming,
+                };
+                Method {
+                    proto_name: method.proto_name.clone(),
+                    name: method.name.clone(),
+                    input_type: method.input_type.clone(),
+                    output_type: method.output_type.clone(),
+                    shape,
+                    docs: doc_lines(&method.comments),
+                    deprecated: method.options.deprecated(),
+                }
+            })
+            .collect();
+        let snake = to_snake_case(&service.name);
+        Self {
+            proto_name: service.proto_name.clone(),
+            full_name,
+            tonic_server_module: format!("{snake}_server"),
+            tonic_client_module: format!("{snake}_client"),
+            docs: doc_lines(&service.comments),
+            methods,
+        }
+    }
+
+    pub(crate) fn has_events(&self) -> bool {
+        self.methods.iter().any(|m| matches!(m.shape, Shape::Event(_)))
+    }
+}
+
+fn doc_lines(comments: &prost_build::Comments) -> Vec<String> {
+    comments
+        .leading
+        .iter()
+        .chain(&comments.trailing)
+        .map(|line| line.strip_prefix(' ').unwrap_or(line).to_owned())
+        .collect()
+}
+
+/// `UsersService` -> `users_service`, exactly as tonic-build names its modules.
+fn to_snake_case(name: &str) -> String {
+    let mut snake = String::with_capacity(name.len() + 4);
+    let mut chars = name.chars().peekable();
+    while let Some(ch) = chars.next() {
+        snake.push(ch.to_ascii_lowercase());
+        if chars.peek().is_some_and(|next| next.is_uppercase()) {
+            snake.push('_');
+        }
+    }
+    snake
+}

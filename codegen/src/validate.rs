@@ -1,0 +1,129 @@
+//! Rules that valid protobuf must also follow to be a meshless service, checked before any
+//! code is generated so that mistakes surface as `file:line:col` errors, not as rustc errors
+//! inside generated code.
+
+use prost_reflect::{MethodDescriptor, ServiceDescriptor};
+
+use crate::compile::{place, source_text, Compiled};
+use crate::model::{event_options, EVENT_METADATA_FIELD, SUBSCRIBE_MESSAGE};
+use crate::{Error, ErrorKind};
+
+// Field numbers in descriptor.proto, for source locations.
+const FILE_SERVICE: i32 = 6;
+const SERVICE_METHOD: i32 = 2;
+const METHOD_INPUT_TYPE: i32 = 2;
+const METHOD_OUTPUT_TYPE: i32 = 3;
+
+/// Checks every service of the files that code is generated for; all problems are reported
+/// together, one per line.
+pub(crate) fn validate(compiled: &Compiled) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    for file in &compiled.to_generate.file {
+        let Some(file) = compiled.pool.get_file_by_name(file.name()) else {
+            continue;
+        };
+        for service in file.services() {
+            check_service(compiled, &service, &mut problems);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::Rule, problems.join("\n")))
+    }
+}
+
+fn check_service(compiled: &Compiled, service: &ServiceDescriptor, problems: &mut Vec<String>) {
+    let file = service.parent_file();
+    for method in service.methods() {
+        let method_path = [FILE_SERVICE, service.index() as i32, SERVICE_METHOD, method.index() as i32];
+        let here = place(compiled, &file, &method_path);
+
+        for (field, written_path) in [
+            (METHOD_INPUT_TYPE, "request"),
+            (METHOD_OUTPUT_TYPE, "response"),
+        ] {
+            let type_path = [&method_path[..], &[field]].concat();
+            if let Some(problem) = shadowed_type(compiled, service, &method, &type_path, written_path) {
+                problems.push(format!("{}: {problem}", place(compiled, &file, &type_path)));
+            }
+        }
+
+        let Some(_) = event_options(compiled, &method) else {
+            continue;
+        };
+        let name = method.name();
+        if method.is_client_streaming() || !method.is_server_streaming() {
+            problems.push(format!(
+                "{here}: rpc `{name}` has `option (meshless.v1.event)` but is not a server-streaming RPC\n  \
+                 help: declare it as `rpc {name}({SUBSCRIBE_MESSAGE}) returns (stream {}) {{ option (meshless.v1.event) = {{}}; }}`",
+                method.output().name()
+            ));
+            continue;
+        }
+        if method.input().full_name() != SUBSCRIBE_MESSAGE {
+            problems.push(format!(
+                "{here}: event rpc `{name}` takes `{}`, but event RPCs take `{SUBSCRIBE_MESSAGE}`\n  \
+                 help: declare it as `rpc {name}({SUBSCRIBE_MESSAGE}) returns (stream {})`",
+                method.input().full_name(),
+                method.output().name()
+            ));
+        }
+        let event = method.output();
+        if let Some(field) = event.get_field(EVENT_METADATA_FIELD) {
+            let field_path = field.path().to_vec();
+            problems.push(format!(
+                "{}: field `{}` of event message `{}` uses number {EVENT_METADATA_FIELD}, which \
+                 meshless reserves for event metadata\n  help: give the field another number",
+                place(compiled, &event.parent_file(), &field_path),
+                field.name(),
+                event.full_name(),
+            ));
+        }
+    }
+}
+
+/// protoc looks a type name up in the service's scope first, where an rpc of the same name
+/// hides the message: `returns (stream UserSignedUp)` next to `rpc UserSignedUp` is accepted by
+/// protox but rejected by protoc ("is not a message type"), and so by other languages' tools.
+fn shadowed_type(
+    compiled: &Compiled,
+    service: &ServiceDescriptor,
+    method: &MethodDescriptor,
+    type_path: &[i32],
+    role: &str,
+) -> Option<String> {
+    let message = if role == "request" {
+        method.input()
+    } else {
+        method.output()
+    };
+    let written = source_text(compiled, &service.parent_file(), type_path)
+        .map(|text| {
+            let text = text.trim();
+            text.strip_prefix("stream ").unwrap_or(text).trim().to_owned()
+        })
+        .unwrap_or_else(|| {
+            let package = service.package_name();
+            let full = message.full_name();
+            full.strip_prefix(package)
+                .map(|rest| rest.trim_start_matches('.'))
+                .unwrap_or(full)
+                .to_owned()
+        });
+    if written.starts_with('.') {
+        return None;
+    }
+    let first = written.split('.').next()?;
+    let shadowing = service.methods().find(|m| m.name() == first)?;
+    Some(format!(
+        "the {role} type `{written}` of rpc `{}` has the name of rpc `{}` in the same service: \
+         protoc (and every other language's tooling) resolves it to the rpc and rejects the file\n  \
+         help: rename the message (for example `{}Event`) or the rpc, or write the type fully \
+         qualified as `.{}`",
+        method.name(),
+        shadowing.name(),
+        message.name(),
+        message.full_name(),
+    ))
+}

@@ -1,0 +1,134 @@
+//! One instance of a target: its connection, its state, and its load.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+use tonic::transport::{Channel as TonicChannel, Endpoint};
+
+/// The life of an instance's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    /// The first connection attempt is under way.
+    Connecting = 0,
+    /// Connected: calls may be sent.
+    Ready = 1,
+    /// The connection failed or broke; it is being remade with backoff. Not picked.
+    Failed = 2,
+}
+
+pub(crate) struct Instance {
+    /// How the instance is named in logs and errors: `127.0.0.1:50051`.
+    pub(crate) key: String,
+    pub(crate) endpoint: Endpoint,
+    state: AtomicU8,
+    channel: ArcSwapOption<TonicChannel>,
+    in_flight: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    /// Wakes the connection task: a failure was reported, or the instance was removed.
+    pub(crate) wake: Notify,
+    removed: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("key", &self.key)
+            .field("state", &self.state())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Instance {
+    pub(crate) fn new(key: String, endpoint: Endpoint) -> Self {
+        Self {
+            key,
+            endpoint,
+            state: AtomicU8::new(State::Connecting as u8),
+            channel: ArcSwapOption::empty(),
+            in_flight: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            wake: Notify::new(),
+            removed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Connecting,
+            1 => State::Ready,
+            _ => State::Failed,
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The connection, when the instance is ready.
+    pub(crate) fn channel(&self) -> Option<TonicChannel> {
+        self.channel.load().as_deref().cloned()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    pub(crate) fn connected(&self, channel: TonicChannel) {
+        self.channel.store(Some(Arc::new(channel)));
+        self.state.store(State::Ready as u8, Ordering::Release);
+    }
+
+    pub(crate) fn connect_failed(&self, error: String) {
+        self.channel.store(None);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+        self.state.store(State::Failed as u8, Ordering::Release);
+    }
+
+    /// Marks a ready instance failed after a call could not be sent on its connection.
+    /// Returns whether this call made the change (only one reporter wakes the task).
+    pub(crate) fn report_failure(&self, error: String) -> bool {
+        let changed = self
+            .state
+            .compare_exchange(State::Ready as u8, State::Failed as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if changed {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(error);
+            }
+            self.wake.notify_one();
+        }
+        changed
+    }
+
+    pub(crate) fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Counts a call in flight until the guard is dropped.
+    pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A call in flight on an instance; dropping it ends the call.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Instance>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,188 @@
+//! [`Channel`]: one client-side view of all the instances of a target.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::transport::Endpoint;
+use tower::ServiceExt;
+
+use super::deadline::grpc_timeout;
+use crate::balance::{InstanceSet, Settings};
+use crate::{Error, Target};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future of a call through a [`Channel`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
+
+/// Calls to a target, spread over its instances.
+///
+/// A `Channel` keeps one HTTP/2 connection per instance of its [`Target`] and sends each call
+/// to one ready instance, chosen by power of two choices over the calls in flight. An
+/// instance whose connection fails is not picked until it has reconnected.
+///
+/// When no instance is ready, a call waits for one while connections are still being made,
+/// at most its own deadline or [`ChannelBuilder::wait_timeout`], and then fails with
+/// `UNAVAILABLE`, naming the target and why. It never hangs.
+///
+/// Generated clients take a `Channel`; it is also a tower `Service` usable with any tonic
+/// client. Clones are cheap and share the connections.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), meshless::Error> {
+/// let channel = meshless::Channel::connect("ipv4:10.0.0.1:50051,10.0.0.2:50051").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Channel {
+    instances: Arc<InstanceSet>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("target", &self.instances.target())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// A channel to `target` with the default settings. See [`ChannelBuilder`].
+    pub async fn connect(target: &str) -> Result<Self, Error> {
+        Self::builder().connect(target).await
+    }
+
+    /// Settings for a channel.
+    pub fn builder() -> ChannelBuilder {
+        ChannelBuilder::default()
+    }
+
+    /// The target this channel calls, as it was given.
+    pub fn target(&self) -> &str {
+        self.instances.target()
+    }
+}
+
+/// Settings of a [`Channel`]; start with [`Channel::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ChannelBuilder {
+    connect_timeout: Duration,
+    wait_timeout: Duration,
+    reconnect_backoff: Duration,
+    reconnect_backoff_max: Duration,
+}
+
+impl Default for ChannelBuilder {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(10),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ChannelBuilder {
+    /// How long one connection attempt to an instance may take. Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for an instance to become ready when none is, if its own
+    /// deadline does not come first. Default: 10 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// The first and the longest pause between attempts to reconnect a failed instance; the
+    /// pause doubles after each failed attempt, with up to 20% jitter. Default: 100 ms and 5 s.
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = first;
+        self.reconnect_backoff_max = max.max(first);
+        self
+    }
+
+    /// Builds the channel and starts connecting to the target's instances in the background;
+    /// it does not wait for the connections. Must run within a Tokio runtime.
+    ///
+    /// Fails when the target does not parse. `dns:` and `dns+srv:` targets parse but are not
+    /// resolved by this version of meshless yet.
+    pub async fn connect(self, target: &str) -> Result<Channel, Error> {
+        let parsed: Target = target.parse()?;
+        let settings = Settings {
+            connect_timeout: self.connect_timeout,
+            wait_timeout: self.wait_timeout,
+            reconnect_backoff: self.reconnect_backoff,
+            reconnect_backoff_max: self.reconnect_backoff_max,
+        };
+        let instances = InstanceSet::new(target.to_owned(), settings);
+        match parsed {
+            Target::Static(addrs) => {
+                for addr in addrs {
+                    instances.insert(addr.to_string(), endpoint(&format!("http://{addr}"))?);
+                }
+            }
+            Target::Http { host, port } => {
+                let key = format!("{host}:{port}");
+                instances.insert(key.clone(), endpoint(&format!("http://{key}"))?);
+            }
+            Target::Dns { .. } | Target::DnsSrv { .. } => {
+                return Err(Error::unsupported(format!(
+                    "target `{target}`: DNS discovery is not available in this version of meshless; \
+                     use ipv4:, ipv6: or http:// targets"
+                )));
+            }
+        }
+        Ok(Channel { instances })
+    }
+}
+
+fn endpoint(uri: &str) -> Result<Endpoint, Error> {
+    Endpoint::from_shared(uri.to_owned()).map_err(Error::transport)
+}
+
+impl tower_service::Service<http::Request<Body>> for Channel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is decided per call, when an instance is picked.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let instances = self.instances.clone();
+        Box::pin(async move {
+            let deadline = grpc_timeout(&request).map(|t| tokio::time::Instant::now() + t);
+            let (instance, _in_flight) = instances.pick(deadline).await?;
+            let Some(channel) = instance.channel() else {
+                // The instance failed between the pick and now.
+                return Err(tonic::Status::unavailable(format!(
+                    "instance {} of `{}` lost its connection",
+                    instance.key,
+                    instances.target()
+                ))
+                .into());
+            };
+            match channel.oneshot(request).await {
+                Ok(response) => Ok(response),
+                Err(error) => {
+                    let text = crate::balance::error_chain(&error);
+                    instances.report_failure(&instance, text);
+                    Err(error.into())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! meshless: gRPC microservices with smart endpoints and dumb pipes.
+//!
+//! Services declare their API in `.proto` files. `meshless-build` turns them into typed Rust:
+//! a handler trait the producer implements with plain `async fn`s, a service to serve it, and a
+//! client built from a target string. Everything on the wire is standard gRPC, so any gRPC
+//! client or server in any language can take part.
+//!
+//! - [`Server`] serves generated services (and any tonic service), with the gRPC health
+//!   service, server reflection and graceful shutdown.
+//! - [`Channel`] spreads calls over every instance of a [`Target`] (`ipv4:` lists,
+//!   `http://host:port`; `dns:` and `dns+srv:` targets parse, discovery comes next) with power of
+//!   two choices over calls in flight, and skips instances whose connection failed.
+//!
+//! # Example
+//!
+//! With `proto/users.proto` declaring `service Users { rpc SignUp(...) returns (...); }` and
+//! `meshless_build::compile_protos("proto/users.proto")` in `build.rs`:
+//!
+//! ```ignore
+//! mod users {
+//!     meshless::include_proto!("signup.v1");
+//! }
+//! use users::{SignUpReply, SignUpRequest, UsersClient, UsersHandler, UsersService};
+//!
+//! struct Users;
+//!
+//! impl UsersHandler for Users {
+//!     async fn sign_up(
+//!         &self,
+//!         request: meshless::Request<SignUpRequest>,
+//!     ) -> Result<meshless::Response<SignUpReply>, meshless::Status> {
+//!         Ok(meshless::Response::new(SignUpReply::default()))
+//!     }
+//! }
+//!
+//! meshless::Server::builder().add_service(UsersService::new(Users)).serve(addr).await?;
+//! let client = UsersClient::connect("ipv4:127.0.0.1:50051").await?;
+//! let reply = client.sign_up(SignUpRequest::default()).await?;
+//! ```
+//!
+//! The README has the whole guide; `examples/signup.rs` runs it.
+
+// Generated code names this crate `::meshless`, in here too.
+extern crate self as meshless;
+
+mod balance;
+mod client;
+mod error;
+pub mod server;
+pub mod target;
+pub mod v1;
+
+#[doc(hidden)]
+pub mod codegen;
+
+pub use client::{Channel, ChannelBuilder, ResponseFuture};
+pub use error::Error;
+pub use server::Server;
+pub use target::{Target, TargetError};
+
+pub use tonic::metadata;
+pub use tonic::{Code, IntoRequest, IntoStreamingRequest, Request, Response, Status, Streaming};
+
+/// Includes the code generated for one protobuf package, as `tonic::include_proto!` does.
+///
+/// ```ignore
+/// pub mod users {
+///     meshless::include_proto!("signup.v1");
+/// }
+/// ```
+///
+/// Generated code refers to other packages through `super::`, so a package that uses
+/// another package's types must sit in modules that mirror the package names
+/// (`pub mod signup { pub mod v1 { meshless::include_proto!("signup.v1"); } }`), or be
+/// included with [`include_protos!`].
+#[macro_export]
+macro_rules! include_proto {
+    ($package:tt) => {
+        include!(concat!(env!("OUT_DIR"), concat!("/", $package, ".rs")));
+    };
+}
+
+/// Includes the code generated for every package, in modules that mirror the package names
+/// (`signup.v1` becomes `signup::v1`), so packages that refer to each other compile.
+///
+/// ```ignore
+/// meshless::include_protos!();
+/// use signup::v1::UsersClient;
+/// ```
+#[macro_export]
+macro_rules! include_protos {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/_meshless_includes.rs"));
+    };
+}
