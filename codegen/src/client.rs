@@ -76,6 +76,7 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
             inner: #tonic_module::#tonic_client<::meshless::Channel>,
         }
 
+        #[allow(dead_code)]
         impl #client {
             /// The gRPC name of the service this client calls.
             pub const SERVICE_NAME: &'static str = #full_name;

@@ -244,6 +244,7 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             inner: #tonic_module::#tonic_server<#adapter<H>>,
         }
 
+        #[allow(dead_code)]
         impl<H: #handler> #service_ty<H> {
             /// Serves `handler`.
             pub fn new(handler: H) -> Self {

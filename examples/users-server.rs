@@ -1,0 +1,47 @@
+//! A standalone Users instance, for other programs (any gRPC client) to call.
+//!
+//! Run with: cargo run --example users-server -- --listen 127.0.0.1:50051
+
+#[path = "shared/users.rs"]
+mod users;
+
+use std::net::SocketAddr;
+
+use meshless::Server;
+use users::proto::UsersService;
+use users::Users;
+
+const USAGE: &str = "usage: users-server --listen ADDR:PORT [--name NAME]";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut listen: Option<SocketAddr> = None;
+    let mut name = String::from("users");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => {
+                let value = args.next().ok_or(USAGE)?;
+                listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}\n{USAGE}"))?);
+            }
+            "--name" => name = args.next().ok_or(USAGE)?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}").into()),
+        }
+    }
+    let listen = listen.ok_or(USAGE)?;
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("{name} serving signup.v1.Users on {}", listener.local_addr()?);
+    Server::builder()
+        .add_service(UsersService::new(Users::new(name, Default::default())))
+        .serve_with_listener(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    println!("stopped");
+    Ok(())
+}
