@@ -239,3 +239,78 @@ impl Drop for InstanceSet {
         }
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn set_with_one_connecting_instance(wait_timeout: Duration) -> (Arc<InstanceSet>, Arc<Instance>) {
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(1),
+            wait_timeout,
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(1),
+        };
+        let set = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings);
+        // No connection task: the test decides when the instance connects.
+        let instance = Arc::new(Instance::new("127.0.0.1:1".into(), Endpoint::from_static("http://127.0.0.1:1")));
+        set.lock_all().push(instance.clone());
+        (set, instance)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_a_connecting_instance_until_its_deadline() {
+        let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
+        let started = Instant::now();
+        let error = set.pick(Some(started + Duration::from_secs(2))).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert!(error.message().contains("connected in time (1 still connecting"), "{}", error.message());
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_deadline_a_call_waits_the_wait_timeout() {
+        let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(10));
+        let started = Instant::now();
+        set.pick(None).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_proceeds_as_soon_as_an_instance_connects() {
+        let (set, instance) = set_with_one_connecting_instance(Duration::from_secs(10));
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let set = set.clone();
+            async move { set.pick(None).await.map(|(picked, _)| picked.key.clone()) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        instance.connected(instance.endpoint.connect_lazy());
+        set.rebuild_ready();
+        assert_eq!(waiting.await.unwrap().unwrap(), "127.0.0.1:1");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn failed_instances_are_not_picked_and_fail_fast() {
+        let (set, instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
+        instance.connected(instance.endpoint.connect_lazy());
+        set.rebuild_ready();
+        assert!(set.pick(None).await.is_ok());
+        set.report_failure(&instance, "connection refused".into());
+        let error = set.pick(None).await.unwrap_err();
+        assert!(error.message().contains("1 failing to connect; 127.0.0.1:1: connection refused"), "{}", error.message());
+    }
+
+    #[test]
+    fn power_of_two_choices_prefers_the_less_loaded() {
+        let instances: Vec<_> = (0..2)
+            .map(|i| Arc::new(Instance::new(format!("i{i}"), Endpoint::from_static("http://127.0.0.1:1"))))
+            .collect();
+        let _busy = [instances[0].start_call(), instances[0].start_call()];
+        for _ in 0..100 {
+            // With two instances both are always drawn: the idle one wins every time.
+            assert_eq!(power_of_two_choices(&instances).unwrap().key, "i1");
+        }
+    }
+}

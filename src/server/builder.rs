@@ -164,7 +164,17 @@ impl Server {
         };
         set_status(reporter.as_ref(), &self.service_names, ServingStatus::Serving).await;
         if self.reflection {
-            let mut builder = tonic_reflection::server::Builder::configure();
+            // List the services served, not every service of the registered files.
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .with_service_name("grpc.reflection.v1.ServerReflection");
+            for name in &self.service_names {
+                builder = builder.with_service_name(*name);
+            }
+            if self.health {
+                builder = builder
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name("grpc.health.v1.Health");
+            }
             for set in &self.descriptor_sets {
                 builder = builder.register_encoded_file_descriptor_set(set);
             }

@@ -1,0 +1,170 @@
+//! Servers on 127.0.0.1:0 and the Echo handler the tests call.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshless::{Code, Request, Response, Server, Status, Streaming};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+meshless::include_protos!();
+
+pub use testing::v1::{EchoClient, EchoHandler, EchoReply, EchoRequest, EchoService};
+
+/// The message that makes `Unary` wait for [`Gate::open`].
+pub const WAIT: &str = "wait";
+
+/// Lets a test hold a call inside the handler and know that it got there.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    entered: Arc<Notify>,
+    permits: Arc<Semaphore>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { entered: Arc::new(Notify::new()), permits: Arc::new(Semaphore::new(0)) }
+    }
+}
+
+impl Gate {
+    pub async fn entered(&self) {
+        self.entered.notified().await;
+    }
+
+    pub fn open(&self) {
+        self.permits.add_permits(1);
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    pub name: String,
+    pub gate: Gate,
+}
+
+impl Echo {
+    pub fn named(name: &str) -> Self {
+        Self { name: name.to_owned(), ..Self::default() }
+    }
+
+    fn reply(&self, request: &EchoRequest) -> Result<EchoReply, Status> {
+        if request.fail_with_code != 0 {
+            return Err(Status::new(Code::from(request.fail_with_code), format!("failed as asked: {}", request.message)));
+        }
+        Ok(EchoReply {
+            message: if self.name.is_empty() { request.message.clone() } else { format!("{}: {}", self.name, request.message) },
+            at: None,
+            payload: vec![b'x'; request.reply_size as usize],
+        })
+    }
+}
+
+type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+impl EchoHandler for Echo {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if request.get_ref().message == WAIT {
+            self.gate.entered.notify_one();
+            let _permit = self.gate.permits.acquire().await.map_err(|_| Status::aborted("gate closed"))?;
+        }
+        let request_id = request.metadata().get("x-request-id").cloned();
+        let binary = request.metadata().get_bin("x-trace-bin").cloned();
+        let mut response = Response::new(self.reply(request.get_ref())?);
+        if let Some(id) = request_id {
+            response.metadata_mut().insert("x-request-id", id);
+        }
+        if let Some(bin) = binary {
+            response.metadata_mut().insert_bin("x-trace-bin", bin);
+        }
+        Ok(response)
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(&self, request: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
+        let this = self.clone();
+        let replies: Vec<_> = request
+            .into_inner()
+            .message
+            .chars()
+            .map(|c| this.reply(&EchoRequest { message: c.to_string(), ..Default::default() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
+    }
+
+    async fn client_stream(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut joined = Vec::new();
+        while let Some(request) = stream.next().await {
+            joined.push(request?.message);
+        }
+        Ok(Response::new(self.reply(&EchoRequest { message: joined.join(" "), ..Default::default() })?))
+    }
+
+    type BidiStreamStream = ReplyStream;
+
+    async fn bidi_stream(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
+        let this = self.clone();
+        let replies = request.into_inner().map(move |request| this.reply(&request?));
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn old_unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        Ok(Response::new(self.reply(request.get_ref())?))
+    }
+}
+
+/// A server running on a port of 127.0.0.1, stopped by [`Running::stop`].
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), meshless::Error>>,
+}
+
+impl Running {
+    pub async fn start(server: Server) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve_with_listener(listener, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop: Some(stop), task }
+    }
+
+    pub async fn echo(echo: Echo) -> Self {
+        Self::start(Server::builder().add_service(EchoService::new(echo))).await
+    }
+
+    pub fn target(&self) -> String {
+        format!("ipv4:{}", self.addr)
+    }
+
+    /// Sends the shutdown signal without waiting for the server to finish.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down gracefully and returns what `serve` returned.
+    pub async fn stop(mut self) -> Result<(), meshless::Error> {
+        self.signal_stop();
+        self.task.await.expect("server task panicked")
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening on it.
+pub async fn dead_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("local address")
+}
+
+pub fn request(message: &str) -> EchoRequest {
+    EchoRequest { message: message.to_owned(), ..Default::default() }
+}
