@@ -37,7 +37,12 @@ fn starts_path(rest: &[TokenTree]) -> bool {
 
 /// Whether the tokens end with `::`, so the next identifier is not a path's first segment.
 fn follows_path(before: &[TokenTree]) -> bool {
-    matches!(before.last(), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+    // A lone `:` (as in `request: tonic::Request`) does not count: only `::`.
+    matches!(
+        before,
+        [.., TokenTree::Punct(a), TokenTree::Punct(b)]
+            if a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':'
+    )
 }
 
 /// `::meshless::codegen::`
@@ -70,7 +75,7 @@ mod test {
     fn rewrites_leading_tonic_segments() {
         assert_eq!(
             rewrite("use tonic::codegen::*; fn f(r: tonic::Request<X>) {}"),
-            "use :: meshless :: codegen :: tonic :: codegen :: * ; \
+            "use :: meshless :: codegen :: tonic :: codegen ::*; \
              fn f (r : :: meshless :: codegen :: tonic :: Request < X >) { }"
         );
     }
