@@ -41,25 +41,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = UsersClient::connect(&target).await?;
     println!("client calling {target}");
 
-    let people = [("ada@example.com", "Ada"), ("grace@example.com", "Grace"), ("alan@example.com", "Alan")];
+    let people = [
+        ("ada@example.com", "Ada"),
+        ("grace@example.com", "Grace"),
+        ("alan@example.com", "Alan"),
+    ];
     for (email, name) in people {
         let reply = client
-            .sign_up(SignUpRequest { email: email.into(), name: name.into() })
+            .sign_up(SignUpRequest {
+                email: email.into(),
+                name: name.into(),
+            })
             .await?;
-        println!("signed up {name:<6} as id {} (served by {})", reply.get_ref().id, served_by(&reply));
+        println!(
+            "signed up {name:<6} as id {} (served by {})",
+            reply.get_ref().id,
+            served_by(&reply)
+        );
     }
 
     let user = client.get_user(GetUserRequest { id: 2 }).await?;
-    println!("user 2 is {} <{}> (served by {})", user.get_ref().name, user.get_ref().email, served_by(&user));
+    println!(
+        "user 2 is {} <{}> (served by {})",
+        user.get_ref().name,
+        user.get_ref().email,
+        served_by(&user)
+    );
 
     // Errors arrive as gRPC status codes with their messages.
     let again = client
-        .sign_up(SignUpRequest { email: "ada@example.com".into(), name: "Ada".into() })
+        .sign_up(SignUpRequest {
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+        })
         .await
         .expect_err("a second sign-up with the same address fails");
     assert_eq!(again.code(), Code::AlreadyExists);
-    println!("signing Ada up again: {:?}: {}", again.code(), again.message());
-    let missing = client.get_user(GetUserRequest { id: 42 }).await.expect_err("there is no user 42");
+    println!(
+        "signing Ada up again: {:?}: {}",
+        again.code(),
+        again.message()
+    );
+    let missing = client
+        .get_user(GetUserRequest { id: 42 })
+        .await
+        .expect_err("there is no user 42");
     assert_eq!(missing.code(), Code::NotFound);
     println!("user 42: {:?}: {}", missing.code(), missing.message());
 

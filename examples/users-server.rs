@@ -22,7 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--listen" => {
                 let value = args.next().ok_or(USAGE)?;
-                listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}\n{USAGE}"))?);
+                listen = Some(
+                    value
+                        .parse()
+                        .map_err(|e| format!("--listen {value}: {e}\n{USAGE}"))?,
+                );
             }
             "--name" => name = args.next().ok_or(USAGE)?,
             "-h" | "--help" => {
@@ -35,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = listen.ok_or(USAGE)?;
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("{name} serving signup.v1.Users on {}", listener.local_addr()?);
+    println!(
+        "{name} serving signup.v1.Users on {}",
+        listener.local_addr()?
+    );
     Server::builder()
         .add_service(UsersService::new(Users::new(name, Default::default())))
         .serve_with_listener(listener, async {

@@ -105,8 +105,13 @@ impl Builder {
 
     /// Uses existing Rust types for a protobuf package or type, as prost-build's
     /// `extern_path`: `.extern_path(".common.v1", "::common::v1")`.
-    pub fn extern_path(mut self, proto_path: impl Into<String>, rust_path: impl Into<String>) -> Self {
-        self.extern_paths.push((proto_path.into(), rust_path.into()));
+    pub fn extern_path(
+        mut self,
+        proto_path: impl Into<String>,
+        rust_path: impl Into<String>,
+    ) -> Self {
+        self.extern_paths
+            .push((proto_path.into(), rust_path.into()));
         self
     }
 
@@ -119,7 +124,11 @@ impl Builder {
 
     /// Adds an attribute to the generated message fields matching `path`, as prost-build's
     /// `field_attribute`.
-    pub fn field_attribute(mut self, path: impl Into<String>, attribute: impl Into<String>) -> Self {
+    pub fn field_attribute(
+        mut self,
+        path: impl Into<String>,
+        attribute: impl Into<String>,
+    ) -> Self {
         self.field_attributes.push((path.into(), attribute.into()));
         self
     }
@@ -165,13 +174,15 @@ impl Builder {
     fn generate(self, compiled: Compiled) -> Result<(), Error> {
         let out_dir = match self.out_dir {
             Some(dir) => dir,
-            None => std::env::var_os("OUT_DIR").map(PathBuf::from).ok_or_else(|| {
-                Error::new(
-                    crate::ErrorKind::Io,
-                    "OUT_DIR is not set: call meshless-build from a build script, or set \
+            None => std::env::var_os("OUT_DIR")
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    Error::new(
+                        crate::ErrorKind::Io,
+                        "OUT_DIR is not set: call meshless-build from a build script, or set \
                      Builder::out_dir",
-                )
-            })?,
+                    )
+                })?,
         };
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format_args!("creating {}", out_dir.display()), e))?;
@@ -211,9 +222,12 @@ impl Builder {
         if !self.bytes.is_empty() {
             config.bytes(&self.bytes);
         }
-        config
-            .compile_fds(to_generate)
-            .map_err(|e| Error::io(format_args!("writing generated code to {}", out_dir.display()), e))
+        config.compile_fds(to_generate).map_err(|e| {
+            Error::io(
+                format_args!("writing generated code to {}", out_dir.display()),
+                e,
+            )
+        })
     }
 }
 

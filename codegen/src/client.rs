@@ -20,12 +20,14 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
         format!("A client of the gRPC service `{full_name}`."),
         String::new(),
         "Build it from a target with [`Self::connect`] (`dns:///users.example:50051`,".to_owned(),
-        "`ipv4:10.0.0.1:50051,10.0.0.2:50051`, `http://127.0.0.1:50051`, ...). Calls are spread".to_owned(),
+        "`ipv4:10.0.0.1:50051,10.0.0.2:50051`, `http://127.0.0.1:50051`, ...). Calls are spread"
+            .to_owned(),
         "over the target's instances. Clones are cheap and share the connections.".to_owned(),
     ];
     if service.has_events() {
         our_docs.push(String::new());
-        our_docs.push("Event RPCs are not methods of this client: observe them instead.".to_owned());
+        our_docs
+            .push("Event RPCs are not methods of this client: observe them instead.".to_owned());
     }
     let doc = docs::with_proto_comments(
         &service.docs,
@@ -37,7 +39,9 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
         let input = rust_type(&method.input_type);
         let output = rust_type(&method.output_type);
         let doc = docs::lines(&method.docs);
-        let deprecated = method.deprecated.then(|| quote! { #[deprecated] #[allow(deprecated)] });
+        let deprecated = method
+            .deprecated
+            .then(|| quote! { #[deprecated] #[allow(deprecated)] });
         let (request, response) = match method.shape {
             Shape::Event(_) => return quote! {},
             Shape::Unary => (

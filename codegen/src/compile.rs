@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use prost::Message as _;
 use prost_reflect::DescriptorPool;
 use prost_types::FileDescriptorSet;
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 
 use crate::{Error, MESHLESS_PROTO, MESHLESS_PROTO_NAME};
 
@@ -35,10 +37,7 @@ impl FileResolver for MeshlessFileResolver {
     }
 }
 
-pub(crate) fn compile(
-    protos: &[PathBuf],
-    includes: &[PathBuf],
-) -> Result<Compiled, Error> {
+pub(crate) fn compile(protos: &[PathBuf], includes: &[PathBuf]) -> Result<Compiled, Error> {
     let mut resolver = ChainFileResolver::new();
     for include in includes {
         resolver.add(IncludeFileResolver::new(include.clone()));
@@ -81,7 +80,11 @@ pub(crate) fn compile(
 }
 
 /// `file:line:col` of the element at `path` in a file's source, as editors and compilers print it.
-pub(crate) fn place(compiled: &Compiled, file: &prost_reflect::FileDescriptor, path: &[i32]) -> String {
+pub(crate) fn place(
+    compiled: &Compiled,
+    file: &prost_reflect::FileDescriptor,
+    path: &[i32],
+) -> String {
     let name = file.name();
     let shown = compiled
         .paths

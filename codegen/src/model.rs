@@ -20,7 +20,10 @@ pub(crate) struct EventOptions {
 }
 
 /// The event options of `method`, or `None` when it is not an event RPC.
-pub(crate) fn event_options(compiled: &Compiled, method: &MethodDescriptor) -> Option<EventOptions> {
+pub(crate) fn event_options(
+    compiled: &Compiled,
+    method: &MethodDescriptor,
+) -> Option<EventOptions> {
     let extension = compiled.pool.get_extension_by_name(EVENT_EXTENSION)?;
     let options = method.options();
     if !options.has_extension(&extension) {
@@ -124,7 +127,9 @@ impl Service {
     }
 
     pub(crate) fn has_events(&self) -> bool {
-        self.methods.iter().any(|m| matches!(m.shape, Shape::Event(_)))
+        self.methods
+            .iter()
+            .any(|m| matches!(m.shape, Shape::Event(_)))
     }
 }
 

@@ -19,7 +19,9 @@ pub(crate) fn tonic_paths(tokens: TokenStream) -> TokenStream {
                 out.push(TokenTree::Group(rewritten));
             }
             TokenTree::Ident(ident)
-                if ident == "tonic" && starts_path(&tokens[i + 1..]) && !follows_path(&tokens[..i]) =>
+                if ident == "tonic"
+                    && starts_path(&tokens[i + 1..])
+                    && !follows_path(&tokens[..i]) =>
             {
                 out.extend(path_prefix(ident.span()));
                 out.push(token.clone());
@@ -82,6 +84,9 @@ mod test {
 
     #[test]
     fn leaves_other_paths_alone() {
-        assert_eq!(rewrite("a::tonic::X; tonic_prost::Y; tonic"), "a :: tonic :: X ; tonic_prost :: Y ; tonic");
+        assert_eq!(
+            rewrite("a::tonic::X; tonic_prost::Y; tonic"),
+            "a :: tonic :: X ; tonic_prost :: Y ; tonic"
+        );
     }
 }

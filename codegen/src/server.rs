@@ -59,7 +59,9 @@ fn stream_type(method: &Method) -> syn::Ident {
 
 fn handler_trait(service: &Service, names: &Names) -> TokenStream {
     let Names {
-        handler, service: service_ty, ..
+        handler,
+        service: service_ty,
+        ..
     } = names;
     let full_name = &service.full_name;
     let intro = format!(
@@ -233,8 +235,10 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
     let doc = docs::lines(&[
         format!("Serves a [`{handler}`] as the gRPC service `{full_name}`."),
         String::new(),
-        "It is an ordinary tonic service: add it to `meshless::Server` (which also registers it".to_owned(),
-        "for health checking and reflection) or to `tonic::transport::Server`. Cloning is cheap:".to_owned(),
+        "It is an ordinary tonic service: add it to `meshless::Server` (which also registers it"
+            .to_owned(),
+        "for health checking and reflection) or to `tonic::transport::Server`. Cloning is cheap:"
+            .to_owned(),
         "clones share the handler.".to_owned(),
     ]);
     let tonic = quote! { ::meshless::codegen::tonic };

@@ -36,7 +36,12 @@ pub(crate) fn validate(compiled: &Compiled) -> Result<(), Error> {
 fn check_service(compiled: &Compiled, service: &ServiceDescriptor, problems: &mut Vec<String>) {
     let file = service.parent_file();
     for method in service.methods() {
-        let method_path = [FILE_SERVICE, service.index() as i32, SERVICE_METHOD, method.index() as i32];
+        let method_path = [
+            FILE_SERVICE,
+            service.index() as i32,
+            SERVICE_METHOD,
+            method.index() as i32,
+        ];
         let here = place(compiled, &file, &method_path);
 
         for (field, written_path) in [
@@ -44,7 +49,9 @@ fn check_service(compiled: &Compiled, service: &ServiceDescriptor, problems: &mu
             (METHOD_OUTPUT_TYPE, "response"),
         ] {
             let type_path = [&method_path[..], &[field]].concat();
-            if let Some(problem) = shadowed_type(compiled, service, &method, &type_path, written_path) {
+            if let Some(problem) =
+                shadowed_type(compiled, service, &method, &type_path, written_path)
+            {
                 problems.push(format!("{}: {problem}", place(compiled, &file, &type_path)));
             }
         }
@@ -101,7 +108,10 @@ fn shadowed_type(
     let written = source_text(compiled, &service.parent_file(), type_path)
         .map(|text| {
             let text = text.trim();
-            text.strip_prefix("stream ").unwrap_or(text).trim().to_owned()
+            text.strip_prefix("stream ")
+                .unwrap_or(text)
+                .trim()
+                .to_owned()
         })
         .unwrap_or_else(|| {
             let package = service.package_name();

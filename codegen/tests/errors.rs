@@ -1,12 +1,12 @@
 //! Bad `.proto` input gives a build error naming `file:line:col` and what to do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use meshless_build::ErrorKind;
 
-/// Writes `files` into a fresh folder and compiles the first one; returns the error text.
-fn compile_error(files: &[(&str, &str)]) -> (ErrorKind, String) {
+/// Writes `files` into a fresh folder and returns it.
+fn write_files(files: &[(&str, &str)]) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "meshless-build-test-{}-{}",
@@ -18,36 +18,35 @@ fn compile_error(files: &[(&str, &str)]) -> (ErrorKind, String) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap();
     }
-    let result = meshless_build::configure()
+    dir
+}
+
+/// Compiles the first of `files`, with their folder as the include path.
+fn compile(dir: &Path, files: &[(&str, &str)]) -> Result<(), meshless_build::Error> {
+    meshless_build::configure()
         .out_dir(dir.join("out"))
         .emit_rerun_if_changed(false)
-        .compile_protos(&[dir.join(files[0].0)], &[dir.clone()]);
+        .compile_protos(&[dir.join(files[0].0)], &[dir.to_owned()])
+}
+
+/// Compiles `files`, expecting an error; returns its kind and text.
+fn compile_error(files: &[(&str, &str)]) -> (ErrorKind, String) {
+    let dir = write_files(files);
+    let result = compile(&dir, files);
     let _ = std::fs::remove_dir_all(&dir);
     let error = result.expect_err("compilation should fail");
     (error.kind(), error.to_string())
 }
 
+/// Compiles `files`, expecting success; returns the folder (with the output in `out/`).
 fn compile_ok(files: &[(&str, &str)]) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "meshless-build-ok-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    for (name, text) in files {
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-    }
-    meshless_build::configure()
-        .out_dir(dir.join("out"))
-        .emit_rerun_if_changed(false)
-        .compile_protos(&[dir.join(files[0].0)], &[dir.clone()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = write_files(files);
+    compile(&dir, files).unwrap_or_else(|e| panic!("{e}"));
     dir
 }
 
-const HEADER: &str = "syntax = \"proto3\";\npackage demo.v1;\nimport \"meshless/v1/meshless.proto\";\n";
+const HEADER: &str =
+    "syntax = \"proto3\";\npackage demo.v1;\nimport \"meshless/v1/meshless.proto\";\n";
 
 fn proto(body: &str) -> String {
     format!("{HEADER}{body}")
@@ -61,21 +60,35 @@ fn assert_mentions(message: &str, expected: &[&str]) {
 
 #[test]
 fn syntax_errors_point_at_the_place() {
-    let (kind, message) = compile_error(&[("demo.proto", &proto("message Broken {\n  string name = ;\n}\n"))]);
+    let (kind, message) = compile_error(&[(
+        "demo.proto",
+        &proto("message Broken {\n  string name = ;\n}\n"),
+    )]);
     assert_eq!(kind, ErrorKind::Invalid);
     assert_mentions(&message, &["demo.proto:5:17"]);
 }
 
 #[test]
 fn missing_imports_say_which_and_how_to_fix() {
-    let (kind, message) = compile_error(&[("demo.proto", "syntax = \"proto3\";\nimport \"nowhere/gone.proto\";\n")]);
+    let (kind, message) = compile_error(&[(
+        "demo.proto",
+        "syntax = \"proto3\";\nimport \"nowhere/gone.proto\";\n",
+    )]);
     assert_eq!(kind, ErrorKind::NotFound);
-    assert_mentions(&message, &["demo.proto:2:1", "import 'nowhere/gone.proto' not found", "include paths"]);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:2:1",
+            "import 'nowhere/gone.proto' not found",
+            "include paths",
+        ],
+    );
 }
 
 #[test]
 fn undefined_types_are_named() {
-    let (kind, message) = compile_error(&[("demo.proto", &proto("message A {\n  Missing b = 1;\n}\n"))]);
+    let (kind, message) =
+        compile_error(&[("demo.proto", &proto("message A {\n  Missing b = 1;\n}\n"))]);
     assert_eq!(kind, ErrorKind::Invalid);
     assert_mentions(&message, &["demo.proto:5:3", "Missing"]);
 }
@@ -90,7 +103,15 @@ fn the_event_option_needs_a_server_streaming_rpc() {
         ),
     )]);
     assert_eq!(kind, ErrorKind::Rule);
-    assert_mentions(&message, &["demo.proto:6:3", "rpc `Happened`", "not a server-streaming RPC", "returns (stream E)"]);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:6:3",
+            "rpc `Happened`",
+            "not a server-streaming RPC",
+            "returns (stream E)",
+        ],
+    );
 }
 
 #[test]
@@ -103,7 +124,14 @@ fn event_rpcs_take_subscribe() {
         ),
     )]);
     assert_eq!(kind, ErrorKind::Rule);
-    assert_mentions(&message, &["demo.proto:7:3", "takes `demo.v1.Q`", "meshless.v1.Subscribe"]);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:7:3",
+            "takes `demo.v1.Q`",
+            "meshless.v1.Subscribe",
+        ],
+    );
 }
 
 #[test]
@@ -116,7 +144,15 @@ fn event_messages_leave_the_metadata_field_free() {
         ),
     )]);
     assert_eq!(kind, ErrorKind::Rule);
-    assert_mentions(&message, &["demo.proto:6:3", "field `sneaky`", "536870000", "another number"]);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:6:3",
+            "field `sneaky`",
+            "536870000",
+            "another number",
+        ],
+    );
 }
 
 #[test]
@@ -129,7 +165,15 @@ fn names_protoc_would_reject_are_caught() {
         ),
     )]);
     assert_eq!(kind, ErrorKind::Rule);
-    assert_mentions(&message, &["demo.proto:6:59", "protoc", "UserSignedUpEvent", ".demo.v1.UserSignedUp"]);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:6:59",
+            "protoc",
+            "UserSignedUpEvent",
+            ".demo.v1.UserSignedUp",
+        ],
+    );
 }
 
 #[test]
@@ -142,7 +186,14 @@ fn several_problems_are_reported_together() {
              rpc B(E) returns (stream E) { option (meshless.v1.event) = {}; }\n}\n",
         ),
     )]);
-    assert_eq!(message.lines().filter(|l| l.contains("demo.proto:")).count(), 2, "{message}");
+    assert_eq!(
+        message
+            .lines()
+            .filter(|l| l.contains("demo.proto:"))
+            .count(),
+        2,
+        "{message}"
+    );
 }
 
 #[test]

@@ -32,7 +32,10 @@ pub struct Users {
 
 impl Users {
     pub fn new(name: impl Into<String>, store: Arc<Mutex<Store>>) -> Self {
-        Self { name: name.into(), store }
+        Self {
+            name: name.into(),
+            store,
+        }
     }
 
     fn reply<T>(&self, message: T) -> Response<T> {
@@ -45,14 +48,24 @@ impl Users {
 }
 
 impl UsersHandler for Users {
-    async fn sign_up(&self, request: Request<SignUpRequest>) -> Result<Response<SignUpReply>, Status> {
+    async fn sign_up(
+        &self,
+        request: Request<SignUpRequest>,
+    ) -> Result<Response<SignUpReply>, Status> {
         let SignUpRequest { email, name } = request.into_inner();
         if !email.contains('@') {
-            return Err(Status::invalid_argument(format!("`{email}` is not an e-mail address")));
+            return Err(Status::invalid_argument(format!(
+                "`{email}` is not an e-mail address"
+            )));
         }
-        let mut store = self.store.lock().map_err(|_| Status::internal("store poisoned"))?;
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| Status::internal("store poisoned"))?;
         if store.users.values().any(|user| user.email == email) {
-            return Err(Status::already_exists(format!("{email} has already signed up")));
+            return Err(Status::already_exists(format!(
+                "{email} has already signed up"
+            )));
         }
         let id = store.users.len() as u64 + 1;
         store.users.insert(id, User { id, email, name });
@@ -61,7 +74,10 @@ impl UsersHandler for Users {
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         let id = request.get_ref().id;
-        let store = self.store.lock().map_err(|_| Status::internal("store poisoned"))?;
+        let store = self
+            .store
+            .lock()
+            .map_err(|_| Status::internal("store poisoned"))?;
         match store.users.get(&id) {
             Some(user) => Ok(self.reply(user.clone())),
             None => Err(Status::not_found(format!("no user with id {id}"))),

@@ -96,7 +96,12 @@ impl Instance {
     pub(crate) fn report_failure(&self, error: String) -> bool {
         let changed = self
             .state
-            .compare_exchange(State::Ready as u8, State::Failed as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                State::Ready as u8,
+                State::Failed as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok();
         if changed {
             if let Ok(mut last) = self.last_error.lock() {

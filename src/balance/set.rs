@@ -83,7 +83,9 @@ impl InstanceSet {
     fn lock_all(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
         // A panic while holding this lock cannot leave the Vec half-updated, so poisoning is
         // of no concern.
-        self.all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.all
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn rebuild_ready(&self) {
@@ -107,7 +109,10 @@ impl InstanceSet {
 
     /// Picks a ready instance, waiting while instances are still connecting, until `deadline`
     /// (the call's own) or the set's wait timeout, whichever comes first.
-    pub(crate) async fn pick(&self, deadline: Option<Instant>) -> Result<(Arc<Instance>, InFlight), tonic::Status> {
+    pub(crate) async fn pick(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<Instance>, InFlight), tonic::Status> {
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
         loop {
@@ -130,7 +135,10 @@ impl InstanceSet {
 
     fn count_unready(&self) -> (usize, usize) {
         let all = self.lock_all();
-        let connecting = all.iter().filter(|i| i.state() == State::Connecting).count();
+        let connecting = all
+            .iter()
+            .filter(|i| i.state() == State::Connecting)
+            .count();
         (connecting, all.len() - connecting)
     }
 
@@ -146,7 +154,9 @@ impl InstanceSet {
                 .iter()
                 .find_map(|i| i.last_error().map(|e| format!("; {}: {e}", i.key)))
                 .unwrap_or_default();
-            format!("no instance of `{target}` is reachable ({failed} failing to connect{last_error})")
+            format!(
+                "no instance of `{target}` is reachable ({failed} failing to connect{last_error})"
+            )
         };
         tonic::Status::unavailable(message)
     }
@@ -244,7 +254,9 @@ impl Drop for InstanceSet {
 mod test {
     use super::*;
 
-    fn set_with_one_connecting_instance(wait_timeout: Duration) -> (Arc<InstanceSet>, Arc<Instance>) {
+    fn set_with_one_connecting_instance(
+        wait_timeout: Duration,
+    ) -> (Arc<InstanceSet>, Arc<Instance>) {
         let settings = Settings {
             connect_timeout: Duration::from_secs(1),
             wait_timeout,
@@ -253,7 +265,10 @@ mod test {
         };
         let set = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings);
         // No connection task: the test decides when the instance connects.
-        let instance = Arc::new(Instance::new("127.0.0.1:1".into(), Endpoint::from_static("http://127.0.0.1:1")));
+        let instance = Arc::new(Instance::new(
+            "127.0.0.1:1".into(),
+            Endpoint::from_static("http://127.0.0.1:1"),
+        ));
         set.lock_all().push(instance.clone());
         (set, instance)
     }
@@ -262,9 +277,18 @@ mod test {
     async fn a_call_waits_for_a_connecting_instance_until_its_deadline() {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
         let started = Instant::now();
-        let error = set.pick(Some(started + Duration::from_secs(2))).await.unwrap_err();
+        let error = set
+            .pick(Some(started + Duration::from_secs(2)))
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
-        assert!(error.message().contains("connected in time (1 still connecting"), "{}", error.message());
+        assert!(
+            error
+                .message()
+                .contains("connected in time (1 still connecting"),
+            "{}",
+            error.message()
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
@@ -299,13 +323,24 @@ mod test {
         assert!(set.pick(None).await.is_ok());
         set.report_failure(&instance, "connection refused".into());
         let error = set.pick(None).await.unwrap_err();
-        assert!(error.message().contains("1 failing to connect; 127.0.0.1:1: connection refused"), "{}", error.message());
+        assert!(
+            error
+                .message()
+                .contains("1 failing to connect; 127.0.0.1:1: connection refused"),
+            "{}",
+            error.message()
+        );
     }
 
     #[test]
     fn power_of_two_choices_prefers_the_less_loaded() {
         let instances: Vec<_> = (0..2)
-            .map(|i| Arc::new(Instance::new(format!("i{i}"), Endpoint::from_static("http://127.0.0.1:1"))))
+            .map(|i| {
+                Arc::new(Instance::new(
+                    format!("i{i}"),
+                    Endpoint::from_static("http://127.0.0.1:1"),
+                ))
+            })
             .collect();
         let _busy = [instances[0].start_call(), instances[0].start_call()];
         for _ in 0..100 {

@@ -101,7 +101,11 @@ impl Server {
         S::Future: Send + 'static,
     {
         let descriptors = S::file_descriptor_set();
-        if !self.descriptor_sets.iter().any(|known| std::ptr::eq(*known, descriptors)) {
+        if !self
+            .descriptor_sets
+            .iter()
+            .any(|known| std::ptr::eq(*known, descriptors))
+        {
             self.descriptor_sets.push(descriptors);
         }
         self.add_tonic_service(service)
@@ -162,7 +166,12 @@ impl Server {
         } else {
             None
         };
-        set_status(reporter.as_ref(), &self.service_names, ServingStatus::Serving).await;
+        set_status(
+            reporter.as_ref(),
+            &self.service_names,
+            ServingStatus::Serving,
+        )
+        .await;
         if self.reflection {
             // List the services served, not every service of the registered files.
             let mut builder = tonic_reflection::server::Builder::configure()
@@ -202,7 +211,12 @@ impl Server {
         }
 
         tracing::info!(addr = ?local_addr, grace_period = ?self.grace_period, "shutting down");
-        set_status(reporter.as_ref(), &self.service_names, ServingStatus::NotServing).await;
+        set_status(
+            reporter.as_ref(),
+            &self.service_names,
+            ServingStatus::NotServing,
+        )
+        .await;
         let _ = stop.send(());
         match tokio::time::timeout(self.grace_period, serving).await {
             Ok(result) => result.map_err(Error::transport),

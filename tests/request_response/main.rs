@@ -20,13 +20,26 @@ async fn unary_call_reaches_the_handler_with_metadata_both_ways() {
     let client = EchoClient::connect(server.target()).await.unwrap();
 
     let mut call = Request::new(request("hello"));
-    call.metadata_mut().insert("x-request-id", MetadataValue::from_static("req-7"));
-    call.metadata_mut().insert_bin("x-trace-bin", BinaryMetadataValue::from_bytes(&[0, 159, 255]));
+    call.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("req-7"));
+    call.metadata_mut().insert_bin(
+        "x-trace-bin",
+        BinaryMetadataValue::from_bytes(&[0, 159, 255]),
+    );
     let reply = client.unary(call).await.unwrap();
 
     assert_eq!(reply.get_ref().message, "hello");
     assert_eq!(reply.metadata().get("x-request-id").unwrap(), "req-7");
-    assert_eq!(reply.metadata().get_bin("x-trace-bin").unwrap().to_bytes().unwrap().as_ref(), &[0, 159, 255]);
+    assert_eq!(
+        reply
+            .metadata()
+            .get_bin("x-trace-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0, 159, 255]
+    );
     server.stop().await.unwrap();
 }
 
@@ -34,9 +47,19 @@ async fn unary_call_reaches_the_handler_with_metadata_both_ways() {
 async fn status_codes_and_messages_reach_the_caller() {
     let server = Running::echo(Echo::default()).await;
     let client = EchoClient::connect(server.target()).await.unwrap();
-    for code in [Code::InvalidArgument, Code::NotFound, Code::AlreadyExists, Code::PermissionDenied, Code::Internal] {
+    for code in [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::Internal,
+    ] {
         let status = client
-            .unary(EchoRequest { message: "boom".into(), fail_with_code: code as i32, ..Default::default() })
+            .unary(EchoRequest {
+                message: "boom".into(),
+                fail_with_code: code as i32,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), code);
@@ -52,7 +75,11 @@ async fn empty_and_large_messages_pass() {
     let empty = client.unary(EchoRequest::default()).await.unwrap();
     assert_eq!(empty.into_inner(), Default::default());
     let large = client
-        .unary(EchoRequest { payload: vec![7; 271_828], reply_size: 314_159, ..Default::default() })
+        .unary(EchoRequest {
+            payload: vec![7; 271_828],
+            reply_size: 314_159,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(large.get_ref().payload.len(), 314_159);
@@ -103,7 +130,10 @@ async fn unknown_services_and_methods_are_unimplemented() {
 
     // A service this server does not have.
     let shop = support::testing::shop::v1::ShopClient::new(channel.clone());
-    let status = shop.buy(support::testing::shop::v1::BuyRequest::default()).await.unwrap_err();
+    let status = shop
+        .buy(support::testing::shop::v1::BuyRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
 
     // A method the service does not have.
@@ -125,9 +155,17 @@ async fn unknown_services_and_methods_are_unimplemented() {
 async fn event_rpcs_are_declared_but_answer_unimplemented_for_now() {
     let server = Running::echo(Echo::default()).await;
     let client = EchoClient::connect(server.target()).await.unwrap();
-    let status = client.into_tonic().echoed(meshless::v1::Subscribe::default()).await.unwrap_err();
+    let status = client
+        .into_tonic()
+        .echoed(meshless::v1::Subscribe::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("testing.v1.Echo/Echoed"), "{}", status.message());
+    assert!(
+        status.message().contains("testing.v1.Echo/Echoed"),
+        "{}",
+        status.message()
+    );
     server.stop().await.unwrap();
 }
 
@@ -140,10 +178,24 @@ async fn health_reports_each_service_serving_then_not_serving_while_shutting_dow
     let mut health = HealthClient::new(channel.clone());
 
     for service in ["", "testing.v1.Echo"] {
-        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
-        assert_eq!(status.get_ref().status(), ServingStatus::Serving, "{service:?}");
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            status.get_ref().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
     }
-    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
     // A call in flight, and a health watch, when the shutdown signal comes.
@@ -151,14 +203,22 @@ async fn health_reports_each_service_serving_then_not_serving_while_shutting_dow
     let in_flight = tokio::spawn(async move { client.unary(request(WAIT)).await });
     gate.entered().await;
     let mut watch = health
-        .watch(HealthCheckRequest { service: "testing.v1.Echo".into() })
+        .watch(HealthCheckRequest {
+            service: "testing.v1.Echo".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
 
     server.signal_stop();
-    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
 
     // The call in flight finishes normally.
     gate.open();
@@ -168,7 +228,10 @@ async fn health_reports_each_service_serving_then_not_serving_while_shutting_dow
     let addr = server.addr;
     drop((watch, health, channel));
     server.stop().await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 }
 
 #[tokio::test]
@@ -203,7 +266,10 @@ async fn reflection_describes_the_services() {
         MessageRequest::ListServices(String::new()),
         MessageRequest::FileContainingSymbol("testing.v1.Echo".into()),
     ]
-    .map(|message| ServerReflectionRequest { host: String::new(), message_request: Some(message) });
+    .map(|message| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    });
     let responses: Vec<_> = reflection
         .server_reflection_info(tokio_stream::iter(requests))
         .await
@@ -219,7 +285,10 @@ async fn reflection_describes_the_services() {
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"testing.v1.Echo"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
-    assert!(!names.contains(&"signup.v1.Users"), "only the services served are listed: {names:?}");
+    assert!(
+        !names.contains(&"signup.v1.Users"),
+        "only the services served are listed: {names:?}"
+    );
     let MessageResponse::FileDescriptorResponse(files) = &responses[1] else {
         panic!("expected file descriptors, got {:?}", responses[1]);
     };
@@ -231,7 +300,9 @@ async fn reflection_describes_the_services() {
 async fn an_ipv4_list_spreads_calls_over_its_instances() {
     let one = Running::echo(Echo::named("one")).await;
     let two = Running::echo(Echo::named("two")).await;
-    let client = EchoClient::connect(format!("ipv4:{},{}", one.addr, two.addr)).await.unwrap();
+    let client = EchoClient::connect(format!("ipv4:{},{}", one.addr, two.addr))
+        .await
+        .unwrap();
 
     let mut served = HashMap::<String, usize>::new();
     for _ in 0..100 {
@@ -249,9 +320,14 @@ async fn an_ipv4_list_spreads_calls_over_its_instances() {
 async fn an_instance_that_cannot_be_reached_is_never_picked() {
     let live = Running::echo(Echo::named("live")).await;
     let dead = dead_port().await;
-    let client = EchoClient::connect(format!("ipv4:{dead},{}", live.addr)).await.unwrap();
+    let client = EchoClient::connect(format!("ipv4:{dead},{}", live.addr))
+        .await
+        .unwrap();
     for _ in 0..50 {
-        let reply = client.unary(request("hi")).await.expect("every call goes to the live instance");
+        let reply = client
+            .unary(request("hi"))
+            .await
+            .expect("every call goes to the live instance");
         assert_eq!(reply.get_ref().message, "live: hi");
     }
     live.stop().await.unwrap();
@@ -265,7 +341,11 @@ async fn no_reachable_instance_fails_with_unavailable_naming_the_target() {
     let status = client.unary(request("hi")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains(&target), "{}", status.message());
-    assert!(status.message().contains("reachable"), "{}", status.message());
+    assert!(
+        status.message().contains("reachable"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -274,7 +354,12 @@ async fn bad_targets_are_errors_that_name_them() {
     assert!(error.is_invalid_target());
     assert!(error.to_string().contains("`users:50051`"), "{error}");
 
-    let error = EchoClient::connect("dns:///users.service.consul:50051").await.unwrap_err();
+    let error = EchoClient::connect("dns:///users.service.consul:50051")
+        .await
+        .unwrap_err();
     assert!(!error.is_invalid_target());
-    assert!(error.to_string().contains("DNS discovery is not available"), "{error}");
+    assert!(
+        error.to_string().contains("DNS discovery is not available"),
+        "{error}"
+    );
 }

@@ -27,7 +27,10 @@ pub struct Gate {
 
 impl Default for Gate {
     fn default() -> Self {
-        Self { entered: Arc::new(Notify::new()), permits: Arc::new(Semaphore::new(0)) }
+        Self {
+            entered: Arc::new(Notify::new()),
+            permits: Arc::new(Semaphore::new(0)),
+        }
     }
 }
 
@@ -49,28 +52,44 @@ pub struct Echo {
 
 impl Echo {
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_owned(), ..Self::default() }
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
     }
 
     fn reply(&self, request: &EchoRequest) -> Result<EchoReply, Status> {
         if request.fail_with_code != 0 {
-            return Err(Status::new(Code::from(request.fail_with_code), format!("failed as asked: {}", request.message)));
+            return Err(Status::new(
+                Code::from(request.fail_with_code),
+                format!("failed as asked: {}", request.message),
+            ));
         }
         Ok(EchoReply {
-            message: if self.name.is_empty() { request.message.clone() } else { format!("{}: {}", self.name, request.message) },
+            message: if self.name.is_empty() {
+                request.message.clone()
+            } else {
+                format!("{}: {}", self.name, request.message)
+            },
             at: None,
             payload: vec![b'x'; request.reply_size as usize],
         })
     }
 }
 
-type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
+type ReplyStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
 
 impl EchoHandler for Echo {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         if request.get_ref().message == WAIT {
             self.gate.entered.notify_one();
-            let _permit = self.gate.permits.acquire().await.map_err(|_| Status::aborted("gate closed"))?;
+            let _permit = self
+                .gate
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Status::aborted("gate closed"))?;
         }
         let request_id = request.metadata().get("x-request-id").cloned();
         let binary = request.metadata().get_bin("x-trace-bin").cloned();
@@ -86,35 +105,57 @@ impl EchoHandler for Echo {
 
     type ServerStreamStream = ReplyStream;
 
-    async fn server_stream(&self, request: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
         let this = self.clone();
         let replies: Vec<_> = request
             .into_inner()
             .message
             .chars()
-            .map(|c| this.reply(&EchoRequest { message: c.to_string(), ..Default::default() }))
+            .map(|c| {
+                this.reply(&EchoRequest {
+                    message: c.to_string(),
+                    ..Default::default()
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
     }
 
-    async fn client_stream(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
         let mut stream = request.into_inner();
         let mut joined = Vec::new();
         while let Some(request) = stream.next().await {
             joined.push(request?.message);
         }
-        Ok(Response::new(self.reply(&EchoRequest { message: joined.join(" "), ..Default::default() })?))
+        Ok(Response::new(self.reply(&EchoRequest {
+            message: joined.join(" "),
+            ..Default::default()
+        })?))
     }
 
     type BidiStreamStream = ReplyStream;
 
-    async fn bidi_stream(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
+    async fn bidi_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
         let this = self.clone();
-        let replies = request.into_inner().map(move |request| this.reply(&request?));
+        let replies = request
+            .into_inner()
+            .map(move |request| this.reply(&request?));
         Ok(Response::new(Box::pin(replies)))
     }
 
-    async fn old_unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+    async fn old_unary(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<EchoReply>, Status> {
         Ok(Response::new(self.reply(request.get_ref())?))
     }
 }
@@ -128,13 +169,19 @@ pub struct Running {
 
 impl Running {
     pub async fn start(server: Server) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve_with_listener(listener, async {
             let _ = stopped.await;
         }));
-        Self { addr, stop: Some(stop), task }
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
     }
 
     pub async fn echo(echo: Echo) -> Self {
@@ -166,5 +213,8 @@ pub async fn dead_port() -> SocketAddr {
 }
 
 pub fn request(message: &str) -> EchoRequest {
-    EchoRequest { message: message.to_owned(), ..Default::default() }
+    EchoRequest {
+        message: message.to_owned(),
+        ..Default::default()
+    }
 }
