@@ -22,6 +22,8 @@ pub(crate) struct Compiled {
     pub(crate) encoded_for_reflection: Vec<u8>,
     /// Where each file was read from, by its import name, to point errors at real paths.
     pub(crate) paths: HashMap<String, PathBuf>,
+    /// The text of each file, by its import name, read once for error messages.
+    sources: HashMap<String, String>,
 }
 
 /// Serves `meshless/v1/meshless.proto` from the copy compiled into this crate.
@@ -55,6 +57,18 @@ pub(crate) fn compile(protos: &[PathBuf], includes: &[PathBuf]) -> Result<Compil
         .files()
         .filter_map(|file| Some((file.name().to_owned(), file.path()?.to_owned())))
         .collect();
+    let mut sources: HashMap<String, String> = compiler
+        .files()
+        .filter_map(|file| {
+            Some((
+                file.name().to_owned(),
+                std::fs::read_to_string(file.path()?).ok()?,
+            ))
+        })
+        .collect();
+    sources
+        .entry(MESHLESS_PROTO_NAME.to_owned())
+        .or_insert_with(|| MESHLESS_PROTO.to_owned());
     let pool = compiler.descriptor_pool();
     let everything = compiler.file_descriptor_set();
 
@@ -76,6 +90,7 @@ pub(crate) fn compile(protos: &[PathBuf], includes: &[PathBuf]) -> Result<Compil
         to_generate,
         encoded_for_reflection: for_reflection.encode_to_vec(),
         paths,
+        sources,
     })
 }
 
@@ -116,11 +131,7 @@ pub(crate) fn source_text(
         .location
         .iter()
         .find(|loc| loc.path == path)?;
-    let source = match compiled.paths.get(file.name()) {
-        Some(p) => std::fs::read_to_string(p).ok()?,
-        None if file.name() == MESHLESS_PROTO_NAME => MESHLESS_PROTO.to_owned(),
-        None => return None,
-    };
+    let source = compiled.sources.get(file.name())?;
     let (start_line, start_col, end_line, end_col) = match location.span[..] {
         [l, c, ec] => (l, c, l, ec),
         [l, c, el, ec] => (l, c, el, ec),

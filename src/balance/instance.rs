@@ -1,7 +1,7 @@
 //! One instance of a target: its connection, its state, and its load.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -30,7 +30,7 @@ pub(crate) struct Instance {
     last_error: Mutex<Option<String>>,
     /// Wakes the connection task: a failure was reported, or the instance was removed.
     pub(crate) wake: Notify,
-    removed: std::sync::atomic::AtomicBool,
+    removed: AtomicBool,
 }
 
 impl fmt::Debug for Instance {
@@ -53,7 +53,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             wake: Notify::new(),
-            removed: std::sync::atomic::AtomicBool::new(false),
+            removed: AtomicBool::new(false),
         }
     }
 
@@ -112,6 +112,7 @@ impl Instance {
         changed
     }
 
+    /// Ends the instance's connection task; calls in flight finish.
     pub(crate) fn remove(&self) {
         self.removed.store(true, Ordering::Release);
         self.wake.notify_one();

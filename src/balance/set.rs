@@ -65,21 +65,6 @@ impl InstanceSet {
         tokio::spawn(keep_connected(instance, Arc::downgrade(self)));
     }
 
-    /// Removes the instance named `key`; calls in flight on it finish.
-    #[allow(dead_code)] // used by discovery
-    pub(crate) fn remove(&self, key: &str) {
-        let removed: Vec<_> = {
-            let mut all = self.lock_all();
-            let (gone, kept) = all.drain(..).partition(|i| i.key == key);
-            *all = kept;
-            gone
-        };
-        for instance in &removed {
-            instance.remove();
-        }
-        self.rebuild_ready();
-    }
-
     fn lock_all(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
         // A panic while holding this lock cannot leave the Vec half-updated, so poisoning is
         // of no concern.
