@@ -14,7 +14,14 @@ use users::Users;
 const USAGE: &str = "usage: users-server --listen ADDR:PORT [--name NAME]";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    if let Err(error) = run().await {
+        eprintln!("users-server: {error}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: Option<SocketAddr> = None;
     let mut name = String::from("users");
     let mut args = std::env::args().skip(1);

@@ -182,3 +182,33 @@ async fn a_meshless_client_calls_a_plain_tonic_server() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_meshless_service_runs_in_tonics_own_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh::EchoService::new(MeshEcho))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+
+    let client = mesh::EchoClient::connect(format!("ipv4:{addr}"))
+        .await
+        .unwrap();
+    let reply = client
+        .unary(mesh::EchoRequest {
+            message: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "meshless: hi");
+
+    drop(client);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
