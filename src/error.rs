@@ -17,6 +17,8 @@ enum Kind {
     Target(#[from] TargetError),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    InvalidInput(String),
     #[error("gRPC transport error: {0}")]
     Transport(#[source] tonic::transport::Error),
     #[error("{context}: {source}")]
@@ -31,6 +33,13 @@ impl Error {
     pub(crate) fn unsupported(message: impl Into<String>) -> Self {
         Self {
             kind: Kind::Unsupported(message.into()),
+        }
+    }
+
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::InvalidInput(message.into()),
         }
     }
 

@@ -45,9 +45,12 @@ extern crate self as meshless;
 
 mod balance;
 mod client;
+pub mod discovery;
 mod error;
 pub mod server;
 pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod v1;
 
 #[doc(hidden)]

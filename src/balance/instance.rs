@@ -1,7 +1,7 @@
 //! One instance of a target: its connection, its state, and its load.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -27,6 +27,10 @@ pub(crate) struct Instance {
     state: AtomicU8,
     channel: ArcSwapOption<TonicChannel>,
     in_flight: AtomicUsize,
+    /// SRV priority: only the lowest priority with a ready instance is used.
+    priority: AtomicU32,
+    /// SRV weight (at least 1): the share of calls the instance gets among its priority.
+    weight: AtomicU32,
     last_error: Mutex<Option<String>>,
     /// Wakes the connection task: a failure was reported, or the instance was removed.
     pub(crate) wake: Notify,
@@ -44,13 +48,15 @@ impl fmt::Debug for Instance {
 }
 
 impl Instance {
-    pub(crate) fn new(key: String, endpoint: Endpoint) -> Self {
+    pub(crate) fn new(key: String, endpoint: Endpoint, placement: Placement) -> Self {
         Self {
             key,
             endpoint,
             state: AtomicU8::new(State::Connecting as u8),
             channel: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
+            priority: AtomicU32::new(placement.priority.into()),
+            weight: AtomicU32::new(placement.weight.max(1).into()),
             last_error: Mutex::new(None),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
@@ -67,6 +73,23 @@ impl Instance {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn placement(&self) -> Placement {
+        Placement {
+            priority: self.priority.load(Ordering::Relaxed) as u16,
+            weight: self.weight.load(Ordering::Relaxed) as u16,
+        }
+    }
+
+    /// Changes the priority and weight; returns whether they changed.
+    pub(crate) fn set_placement(&self, placement: Placement) -> bool {
+        let old = self.placement();
+        self.priority
+            .store(placement.priority.into(), Ordering::Relaxed);
+        self.weight
+            .store(placement.weight.max(1).into(), Ordering::Relaxed);
+        old != self.placement()
     }
 
     /// The connection, when the instance is ready.
@@ -126,6 +149,22 @@ impl Instance {
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+}
+
+/// Where an instance stands among the others: SRV priority (lower first) and weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub(crate) priority: u16,
+    pub(crate) weight: u16,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            priority: 0,
+            weight: 1,
+        }
     }
 }
 

@@ -1,14 +1,18 @@
-//! The set of instances behind one target: membership, connection upkeep, and picking.
+//! The set of instances behind one target: membership, what discovery said, and picking.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
-use super::instance::{InFlight, Instance, State};
+use super::connect::keep_connected;
+use super::instance::{InFlight, Instance, Placement, State};
+use super::ready::Ready;
+use crate::discovery::DiscoveryStatus;
 
 /// Connection and waiting settings shared by the instances of a set.
 #[derive(Debug, Clone)]
@@ -26,28 +30,42 @@ pub(crate) struct InstanceSet {
     /// Every instance; changed only by membership updates.
     all: Mutex<Vec<Arc<Instance>>>,
     /// The ready instances: the snapshot every call reads, rebuilt when a state changes.
-    ready: ArcSwap<Vec<Arc<Instance>>>,
-    /// Notified whenever `ready` is rebuilt, for calls waiting for an instance.
+    ready: ArcSwap<Ready>,
+    /// Notified whenever `ready` or the discovery status changes, for calls that wait.
     changed: Notify,
+    discovery: watch::Sender<DiscoveryStatus>,
+    /// Asks discovery to look again, when a connection fails.
+    refresh: OnceLock<Arc<Notify>>,
+    /// Dropped with the set, which stops the task that applies discovery's updates.
+    stop_discovery: OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for InstanceSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstanceSet")
             .field("target", &self.target)
-            .field("ready", &self.ready.load().len())
+            .field("instances", &self.lock_all().len())
             .finish_non_exhaustive()
     }
 }
 
+/// Why no instance could be picked, and whether waiting may help.
+struct Unavailable {
+    may_change: bool,
+    message: String,
+}
+
 impl InstanceSet {
-    pub(crate) fn new(target: String, settings: Settings) -> Arc<Self> {
+    pub(crate) fn new(target: String, settings: Settings, status: DiscoveryStatus) -> Arc<Self> {
         Arc::new(Self {
             target,
             settings,
             all: Mutex::new(Vec::new()),
-            ready: ArcSwap::from_pointee(Vec::new()),
+            ready: ArcSwap::from_pointee(Ready::default()),
             changed: Notify::new(),
+            discovery: watch::Sender::new(status),
+            refresh: OnceLock::new(),
+            stop_discovery: OnceLock::new(),
         })
     }
 
@@ -55,14 +73,75 @@ impl InstanceSet {
         &self.target
     }
 
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Adds an instance and starts connecting to it. Must be called within a Tokio runtime.
-    pub(crate) fn insert(self: &Arc<Self>, key: String, endpoint: Endpoint) {
+    pub(crate) fn insert(self: &Arc<Self>, key: String, endpoint: Endpoint, placement: Placement) {
         let endpoint = endpoint
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true);
-        let instance = Arc::new(Instance::new(key, endpoint));
+        let instance = Arc::new(Instance::new(key, endpoint, placement));
         self.lock_all().push(instance.clone());
         tokio::spawn(keep_connected(instance, Arc::downgrade(self)));
+    }
+
+    /// Adds the instance at `addr`, or updates its placement if it is known.
+    pub(crate) fn upsert(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        placement: Placement,
+    ) -> Result<(), crate::Error> {
+        let key = addr.to_string();
+        let known = self.lock_all().iter().find(|i| i.key == key).cloned();
+        match known {
+            Some(instance) => {
+                if instance.set_placement(placement) {
+                    self.rebuild_ready();
+                }
+            }
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(crate::Error::transport)?;
+                self.insert(key, endpoint, placement);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the instance at `addr`; calls in flight on it finish.
+    pub(crate) fn remove(&self, addr: SocketAddr) {
+        let key = addr.to_string();
+        let removed: Vec<_> = {
+            let mut all = self.lock_all();
+            let (gone, kept) = all.drain(..).partition(|i| i.key == key);
+            *all = kept;
+            gone
+        };
+        for instance in &removed {
+            instance.remove();
+        }
+        self.rebuild_ready();
+    }
+
+    pub(crate) fn set_discovery_status(&self, status: DiscoveryStatus) {
+        self.discovery.send_replace(status);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn discovery_status(&self) -> watch::Receiver<DiscoveryStatus> {
+        self.discovery.subscribe()
+    }
+
+    /// Connection failures will ask discovery to look again through `refresh`.
+    pub(crate) fn on_failure_refresh(&self, refresh: Arc<Notify>) {
+        let _ = self.refresh.set(refresh);
+    }
+
+    /// `stop` is dropped when the set is, telling discovery's task to end.
+    pub(crate) fn stop_discovery_on_drop(&self, stop: tokio::sync::oneshot::Sender<()>) {
+        let _ = self.stop_discovery.set(stop);
     }
 
     fn lock_all(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
@@ -73,27 +152,27 @@ impl InstanceSet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn rebuild_ready(&self) {
-        let ready: Vec<_> = self
-            .lock_all()
-            .iter()
-            .filter(|i| i.state() == State::Ready)
-            .cloned()
-            .collect();
+    pub(super) fn rebuild_ready(&self) {
+        let ready = Ready::build(&self.lock_all());
         self.ready.store(Arc::new(ready));
         self.changed.notify_waiters();
     }
 
-    /// Marks `instance` failed after a call could not be sent to it.
+    /// Marks `instance` failed after a call could not be sent to it, and asks discovery to
+    /// look again (it may be gone).
     pub(crate) fn report_failure(&self, instance: &Instance, error: String) {
         if instance.report_failure(error) {
             tracing::warn!(target = %self.target, instance = %instance.key, "connection failed; instance not picked until it reconnects");
             self.rebuild_ready();
+            if let Some(refresh) = self.refresh.get() {
+                refresh.notify_one();
+            }
         }
     }
 
-    /// Picks a ready instance, waiting while instances are still connecting, until `deadline`
-    /// (the call's own) or the set's wait timeout, whichever comes first.
+    /// Picks a ready instance. When there is none, waits while that may change (connections
+    /// being made, the first DNS answer pending), until `deadline` (the call's own) or the
+    /// set's wait timeout, whichever comes first; otherwise fails at once.
     pub(crate) async fn pick(
         &self,
         deadline: Option<Instant>,
@@ -104,126 +183,70 @@ impl InstanceSet {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(instance) = power_of_two_choices(&self.ready.load()) {
+            if let Some(instance) = self.ready.load().pick() {
                 let in_flight = instance.start_call();
                 return Ok((instance.clone(), in_flight));
             }
-            let (connecting, failed) = self.count_unready();
-            if connecting == 0 || Instant::now() >= wait_until {
-                return Err(self.unavailable(connecting, failed));
+            let why = self.why_unavailable();
+            if !why.may_change || Instant::now() >= wait_until {
+                return Err(tonic::Status::unavailable(why.message));
             }
             if tokio::time::timeout_at(wait_until, changed).await.is_err() {
-                return Err(self.unavailable(connecting, failed));
+                return Err(tonic::Status::unavailable(self.why_unavailable().message));
             }
         }
     }
 
-    fn count_unready(&self) -> (usize, usize) {
+    fn why_unavailable(&self) -> Unavailable {
+        let target = &self.target;
         let all = self.lock_all();
         let connecting = all
             .iter()
             .filter(|i| i.state() == State::Connecting)
             .count();
-        (connecting, all.len() - connecting)
-    }
-
-    fn unavailable(&self, connecting: usize, failed: usize) -> tonic::Status {
-        let target = &self.target;
-        let message = if connecting + failed == 0 {
-            format!("no instance of `{target}` is known")
-        } else if connecting > 0 {
-            format!("no instance of `{target}` connected in time ({connecting} still connecting, {failed} failing)")
-        } else {
-            let last_error = self
-                .lock_all()
-                .iter()
-                .find_map(|i| i.last_error().map(|e| format!("; {}: {e}", i.key)))
-                .unwrap_or_default();
-            format!(
-                "no instance of `{target}` is reachable ({failed} failing to connect{last_error})"
-            )
+        let failing = all.len() - connecting;
+        let status = self.discovery.borrow().clone();
+        let dns_note = match &status {
+            DiscoveryStatus::Failing { error, .. } => format!("; DNS lookups fail: {error}"),
+            _ => String::new(),
         };
-        tonic::Status::unavailable(message)
-    }
-}
-
-/// Power of two choices: of two distinct instances drawn at random, the one with fewer calls
-/// in flight.
-fn power_of_two_choices(ready: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
-    match ready.len() {
-        0 => None,
-        1 => ready.first(),
-        n => {
-            let a = fastrand::usize(..n);
-            let mut b = fastrand::usize(..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (a, b) = (&ready[a], &ready[b]);
-            Some(if a.in_flight() <= b.in_flight() { a } else { b })
+        if all.is_empty() {
+            return match status {
+                DiscoveryStatus::Pending => Unavailable {
+                    may_change: true,
+                    message: format!("no DNS answer for `{target}` in time"),
+                },
+                DiscoveryStatus::Failing { error, .. } => Unavailable {
+                    may_change: true,
+                    message: format!("no instance of `{target}`: DNS lookups fail: {error}"),
+                },
+                DiscoveryStatus::NoInstances { reason } => Unavailable {
+                    may_change: false,
+                    message: format!("no instance of `{target}`: {reason}"),
+                },
+                DiscoveryStatus::Static | DiscoveryStatus::Resolved { .. } => Unavailable {
+                    may_change: false,
+                    message: format!("no instance of `{target}` is known"),
+                },
+            };
+        }
+        if connecting > 0 {
+            return Unavailable {
+                may_change: true,
+                message: format!(
+                    "no instance of `{target}` connected in time ({connecting} still connecting, {failing} failing{dns_note})"
+                ),
+            };
+        }
+        let last_error = all
+            .iter()
+            .find_map(|i| i.last_error().map(|e| format!("; {}: {e}", i.key)))
+            .unwrap_or_default();
+        Unavailable {
+            may_change: false,
+            message: format!("no instance of `{target}` is reachable ({failing} failing to connect{last_error}{dns_note})"),
         }
     }
-}
-
-/// Connects to an instance and reconnects it, with exponential backoff, whenever a call
-/// reports its connection failed; ends when the instance is removed or the set is dropped.
-async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSet>) {
-    let Some(settings) = set.upgrade().map(|s| s.settings.clone()) else {
-        return;
-    };
-    let mut backoff = settings.reconnect_backoff;
-    loop {
-        let result = instance.endpoint.connect().await;
-        if instance.is_removed() {
-            return;
-        }
-        let Some(set) = set.upgrade() else { return };
-        match result {
-            Ok(channel) => {
-                tracing::debug!(target = %set.target, instance = %instance.key, "connected");
-                instance.connected(channel);
-                set.rebuild_ready();
-                drop(set);
-                backoff = settings.reconnect_backoff;
-                // Sleep until a call reports a failure, or the instance is removed.
-                instance.wake.notified().await;
-                if instance.is_removed() {
-                    return;
-                }
-            }
-            Err(error) => {
-                let error = error_chain(&error);
-                tracing::debug!(target = %set.target, instance = %instance.key, %error, "connect failed");
-                instance.connect_failed(error);
-                set.rebuild_ready();
-                drop(set);
-                let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff + jitter) => {}
-                    () = instance.wake.notified() => {}
-                }
-                if instance.is_removed() {
-                    return;
-                }
-                backoff = (backoff * 2).min(settings.reconnect_backoff_max);
-            }
-        }
-    }
-}
-
-/// An error and its sources on one line: tonic's transport errors say little at the top.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl Drop for InstanceSet {
@@ -248,11 +271,12 @@ mod test {
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(1),
         };
-        let set = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings);
+        let set = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, DiscoveryStatus::Static);
         // No connection task: the test decides when the instance connects.
         let instance = Arc::new(Instance::new(
             "127.0.0.1:1".into(),
             Endpoint::from_static("http://127.0.0.1:1"),
+            Placement::default(),
         ));
         set.lock_all().push(instance.clone());
         (set, instance)
@@ -315,22 +339,5 @@ mod test {
             "{}",
             error.message()
         );
-    }
-
-    #[test]
-    fn power_of_two_choices_prefers_the_less_loaded() {
-        let instances: Vec<_> = (0..2)
-            .map(|i| {
-                Arc::new(Instance::new(
-                    format!("i{i}"),
-                    Endpoint::from_static("http://127.0.0.1:1"),
-                ))
-            })
-            .collect();
-        let _busy = [instances[0].start_call(), instances[0].start_call()];
-        for _ in 0..100 {
-            // With two instances both are always drawn: the idle one wins every time.
-            assert_eq!(power_of_two_choices(&instances).unwrap().key, "i1");
-        }
     }
 }

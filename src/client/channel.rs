@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::body::Body;
 use tonic::transport::Endpoint;
 use tower::ServiceExt;
 
 use super::deadline::grpc_timeout;
-use crate::balance::{InstanceSet, Settings};
+use crate::balance::{InstanceSet, Placement, Settings};
+use crate::discovery::{self, DiscoveryStatus, DnsSettings, Update};
 use crate::{Error, Target};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,6 +69,12 @@ impl Channel {
     pub fn target(&self) -> &str {
         self.instances.target()
     }
+
+    /// What discovery last learned about the target's instances, as a watch that changes
+    /// with every lookup ([`DiscoveryStatus::Static`] for fixed targets).
+    pub fn discovery_status(&self) -> watch::Receiver<DiscoveryStatus> {
+        self.instances.discovery_status()
+    }
 }
 
 /// Settings of a [`Channel`]; start with [`Channel::builder`].
@@ -77,6 +85,7 @@ pub struct ChannelBuilder {
     wait_timeout: Duration,
     reconnect_backoff: Duration,
     reconnect_backoff_max: Duration,
+    dns: DnsSettings,
 }
 
 impl Default for ChannelBuilder {
@@ -86,6 +95,7 @@ impl Default for ChannelBuilder {
             wait_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            dns: DnsSettings::default(),
         }
     }
 }
@@ -112,11 +122,19 @@ impl ChannelBuilder {
         self
     }
 
-    /// Builds the channel and starts connecting to the target's instances in the background;
-    /// it does not wait for the connections. Must run within a Tokio runtime.
+    /// How `dns:` and `dns+srv:` targets are looked up: refresh floor and ceiling, query
+    /// timeout, address family. See [`DnsSettings`] for the defaults.
+    pub fn dns(mut self, settings: DnsSettings) -> Self {
+        self.dns = settings;
+        self
+    }
+
+    /// Builds the channel and starts connecting to the target's instances in the background.
+    /// For `dns:` and `dns+srv:` targets it waits for the first DNS answer (or failure, then
+    /// retried in the background), so that the first call is routed by it; it does not wait
+    /// for connections. Must run within a Tokio runtime.
     ///
-    /// Fails when the target does not parse. `dns:` and `dns+srv:` targets parse but are not
-    /// resolved by this version of meshless yet.
+    /// Fails when the target does not parse, or the DNS resolver cannot be set up.
     pub async fn connect(self, target: &str) -> Result<Channel, Error> {
         let parsed: Target = target.parse()?;
         let settings = Settings {
@@ -125,25 +143,97 @@ impl ChannelBuilder {
             reconnect_backoff: self.reconnect_backoff,
             reconnect_backoff_max: self.reconnect_backoff_max,
         };
-        let instances = InstanceSet::new(target.to_owned(), settings);
-        match parsed {
+        let static_set =
+            |settings| InstanceSet::new(target.to_owned(), settings, DiscoveryStatus::Static);
+        let instances = match parsed {
             Target::Static(addrs) => {
+                let instances = static_set(settings);
                 for addr in addrs {
-                    instances.insert(addr.to_string(), endpoint(&format!("http://{addr}"))?);
+                    instances.insert(
+                        addr.to_string(),
+                        endpoint(&format!("http://{addr}"))?,
+                        Placement::default(),
+                    );
                 }
+                instances
             }
             Target::Http { host, port } => {
+                let instances = static_set(settings);
                 let key = format!("{host}:{port}");
-                instances.insert(key.clone(), endpoint(&format!("http://{key}"))?);
+                instances.insert(
+                    key.clone(),
+                    endpoint(&format!("http://{key}"))?,
+                    Placement::default(),
+                );
+                instances
             }
             Target::Dns { .. } | Target::DnsSrv { .. } => {
-                return Err(Error::unsupported(format!(
-                    "target `{target}`: DNS discovery is not available in this version of meshless; \
-                     use ipv4:, ipv6: or http:// targets"
-                )));
+                let (mut updates, refresh) = discovery::spawn(&parsed, &self.dns)?;
+                let instances =
+                    InstanceSet::new(target.to_owned(), settings, DiscoveryStatus::Pending);
+                instances.on_failure_refresh(refresh);
+                // The first answer is applied before the channel is handed out.
+                while let Some(update) = updates.recv().await {
+                    let first_status = matches!(update, Update::Status(_));
+                    apply(&instances, update);
+                    if first_status {
+                        break;
+                    }
+                }
+                let (stop, stopped) = oneshot::channel();
+                instances.stop_discovery_on_drop(stop);
+                tokio::spawn(follow_discovery(
+                    updates,
+                    Arc::downgrade(&instances),
+                    stopped,
+                ));
+                instances
+            }
+        };
+        Ok(Channel { instances })
+    }
+}
+
+/// Applies discovery's updates to the instances until the channel is gone.
+async fn follow_discovery(
+    mut updates: mpsc::Receiver<Update>,
+    instances: std::sync::Weak<InstanceSet>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            update = updates.recv() => {
+                let (Some(update), Some(instances)) = (update, instances.upgrade()) else { return };
+                apply(&instances, update);
+            }
+            _ = &mut stopped => return,
+        }
+    }
+}
+
+fn apply(instances: &Arc<InstanceSet>, update: Update) {
+    match update {
+        Update::Insert(addr, placement) => {
+            if let Err(error) = instances.upsert(addr, placement) {
+                tracing::warn!(target = %instances.target(), %addr, %error, "instance not added");
             }
         }
-        Ok(Channel { instances })
+        Update::Remove(addr) => instances.remove(addr),
+        Update::Status(status) => {
+            match &status {
+                DiscoveryStatus::Failing {
+                    error,
+                    instances: kept,
+                } => {
+                    tracing::warn!(target = %instances.target(), %error, kept, "DNS lookup failed; keeping the known instances");
+                }
+                DiscoveryStatus::NoInstances { reason } => {
+                    tracing::warn!(target = %instances.target(), %reason, "no instances");
+                }
+                _ => {}
+            }
+            instances.set_discovery_status(status);
+        }
     }
 }
 

@@ -1,0 +1,64 @@
+//! The task that keeps one instance connected.
+
+use std::sync::{Arc, Weak};
+
+use super::instance::Instance;
+use super::set::InstanceSet;
+
+/// Connects to an instance and reconnects it, with exponential backoff and jitter, whenever a
+/// call reports its connection failed; ends when the instance is removed or the set is dropped.
+pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSet>) {
+    let Some(settings) = set.upgrade().map(|s| s.settings().clone()) else {
+        return;
+    };
+    let mut backoff = settings.reconnect_backoff;
+    loop {
+        let result = instance.endpoint.connect().await;
+        if instance.is_removed() {
+            return;
+        }
+        let Some(set) = set.upgrade() else { return };
+        match result {
+            Ok(channel) => {
+                tracing::debug!(target = %set.target(), instance = %instance.key, "connected");
+                instance.connected(channel);
+                set.rebuild_ready();
+                drop(set);
+                backoff = settings.reconnect_backoff;
+                // Sleep until a call reports a failure, or the instance is removed.
+                instance.wake.notified().await;
+            }
+            Err(error) => {
+                let error = error_chain(&error);
+                tracing::debug!(target = %set.target(), instance = %instance.key, %error, "connect failed");
+                instance.connect_failed(error);
+                set.rebuild_ready();
+                drop(set);
+                let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff + jitter) => {}
+                    () = instance.wake.notified() => {}
+                }
+                backoff = (backoff * 2).min(settings.reconnect_backoff_max);
+            }
+        }
+        if instance.is_removed() {
+            return;
+        }
+    }
+}
+
+/// An error and its sources on one line: tonic's transport errors say little at the top.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

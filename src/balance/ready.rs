@@ -1,0 +1,147 @@
+//! The snapshot of ready instances that every call reads, and the pick itself.
+
+use std::sync::Arc;
+
+use super::instance::{Instance, State};
+
+/// The ready instances of the lowest priority that has any, with their weights summed for
+/// weighted draws. Built when instances change, read lock-free by every call.
+#[derive(Debug, Default)]
+pub(crate) struct Ready {
+    instances: Vec<Arc<Instance>>,
+    /// Running sums of the weights: `cumulative[i]` is the total weight of `instances[..=i]`.
+    /// Empty when every weight is equal, so draws are uniform.
+    cumulative: Vec<u64>,
+}
+
+impl Ready {
+    pub(crate) fn build(all: &[Arc<Instance>]) -> Self {
+        let ready = all.iter().filter(|i| i.state() == State::Ready);
+        let Some(best) = ready.clone().map(|i| i.placement().priority).min() else {
+            return Self::default();
+        };
+        let instances: Vec<_> = ready
+            .filter(|i| i.placement().priority == best)
+            .cloned()
+            .collect();
+        let first_weight = instances[0].placement().weight;
+        let cumulative = if instances
+            .iter()
+            .all(|i| i.placement().weight == first_weight)
+        {
+            Vec::new()
+        } else {
+            instances
+                .iter()
+                .scan(0u64, |sum, i| {
+                    *sum += u64::from(i.placement().weight);
+                    Some(*sum)
+                })
+                .collect()
+        };
+        Self {
+            instances,
+            cumulative,
+        }
+    }
+
+    /// Power of two choices: of two distinct instances drawn at random (in proportion to
+    /// their weights), the one with fewer calls in flight per unit of weight.
+    pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
+        let n = self.instances.len();
+        if n <= 1 {
+            return self.instances.first();
+        }
+        let a = self.draw();
+        let mut b = self.draw();
+        if b == a {
+            b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        }
+        let (a, b) = (&self.instances[a], &self.instances[b]);
+        // in_flight(a) / weight(a) <= in_flight(b) / weight(b), without division.
+        let load =
+            |x: &Instance, y: &Instance| x.in_flight() as u64 * u64::from(y.placement().weight);
+        Some(if load(a, b) <= load(b, a) { a } else { b })
+    }
+
+    fn draw(&self) -> usize {
+        match self.cumulative.last() {
+            None => fastrand::usize(..self.instances.len()),
+            Some(&total) => {
+                let point = fastrand::u64(..total);
+                self.cumulative.partition_point(|&sum| sum <= point)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use tonic::transport::Endpoint;
+
+    use super::*;
+    use crate::balance::instance::Placement;
+
+    fn ready_instance(key: &str, priority: u16, weight: u16) -> Arc<Instance> {
+        let instance = Instance::new(
+            key.into(),
+            Endpoint::from_static("http://127.0.0.1:1"),
+            Placement { priority, weight },
+        );
+        instance.connected(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
+        Arc::new(instance)
+    }
+
+    fn counts(ready: &Ready, draws: usize) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..draws {
+            *counts.entry(ready.pick().unwrap().key.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[tokio::test]
+    async fn the_less_loaded_of_two_wins() {
+        let instances = [ready_instance("busy", 0, 1), ready_instance("idle", 0, 1)];
+        let _busy = [instances[0].start_call(), instances[0].start_call()];
+        let ready = Ready::build(&instances);
+        // With two instances both are always drawn: the idle one wins every time.
+        assert_eq!(counts(&ready, 100)["idle"], 100);
+    }
+
+    #[tokio::test]
+    async fn weights_skew_the_draws() {
+        let instances = [ready_instance("light", 0, 1), ready_instance("heavy", 0, 3)];
+        let ready = Ready::build(&instances);
+        let counts = counts(&ready, 40_000);
+        // Idle instances tie, so the first draw decides: 3 in 4 for the heavy one.
+        let heavy = counts["heavy"] as f64 / 40_000.0;
+        assert!((0.72..0.78).contains(&heavy), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn load_is_compared_per_unit_of_weight() {
+        let instances = [ready_instance("light", 0, 1), ready_instance("heavy", 0, 4)];
+        // 3 calls on a weight of 4 is less loaded than 1 call on a weight of 1.
+        let _calls = [
+            instances[1].start_call(),
+            instances[1].start_call(),
+            instances[1].start_call(),
+            instances[0].start_call(),
+        ];
+        let ready = Ready::build(&instances);
+        assert_eq!(counts(&ready, 100)["heavy"], 100);
+    }
+
+    #[tokio::test]
+    async fn only_the_lowest_ready_priority_is_used() {
+        let backup = ready_instance("backup", 20, 1);
+        let primary = ready_instance("primary", 10, 1);
+        let ready = Ready::build(&[backup.clone(), primary.clone()]);
+        assert_eq!(counts(&ready, 50)["primary"], 50);
+
+        primary.report_failure("gone".into());
+        let ready = Ready::build(&[backup, primary]);
+        assert_eq!(counts(&ready, 50)["backup"], 50);
+    }
+}
