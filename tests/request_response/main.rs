@@ -1,6 +1,7 @@
 //! Request-response end to end: generated handler, service and client over real connections
 //! on 127.0.0.1, with the server's health, reflection and shutdown.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meshless::{Code, Request, Response, Server, Status, Streaming};
 use tokio::net::TcpListener;
@@ -48,12 +49,22 @@ impl Gate {
 pub struct Echo {
     pub name: String,
     pub gate: Gate,
+    /// How long `Unary` takes.
+    pub delay: Duration,
 }
 
 impl Echo {
     pub fn named(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn slow(name: &str, delay: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            delay,
             ..Self::default()
         }
     }
@@ -82,6 +93,9 @@ type ReplyStream =
 
 impl EchoHandler for Echo {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         if request.get_ref().message == WAIT {
             self.gate.entered.notify_one();
             let _permit = self
@@ -172,6 +186,10 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::start_on(listener, server)
+    }
+
+    pub fn start_on(listener: TcpListener, server: Server) -> Self {
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve_with_listener(listener, async {
@@ -217,4 +235,57 @@ pub fn request(message: &str) -> EchoRequest {
         message: message.to_owned(),
         ..Default::default()
     }
+}
+
+/// A server on a runtime of its own, so that it can be killed hard: every task and socket of
+/// it gone at once, as when a process dies.
+pub struct Killable {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Killable {
+    pub fn echo(echo: Echo) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("local address");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
+            Server::builder()
+                .add_service(EchoService::new(echo))
+                .serve_with_listener(listener, std::future::pending())
+                .await
+        });
+        Self {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Kills the server: its connections and listener close without a goodbye.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The instance name an Echo reply carries (`name: message`).
+pub fn served_by(reply: &EchoReply) -> &str {
+    reply.message.split(':').next().unwrap_or_default()
 }
