@@ -1,5 +1,5 @@
-//! The sign-up flow, request-response half: two Users instances and a client that calls
-//! them through one target.
+//! The sign-up flow, request-response half: two Users instances registered in an in-process
+//! DNS server (standing in for Consul), and a client that finds them through an SRV target.
 //!
 //! Run with: cargo run --example signup
 
@@ -8,6 +8,7 @@ mod users;
 
 use std::sync::{Arc, Mutex};
 
+use meshless::testing::TestDns;
 use meshless::{Code, Server};
 use tokio::net::TcpListener;
 use users::proto::{GetUserRequest, SignUpRequest, UsersClient, UsersService};
@@ -15,6 +16,10 @@ use users::{Store, Users, SERVED_BY};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Consul's DNS interface, in process: `users.service.consul` lists the instances.
+    let dns = TestDns::start("service.consul").await?;
+    println!("DNS for service.consul on {}", dns.addr());
+
     // Two Users instances on free ports of this machine, sharing one store.
     let store = Arc::new(Mutex::new(Store::default()));
     let mut addrs = Vec::new();
@@ -33,11 +38,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let _ = stopped.await;
                 }),
         ));
-        println!("{name} serving on {}", addrs.last().unwrap());
+        let addr = *addrs.last().unwrap();
+        let node = format!("{name}.node.service.consul");
+        dns.add_ip(&node, addr.ip()).await?;
+        dns.add_srv("users.service.consul", 1, 1, addr.port(), &node)
+            .await?;
+        println!("{name} serving on {addr}, registered as users.service.consul");
     }
 
-    // One client for both: calls are spread over the instances.
-    let target = format!("ipv4:{},{}", addrs[0], addrs[1]);
+    // One client for both, straight to the instances: calls are spread over them.
+    let target = dns.srv_target("users.service.consul");
     let client = UsersClient::connect(&target).await?;
     println!("client calling {target}");
 
@@ -95,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for server in servers {
         server.await??;
     }
+    dns.stop().await;
     println!("done: {} sign-ups, both instances shut down", people.len());
     Ok(())
 }
