@@ -7,9 +7,16 @@
 //!
 //! - [`Server`] serves generated services (and any tonic service), with the gRPC health
 //!   service, server reflection and graceful shutdown.
-//! - [`Channel`] spreads calls over every instance of a [`Target`] (`ipv4:` lists,
-//!   `http://host:port`; `dns:` and `dns+srv:` targets parse, discovery comes next) with power of
-//!   two choices over calls in flight, and skips instances whose connection failed.
+//! - [`Channel`] finds the instances of a [`Target`] (`dns:` A/AAAA records, `dns+srv:` SRV
+//!   records, `ipv4:`/`ipv6:` lists, `http://host:port`) through [`discovery`], and spreads
+//!   calls over them with power of two choices over calls in flight, skipping instances whose
+//!   connection failed. No load balancer in between.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `testing` | [`testing::TestDns`], an in-process DNS server whose records tests change at run time |
 //!
 //! # Example
 //!
