@@ -5,15 +5,3 @@ pub use prost;
 pub use prost_types;
 pub use tonic;
 pub use tonic_prost;
-
-/// The stream type of event RPCs until the framework serves them.
-pub type BoxStream<T> = std::pin::Pin<
-    Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>,
->;
-
-/// The answer to a subscription to an event RPC, which this version does not serve yet.
-pub fn events_not_served(method: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!(
-        "event RPC {method} is declared, but this version of meshless does not serve events yet"
-    ))
-}

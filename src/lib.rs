@@ -54,6 +54,7 @@ mod balance;
 mod client;
 pub mod discovery;
 mod error;
+pub mod events;
 pub mod server;
 pub mod target;
 #[cfg(feature = "testing")]

@@ -8,8 +8,8 @@ use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 
 use crate::compile::Compiled;
-use crate::model::Service;
-use crate::{client, rewrite, server};
+use crate::model::{Service, Shape};
+use crate::{client, events, rewrite, server};
 
 pub(crate) struct Generator {
     tonic: Box<dyn prost_build::ServiceGenerator>,
@@ -38,8 +38,22 @@ impl Generator {
 }
 
 impl prost_build::ServiceGenerator for Generator {
-    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+    fn generate(&mut self, mut service: prost_build::Service, buf: &mut String) {
         let model = Service::new(&self.compiled, &service);
+
+        // Event streams carry `Envelope`s: encoded once on the way out, event plus metadata on
+        // the way in. tonic's stubs live one module down, hence `super::`.
+        for (method, modeled) in service.methods.iter_mut().zip(&model.methods) {
+            if matches!(modeled.shape, Shape::Event(_)) {
+                let event = &method.output_type;
+                let event = if event.starts_with("::") || event.starts_with("crate::") {
+                    event.clone()
+                } else {
+                    format!("super::{event}")
+                };
+                method.output_type = format!("::meshless::events::Envelope<{event}>");
+            }
+        }
 
         let mut tonic_code = String::new();
         self.tonic.generate(service, &mut tonic_code);
@@ -50,11 +64,16 @@ impl prost_build::ServiceGenerator for Generator {
         let tonic_tokens = rewrite::tonic_paths(tonic_tokens);
 
         let handler = self.build_server.then(|| server::generate(&model));
+        let publisher =
+            (self.build_server && model.has_events()).then(|| events::publisher(&model));
         let client = self.build_client.then(|| client::generate(&model));
+        let observer = (self.build_client && model.has_events()).then(|| events::observer(&model));
         let tokens = quote! {
             #tonic_tokens
             #handler
+            #publisher
             #client
+            #observer
         };
         buf.push_str(&tokens.to_string());
         buf.push('\n');

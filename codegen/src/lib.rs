@@ -46,6 +46,7 @@ mod client;
 mod compile;
 mod docs;
 mod error;
+mod events;
 mod generator;
 mod model;
 mod rewrite;

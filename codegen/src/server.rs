@@ -199,20 +199,25 @@ fn adapter(service: &Service, names: &Names) -> TokenStream {
             }
             Shape::Event(_) => {
                 let result = result(quote! { Self::#stream });
-                let path = format!("{}/{}", service.full_name, method.proto_name);
+                let index = event_index(service, method);
                 quote! {
-                    type #stream = ::meshless::codegen::BoxStream<#output>;
-                    async fn #name(&self, _request: ::meshless::Request<#input>) -> #result {
-                        ::core::result::Result::Err(::meshless::codegen::events_not_served(#path))
+                    type #stream = ::meshless::events::EventStream<#output>;
+                    async fn #name(&self, request: ::meshless::Request<#input>) -> #result {
+                        self.publisher.as_publisher().subscribe(#index, request)
                     }
                 }
             }
         }
     });
+    let publisher_field = service.has_events().then(|| {
+        let publisher = format_ident!("{}Publisher", service.proto_name);
+        quote! { publisher: #publisher, }
+    });
     quote! {
         #[doc(hidden)]
         pub struct #adapter<H> {
             handler: ::std::sync::Arc<H>,
+            #publisher_field
         }
 
         #[::meshless::codegen::tonic::codegen::async_trait]
@@ -242,14 +247,42 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
         "clones share the handler.".to_owned(),
     ]);
     let tonic = quote! { ::meshless::codegen::tonic };
-    quote! {
-        #doc
-        pub struct #service_ty<H> {
-            inner: #tonic_module::#tonic_server<#adapter<H>>,
-        }
+    let (publisher_field, constructors, publisher_clone) = if service.has_events() {
+        let publisher = format_ident!("{}Publisher", service.proto_name);
+        let constructors = quote! {
+            /// Serves `handler`, with a new publisher for the event RPCs (see
+            /// [`Self::publisher`]; to publish from the handler, create the publisher first and
+            /// use [`Self::with_publisher`]).
+            pub fn new(handler: H) -> Self {
+                Self::with_publisher(handler, #publisher::new())
+            }
 
-        #[allow(dead_code)]
-        impl<H: #handler> #service_ty<H> {
+            /// Serves `handler`, and the event RPCs from `publisher`.
+            pub fn with_publisher(handler: H, publisher: #publisher) -> Self {
+                Self::from_arc_with_publisher(::std::sync::Arc::new(handler), publisher)
+            }
+
+            /// Serves a handler that is shared with other code, and the event RPCs from
+            /// `publisher`.
+            pub fn from_arc_with_publisher(handler: ::std::sync::Arc<H>, publisher: #publisher) -> Self {
+                Self {
+                    inner: #tonic_module::#tonic_server::new(#adapter { handler, publisher: publisher.clone() }),
+                    publisher,
+                }
+            }
+
+            /// The publisher whose events the event RPCs serve.
+            pub fn publisher(&self) -> &#publisher {
+                &self.publisher
+            }
+        };
+        (
+            quote! { publisher: #publisher, },
+            constructors,
+            quote! { publisher: self.publisher.clone(), },
+        )
+    } else {
+        let constructors = quote! {
             /// Serves `handler`.
             pub fn new(handler: H) -> Self {
                 Self::from_arc(::std::sync::Arc::new(handler))
@@ -261,23 +294,39 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
                     inner: #tonic_module::#tonic_server::new(#adapter { handler }),
                 }
             }
+        };
+        (quote! {}, constructors, quote! {})
+    };
+    let keep_publisher = service
+        .has_events()
+        .then(|| quote! { publisher: self.publisher, });
+    quote! {
+        #doc
+        pub struct #service_ty<H> {
+            inner: #tonic_module::#tonic_server<#adapter<H>>,
+            #publisher_field
+        }
+
+        #[allow(dead_code)]
+        impl<H: #handler> #service_ty<H> {
+            #constructors
 
             /// Limits the size of a decoded request message (default: 4 MiB).
             #[must_use]
             pub fn max_decoding_message_size(self, limit: usize) -> Self {
-                Self { inner: self.inner.max_decoding_message_size(limit) }
+                Self { inner: self.inner.max_decoding_message_size(limit), #keep_publisher }
             }
 
             /// Limits the size of an encoded response message (default: `usize::MAX`).
             #[must_use]
             pub fn max_encoding_message_size(self, limit: usize) -> Self {
-                Self { inner: self.inner.max_encoding_message_size(limit) }
+                Self { inner: self.inner.max_encoding_message_size(limit), #keep_publisher }
             }
         }
 
         impl<H> ::core::clone::Clone for #service_ty<H> {
             fn clone(&self) -> Self {
-                Self { inner: self.inner.clone() }
+                Self { inner: self.inner.clone(), #publisher_clone }
             }
         }
 
@@ -319,4 +368,14 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             }
         }
     }
+}
+
+/// The position of an event RPC among the service's event RPCs: its publisher's index.
+pub(crate) fn event_index(service: &Service, method: &Method) -> usize {
+    service
+        .methods
+        .iter()
+        .filter(|m| matches!(m.shape, Shape::Event(_)))
+        .position(|m| m.proto_name == method.proto_name)
+        .unwrap_or(0)
 }

@@ -153,24 +153,6 @@ async fn unknown_services_and_methods_are_unimplemented() {
 }
 
 #[tokio::test]
-async fn event_rpcs_are_declared_but_answer_unimplemented_for_now() {
-    let server = Running::echo(Echo::default()).await;
-    let client = EchoClient::connect(server.target()).await.unwrap();
-    let status = client
-        .into_tonic()
-        .echoed(meshless::v1::Subscribe::default())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status.message().contains("testing.v1.Echo/Echoed"),
-        "{}",
-        status.message()
-    );
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn health_reports_each_service_serving_then_not_serving_while_shutting_down() {
     let echo = Echo::default();
     let gate = echo.gate.clone();

@@ -1,0 +1,191 @@
+//! Generates the event side of a service: `{Service}Publisher` for producers, and for
+//! observers one `{Event}Observer` trait per event RPC plus `{Service}Observer`, which
+//! subscribes the observers given to it.
+//!
+//! One trait per event RPC (rather than one trait with a default method per event) lets the
+//! compiler know which events an observer handles, so exactly those are subscribed to.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use crate::docs;
+use crate::model::{Method, Service, Shape};
+use crate::server::{event_index, rust_type};
+
+fn event_methods(service: &Service) -> impl Iterator<Item = (&Method, u64)> {
+    service.methods.iter().filter_map(|m| match m.shape {
+        Shape::Event(options) => Some((m, options.retain)),
+        _ => None,
+    })
+}
+
+pub(crate) fn publisher(service: &Service) -> TokenStream {
+    let publisher = format_ident!("{}Publisher", service.proto_name);
+    let service_ty = format_ident!("{}Service", service.proto_name);
+    let full_name = &service.full_name;
+    let doc = docs::lines(&[
+        format!("Publishes the events of `{full_name}`, which [`{service_ty}`] serves to every subscriber."),
+        String::new(),
+        "`publish_*` never waits: each event is encoded once, kept for resume (the last `retain`".to_owned(),
+        "of each event RPC), and handed to every subscriber's buffer. Clones publish into the same".to_owned(),
+        "streams, so give one to each handler that publishes.".to_owned(),
+    ]);
+    let rpcs = event_methods(service).map(|(method, retain)| {
+        let name = &method.proto_name;
+        quote! { ::meshless::events::EventRpc { name: #name, retain: #retain } }
+    });
+    let methods = event_methods(service).map(|(method, retain)| {
+        let publish = format_ident!("publish_{}", method.name);
+        let event = rust_type(&method.output_type);
+        let index = event_index(service, method);
+        let mut lines = method.docs.clone();
+        if !lines.is_empty() {
+            lines.push(String::new());
+        }
+        lines.push(format!(
+            "Publishes one `{}` event (kept: the last {} events) and returns its cursor.",
+            method.proto_name,
+            if retain == 0 {
+                "1024".to_owned()
+            } else {
+                retain.to_string()
+            }
+        ));
+        let doc = docs::lines(&lines);
+        quote! {
+            #doc
+            pub fn #publish(&self, event: #event) -> ::meshless::v1::Cursor {
+                self.inner.publish(#index, &event)
+            }
+        }
+    });
+    quote! {
+        #doc
+        #[derive(Debug, Clone)]
+        pub struct #publisher {
+            inner: ::meshless::events::Publisher,
+        }
+
+        impl ::core::default::Default for #publisher {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        #[allow(dead_code)]
+        impl #publisher {
+            const EVENT_RPCS: &'static [::meshless::events::EventRpc] = &[#(#rpcs),*];
+
+            /// A publisher with a new epoch and the default settings.
+            pub fn new() -> Self {
+                Self::with_settings(::core::default::Default::default())
+            }
+
+            /// A publisher with a new epoch and these settings (subscriber buffer, retention).
+            pub fn with_settings(settings: ::meshless::events::PublisherSettings) -> Self {
+                Self { inner: ::meshless::events::Publisher::new(#full_name, Self::EVENT_RPCS, settings) }
+            }
+
+            /// The untyped publisher underneath: epoch and counters.
+            pub fn as_publisher(&self) -> &::meshless::events::Publisher {
+                &self.inner
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+pub(crate) fn observer(service: &Service) -> TokenStream {
+    let observer = format_ident!("{}Observer", service.proto_name);
+    let full_name = &service.full_name;
+    let traits = event_methods(service).map(|(method, _)| {
+        let trait_name = format_ident!("{}Observer", method.proto_name);
+        let name = format_ident!("{}", method.name);
+        let event = rust_type(&method.output_type);
+        let mut lines = method.docs.clone();
+        if !lines.is_empty() {
+            lines.push(String::new());
+        }
+        lines.push(format!(
+            "Handles the `{}` events of `{full_name}`: implement it with a plain `async fn`, and give it to [`{observer}::{}`].",
+            method.proto_name, method.name
+        ));
+        lines.push(String::new());
+        lines.push("Events from one producer instance arrive in order, one at a time. An error is retried, then the".to_owned());
+        lines.push("event is dead-lettered (see `meshless::events::ObserverOptions`).".to_owned());
+        let doc = docs::lines(&lines);
+        quote! {
+            #doc
+            pub trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {
+                /// Handles one event.
+                fn #name(
+                    &self,
+                    event: ::meshless::events::Event<#event>,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<(), ::meshless::events::HandlerError>> + ::core::marker::Send;
+            }
+        }
+    });
+    let registrations = event_methods(service).map(|(method, _)| {
+        let trait_name = format_ident!("{}Observer", method.proto_name);
+        let name = format_ident!("{}", method.name);
+        let event = rust_type(&method.output_type);
+        let path = format!("/{full_name}/{}", method.proto_name);
+        let doc = format!(" Subscribes to `{}` and hands its events to `observer`.", method.proto_name);
+        quote! {
+            #[doc = #doc]
+            pub fn #name<O: #trait_name>(self, observer: impl ::core::convert::Into<::std::sync::Arc<O>>) -> Self {
+                let observer: ::std::sync::Arc<O> = observer.into();
+                Self {
+                    inner: self.inner.observe::<#event, _, _>(#path, move |event| {
+                        let observer = observer.clone();
+                        async move { observer.#name(event).await }
+                    }),
+                }
+            }
+        }
+    });
+    let doc = docs::lines(&[
+        format!("Observes the events of `{full_name}` on every instance of a target."),
+        String::new(),
+        "Give it one observer per event RPC of interest, then [`Self::start`] it: only those events".to_owned(),
+        "are subscribed to, on every producer instance the target resolves to.".to_owned(),
+    ]);
+    quote! {
+        #(#traits)*
+
+        #doc
+        #[derive(Debug)]
+        #[must_use]
+        pub struct #observer {
+            inner: ::meshless::events::ObserverBuilder,
+        }
+
+        impl ::core::default::Default for #observer {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        #[allow(dead_code)]
+        impl #observer {
+            /// An observer of no event yet, with the default options.
+            pub fn new() -> Self {
+                Self { inner: ::meshless::events::ObserverBuilder::new(#full_name) }
+            }
+
+            /// Sets the options: retries, reconnection, heartbeats, gap and dead-letter callbacks.
+            pub fn options(self, options: ::meshless::events::ObserverOptions) -> Self {
+                Self { inner: self.inner.options(options) }
+            }
+
+            #(#registrations)*
+
+            /// Starts observing every instance of `target` (`dns+srv:///users.service.consul`,
+            /// `ipv4:...`, any target a client takes); returns a handle to stop it gracefully.
+            pub async fn start(self, target: impl ::core::convert::AsRef<str>) -> ::core::result::Result<::meshless::events::ObserverHandle, ::meshless::Error> {
+                self.inner.start(target.as_ref()).await
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Events: typed publish/subscribe straight from producer instances to observers, over plain
+//! gRPC server streams, with no broker.
+//!
+//! An event RPC (a server-streaming RPC marked `option (meshless.v1.event)`) is served by the
+//! framework from a [`Publisher`]: the producer publishes typed events through the generated
+//! `{Service}Publisher`, and every subscriber gets them over its own stream.
+//!
+//! - Each publisher has an epoch (random, drawn at start) and, per event RPC, a sequence: a
+//!   cursor is (epoch, sequence).
+//! - An event is encoded once, whatever the number of subscribers; `publish` never waits.
+//! - The last `retain` events are kept. A subscriber resuming inside that window loses nothing
+//!   and sees nothing twice; outside it, or after a restart (a new epoch), the first event it
+//!   gets says how many it missed. Never a silent gap.
+//! - A subscriber that falls further behind than its buffer is cut off with
+//!   `RESOURCE_EXHAUSTED`, and resumes from its cursor.
+//! - Idle streams carry heartbeats when the subscriber asks for them.
+
+mod hub;
+pub mod observer;
+mod publisher;
+mod stream;
+mod wire;
+
+pub use observer::{
+    DeadLetter, Event, Gap, HandlerError, ObserverBuilder, ObserverHandle, ObserverOptions,
+};
+pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
+pub use stream::EventStream;
+pub use wire::{Envelope, EVENT_METADATA_FIELD};

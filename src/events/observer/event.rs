@@ -1,0 +1,99 @@
+//! What observers receive: [`Event`]s, and reports of [`Gap`]s and [`DeadLetter`]s.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::v1::{Cursor, EventMetadata};
+
+/// The error a handler returns to have an event retried (and, after the last attempt,
+/// dead-lettered).
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One event, as an observer's handler receives it.
+#[derive(Debug, Clone)]
+pub struct Event<T> {
+    message: T,
+    metadata: EventMetadata,
+    instance: String,
+}
+
+impl<T> Event<T> {
+    pub(crate) fn new(message: T, metadata: EventMetadata, instance: String) -> Self {
+        Self {
+            message,
+            metadata,
+            instance,
+        }
+    }
+
+    /// The event's message.
+    pub fn message(&self) -> &T {
+        &self.message
+    }
+
+    /// The event's message, taken out.
+    pub fn into_message(self) -> T {
+        self.message
+    }
+
+    /// Where the event stands in its publisher's stream.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.metadata.epoch,
+            sequence: self.metadata.sequence,
+        }
+    }
+
+    /// When it was published, by the publisher's clock.
+    pub fn published_at(&self) -> SystemTime {
+        let micros = u64::try_from(self.metadata.published_at_unix_micros).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_micros(micros)
+    }
+
+    /// The producer instance it came from (`127.0.0.1:50051`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// All the metadata that came with it.
+    pub fn metadata(&self) -> &EventMetadata {
+        &self.metadata
+    }
+}
+
+impl<T> std::ops::Deref for Event<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.message
+    }
+}
+
+/// Events an observer will never get from one producer instance: they were no longer
+/// retained when it resubscribed, or the producer restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The producer instance.
+    pub instance: String,
+    /// The event RPC, `/package.Service/Method`.
+    pub rpc: &'static str,
+    /// How many events were missed.
+    pub missed: u64,
+    /// The epoch of the events after the gap; a different one than before means the producer
+    /// restarted.
+    pub epoch: u64,
+}
+
+/// An event whose handler failed on every attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The producer instance.
+    pub instance: String,
+    /// The event RPC, `/package.Service/Method`.
+    pub rpc: &'static str,
+    /// The event's cursor.
+    pub cursor: Cursor,
+    /// How many times the handler was called.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+}

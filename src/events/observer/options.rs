@@ -1,0 +1,132 @@
+//! [`ObserverOptions`]: retries, reconnection, heartbeats, callbacks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::event::{DeadLetter, Gap};
+use crate::discovery::DnsSettings;
+use crate::v1::StartPosition;
+
+type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+/// How an observer subscribes and handles events. Start from `ObserverOptions::default()`.
+#[derive(Clone)]
+#[must_use]
+pub struct ObserverOptions {
+    pub(crate) handler_attempts: u32,
+    pub(crate) retry_backoff: Duration,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) reconnect_backoff_max: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) start: StartPosition,
+    pub(crate) max_concurrent_handlers: Option<usize>,
+    pub(crate) dns: DnsSettings,
+    pub(crate) on_gap: Callback<Gap>,
+    pub(crate) on_dead_letter: Callback<DeadLetter>,
+}
+
+impl fmt::Debug for ObserverOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserverOptions")
+            .field("handler_attempts", &self.handler_attempts)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("reconnect_backoff", &self.reconnect_backoff)
+            .field("heartbeat", &self.heartbeat)
+            .field("start", &self.start)
+            .field("max_concurrent_handlers", &self.max_concurrent_handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ObserverOptions {
+    fn default() -> Self {
+        Self {
+            handler_attempts: 3,
+            retry_backoff: Duration::from_millis(100),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(5),
+            start: StartPosition::Oldest,
+            max_concurrent_handlers: None,
+            dns: DnsSettings::default(),
+            on_gap: Arc::new(|gap: &Gap| {
+                tracing::warn!(instance = %gap.instance, rpc = gap.rpc, missed = gap.missed, epoch = gap.epoch, "events missed");
+            }),
+            on_dead_letter: Arc::new(|dead: &DeadLetter| {
+                tracing::error!(
+                    instance = %dead.instance, rpc = dead.rpc, epoch = dead.cursor.epoch, sequence = dead.cursor.sequence,
+                    attempts = dead.attempts, error = %dead.error, "event handler failed on every attempt; event dead-lettered"
+                );
+            }),
+        }
+    }
+}
+
+impl ObserverOptions {
+    /// How many times a handler is called for one event before the event is dead-lettered,
+    /// with exponential backoff from `backoff` between attempts. Default: 3 and 100 ms.
+    pub fn handler_retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.handler_attempts = attempts.max(1);
+        self.retry_backoff = backoff;
+        self
+    }
+
+    /// The first and longest pause before resubscribing after a stream broke; doubles after
+    /// each failed attempt, with up to 20% jitter. Default: 100 ms and 10 s.
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = first;
+        self.reconnect_backoff_max = max.max(first);
+        self
+    }
+
+    /// How often an idle stream carries a heartbeat; a stream silent for three of these is
+    /// taken for dead and resubscribed. Default: 5 s.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Where a first subscription starts: the oldest retained event (the default), or live.
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// At most this many handler calls at once, over all producer instances. Default: no
+    /// limit (one call at a time per instance and event RPC, as order requires).
+    pub fn max_concurrent_handlers(mut self, limit: usize) -> Self {
+        self.max_concurrent_handlers = Some(limit.max(1));
+        self
+    }
+
+    /// How `dns:` and `dns+srv:` targets are looked up.
+    pub fn dns(mut self, settings: DnsSettings) -> Self {
+        self.dns = settings;
+        self
+    }
+
+    /// How long one connection attempt may take. Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Called when a producer instance reports missed events (default: a warning log).
+    pub fn on_gap(mut self, callback: impl Fn(&Gap) + Send + Sync + 'static) -> Self {
+        self.on_gap = Arc::new(callback);
+        self
+    }
+
+    /// Called with an event whose handler failed on every attempt (default: an error log with
+    /// the event's cursor).
+    pub fn on_dead_letter(
+        mut self,
+        callback: impl Fn(&DeadLetter) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_dead_letter = Arc::new(callback);
+        self
+    }
+}

@@ -1,0 +1,258 @@
+//! One subscription: one event RPC on one producer instance, from connect to stop.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{watch, Semaphore};
+use tonic::transport::Endpoint;
+
+use super::event::{DeadLetter, Event, Gap, HandlerError};
+use super::options::ObserverOptions;
+use crate::events::Envelope;
+use crate::v1::{Cursor, EventMetadata, Subscribe};
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A typed handler, erased: what the generated observer registers per event RPC.
+pub(crate) type Handler<T> =
+    Arc<dyn Fn(Event<T>) -> BoxFuture<Result<(), HandlerError>> + Send + Sync>;
+
+/// What one subscription needs, shared by its instances.
+pub(crate) struct Shared {
+    pub(crate) options: ObserverOptions,
+    pub(crate) handlers: Option<Arc<Semaphore>>,
+}
+
+/// A subscription to one event RPC, without its event type: spawns one task per instance.
+pub(crate) trait Subscription: Send + Sync {
+    fn spawn(
+        &self,
+        instance: String,
+        endpoint: Endpoint,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()>;
+}
+
+pub(crate) struct Typed<T> {
+    pub(crate) rpc: &'static str,
+    pub(crate) handler: Handler<T>,
+}
+
+impl<T> Subscription for Typed<T>
+where
+    T: Message + Default + Clone + Send + Sync + 'static,
+{
+    fn spawn(
+        &self,
+        instance: String,
+        endpoint: Endpoint,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let stream = InstanceStream {
+            rpc: self.rpc,
+            handler: self.handler.clone(),
+            instance,
+            endpoint,
+            shared,
+            stop,
+            cursor: None,
+        };
+        tokio::spawn(stream.run())
+    }
+}
+
+struct InstanceStream<T> {
+    rpc: &'static str,
+    handler: Handler<T>,
+    instance: String,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    /// After the last event handled.
+    cursor: Option<Cursor>,
+}
+
+/// Why a stream ended.
+enum Ended {
+    Stopped,
+    /// Resubscribe now (cut off for falling behind, or the stream went quiet).
+    Resubscribe,
+    /// Resubscribe after a pause.
+    Failed(String),
+}
+
+impl<T> InstanceStream<T>
+where
+    T: Message + Default + Clone + Send + Sync + 'static,
+{
+    async fn run(mut self) {
+        let options = self.shared.options.clone();
+        let mut backoff = options.reconnect_backoff;
+        loop {
+            if self.stopping() {
+                return;
+            }
+            match self.subscribe_once().await {
+                Ended::Stopped => return,
+                Ended::Resubscribe => backoff = options.reconnect_backoff,
+                Ended::Failed(error) => {
+                    tracing::debug!(instance = %self.instance, rpc = self.rpc, %error, ?backoff, "subscription failed; retrying");
+                    let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
+                    if self.sleep_unless_stopped(backoff + jitter).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(options.reconnect_backoff_max);
+                }
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps; returns whether the observer stopped meanwhile.
+    async fn sleep_unless_stopped(&mut self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => self.stopping(),
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    async fn subscribe_once(&mut self) -> Ended {
+        let options = &self.shared.options;
+        let endpoint = self
+            .endpoint
+            .clone()
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        let connected = tokio::select! {
+            connected = endpoint.connect() => connected,
+            _ = self.stop.changed() => return Ended::Stopped,
+        };
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(error) => return Ended::Failed(crate::balance::error_chain(&error)),
+        };
+        let request = Subscribe {
+            after: self.cursor,
+            start: options.start as i32,
+            heartbeat_interval_ms: u32::try_from(options.heartbeat.as_millis()).unwrap_or(u32::MAX),
+            ..Subscribe::default()
+        };
+        let mut grpc = tonic::client::Grpc::new(channel);
+        let path = http::uri::PathAndQuery::from_static(self.rpc);
+        let codec = tonic_prost::ProstCodec::<Subscribe, Envelope<T>>::default();
+        let subscribed = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            grpc.server_streaming(tonic::Request::new(request), path, codec)
+                .await
+        };
+        let mut stream = tokio::select! {
+            response = subscribed => match response {
+                Ok(response) => response.into_inner(),
+                Err(status) => return Ended::Failed(format!("{:?}: {}", status.code(), status.message())),
+            },
+            _ = self.stop.changed() => return Ended::Stopped,
+        };
+        tracing::debug!(instance = %self.instance, rpc = self.rpc, cursor = ?self.cursor, "subscribed");
+
+        let quiet_limit = options.heartbeat * 3;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.stop.changed() => return Ended::Stopped,
+                next = tokio::time::timeout(quiet_limit, stream.message()) => next,
+            };
+            match next {
+                Err(_) => {
+                    tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
+                    return Ended::Resubscribe;
+                }
+                Ok(Ok(Some(envelope))) => {
+                    if let Some((message, metadata)) = envelope.into_parts() {
+                        self.receive(message, metadata).await;
+                    }
+                }
+                Ok(Ok(None)) => return Ended::Failed("the stream ended".into()),
+                Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                    tracing::info!(instance = %self.instance, rpc = self.rpc, "cut off for falling behind; resuming from the cursor");
+                    return Ended::Resubscribe;
+                }
+                Ok(Err(status)) => {
+                    return Ended::Failed(format!("{:?}: {}", status.code(), status.message()))
+                }
+            }
+        }
+    }
+
+    async fn receive(&mut self, message: T, metadata: EventMetadata) {
+        if metadata.missed > 0 {
+            let gap = Gap {
+                instance: self.instance.clone(),
+                rpc: self.rpc,
+                missed: metadata.missed,
+                epoch: metadata.epoch,
+            };
+            (self.shared.options.on_gap)(&gap);
+        }
+        if metadata.heartbeat {
+            return;
+        }
+        let cursor = Cursor {
+            epoch: metadata.epoch,
+            sequence: metadata.sequence,
+        };
+        if self
+            .cursor
+            .as_ref()
+            .is_some_and(|c| c.epoch == cursor.epoch && c.sequence >= cursor.sequence)
+        {
+            // Already handled (cannot happen with a well-behaved publisher).
+            return;
+        }
+        self.handle(Event::new(message, metadata, self.instance.clone()))
+            .await;
+        self.cursor = Some(cursor);
+    }
+
+    /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.
+    async fn handle(&self, event: Event<T>) {
+        let options = &self.shared.options;
+        let _permit = match &self.shared.handlers {
+            Some(limit) => limit.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let mut backoff = options.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            match (self.handler)(event.clone()).await {
+                Ok(()) => return,
+                Err(error) if attempt >= options.handler_attempts => {
+                    let dead = DeadLetter {
+                        instance: self.instance.clone(),
+                        rpc: self.rpc,
+                        cursor: event.cursor(),
+                        attempts: attempt,
+                        error: error.to_string(),
+                    };
+                    (options.on_dead_letter)(&dead);
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(instance = %self.instance, rpc = self.rpc, attempt, %error, "handler failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}

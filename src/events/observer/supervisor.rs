@@ -1,0 +1,244 @@
+//! [`ObserverBuilder`] and [`ObserverHandle`]: which events, which target, and the task that
+//! follows the target's instances.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+
+use super::event::{Event, HandlerError};
+use super::options::ObserverOptions;
+use super::run::{Shared, Subscription, Typed};
+use crate::discovery::{self, Update};
+use crate::{Error, Target};
+
+/// Collects the event handlers of an observer, then starts it. The generated
+/// `{Service}Observer` builds one with a typed method per event RPC.
+#[must_use]
+pub struct ObserverBuilder {
+    service: &'static str,
+    subscriptions: Vec<Arc<dyn Subscription>>,
+    rpcs: Vec<&'static str>,
+    options: ObserverOptions,
+}
+
+impl std::fmt::Debug for ObserverBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserverBuilder")
+            .field("service", &self.service)
+            .field("rpcs", &self.rpcs)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl ObserverBuilder {
+    #[doc(hidden)]
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            subscriptions: Vec::new(),
+            rpcs: Vec::new(),
+            options: ObserverOptions::default(),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn observe<T, F, Fut>(mut self, rpc: &'static str, handler: F) -> Self
+    where
+        T: Message + Default + Clone + Send + Sync + 'static,
+        F: Fn(Event<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let handler = Arc::new(move |event| Box::pin(handler(event)) as super::run::BoxFuture<_>);
+        self.subscriptions.push(Arc::new(Typed { rpc, handler }));
+        self.rpcs.push(rpc);
+        self
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: ObserverOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Starts observing every instance of `target` (any target a client takes). For `dns:`
+    /// and `dns+srv:` targets the first DNS answer is awaited, so that its instances are
+    /// subscribed to when this returns. Must run within a Tokio runtime.
+    pub async fn start(self, target: &str) -> Result<ObserverHandle, Error> {
+        if self.subscriptions.is_empty() {
+            return Err(Error::invalid_input(format!(
+                "an observer of {} needs at least one event handler",
+                self.service
+            )));
+        }
+        let parsed: Target = target.parse()?;
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            handlers: self
+                .options
+                .max_concurrent_handlers
+                .map(|n| Arc::new(Semaphore::new(n))),
+            options: self.options,
+        });
+        let mut instances = Instances {
+            subscriptions: self.subscriptions,
+            shared,
+            stop: stopped.clone(),
+            running: HashMap::new(),
+        };
+        let task = match parsed {
+            Target::Static(addrs) => {
+                for addr in addrs {
+                    instances.add(addr.to_string(), endpoint(&format!("http://{addr}"))?);
+                }
+                tokio::spawn(instances.run_static())
+            }
+            Target::Http { host, port } => {
+                let key = format!("{host}:{port}");
+                instances.add(key.clone(), endpoint(&format!("http://{key}"))?);
+                tokio::spawn(instances.run_static())
+            }
+            Target::Dns { .. } | Target::DnsSrv { .. } => {
+                let (mut updates, _refresh) =
+                    discovery::spawn(&parsed, &instances.shared.options.dns)?;
+                while let Some(update) = updates.recv().await {
+                    let first_answer = matches!(update, Update::Status(_));
+                    instances.apply(update);
+                    if first_answer {
+                        break;
+                    }
+                }
+                tokio::spawn(instances.run_discovered(updates))
+            }
+        };
+        Ok(ObserverHandle {
+            target: target.to_owned(),
+            stop,
+            task: Some(task),
+        })
+    }
+}
+
+fn endpoint(uri: &str) -> Result<Endpoint, Error> {
+    Endpoint::from_shared(uri.to_owned()).map_err(Error::transport)
+}
+
+/// A running observer. [`stop`](Self::stop) it to finish gracefully; dropping it stops it
+/// too, without waiting.
+#[derive(Debug)]
+pub struct ObserverHandle {
+    target: String,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ObserverHandle {
+    /// The target observed.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Stops taking events, lets the handlers in flight finish, and returns when every
+    /// subscription has ended.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ObserverHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The subscriptions running per producer instance.
+struct Instances {
+    subscriptions: Vec<Arc<dyn Subscription>>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    running: HashMap<String, Running>,
+}
+
+struct Running {
+    /// Tells this instance's subscriptions to end (the instance is gone).
+    leave: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Instances {
+    fn add(&mut self, key: String, endpoint: Endpoint) {
+        if self.running.contains_key(&key) {
+            return;
+        }
+        let (leave, left) = watch::channel(false);
+        let tasks = self
+            .subscriptions
+            .iter()
+            .map(|s| {
+                s.spawn(
+                    key.clone(),
+                    endpoint.clone(),
+                    self.shared.clone(),
+                    left.clone(),
+                )
+            })
+            .collect();
+        tracing::debug!(instance = %key, "observing");
+        self.running.insert(key, Running { leave, tasks });
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(running) = self.running.remove(key) {
+            tracing::debug!(instance = %key, "instance gone; letting go");
+            let _ = running.leave.send(true);
+        }
+    }
+
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Insert(addr, _) => match endpoint(&format!("http://{addr}")) {
+                Ok(endpoint) => self.add(addr.to_string(), endpoint),
+                Err(error) => tracing::warn!(%addr, %error, "instance not observed"),
+            },
+            Update::Remove(addr) => self.remove(&addr.to_string()),
+            Update::Status(_) => {}
+        }
+    }
+
+    async fn run_static(mut self) {
+        let _ = self.stop.wait_for(|stop| *stop).await;
+        self.finish().await;
+    }
+
+    async fn run_discovered(mut self, mut updates: mpsc::Receiver<Update>) {
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                update = updates.recv() => match update {
+                    Some(update) => self.apply(update),
+                    None => break,
+                },
+                _ = stop.wait_for(|stop| *stop) => break,
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Stops every subscription and waits for them (and their handlers in flight).
+    async fn finish(&mut self) {
+        for (_, running) in self.running.drain() {
+            let _ = running.leave.send(true);
+            for task in running.tasks {
+                let _ = task.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! [`Publisher`]: the untyped core of the generated `{Service}Publisher`s.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::hub::Hub;
+use super::stream::EventStream;
+use crate::v1::{Cursor, Subscribe};
+
+/// How many events an event RPC keeps when its proto option leaves `retain` at 0.
+pub const DEFAULT_RETAIN: usize = 1024;
+
+/// Settings of a publisher. Build from `PublisherSettings::default()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PublisherSettings {
+    /// How far a subscriber may fall behind the latest event before it is cut off with
+    /// `RESOURCE_EXHAUSTED` (it then resumes from its cursor). Default: 4096 events.
+    pub subscriber_buffer: usize,
+    retain: Vec<(String, usize)>,
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            subscriber_buffer: 4096,
+            retain: Vec::new(),
+        }
+    }
+}
+
+impl PublisherSettings {
+    /// Keeps the last `events` events of the event RPC named `rpc` (its name in the proto,
+    /// such as `UserSignedUp`), instead of its proto option's `retain`.
+    #[must_use]
+    pub fn retain(mut self, rpc: &str, events: usize) -> Self {
+        self.retain.push((rpc.to_owned(), events));
+        self
+    }
+}
+
+/// One event RPC of a service, as the generator describes it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct EventRpc {
+    /// The RPC's name in the proto, `UserSignedUp`.
+    pub name: &'static str,
+    /// `retain` from its proto option; 0 for the default.
+    pub retain: u64,
+}
+
+/// Publishes the events of one service instance: per event RPC, a sequence, the retained
+/// events, and the subscribers. Cheap to clone; clones publish into the same streams.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    hubs: Arc<[Arc<Hub>]>,
+}
+
+impl Publisher {
+    #[doc(hidden)]
+    pub fn new(service: &str, rpcs: &[EventRpc], settings: PublisherSettings) -> Self {
+        // Zero is "no cursor" on the wire, so an epoch is never zero.
+        let epoch = loop {
+            let epoch = fastrand::u64(..);
+            if epoch != 0 {
+                break epoch;
+            }
+        };
+        for (name, _) in &settings.retain {
+            if !rpcs.iter().any(|rpc| rpc.name == name) {
+                tracing::warn!(service, rpc = %name, "retain set for an event RPC the service does not have");
+            }
+        }
+        let hubs = rpcs
+            .iter()
+            .map(|rpc| {
+                let retain = settings
+                    .retain
+                    .iter()
+                    .rev()
+                    .find(|(name, _)| name == rpc.name)
+                    .map(|(_, events)| *events)
+                    .unwrap_or(match rpc.retain {
+                        0 => DEFAULT_RETAIN,
+                        n => usize::try_from(n).unwrap_or(usize::MAX),
+                    });
+                Arc::new(Hub::new(
+                    format!("{service}/{}", rpc.name),
+                    epoch,
+                    retain,
+                    settings.subscriber_buffer,
+                ))
+            })
+            .collect();
+        Self { hubs }
+    }
+
+    /// The epoch of this publisher: random, drawn when it was created (at process start).
+    pub fn epoch(&self) -> u64 {
+        self.hubs.first().map_or(0, |hub| hub.epoch)
+    }
+
+    /// How many subscribers were cut off so far for falling behind, over all event RPCs.
+    pub fn subscribers_cut_off(&self) -> u64 {
+        self.hubs
+            .iter()
+            .map(|hub| hub.cut_off.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    #[doc(hidden)]
+    pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Cursor {
+        self.hubs[rpc].publish(event)
+    }
+
+    #[doc(hidden)]
+    pub fn subscribe<T>(
+        &self,
+        rpc: usize,
+        request: tonic::Request<Subscribe>,
+    ) -> Result<tonic::Response<EventStream<T>>, tonic::Status> {
+        let stream = self.hubs[rpc].stream(request.get_ref())?;
+        Ok(tonic::Response::new(stream))
+    }
+}

@@ -1,0 +1,200 @@
+//! How events travel: each as the declared message, with its metadata in one reserved field.
+//!
+//! [`Envelope`] is the message type of event streams on both ends. A publisher builds it from
+//! bytes encoded once per event, whatever the number of subscribers, plus (rarely) a few
+//! per-subscriber bytes; encoding it copies those bytes. An observer decodes it into the event
+//! and its [`EventMetadata`]. Plain gRPC clients decode the same bytes as the declared message
+//! and skip the metadata as an unknown field.
+//!
+//! Protobuf merges repeated occurrences of a message field, so per-subscriber metadata (how
+//! many events were missed) is appended as a second, small occurrence of the metadata field
+//! instead of re-encoding the event.
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::v1::EventMetadata;
+
+/// The field number of the metadata in every event message.
+pub const EVENT_METADATA_FIELD: u32 = 536_870_000;
+
+/// An event on the wire: outgoing as pre-encoded bytes, incoming as the decoded message and
+/// its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<T> {
+    inner: Inner<T>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Inner<T> {
+    Encoded { shared: Bytes, extra: Option<Bytes> },
+    Decoded { event: T, metadata: EventMetadata },
+}
+
+impl<T> Envelope<T> {
+    /// An envelope that sends `shared` (an encoded event with its metadata field), followed by
+    /// `extra` (another occurrence of the metadata field) when present.
+    pub(crate) fn encoded(shared: Bytes, extra: Option<Bytes>) -> Self {
+        Self {
+            inner: Inner::Encoded { shared, extra },
+        }
+    }
+
+    /// The decoded event and metadata; `None` for an outgoing envelope.
+    pub fn into_parts(self) -> Option<(T, EventMetadata)> {
+        match self.inner {
+            Inner::Decoded { event, metadata } => Some((event, metadata)),
+            Inner::Encoded { .. } => None,
+        }
+    }
+}
+
+impl<T: Default> Default for Envelope<T> {
+    fn default() -> Self {
+        Self {
+            inner: Inner::Decoded {
+                event: T::default(),
+                metadata: EventMetadata::default(),
+            },
+        }
+    }
+}
+
+/// The metadata field, encoded: key, length, message.
+pub(crate) fn encode_metadata_field(metadata: &EventMetadata) -> Bytes {
+    let mut buf = Vec::with_capacity(metadata.encoded_len() + 8);
+    encoding::message::encode(EVENT_METADATA_FIELD, metadata, &mut buf);
+    buf.into()
+}
+
+impl<T: Message + Default> Message for Envelope<T> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match &self.inner {
+            Inner::Encoded { shared, extra } => {
+                buf.put_slice(shared);
+                if let Some(extra) = extra {
+                    buf.put_slice(extra);
+                }
+            }
+            Inner::Decoded { event, metadata } => {
+                event.encode_raw(buf);
+                encoding::message::encode(EVENT_METADATA_FIELD, metadata, buf);
+            }
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if let Inner::Encoded { .. } = self.inner {
+            self.inner = Inner::Decoded {
+                event: T::default(),
+                metadata: EventMetadata::default(),
+            };
+        }
+        let Inner::Decoded { event, metadata } = &mut self.inner else {
+            unreachable!("made Decoded above");
+        };
+        if tag == EVENT_METADATA_FIELD {
+            encoding::message::merge(wire_type, metadata, buf, ctx)
+        } else {
+            event.merge_field(tag, wire_type, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match &self.inner {
+            Inner::Encoded { shared, extra } => shared.len() + extra.as_ref().map_or(0, Bytes::len),
+            Inner::Decoded { event, metadata } => {
+                event.encoded_len() + encoding::message::encoded_len(EVENT_METADATA_FIELD, metadata)
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.inner = Inner::Decoded {
+            event: T::default(),
+            metadata: EventMetadata::default(),
+        };
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::v1::Cursor;
+
+    fn shared(event: &Cursor, metadata: &EventMetadata) -> Bytes {
+        let mut bytes = event.encode_to_vec();
+        bytes.extend_from_slice(&encode_metadata_field(metadata));
+        bytes.into()
+    }
+
+    #[test]
+    fn plain_decoders_see_the_declared_message() {
+        // Any message stands in for an event here.
+        let event = Cursor {
+            epoch: 7,
+            sequence: 9,
+        };
+        let metadata = EventMetadata {
+            epoch: 1,
+            sequence: 2,
+            ..Default::default()
+        };
+        let bytes = Envelope::<Cursor>::encoded(shared(&event, &metadata), None).encode_to_vec();
+        assert_eq!(Cursor::decode(bytes.as_slice()).unwrap(), event);
+    }
+
+    #[test]
+    fn observers_get_the_event_and_merged_metadata() {
+        let event = Cursor {
+            epoch: 7,
+            sequence: 9,
+        };
+        let metadata = EventMetadata {
+            epoch: 1,
+            sequence: 2,
+            published_at_unix_micros: 3,
+            ..Default::default()
+        };
+        let extra = encode_metadata_field(&EventMetadata {
+            missed: 40,
+            ..Default::default()
+        });
+        let bytes =
+            Envelope::<Cursor>::encoded(shared(&event, &metadata), Some(extra)).encode_to_vec();
+
+        let (decoded, metadata) = Envelope::<Cursor>::decode(bytes.as_slice())
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        assert_eq!(decoded, event);
+        assert_eq!(
+            metadata,
+            EventMetadata {
+                epoch: 1,
+                sequence: 2,
+                published_at_unix_micros: 3,
+                missed: 40,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [
+            &[0xff_u8, 0xff, 0xff][..],
+            &[0x82, 0xc7, 0xf7, 0xff, 0x0f, 0x05, 1],
+            &[0x0a],
+        ] {
+            assert!(Envelope::<Cursor>::decode(bytes).is_err());
+        }
+    }
+}
