@@ -247,6 +247,14 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
         "clones share the handler.".to_owned(),
     ]);
     let tonic = quote! { ::meshless::codegen::tonic };
+    let on_shutdown = service.has_events().then(|| {
+        quote! {
+            fn on_shutdown(&self) -> ::core::option::Option<::meshless::server::ShutdownHook> {
+                let publisher = self.publisher.as_publisher().clone();
+                ::core::option::Option::Some(::std::boxed::Box::new(move || publisher.close()))
+            }
+        }
+    });
     let (publisher_field, constructors, publisher_clone) = if service.has_events() {
         let publisher = format_ident!("{}Publisher", service.proto_name);
         let constructors = quote! {
@@ -344,6 +352,7 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             fn file_descriptor_set() -> &'static [u8] {
                 FILE_DESCRIPTOR_SET
             }
+            #on_shutdown
         }
 
         impl<H, B> #tonic::codegen::Service<#tonic::codegen::http::Request<B>> for #service_ty<H>

@@ -28,7 +28,6 @@ pub(crate) struct Hub {
     /// Per-subscriber buffer: a subscriber further behind than this is cut off.
     pub(crate) buffer: usize,
     state: Mutex<State>,
-    live: broadcast::Sender<Arc<Stored>>,
     /// The sequence of the latest event, for heartbeats.
     latest: AtomicU64,
     /// How many subscribers were cut off for falling behind.
@@ -40,6 +39,9 @@ struct State {
     next: u64,
     ring: VecDeque<Arc<Stored>>,
     retain: usize,
+    /// The live fan-out; `None` once closed, which ends every subscriber's stream after the
+    /// events already handed to it.
+    live: Option<broadcast::Sender<Arc<Stored>>>,
 }
 
 /// Where a subscription starts: the retained events it gets first, and how many it missed.
@@ -71,8 +73,8 @@ impl Hub {
                 next: 1,
                 ring: VecDeque::with_capacity(retain.min(4096)),
                 retain,
+                live: Some(broadcast::channel(buffer).0),
             }),
-            live: broadcast::channel(buffer).0,
             latest: AtomicU64::new(0),
             cut_off: AtomicU64::new(0),
         }
@@ -116,8 +118,10 @@ impl Hub {
             }
             state.ring.push_back(stored.clone());
         }
-        // No receiver is fine: nobody is subscribed.
-        let _ = self.live.send(stored);
+        if let Some(live) = &state.live {
+            // No receiver is fine: nobody is subscribed.
+            let _ = live.send(stored);
+        }
         self.latest.store(sequence, Ordering::Release);
         drop(state);
         Cursor {
@@ -126,11 +130,22 @@ impl Hub {
         }
     }
 
+    /// Ends every subscription once it has sent what was already published, and refuses new
+    /// ones: for shutdown. Publishing still works (events are retained).
+    pub(crate) fn close(&self) {
+        self.lock().live = None;
+    }
+
     /// Starts a subscription. Taking the backlog and joining the live fan-out happen under one
     /// lock, so no event falls between them or arrives twice.
     pub(crate) fn start(&self, request: &Subscribe) -> Result<Start, tonic::Status> {
         let state = self.lock();
-        let live = self.live.subscribe();
+        let Some(live) = state.live.as_ref().map(broadcast::Sender::subscribe) else {
+            return Err(tonic::Status::unavailable(format!(
+                "{} is shutting down",
+                self.method
+            )));
+        };
         let latest = state.next - 1;
         let oldest = state.ring.front().map_or(latest + 1, |e| e.sequence);
         let start_live = request.start() == StartPosition::Live;

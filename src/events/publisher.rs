@@ -110,6 +110,15 @@ impl Publisher {
             .sum()
     }
 
+    /// Ends every subscriber's stream once it has received what was already published, and
+    /// refuses new subscriptions, so that observers move on (to other instances, or to this one
+    /// when it comes back). `meshless::Server` calls it when it shuts down.
+    pub fn close(&self) {
+        for hub in self.hubs.iter() {
+            hub.close();
+        }
+    }
+
     #[doc(hidden)]
     pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Cursor {
         self.hubs[rpc].publish(event)

@@ -10,4 +10,13 @@ pub use builder::Server;
 pub trait DescribedService: tonic::server::NamedService {
     /// The encoded `FileDescriptorSet` of the service's `.proto` files and their imports.
     fn file_descriptor_set() -> &'static [u8];
+
+    /// What to do when the server starts shutting down, before it stops taking calls: a
+    /// service with event RPCs ends its subscribers' streams, so observers move on.
+    fn on_shutdown(&self) -> Option<ShutdownHook> {
+        None
+    }
 }
+
+/// Work a service does when its server starts shutting down.
+pub type ShutdownHook = Box<dyn FnOnce() + Send + Sync>;

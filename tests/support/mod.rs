@@ -1,6 +1,6 @@
 //! Servers on 127.0.0.1:0 and the Echo handler the tests call.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,10 @@ use tokio_stream::StreamExt;
 
 meshless::include_protos!();
 
-pub use testing::v1::{EchoClient, EchoHandler, EchoReply, EchoRequest, EchoService};
+pub use testing::v1::{
+    EchoClient, EchoHandler, EchoPublisher, EchoReply, EchoRequest, EchoService, EchoedEvent,
+    EchoedObserver,
+};
 
 /// The message that makes `Unary` wait for [`Gate::open`].
 pub const WAIT: &str = "wait";
@@ -42,6 +45,16 @@ impl Gate {
 
     pub fn open(&self) {
         self.permits.add_permits(1);
+    }
+
+    /// For handlers: tells the test the gate was reached.
+    pub fn entered_once(&self) {
+        self.entered.notify_one();
+    }
+
+    /// For handlers: waits until the test opens the gate.
+    pub async fn pass(&self) {
+        let _ = self.permits.acquire().await;
     }
 }
 
@@ -206,6 +219,14 @@ impl Running {
         Self::start(Server::builder().add_service(EchoService::new(echo))).await
     }
 
+    /// An Echo server whose `Echoed` events come from `publisher`.
+    pub async fn publishing(publisher: EchoPublisher) -> Self {
+        Self::start(
+            Server::builder().add_service(EchoService::with_publisher(Echo::default(), publisher)),
+        )
+        .await
+    }
+
     pub fn target(&self) -> String {
         format!("ipv4:{}", self.addr)
     }
@@ -288,4 +309,49 @@ impl Drop for Killable {
 /// The instance name an Echo reply carries (`name: message`).
 pub fn served_by(reply: &EchoReply) -> &str {
     reply.message.split(':').next().unwrap_or_default()
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `backend`, whose connections a test can cut.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    connections: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(backend: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let connections = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let accept = tokio::spawn({
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    connections.lock().unwrap().spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every connection through the proxy; new ones are accepted.
+    pub fn cut(&self) {
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
 }
