@@ -1,18 +1,28 @@
-//! The sign-up flow, request-response half: two Users instances registered in an in-process
-//! DNS server (standing in for Consul), and a client that finds them through an SRV target.
+//! The sign-up flow: two Users instances registered in an in-process DNS server (standing in
+//! for Consul), a client that signs users up through an SRV target, and two observing
+//! services, WelcomeEmail and Feed, that get every sign-up event straight from both Users
+//! instances. No broker, no load balancer.
 //!
 //! Run with: cargo run --example signup
 
+#[path = "shared/observers.rs"]
+mod observers;
 #[path = "shared/users.rs"]
 mod users;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use meshless::testing::TestDns;
 use meshless::{Code, Server};
+use observers::{Feed, WelcomeEmail};
 use tokio::net::TcpListener;
-use users::proto::{GetUserRequest, SignUpRequest, UsersClient, UsersService};
+use users::proto::{
+    GetUserRequest, SignUpRequest, UsersClient, UsersObserver, UsersPublisher, UsersService,
+};
 use users::{Store, Users, SERVED_BY};
+
+const USERS: &str = "users.service.consul";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,41 +30,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dns = TestDns::start("service.consul").await?;
     println!("DNS for service.consul on {}", dns.addr());
 
-    // Two Users instances on free ports of this machine, sharing one store.
+    // Two Users instances on free ports of this machine, sharing one store (a database).
     let store = Arc::new(Mutex::new(Store::default()));
-    let mut addrs = Vec::new();
     let mut stops = Vec::new();
     let mut servers = Vec::new();
     for name in ["users-1", "users-2"] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        addrs.push(listener.local_addr()?);
+        let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
-        let service = UsersService::new(Users::new(name, store.clone()));
+        let publisher = UsersPublisher::new();
+        let handler = Users::new(name, store.clone(), publisher.clone());
         servers.push(tokio::spawn(
             Server::builder()
-                .add_service(service)
+                .add_service(UsersService::with_publisher(handler, publisher))
                 .serve_with_listener(listener, async {
                     let _ = stopped.await;
                 }),
         ));
-        let addr = *addrs.last().unwrap();
         let node = format!("{name}.node.service.consul");
         dns.add_ip(&node, addr.ip()).await?;
-        dns.add_srv("users.service.consul", 1, 1, addr.port(), &node)
-            .await?;
-        println!("{name} serving on {addr}, registered as users.service.consul");
+        dns.add_srv(USERS, 1, 1, addr.port(), &node).await?;
+        println!("{name} serving on {addr}, registered as {USERS}");
     }
+    let target = dns.srv_target(USERS);
 
-    // One client for both, straight to the instances: calls are spread over them.
-    let target = dns.srv_target("users.service.consul");
+    // The observing services subscribe to every Users instance the target lists.
+    let welcome = WelcomeEmail::default();
+    let feed = Feed::default();
+    let welcome_observer = UsersObserver::new()
+        .user_signed_up(welcome.clone())
+        .start(&target)
+        .await?;
+    let feed_observer = UsersObserver::new()
+        .user_signed_up(feed.clone())
+        .start(&target)
+        .await?;
+    println!("welcome-email and feed observe {target}");
+
+    // The client calls straight to the instances, spreading the calls over them.
     let client = UsersClient::connect(&target).await?;
-    println!("client calling {target}");
-
     let people = [
         ("ada@example.com", "Ada"),
         ("grace@example.com", "Grace"),
         ("alan@example.com", "Alan"),
+        ("edsger@example.com", "Edsger"),
+        ("barbara@example.com", "Barbara"),
     ];
     for (email, name) in people {
         let reply = client
@@ -64,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .await?;
         println!(
-            "signed up {name:<6} as id {} (served by {})",
+            "signed up {name:<7} as id {} (served by {})",
             reply.get_ref().id,
             served_by(&reply)
         );
@@ -99,6 +120,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(missing.code(), Code::NotFound);
     println!("user 42: {:?}: {}", missing.code(), missing.message());
 
+    // Every sign-up reaches both observing services.
+    let delivered = async {
+        welcome.sent.until(people.len()).await;
+        feed.entries.until(people.len()).await;
+    };
+    tokio::time::timeout(Duration::from_secs(10), delivered)
+        .await
+        .map_err(|_| "the observers did not get every sign-up within 10 s")?;
+
+    welcome_observer.stop().await;
+    feed_observer.stop().await;
     for stop in stops {
         let _ = stop.send(());
     }
@@ -106,7 +138,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server.await??;
     }
     dns.stop().await;
-    println!("done: {} sign-ups, both instances shut down", people.len());
+    println!(
+        "summary: {} sign-ups, {} welcome e-mails, {} feed entries",
+        people.len(),
+        welcome.sent.len(),
+        feed.entries.len()
+    );
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! A standalone Users instance, for other programs (any gRPC client) to call.
+//! A standalone Users instance, for other programs (any gRPC client) to call and observe.
 //!
 //! Run with: cargo run --example users-server -- --listen 127.0.0.1:50051
 
@@ -8,7 +8,7 @@ mod users;
 use std::net::SocketAddr;
 
 use meshless::Server;
-use users::proto::UsersService;
+use users::proto::{UsersPublisher, UsersService};
 use users::Users;
 
 const USAGE: &str = "usage: users-server --listen ADDR:PORT [--name NAME]";
@@ -46,12 +46,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listen = listen.ok_or(USAGE)?;
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let publisher = UsersPublisher::new();
     println!(
         "{name} serving signup.v1.Users on {}",
         listener.local_addr()?
     );
     Server::builder()
-        .add_service(UsersService::new(Users::new(name, Default::default())))
+        .add_service(UsersService::with_publisher(
+            Users::new(name, Default::default(), publisher.clone()),
+            publisher,
+        ))
         .serve_with_listener(listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })

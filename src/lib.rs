@@ -11,6 +11,8 @@
 //!   records, `ipv4:`/`ipv6:` lists, `http://host:port`) through [`discovery`], and spreads
 //!   calls over them with power of two choices over calls in flight, skipping instances whose
 //!   connection failed. No load balancer in between.
+//! - [`events`] serves event RPCs from a publisher (encode once, retention for resume, never a
+//!   silent gap) and runs observers that subscribe to every producer instance. No broker.
 //!
 //! # Features
 //!

@@ -12,7 +12,10 @@ pub mod proto {
     meshless::include_proto!("signup.v1");
 }
 
-use proto::{GetUserRequest, SignUpReply, SignUpRequest, User, UsersHandler};
+use proto::{
+    GetUserRequest, SignUpReply, SignUpRequest, User, UserSignedUpEvent, UsersHandler,
+    UsersPublisher,
+};
 
 /// The metadata key a Users instance names itself in, so callers can see who served them.
 pub const SERVED_BY: &str = "x-served-by";
@@ -23,18 +26,24 @@ pub struct Store {
     users: HashMap<u64, User>,
 }
 
-/// One Users instance.
+/// One Users instance: it answers calls, and publishes every sign-up.
 #[derive(Debug, Clone)]
 pub struct Users {
     name: String,
     store: Arc<Mutex<Store>>,
+    publisher: UsersPublisher,
 }
 
 impl Users {
-    pub fn new(name: impl Into<String>, store: Arc<Mutex<Store>>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        store: Arc<Mutex<Store>>,
+        publisher: UsersPublisher,
+    ) -> Self {
         Self {
             name: name.into(),
             store,
+            publisher,
         }
     }
 
@@ -68,7 +77,11 @@ impl UsersHandler for Users {
             )));
         }
         let id = store.users.len() as u64 + 1;
-        store.users.insert(id, User { id, email, name });
+        let user = User { id, email, name };
+        store.users.insert(id, user.clone());
+        drop(store);
+        self.publisher
+            .publish_user_signed_up(UserSignedUpEvent { user: Some(user) });
         Ok(self.reply(SignUpReply { id }))
     }
 

@@ -1,4 +1,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     meshless_build::compile_protos("proto/greeter/v1/greeter.proto")?;
+    // The README's events section uses the sign-up example's proto.
+    meshless_build::configure()
+        .compile_protos(&["../../proto/signup/v1/users.proto"], &["../../proto"])?;
     Ok(())
 }

@@ -212,3 +212,40 @@ async fn a_meshless_service_runs_in_tonics_own_server() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_plain_tonic_client_consumes_an_event_stream_as_the_declared_message() {
+    let publisher = mesh::EchoPublisher::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        meshless::Server::builder()
+            .add_service(mesh::EchoService::with_publisher(
+                MeshEcho,
+                publisher.clone(),
+            ))
+            .serve_with_listener(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    for message in ["first", "second", "third"] {
+        publisher.publish_echoed(mesh::EchoedEvent {
+            message: message.into(),
+        });
+    }
+
+    let mut client = plain::echo_client::EchoClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let subscribe = meshless_interop_tonic::plain::meshless::v1::Subscribe::default();
+    let mut stream = client.echoed(subscribe).await.unwrap().into_inner();
+    for expected in ["first", "second", "third"] {
+        let event: plain::EchoedEvent = stream.message().await.unwrap().unwrap();
+        assert_eq!(event.message, expected);
+    }
+
+    drop((client, stream));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -5,6 +5,10 @@ pub mod greeter {
     meshless::include_proto!("greeter.v1");
 }
 
+pub mod signup {
+    meshless::include_proto!("signup.v1");
+}
+
 use greeter::{GreeterHandler, HelloReply, HelloRequest};
 use meshless::{Request, Response, Status};
 
