@@ -1,0 +1,169 @@
+"""Interoperability with Python's grpcio, an independent gRPC implementation.
+
+Run by .ci/run, which builds the stubs with grpcio-tools (protoc) from the project's protos,
+starts `examples/interop-server.rs`, and sets:
+
+- MESHLESS_INTEROP_TARGET: host:port of that server;
+- MESHLESS_INTEROP_CLIENT: path of the built `examples/interop-client.rs`.
+"""
+
+import os
+import subprocess
+import uuid
+from concurrent import futures
+
+import grpc
+import pytest
+
+from meshless.v1 import meshless_pb2
+from testing.v1 import echo_pb2, echo_pb2_grpc
+
+TARGET = os.environ["MESHLESS_INTEROP_TARGET"]
+METADATA_FIELD = 536870000
+
+
+@pytest.fixture(scope="module")
+def stub():
+    with grpc.insecure_channel(TARGET) as channel:
+        yield echo_pb2_grpc.EchoStub(channel)
+
+
+def test_unary_call(stub):
+    assert stub.Unary(echo_pb2.EchoRequest(message="hello")).message == "hello"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INTERNAL,
+    ],
+)
+def test_status_codes_and_messages(stub, code):
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.Unary(echo_pb2.EchoRequest(message="boom", fail_with_code=code.value[0]))
+    assert failure.value.code() == code
+    assert failure.value.details() == "failed as asked: boom"
+
+
+def test_custom_metadata_ascii_and_binary(stub):
+    _, call = stub.Unary.with_call(
+        echo_pb2.EchoRequest(message="meta"),
+        metadata=[("x-request-id", "req-7"), ("x-trace-bin", b"\x00\x9f\xff")],
+    )
+    received = dict(call.initial_metadata())
+    assert received["x-request-id"] == "req-7"
+    assert received["x-trace-bin"] == b"\x00\x9f\xff"
+
+
+def test_empty_and_large_messages(stub):
+    assert stub.Unary(echo_pb2.EchoRequest()) == echo_pb2.EchoReply()
+    reply = stub.Unary(echo_pb2.EchoRequest(payload=b"\x07" * 271828, reply_size=314159))
+    assert len(reply.payload) == 314159
+
+
+def test_streaming_shapes(stub):
+    assert [r.message for r in stub.ServerStream(echo_pb2.EchoRequest(message="abc"))] == ["a", "b", "c"]
+    requests = iter([echo_pb2.EchoRequest(message="one"), echo_pb2.EchoRequest(message="two")])
+    assert stub.ClientStream(requests).message == "one two"
+
+
+def test_unknown_method_and_service_are_unimplemented():
+    with grpc.insecure_channel(TARGET) as channel:
+        for path in ["/testing.v1.Echo/NoSuchMethod", "/no.such.v1.Service/Method"]:
+            with pytest.raises(grpc.RpcError) as failure:
+                channel.unary_unary(path)(b"")
+            assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
+
+
+def metadata_of(event):
+    """The EventMetadata in the unknown field METADATA_FIELD of a serialized event."""
+    data = event.SerializeToString()
+    metadata = meshless_pb2.EventMetadata()
+    found = False
+    i = 0
+
+    def varint():
+        nonlocal i
+        value, shift = 0, 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            varint()
+        elif wire_type == 1:
+            i += 8
+        elif wire_type == 5:
+            i += 4
+        elif wire_type == 2:
+            length = varint()
+            if field == METADATA_FIELD:
+                metadata.MergeFromString(data[i : i + length])
+                found = True
+            i += length
+        else:
+            raise AssertionError(f"unexpected wire type {wire_type}")
+    assert found, "the event carries its metadata field"
+    return metadata
+
+
+def test_an_event_stream_is_a_stream_of_the_declared_message(stub):
+    run = uuid.uuid4().hex[:8]
+    sent = [f"{run}-{i}" for i in range(5)]
+    for message in sent:
+        stub.Unary(echo_pb2.EchoRequest(message=message))
+
+    stream = stub.Echoed(meshless_pb2.Subscribe())
+    received = []
+    try:
+        for event in stream:
+            assert isinstance(event, echo_pb2.EchoedEvent)
+            if event.message.startswith(run):
+                received.append((event.message, metadata_of(event)))
+            if len(received) == len(sent):
+                break
+    finally:
+        stream.cancel()
+
+    assert [message for message, _ in received] == sent, "in publish order"
+    sequences = [metadata.sequence for _, metadata in received]
+    assert sequences == list(range(sequences[0], sequences[0] + len(sent)))
+    assert all(metadata.epoch != 0 and metadata.published_at_unix_micros > 0 for _, metadata in received)
+
+
+class PythonEcho(echo_pb2_grpc.EchoServicer):
+    def Unary(self, request, context):
+        if request.fail_with_code:
+            code = next(c for c in grpc.StatusCode if c.value[0] == request.fail_with_code)
+            context.abort(code, f"python failed: {request.message}")
+        echoed = tuple((key, value) for key, value in context.invocation_metadata() if key.startswith("x-"))
+        context.send_initial_metadata(echoed)
+        return echo_pb2.EchoReply(message=f"python: {request.message}", payload=b"y" * request.reply_size)
+
+
+def test_the_meshless_client_calls_a_grpcio_server():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    echo_pb2_grpc.add_EchoServicer_to_server(PythonEcho(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = subprocess.run(
+            [os.environ["MESHLESS_INTEROP_CLIENT"], "--target", f"ipv4:127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        server.stop(grace=None)
