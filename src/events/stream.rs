@@ -30,6 +30,10 @@ pub struct EventStream<T> {
     /// Missed events to report with the first thing sent.
     missed: u64,
     heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Whether an event went out since the heartbeat timer was last armed. The timer is re-armed
+    /// when it fires, not per event: touching the timer wheel per event per subscriber costs
+    /// more than the event itself.
+    sent_since_tick: bool,
     /// The sequence of the last event sent, for the resume hint.
     last_sent: u64,
     done: bool,
@@ -52,6 +56,7 @@ impl<T> EventStream<T> {
             live: BroadcastStream::new(start.live),
             missed: start.missed,
             heartbeat: heartbeat.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+            sent_since_tick: false,
             last_sent: 0,
             done: false,
             hub,
@@ -109,18 +114,19 @@ impl<T> Stream for EventStream<T> {
             },
         };
         if let Some(event) = next {
-            if let Some((every, sleep)) = &mut this.heartbeat {
-                sleep.as_mut().reset(Instant::now() + *every);
-            }
+            this.sent_since_tick = true;
             let envelope = this.envelope(&event);
             return Poll::Ready(Some(Ok(envelope)));
         }
         if let Some((every, sleep)) = &mut this.heartbeat {
-            if sleep.as_mut().poll(cx).is_ready() {
+            while sleep.as_mut().poll(cx).is_ready() {
                 sleep.as_mut().reset(Instant::now() + *every);
-                let missed = std::mem::take(&mut this.missed);
-                let heartbeat = Envelope::encoded(this.hub.heartbeat_bytes(missed), None);
-                return Poll::Ready(Some(Ok(heartbeat)));
+                if !std::mem::take(&mut this.sent_since_tick) {
+                    // Idle for a whole period: a heartbeat (at most two periods after the last event).
+                    let missed = std::mem::take(&mut this.missed);
+                    let heartbeat = Envelope::encoded(this.hub.heartbeat_bytes(missed), None);
+                    return Poll::Ready(Some(Ok(heartbeat)));
+                }
             }
         }
         Poll::Pending

@@ -50,13 +50,20 @@ impl<T> Envelope<T> {
     }
 }
 
+impl<T: Default> Inner<T> {
+    /// An incoming envelope before any field is decoded.
+    fn empty() -> Self {
+        Inner::Decoded {
+            event: T::default(),
+            metadata: EventMetadata::default(),
+        }
+    }
+}
+
 impl<T: Default> Default for Envelope<T> {
     fn default() -> Self {
         Self {
-            inner: Inner::Decoded {
-                event: T::default(),
-                metadata: EventMetadata::default(),
-            },
+            inner: Inner::empty(),
         }
     }
 }
@@ -92,10 +99,7 @@ impl<T: Message + Default> Message for Envelope<T> {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if let Inner::Encoded { .. } = self.inner {
-            self.inner = Inner::Decoded {
-                event: T::default(),
-                metadata: EventMetadata::default(),
-            };
+            self.inner = Inner::empty();
         }
         let Inner::Decoded { event, metadata } = &mut self.inner else {
             unreachable!("made Decoded above");
@@ -117,10 +121,7 @@ impl<T: Message + Default> Message for Envelope<T> {
     }
 
     fn clear(&mut self) {
-        self.inner = Inner::Decoded {
-            event: T::default(),
-            metadata: EventMetadata::default(),
-        };
+        self.inner = Inner::empty();
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
@@ -197,7 +198,12 @@ impl Server {
         }
 
         let local_addr = listener.local_addr().ok();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small messages (events, short replies) must not wait for Nagle's algorithm.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tonic::transport::Server::builder()
             .add_routes(self.routes.routes())

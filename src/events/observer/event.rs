@@ -1,5 +1,6 @@
 //! What observers receive: [`Event`]s, and reports of [`Gap`]s and [`DeadLetter`]s.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::v1::{Cursor, EventMetadata};
@@ -8,55 +9,74 @@ use crate::v1::{Cursor, EventMetadata};
 /// dead-lettered).
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One event, as an observer's handler receives it.
-#[derive(Debug, Clone)]
+/// One event, as an observer's handler receives it. Cloning is cheap (the event is shared).
+#[derive(Debug)]
 pub struct Event<T> {
+    inner: Arc<Inner<T>>,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
     message: T,
     metadata: EventMetadata,
-    instance: String,
+    instance: Arc<str>,
+}
+
+impl<T> Clone for Event<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl<T> Event<T> {
-    pub(crate) fn new(message: T, metadata: EventMetadata, instance: String) -> Self {
+    pub(crate) fn new(message: T, metadata: EventMetadata, instance: Arc<str>) -> Self {
         Self {
-            message,
-            metadata,
-            instance,
+            inner: Arc::new(Inner {
+                message,
+                metadata,
+                instance,
+            }),
         }
     }
 
     /// The event's message.
     pub fn message(&self) -> &T {
-        &self.message
+        &self.inner.message
     }
 
-    /// The event's message, taken out.
-    pub fn into_message(self) -> T {
-        self.message
+    /// The event's message, taken out (copied if the event is still shared).
+    pub fn into_message(self) -> T
+    where
+        T: Clone,
+    {
+        Arc::try_unwrap(self.inner)
+            .map_or_else(|shared| shared.message.clone(), |inner| inner.message)
     }
 
     /// Where the event stands in its publisher's stream.
     pub fn cursor(&self) -> Cursor {
         Cursor {
-            epoch: self.metadata.epoch,
-            sequence: self.metadata.sequence,
+            epoch: self.inner.metadata.epoch,
+            sequence: self.inner.metadata.sequence,
         }
     }
 
     /// When it was published, by the publisher's clock.
     pub fn published_at(&self) -> SystemTime {
-        let micros = u64::try_from(self.metadata.published_at_unix_micros).unwrap_or(0);
+        let micros = u64::try_from(self.inner.metadata.published_at_unix_micros).unwrap_or(0);
         UNIX_EPOCH + Duration::from_micros(micros)
     }
 
     /// The producer instance it came from (`127.0.0.1:50051`).
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.inner.instance
     }
 
     /// All the metadata that came with it.
     pub fn metadata(&self) -> &EventMetadata {
-        &self.metadata
+        &self.inner.metadata
     }
 }
 
@@ -64,7 +84,7 @@ impl<T> std::ops::Deref for Event<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.message
+        &self.inner.message
     }
 }
 

@@ -56,7 +56,7 @@ where
         let stream = InstanceStream {
             rpc: self.rpc,
             handler: self.handler.clone(),
-            instance,
+            instance: instance.into(),
             endpoint,
             shared,
             stop,
@@ -69,7 +69,8 @@ where
 struct InstanceStream<T> {
     rpc: &'static str,
     handler: Handler<T>,
-    instance: String,
+    /// Shared with every event from this instance, so no event copies it.
+    instance: Arc<str>,
     endpoint: Endpoint,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -196,7 +197,7 @@ where
     async fn receive(&mut self, message: T, metadata: EventMetadata) {
         if metadata.missed > 0 {
             let gap = Gap {
-                instance: self.instance.clone(),
+                instance: self.instance.to_string(),
                 rpc: self.rpc,
                 missed: metadata.missed,
                 epoch: metadata.epoch,
@@ -237,7 +238,7 @@ where
                 Ok(()) => return,
                 Err(error) if attempt >= options.handler_attempts => {
                     let dead = DeadLetter {
-                        instance: self.instance.clone(),
+                        instance: self.instance.to_string(),
                         rpc: self.rpc,
                         cursor: event.cursor(),
                         attempts: attempt,

@@ -1,0 +1,411 @@
+//! Benchmarks meshless against what a user would pick instead, side by side in one run, and
+//! prints one table with absolute figures and ratios against baselines of the same run.
+//!
+//! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
+//!
+//! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
+//! and observers on another (pinned to core 1). NATS rows need `nats-server` on the PATH
+//! (Debian: `apt-get install nats-server`); without it they are skipped.
+
+mod events;
+mod proto;
+mod servers;
+mod stats;
+mod unary;
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use meshless::testing::TestDns;
+
+use crate::proto::mesh::testing::v1 as mesh;
+use crate::servers::{start_echo, Echo};
+
+const SERVICE: &str = "echo.bench.test";
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Time since the benchmark started: a clock both threads share.
+fn since_start() -> Duration {
+    START.get_or_init(Instant::now).elapsed()
+}
+
+pub struct Bench {
+    server: tokio::runtime::Handle,
+    duration: Duration,
+    quick: bool,
+}
+
+impl Bench {
+    /// Runs `work` on the server thread and waits for it.
+    async fn on_server<F>(&self, work: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.server.spawn(work).await.expect("server task")
+    }
+}
+
+fn main() {
+    since_start();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let server_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = server_runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_core = cores.first().copied();
+    let server_thread = std::thread::spawn(move || {
+        if let Some(core) = server_core {
+            core_affinity::set_for_current(core);
+        }
+        server_runtime.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    if let Some(core) = cores.get(1).copied() {
+        core_affinity::set_for_current(core);
+    }
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bench = Bench {
+        server,
+        duration: if quick {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        },
+        quick,
+    };
+    client_runtime.block_on(run(&bench, cores.len()));
+    let _ = stop.send(());
+    let _ = server_thread.join();
+}
+
+async fn run(bench: &Bench, cores: usize) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "meshless benchmarks: {cpu}, {cores} cores; servers pinned to core 0, clients to core 1"
+    );
+    println!("(one run; figures vary by a few percent between runs on a shared machine)\n");
+
+    // First, while the heap is fresh.
+    memory_section(bench).await;
+    unary_section(
+        bench,
+        Duration::ZERO,
+        "Unary, 100 B, 64 in flight, 3 instances",
+    )
+    .await;
+    unary_section(
+        bench,
+        Duration::from_millis(1),
+        "Unary, one of the 3 instances slowed by 1 ms (10x its service time)",
+    )
+    .await;
+    events_section(bench).await;
+    discovery_section(bench).await;
+}
+
+async fn unary_section(bench: &Bench, slow: Duration, title: &str) {
+    let dns = bench
+        .on_server(async { TestDns::start("bench.test").await.expect("dns") })
+        .await;
+    let mut instances = Vec::new();
+    for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
+        let delay = if i == 2 { slow } else { Duration::ZERO };
+        let addr = bench
+            .on_server(
+                async move { start_echo(Echo { name, delay }, mesh::EchoPublisher::new()).await },
+            )
+            .await;
+        let host = format!("{name}.bench.test");
+        dns.add_ip(&host, addr.ip()).await.expect("dns");
+        dns.add_srv(SERVICE, 1, 1, addr.port(), &host)
+            .await
+            .expect("dns");
+        instances.push(addr);
+    }
+    let reports = unary::run(bench, &instances, &dns, 64).await;
+    println!("{title}");
+    println!(
+        "  {:<32} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7}",
+        "", "req/s", "p50 us", "p99 us", "x req/s", "x p99", "errors"
+    );
+    let (base_rate, base_p99) = (reports[0].per_second, reports[0].p99_us);
+    for r in &reports {
+        println!(
+            "  {:<32} {:>10.0} {:>9.0} {:>9.0} {:>8.2} {:>8.2} {:>7}",
+            r.name,
+            r.per_second,
+            r.p50_us,
+            r.p99_us,
+            r.per_second / base_rate,
+            r.p99_us / base_p99,
+            r.errors
+        );
+    }
+    println!();
+    bench.on_server(async move { dns.stop().await }).await;
+}
+
+fn start_nats() -> Option<(std::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((child, format!("nats://127.0.0.1:{port}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+async fn events_section(bench: &Bench) {
+    let nats = start_nats();
+    if nats.is_none() {
+        println!(
+            "(nats-server not found: NATS rows skipped; Debian: apt-get install nats-server)\n"
+        );
+    }
+    let count_64: u64 = if bench.quick { 20_000 } else { 200_000 };
+    let count_1k: u64 = if bench.quick { 5_000 } else { 50_000 };
+    let capacity = (count_64 + 16) as usize;
+    let producers =
+        events::producers(bench, capacity, nats.as_ref().map(|(_, url)| url.as_str())).await;
+
+    println!("Events, 1 producer -> N observers, every event delivered (cursors on for meshless)");
+    println!(
+        "  {:<24} {:>5} {:>9} {:>13} {:>10} {:>12} {:>9}",
+        "", "N", "size", "events/s", "x raw", "delivered", "cpu/ev ns"
+    );
+    let mut cpu_by_observers = Vec::new();
+    for size in [64usize, 1024] {
+        for observers in [1usize, 4, 16] {
+            let count = if size == 64 { count_64 } else { count_1k };
+            let mut raw_rate = f64::NAN;
+            for (name, contender, producer) in &producers {
+                let r =
+                    events::throughput(bench, name, contender, producer, observers, size, count)
+                        .await;
+                if r.name.starts_with("raw") {
+                    raw_rate = r.per_second;
+                }
+                if r.name == "meshless" && size == 64 {
+                    cpu_by_observers.push((observers, r.producer_cpu_per_event));
+                }
+                println!(
+                    "  {:<24} {:>5} {:>8}B {:>13.0} {:>10} {:>5}/{:<6} {:>9}",
+                    r.name,
+                    r.observers,
+                    r.size,
+                    r.per_second,
+                    if raw_rate.is_nan() {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.2}", r.per_second / raw_rate)
+                    },
+                    percent(r.delivered, r.expected),
+                    "",
+                    r.producer_cpu_per_event.as_nanos()
+                );
+            }
+        }
+    }
+    if let (Some((_, one)), Some((_, sixteen))) =
+        (cpu_by_observers.first(), cpu_by_observers.last())
+    {
+        println!(
+            "  meshless producer CPU per event, 16 observers vs 1: {:.2}x",
+            sixteen.as_secs_f64() / one.as_secs_f64()
+        );
+    }
+    println!();
+
+    let rate = 10_000;
+    let duration = if bench.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+    println!("Events at {rate}/s to 4 observers, 64 B: publish-to-handler latency");
+    println!(
+        "  {:<24} {:>9} {:>9} {:>10}",
+        "", "p50 us", "p99 us", "x p99"
+    );
+    let mut raw_p99 = f64::NAN;
+    let mut rows: Vec<(&str, &events::Contender, &events::Producer)> =
+        producers.iter().map(|(n, c, p)| (*n, c, p)).collect();
+    let plain_on_meshless =
+        producers
+            .iter()
+            .find_map(|(name, contender, producer)| match contender {
+                events::Contender::Meshless(addr) if *name == "meshless" => {
+                    Some((events::Contender::Raw(*addr), producer))
+                }
+                _ => None,
+            });
+    if let Some((contender, producer)) = &plain_on_meshless {
+        rows.push(("meshless server, plain client", contender, producer));
+    }
+    for (name, contender, producer) in rows {
+        let (p50, p99, _) = events::latency(bench, contender, producer, 4, rate, duration).await;
+        if name.starts_with("raw") {
+            raw_p99 = p99;
+        }
+        let ratio = if raw_p99.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", p99 / raw_p99)
+        };
+        println!("  {:<24} {:>9.0} {:>9.0} {:>10}", name, p50, p99, ratio);
+    }
+    println!();
+    if let Some((mut child, _)) = nats {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn percent(delivered: u64, expected: u64) -> String {
+    if delivered == expected {
+        "all".to_owned()
+    } else {
+        format!("{:.1}%", delivered as f64 * 100.0 / expected as f64)
+    }
+}
+
+async fn memory_section(bench: &Bench) {
+    const SUBSCRIPTIONS: usize = 1000;
+    const CONNECTIONS: usize = 10;
+    let producers = events::producers(bench, 1024, None).await;
+    println!("Memory per idle subscription ({SUBSCRIPTIONS} plain tonic subscribers over {CONNECTIONS} connections; RSS of the whole process, both ends)");
+    let mut raw = f64::NAN;
+    for (name, contender, _) in &producers {
+        let addr = match contender {
+            events::Contender::Meshless(addr) | events::Contender::Raw(addr) => *addr,
+            events::Contender::Nats(_) => continue,
+        };
+        let mut channels = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+            channels.push(endpoint.connect().await.expect("connect"));
+        }
+        let before = stats::rss_bytes();
+        let mut streams = Vec::with_capacity(SUBSCRIPTIONS);
+        for i in 0..SUBSCRIPTIONS {
+            let mut client = proto::plain::testing::v1::echo_client::EchoClient::new(
+                channels[i % CONNECTIONS].clone(),
+            );
+            streams.push(
+                client
+                    .echoed(crate::proto::plain::meshless::v1::Subscribe::default())
+                    .await
+                    .expect("subscribe")
+                    .into_inner(),
+            );
+        }
+        let per = (stats::rss_bytes().saturating_sub(before)) as f64 / SUBSCRIPTIONS as f64;
+        if name.starts_with("raw") {
+            raw = per;
+        }
+        let ratio = if raw.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:.2}x", per / raw)
+        };
+        println!(
+            "  {:<24} {:>8.0} bytes per subscription {:>8}",
+            name, per, ratio
+        );
+        drop(streams);
+    }
+    println!();
+}
+
+async fn discovery_section(bench: &Bench) {
+    let dns = bench
+        .on_server(async { TestDns::start("bench.test").await.expect("dns") })
+        .await;
+    let first = bench
+        .on_server(async {
+            start_echo(
+                Echo {
+                    name: "first",
+                    delay: Duration::ZERO,
+                },
+                mesh::EchoPublisher::new(),
+            )
+            .await
+        })
+        .await;
+    let second = bench
+        .on_server(async {
+            start_echo(
+                Echo {
+                    name: "second",
+                    delay: Duration::ZERO,
+                },
+                mesh::EchoPublisher::new(),
+            )
+            .await
+        })
+        .await;
+    dns.add_ip("node.bench.test", first.ip())
+        .await
+        .expect("dns");
+    dns.add_srv(SERVICE, 1, 1, first.port(), "node.bench.test")
+        .await
+        .expect("dns");
+    let client = mesh::EchoClient::connect(dns.srv_target(SERVICE))
+        .await
+        .expect("client");
+    client
+        .unary(mesh::EchoRequest::default())
+        .await
+        .expect("call");
+
+    let changed = Instant::now();
+    dns.add_srv(SERVICE, 1, 1, second.port(), "node.bench.test")
+        .await
+        .expect("dns");
+    let mut calls = 0u64;
+    loop {
+        calls += 1;
+        let reply = client
+            .unary(mesh::EchoRequest::default())
+            .await
+            .expect("call");
+        if reply.get_ref().message == "second" || changed.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    println!(
+        "Discovery convergence (default settings: refresh floor 1 s, TTL 0 as Consul): {:.0} ms from the DNS change to the first call served by the new instance ({calls} calls meanwhile, none failed)",
+        changed.elapsed().as_secs_f64() * 1000.0
+    );
+    bench.on_server(async move { dns.stop().await }).await;
+}

@@ -1,0 +1,138 @@
+//! Unary calls, 100-byte payloads, a fixed number in flight, over 3 instances.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use meshless::testing::TestDns;
+
+use crate::proto::{mesh, plain};
+use crate::stats::Latencies;
+use crate::Bench;
+
+pub struct Report {
+    pub name: &'static str,
+    pub per_second: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: usize,
+}
+
+/// Runs `call` from `concurrency` tasks for `duration` (after a short warm-up).
+async fn drive<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> Report
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let warm_up = Instant::now() + duration / 5;
+    let end = warm_up + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Latencies::default(), 0);
+                loop {
+                    let started = Instant::now();
+                    if started >= end {
+                        return (latencies, errors);
+                    }
+                    let ok = call().await;
+                    if started >= warm_up {
+                        latencies.record(started.elapsed());
+                        errors += usize::from(!ok);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut latencies, mut errors) = (Latencies::default(), 0);
+    for task in tasks {
+        let (l, e) = task.await.expect("caller task");
+        latencies.merge(l);
+        errors += e;
+    }
+    Report {
+        name,
+        per_second: latencies.len() as f64 / duration.as_secs_f64(),
+        p50_us: latencies.quantile(0.5),
+        p99_us: latencies.quantile(0.99),
+        errors,
+    }
+}
+
+fn request() -> plain::testing::v1::EchoRequest {
+    plain::testing::v1::EchoRequest {
+        payload: vec![7; 100],
+        ..Default::default()
+    }
+}
+
+/// Every contender against `instances` (the first is the one a raw channel calls).
+pub async fn run(
+    bench: &Bench,
+    instances: &[SocketAddr],
+    dns: &TestDns,
+    concurrency: usize,
+) -> Vec<Report> {
+    let duration = bench.duration;
+    let mut reports = Vec::new();
+
+    let raw = tonic::transport::Endpoint::from_shared(format!("http://{}", instances[0]))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let raw = plain::testing::v1::echo_client::EchoClient::new(raw);
+    reports.push(
+        drive(
+            "raw tonic Channel, 1 instance",
+            concurrency,
+            duration,
+            move || {
+                let mut client = raw.clone();
+                async move { client.unary(request()).await.is_ok() }
+            },
+        )
+        .await,
+    );
+
+    let endpoints = instances.iter().map(|addr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
+    });
+    let balanced = plain::testing::v1::echo_client::EchoClient::new(
+        tonic::transport::Channel::balance_list(endpoints),
+    );
+    reports.push(
+        drive("tonic balance_list, 3", concurrency, duration, move || {
+            let mut client = balanced.clone();
+            async move { client.unary(request()).await.is_ok() }
+        })
+        .await,
+    );
+
+    let meshless = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
+        .await
+        .expect("meshless client");
+    let mesh_request = || mesh::testing::v1::EchoRequest {
+        payload: vec![7; 100],
+        ..Default::default()
+    };
+    reports.push(
+        drive(
+            "meshless dns+srv + p2c, 3",
+            concurrency,
+            duration,
+            move || {
+                let client = meshless.clone();
+                async move { client.unary(mesh_request()).await.is_ok() }
+            },
+        )
+        .await,
+    );
+    reports
+}
