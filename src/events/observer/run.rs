@@ -165,29 +165,42 @@ where
         };
         tracing::debug!(instance = %self.instance, rpc = self.rpc, cursor = ?self.cursor, "subscribed");
 
+        // A stream silent for three heartbeat periods is dead. Checked by a ticking timer, not
+        // a timeout per message, and with one stop future for the whole stream: per event,
+        // either would touch the timer wheel or register a waiter under a lock.
         let quiet_limit = options.heartbeat * 3;
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + quiet_limit, quiet_limit);
+        let mut heard = false;
+        let mut stop = self.stop.clone();
+        let stopped = stop.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.stop.changed() => return Ended::Stopped,
-                next = tokio::time::timeout(quiet_limit, stream.message()) => next,
-            };
-            match next {
-                Err(_) => {
-                    tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
-                    return Ended::Resubscribe;
+                _ = &mut stopped => return Ended::Stopped,
+                next = stream.message() => next,
+                _ = check.tick() => {
+                    if !std::mem::take(&mut heard) {
+                        tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
+                        return Ended::Resubscribe;
+                    }
+                    continue;
                 }
-                Ok(Ok(Some(envelope))) => {
+            };
+            heard = true;
+            match next {
+                Ok(Some(envelope)) => {
                     if let Some((message, metadata)) = envelope.into_parts() {
                         self.receive(message, metadata).await;
                     }
                 }
-                Ok(Ok(None)) => return Ended::Failed("the stream ended".into()),
-                Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                Ok(None) => return Ended::Failed("the stream ended".into()),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                     tracing::info!(instance = %self.instance, rpc = self.rpc, "cut off for falling behind; resuming from the cursor");
                     return Ended::Resubscribe;
                 }
-                Ok(Err(status)) => {
+                Err(status) => {
                     return Ended::Failed(format!("{:?}: {}", status.code(), status.message()))
                 }
             }

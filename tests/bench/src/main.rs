@@ -1,7 +1,7 @@
 //! Benchmarks meshless against what a user would pick instead, side by side in one run, and
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
-//! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
+//! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick] [--only memory|unary|events|discovery] [--only memory|unary|events|discovery]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
 //! and observers on another (pinned to core 1). NATS rows need `nats-server` on the PATH
@@ -102,22 +102,28 @@ async fn run(bench: &Bench, cores: usize) {
     );
     println!("(one run; figures vary by a few percent between runs on a shared machine)\n");
 
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |section: &str| only.as_deref().is_none_or(|only| only == section);
     // First, while the heap is fresh.
-    memory_section(bench).await;
-    unary_section(
-        bench,
-        Duration::ZERO,
-        "Unary, 100 B, 64 in flight, 3 instances",
-    )
-    .await;
-    unary_section(
-        bench,
-        Duration::from_millis(1),
-        "Unary, one of the 3 instances slowed by 1 ms (10x its service time)",
-    )
-    .await;
-    events_section(bench).await;
-    discovery_section(bench).await;
+    if wanted("memory") {
+        memory_section(bench).await;
+    }
+    if wanted("unary") {
+        unary_section(
+            bench,
+            Duration::ZERO,
+            "Unary, 100 B, 64 in flight, 3 instances",
+        )
+        .await;
+        let slow = "Unary, one of the 3 instances slowed by 1 ms (10x its service time)";
+        unary_section(bench, Duration::from_millis(1), slow).await;
+    }
+    if wanted("events") {
+        events_section(bench).await;
+    }
+    if wanted("discovery") {
+        discovery_section(bench).await;
+    }
 }
 
 async fn unary_section(bench: &Bench, slow: Duration, title: &str) {
