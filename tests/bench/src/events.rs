@@ -60,7 +60,8 @@ impl Counter {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Waits until `target` deliveries, or `limit`; returns whether they all came.
+    /// Waits until `target` deliveries, or until nothing arrives for 2 s (NATS core drops
+    /// messages for slow consumers), or `limit`; returns whether they all came.
     async fn until(&self, target: u64, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -70,7 +71,8 @@ impl Counter {
             if self.count() >= target {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let stall = (tokio::time::Instant::now() + Duration::from_secs(2)).min(deadline);
+            if tokio::time::timeout_at(stall, changed).await.is_err() {
                 return self.count() >= target;
             }
         }

@@ -100,7 +100,7 @@ async fn run(bench: &Bench, cores: usize) {
     println!(
         "meshless benchmarks: {cpu}, {cores} cores; servers pinned to core 0, clients to core 1"
     );
-    println!("(one run; figures vary by a few percent between runs on a shared machine)\n");
+    println!("(one run: figures vary between runs on a shared machine; compare the ratios within a run)\n");
 
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wanted = |section: &str| only.as_deref().is_none_or(|only| only == section);
@@ -223,7 +223,7 @@ async fn events_section(bench: &Bench) {
                     cpu_by_observers.push((observers, r.producer_cpu_per_event));
                 }
                 println!(
-                    "  {:<24} {:>5} {:>8}B {:>13.0} {:>10} {:>5}/{:<6} {:>9}",
+                    "  {:<24} {:>5} {:>8}B {:>13.0} {:>10} {:>12} {:>9}",
                     r.name,
                     r.observers,
                     r.size,
@@ -234,7 +234,6 @@ async fn events_section(bench: &Bench) {
                         format!("{:.2}", r.per_second / raw_rate)
                     },
                     percent(r.delivered, r.expected),
-                    "",
                     r.producer_cpu_per_event.as_nanos()
                 );
             }
