@@ -36,7 +36,6 @@ impl Error {
         }
     }
 
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
         Self {
             kind: Kind::InvalidInput(message.into()),

@@ -11,9 +11,16 @@
 //! - `{Service}Client`: a typed client built from a target string such as
 //!   `dns:///users.service.consul:50051`, whose methods take `&self`.
 //!
-//! Server-streaming RPCs marked `option (meshless.v1.event)` are event RPCs: the generator
+//! Server-streaming RPCs marked `option (meshless.v1.event)` are event RPCs. The generator
 //! checks that they take `meshless.v1.Subscribe` and that their message leaves the metadata
-//! field free. `meshless/v1/meshless.proto` is built in; import it without copying it.
+//! field free, and writes for them:
+//!
+//! - `{Service}Publisher`: one non-blocking `publish_{event}` per event RPC; the
+//!   `{Service}Service` serves the event RPCs from it;
+//! - `{Event}Observer`: one trait per event RPC, with one plain `async fn`;
+//! - `{Service}Observer`: subscribes the observers given to it on every instance of a target.
+//!
+//! `meshless/v1/meshless.proto` is built in; import it without copying it.
 //!
 //! # Example
 //!
