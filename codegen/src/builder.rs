@@ -187,7 +187,16 @@ impl Builder {
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format_args!("creating {}", out_dir.display()), e))?;
 
-        let to_generate = compiled.to_generate.clone();
+        let mut to_generate = compiled.to_generate.clone();
+        if !self.generate_meshless_proto {
+            // Its messages are left out through `extern_path`, but prost-build would still
+            // hand its services to the service generator, writing a second `meshless.v1.rs`.
+            for file in &mut to_generate.file {
+                if file.package() == MESHLESS_PACKAGE {
+                    file.service.clear();
+                }
+            }
+        }
         let tonic = tonic_prost_build::configure()
             .build_client(self.build_client)
             .build_server(self.build_server)

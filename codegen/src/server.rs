@@ -220,6 +220,12 @@ fn adapter(service: &Service, names: &Names) -> TokenStream {
             #publisher_field
         }
 
+        impl<H> ::core::fmt::Debug for #adapter<H> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#adapter)).finish_non_exhaustive()
+            }
+        }
+
         #[::meshless::codegen::tonic::codegen::async_trait]
         impl<H: #handler> #tonic_module::#tonic_trait for #adapter<H> {
             #(#methods)*
@@ -247,11 +253,10 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
         "clones share the handler.".to_owned(),
     ]);
     let tonic = quote! { ::meshless::codegen::tonic };
-    let on_shutdown = service.has_events().then(|| {
+    let publisher_accessor = service.has_events().then(|| {
         quote! {
-            fn on_shutdown(&self) -> ::core::option::Option<::meshless::server::ShutdownHook> {
-                let publisher = self.publisher.as_publisher().clone();
-                ::core::option::Option::Some(::std::boxed::Box::new(move || publisher.close()))
+            fn publisher(&self) -> ::core::option::Option<&::meshless::events::Publisher> {
+                ::core::option::Option::Some(self.publisher.as_publisher())
             }
         }
     });
@@ -352,7 +357,7 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             fn file_descriptor_set() -> &'static [u8] {
                 FILE_DESCRIPTOR_SET
             }
-            #on_shutdown
+            #publisher_accessor
         }
 
         impl<H, B> #tonic::codegen::Service<#tonic::codegen::http::Request<B>> for #service_ty<H>

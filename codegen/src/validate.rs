@@ -22,8 +22,10 @@ pub(crate) fn validate(compiled: &Compiled) -> Result<(), Error> {
         let Some(file) = compiled.pool.get_file_by_name(file.name()) else {
             continue;
         };
-        for service in file.services() {
-            check_service(compiled, &service, &mut problems);
+        // `ServiceDescriptor::index` counts services over the whole pool; source locations
+        // count them within their file.
+        for (index_in_file, service) in file.services().enumerate() {
+            check_service(compiled, &service, index_in_file, &mut problems);
         }
     }
     if problems.is_empty() {
@@ -33,12 +35,17 @@ pub(crate) fn validate(compiled: &Compiled) -> Result<(), Error> {
     }
 }
 
-fn check_service(compiled: &Compiled, service: &ServiceDescriptor, problems: &mut Vec<String>) {
+fn check_service(
+    compiled: &Compiled,
+    service: &ServiceDescriptor,
+    index_in_file: usize,
+    problems: &mut Vec<String>,
+) {
     let file = service.parent_file();
     for method in service.methods() {
         let method_path = [
             FILE_SERVICE,
-            service.index() as i32,
+            index_in_file as i32,
             SERVICE_METHOD,
             method.index() as i32,
         ];

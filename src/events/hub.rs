@@ -1,18 +1,21 @@
 //! The hub of one event RPC on a publisher: sequence numbers, the retention ring, live
-//! fan-out, and where a new subscription starts.
+//! fan-out to plain subscribers, consumer groups, and where a new subscription starts.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
+use super::group::{self, AckError, Groups, Join, Joined};
 use super::stream::EventStream;
 use super::wire::encode_metadata_field;
-use crate::v1::{Cursor, EventMetadata, StartPosition, Subscribe};
+use crate::v1::{
+    AcknowledgeResponse, Acknowledgement, Cursor, EventMetadata, StartPosition, Subscribe,
+};
 
 /// One published event, encoded once with its metadata, shared by every subscriber.
 #[derive(Debug)]
@@ -32,6 +35,12 @@ pub(crate) struct Hub {
     latest: AtomicU64,
     /// How many subscribers were cut off for falling behind.
     pub(crate) cut_off: AtomicU64,
+    /// Open streams of subscribers without a group.
+    plain_streams: AtomicUsize,
+    /// Woken when an acknowledgement arrives or a stream ends: what a drain waits for.
+    changed: Notify,
+    /// The metadata of a first delivery to a group, encoded once.
+    first_delivery: Bytes,
 }
 
 struct State {
@@ -39,9 +48,12 @@ struct State {
     next: u64,
     ring: VecDeque<Arc<Stored>>,
     retain: usize,
-    /// The live fan-out; `None` once closed, which ends every subscriber's stream after the
-    /// events already handed to it.
+    /// The live fan-out; `None` once closed, which ends every plain subscriber's stream after
+    /// the events already handed to it.
     live: Option<broadcast::Sender<Arc<Stored>>>,
+    groups: Groups,
+    /// Closed for groups too: every stream ends, nobody may subscribe.
+    closed: bool,
 }
 
 /// Where a subscription starts: the retained events it gets first, and how many it missed.
@@ -74,9 +86,17 @@ impl Hub {
                 ring: VecDeque::with_capacity(retain.min(4096)),
                 retain,
                 live: Some(broadcast::channel(buffer).0),
+                groups: Groups::default(),
+                closed: false,
             }),
             latest: AtomicU64::new(0),
             cut_off: AtomicU64::new(0),
+            plain_streams: AtomicUsize::new(0),
+            changed: Notify::new(),
+            first_delivery: encode_metadata_field(&EventMetadata {
+                delivery_count: 1,
+                ..EventMetadata::default()
+            }),
         }
     }
 
@@ -118,6 +138,8 @@ impl Hub {
             }
             state.ring.push_back(stored.clone());
         }
+        let capacity = state.retain;
+        state.groups.offer(&stored, capacity);
         if let Some(live) = &state.live {
             // No receiver is fine: nobody is subscribed.
             let _ = live.send(stored);
@@ -130,22 +152,52 @@ impl Hub {
         }
     }
 
-    /// Ends every subscription once it has sent what was already published, and refuses new
-    /// ones: for shutdown. Publishing still works (events are retained).
-    pub(crate) fn close(&self) {
+    /// Ends every plain subscriber's stream once it has sent what was already published, and
+    /// refuses new plain subscribers; consumer groups go on. The first step of a drain.
+    pub(crate) fn close_plain(&self) {
         self.lock().live = None;
     }
 
-    /// Starts a subscription. Taking the backlog and joining the live fan-out happen under one
-    /// lock, so no event falls between them or arrives twice.
-    pub(crate) fn start(&self, request: &Subscribe) -> Result<Start, tonic::Status> {
-        let state = self.lock();
-        let Some(live) = state.live.as_ref().map(broadcast::Sender::subscribe) else {
-            return Err(tonic::Status::unavailable(format!(
-                "{} is shutting down",
-                self.method
-            )));
-        };
+    /// Ends every stream, group members' too, after what was already handed to it, and refuses
+    /// new subscriptions: for shutdown. Publishing still works (events are retained).
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.live = None;
+        state.closed = true;
+        state.groups.close();
+    }
+
+    /// Whether every group member has acknowledged, and every plain stream has ended: the
+    /// second step of a drain, after [`close_plain`](Self::close_plain).
+    pub(crate) fn drained(&self) -> bool {
+        self.plain_streams.load(Ordering::Acquire) == 0 && self.lock().groups.settled()
+    }
+
+    /// Waits until [`drained`](Self::drained), or `deadline`. Returns whether drained.
+    pub(crate) async fn wait_drained(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.drained() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let abandoned = self.lock().groups.abandoned();
+                for (group, events) in abandoned {
+                    tracing::warn!(rpc = %self.method, group, events, "consumer group without members; its events are lost with this instance");
+                }
+                return false;
+            }
+        }
+    }
+
+    /// Where a subscription starts: the retained events it gets first, and how many it missed.
+    fn position(
+        &self,
+        state: &State,
+        request: &Subscribe,
+    ) -> Result<(VecDeque<Arc<Stored>>, u64), tonic::Status> {
         let latest = state.next - 1;
         let oldest = state.ring.front().map_or(latest + 1, |e| e.sequence);
         let start_live = request.start() == StartPosition::Live;
@@ -159,7 +211,7 @@ impl Hub {
         };
         let everything = || state.ring.iter().cloned().collect();
 
-        let (backlog, missed) = match request.after.as_ref().filter(|c| c.epoch != 0) {
+        Ok(match request.after.as_ref().filter(|c| c.epoch != 0) {
             Some(cursor) if cursor.epoch == self.epoch => {
                 let after = cursor.sequence;
                 if after > latest {
@@ -183,7 +235,17 @@ impl Hub {
             Some(_) => (everything(), oldest - 1),
             None if start_live => (VecDeque::new(), 0),
             None => (everything(), 0),
+        })
+    }
+
+    /// Starts a plain subscription. Taking the backlog and joining the live fan-out happen
+    /// under one lock, so no event falls between them or arrives twice.
+    pub(crate) fn start(&self, request: &Subscribe) -> Result<Start, tonic::Status> {
+        let state = self.lock();
+        let Some(live) = state.live.as_ref().map(broadcast::Sender::subscribe) else {
+            return Err(self.shutting_down());
         };
+        let (backlog, missed) = self.position(&state, request)?;
         Ok(Start {
             backlog,
             missed,
@@ -191,23 +253,198 @@ impl Hub {
         })
     }
 
+    /// Joins a member to its consumer group, creating the group, where the request says it
+    /// starts, when it is new on this publisher.
+    pub(crate) fn join(&self, request: &Subscribe) -> Result<Joined, tonic::Status> {
+        for (what, name) in [("group", &request.group), ("member", &request.member)] {
+            if name.len() > group::MAX_NAME_LEN {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "the {what} name is {} bytes long; at most {} are allowed",
+                    name.len(),
+                    group::MAX_NAME_LEN
+                )));
+            }
+        }
+        let window = match request.max_unacknowledged {
+            0 => group::DEFAULT_WINDOW,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+        .min(self.buffer);
+        let lease = match request.lease_ms {
+            0 => group::DEFAULT_LEASE,
+            ms => Duration::from_millis(u64::from(ms)).min(group::MAX_LEASE),
+        };
+        let mut state = self.lock();
+        if state.closed {
+            return Err(self.shutting_down());
+        }
+        if state.groups.contains(&request.group) {
+            // Only checked: the group already stands somewhere.
+            if let Some(cursor) = request.after.filter(|c| c.epoch == self.epoch) {
+                if cursor.sequence >= state.next {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "cursor (epoch {:#x}, sequence {}) is ahead of {}'s latest event ({})",
+                        cursor.epoch,
+                        cursor.sequence,
+                        self.method,
+                        state.next - 1
+                    )));
+                }
+            }
+        } else {
+            let (backlog, missed) = self.position(&state, request)?;
+            state.groups.create(&request.group, backlog, missed);
+        }
+        let handled = request
+            .after
+            .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
+            .map(|cursor| cursor.sequence);
+        Ok(state.groups.join(Join {
+            group: request.group.clone(),
+            member: request.member.clone(),
+            window,
+            lease,
+            handled,
+        }))
+    }
+
+    /// A member's stream ended: once its lease runs out without it coming back, its
+    /// unacknowledged events go to the other members.
+    pub(crate) fn member_disconnected(
+        self: &Arc<Self>,
+        group: &str,
+        member: &str,
+        connection: u64,
+    ) {
+        let lease = self.lock().groups.disconnect(group, member, connection);
+        self.changed.notify_waiters();
+        let Some(lease) = lease else { return };
+        let expire = {
+            let hub = self.clone();
+            let (group, member) = (group.to_owned(), member.to_owned());
+            move || {
+                let mut state = hub.lock();
+                let capacity = state.retain;
+                if state.groups.expire(&group, &member, connection, capacity) {
+                    drop(state);
+                    tracing::debug!(rpc = %hub.method, group, member, "member's lease ran out; its events go to the rest of the group");
+                    hub.changed.notify_waiters();
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !lease.is_zero() => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(lease).await;
+                    expire();
+                });
+            }
+            _ => expire(),
+        }
+    }
+
+    /// Acknowledges what a group member handled.
+    pub(crate) fn acknowledge(
+        &self,
+        ack: &Acknowledgement,
+    ) -> Result<AcknowledgeResponse, tonic::Status> {
+        let handled = match ack.handled {
+            Some(cursor) if cursor.epoch != self.epoch => {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "cursor of epoch {:#x}, but this instance of {} publishes epoch {:#x}: it \
+                     restarted, and what the earlier run delivered cannot be acknowledged here",
+                    cursor.epoch, self.method, self.epoch
+                )));
+            }
+            Some(cursor) if cursor.sequence == 0 || cursor.sequence > self.latest() => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "no event {} was published on {} (latest: {})",
+                    cursor.sequence,
+                    self.method,
+                    self.latest()
+                )));
+            }
+            Some(cursor) => Some(cursor.sequence),
+            None if ack.leave => None,
+            None => {
+                return Err(tonic::Status::invalid_argument(
+                    "an acknowledgement names the last event handled (`handled`), or leaves",
+                ))
+            }
+        };
+        let mut state = self.lock();
+        let capacity = state.retain;
+        let result =
+            state
+                .groups
+                .acknowledge(&ack.group, &ack.member, handled, ack.leave, capacity);
+        drop(state);
+        match result {
+            Ok(unacknowledged) => {
+                self.changed.notify_waiters();
+                Ok(AcknowledgeResponse { unacknowledged })
+            }
+            Err(AckError::UnknownGroup) => Err(tonic::Status::not_found(format!(
+                "no consumer group `{}` on this instance of {}",
+                ack.group, self.method
+            ))),
+            Err(AckError::UnknownMember) => Err(tonic::Status::not_found(format!(
+                "no member `{}` in consumer group `{}` on this instance of {} (its lease ran out, \
+                 or it left); resubscribe to rejoin",
+                ack.member, ack.group, self.method
+            ))),
+        }
+    }
+
     pub(crate) fn stream<T>(
         self: &Arc<Self>,
         request: &Subscribe,
     ) -> Result<EventStream<T>, tonic::Status> {
-        if !request.group.is_empty() {
-            return Err(tonic::Status::unimplemented(format!(
-                "consumer groups are not served by this version of meshless (group `{}` on {})",
-                request.group, self.method
-            )));
-        }
         let heartbeat = match request.heartbeat_interval_ms {
             0 => None,
             // Faster than every 10 ms is a mistake, not a liveness check.
             ms => Some(Duration::from_millis(u64::from(ms).max(10))),
         };
-        let start = self.start(request)?;
-        Ok(EventStream::new(self.clone(), start, heartbeat))
+        if request.group.is_empty() {
+            let start = self.start(request)?;
+            self.plain_streams.fetch_add(1, Ordering::AcqRel);
+            Ok(EventStream::plain(self.clone(), start, heartbeat))
+        } else {
+            let joined = self.join(request)?;
+            Ok(EventStream::member(
+                self.clone(),
+                request.group.clone(),
+                joined,
+                heartbeat,
+            ))
+        }
+    }
+
+    /// A plain subscriber's stream ended.
+    pub(crate) fn plain_stream_ended(&self) {
+        self.plain_streams.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// The metadata of a delivery to a group member: shared for a first delivery.
+    pub(crate) fn delivery_bytes(&self, delivery_count: u32, missed: u64) -> Bytes {
+        if delivery_count == 1 && missed == 0 {
+            return self.first_delivery.clone();
+        }
+        encode_metadata_field(&EventMetadata {
+            delivery_count,
+            missed,
+            ..EventMetadata::default()
+        })
+    }
+
+    fn shutting_down(&self) -> tonic::Status {
+        tonic::Status::unavailable(format!("{} is shutting down", self.method))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
+        self.lock().groups.unacked(group, member)
     }
 
     /// The metadata field of a heartbeat (and of a pending `missed` count).
@@ -231,3 +468,7 @@ fn unix_micros(time: SystemTime) -> i64 {
 #[cfg(test)]
 #[path = "hub_test.rs"]
 mod test;
+
+#[cfg(test)]
+#[path = "group_test.rs"]
+mod group_test;

@@ -110,16 +110,3 @@ fn a_cursor_from_the_future_is_invalid() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 }
-
-#[test]
-fn groups_are_refused_until_they_are_served() {
-    let hub = Arc::new(hub(10));
-    let request = Subscribe {
-        group: "welcome".into(),
-        ..Subscribe::default()
-    };
-    assert_eq!(
-        hub.stream::<WireCursor>(&request).unwrap_err().code(),
-        tonic::Code::Unimplemented
-    );
-}

@@ -14,13 +14,20 @@
 //! - A subscriber that falls further behind than its buffer is cut off with
 //!   `RESOURCE_EXHAUSTED`, and resumes from its cursor.
 //! - Idle streams carry heartbeats when the subscriber asks for them.
+//! - Consumer groups: subscribers that name a group share its events, each event going to one
+//!   member, which acknowledges it through `meshless.v1.EventGroups/Acknowledge`; a member that
+//!   leaves, or whose stream ends and does not come back within its lease, has its
+//!   unacknowledged events handed to the others (see `meshless/v1/meshless.proto`).
 
+mod acknowledgements;
+mod group;
 mod hub;
 pub mod observer;
 mod publisher;
 mod stream;
 mod wire;
 
+pub use acknowledgements::Acknowledgements;
 pub use observer::{
     DeadLetter, Event, Gap, HandlerError, ObserverBuilder, ObserverHandle, ObserverOptions,
 };

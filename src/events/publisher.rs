@@ -7,7 +7,7 @@ use prost::Message;
 
 use super::hub::Hub;
 use super::stream::EventStream;
-use crate::v1::{Cursor, Subscribe};
+use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.
 pub const DEFAULT_RETAIN: usize = 1024;
@@ -112,11 +112,46 @@ impl Publisher {
 
     /// Ends every subscriber's stream once it has received what was already published, and
     /// refuses new subscriptions, so that observers move on (to other instances, or to this one
-    /// when it comes back). `meshless::Server` calls it when it shuts down.
+    /// when it comes back). [`drain`](Self::drain) first to lose nothing.
     pub fn close(&self) {
         for hub in self.hubs.iter() {
             hub.close();
         }
+    }
+
+    /// Drains, for shutdown: ends the streams of subscribers without a group once they have
+    /// been sent every event published, and waits until they have ended and every consumer
+    /// group has acknowledged every event, or until `deadline`. Returns whether everything
+    /// drained. Publish nothing more once this is called: plain subscribers would not get it.
+    ///
+    /// Groups without any member (none connected, none within its lease) are not waited for;
+    /// their events are logged as lost. `meshless::Server` drains every publisher it serves
+    /// when it shuts down, then [`close`](Self::close)s it.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        for hub in self.hubs.iter() {
+            hub.close_plain();
+        }
+        let mut drained = true;
+        for hub in self.hubs.iter() {
+            drained &= hub.wait_drained(deadline).await;
+        }
+        drained
+    }
+
+    /// The gRPC paths of the event RPCs, `/package.Service/Method`.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.hubs.iter().map(|hub| format!("/{}", hub.method))
+    }
+
+    /// Acknowledges what a consumer group member handled, when `ack.rpc` is one of this
+    /// publisher's event RPCs; `None` otherwise.
+    pub(crate) fn acknowledge(
+        &self,
+        ack: &Acknowledgement,
+    ) -> Option<Result<AcknowledgeResponse, tonic::Status>> {
+        let method = ack.rpc.strip_prefix('/').unwrap_or(&ack.rpc);
+        let hub = self.hubs.iter().find(|hub| hub.method == method)?;
+        Some(hub.acknowledge(ack))
     }
 
     #[doc(hidden)]

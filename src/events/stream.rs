@@ -1,5 +1,6 @@
-//! [`EventStream`]: the server stream of one subscriber, from the retained backlog into live
-//! events, with heartbeats when idle.
+//! [`EventStream`]: the server stream of one subscriber: for a plain subscriber, from the
+//! retained backlog into live events; for a group member, the events its group hands it. With
+//! heartbeats when idle.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -10,23 +11,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::Stream;
 
+use super::group::{Delivery, Joined};
 use super::hub::{Hub, Start, Stored};
 use super::wire::{encode_metadata_field, Envelope};
 use crate::v1::EventMetadata;
 
 /// The events of one subscription, as the server stream of an event RPC.
 ///
-/// Yields each event's shared bytes (no per-subscriber encoding), ends with
-/// `RESOURCE_EXHAUSTED` when the subscriber falls further behind than its buffer.
+/// Yields each event's shared bytes (no per-subscriber encoding). A plain subscriber's stream
+/// ends with `RESOURCE_EXHAUSTED` when it falls further behind than its buffer; a group
+/// member's is paced by its acknowledgements instead.
 pub struct EventStream<T> {
     hub: Arc<Hub>,
-    backlog: VecDeque<Arc<Stored>>,
-    live: BroadcastStream<Arc<Stored>>,
+    feed: Feed,
     /// Missed events to report with the first thing sent.
     missed: u64,
     heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
@@ -40,40 +44,86 @@ pub struct EventStream<T> {
     _event: PhantomData<fn() -> T>,
 }
 
+enum Feed {
+    Plain {
+        backlog: VecDeque<Arc<Stored>>,
+        live: BroadcastStream<Arc<Stored>>,
+    },
+    Member {
+        group: String,
+        member: String,
+        connection: u64,
+        deliveries: mpsc::UnboundedReceiver<Delivery>,
+    },
+}
+
 impl<T> std::fmt::Debug for EventStream<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream")
-            .field("method", &self.hub.method)
+        let mut debug = f.debug_struct("EventStream");
+        debug.field("method", &self.hub.method);
+        if let Feed::Member { group, member, .. } = &self.feed {
+            debug.field("group", group).field("member", member);
+        }
+        debug
             .field("last_sent", &self.last_sent)
             .finish_non_exhaustive()
     }
 }
 
 impl<T> EventStream<T> {
-    pub(crate) fn new(hub: Arc<Hub>, start: Start, heartbeat: Option<Duration>) -> Self {
-        Self {
+    /// A plain subscriber's stream. The hub has counted it.
+    pub(crate) fn plain(hub: Arc<Hub>, start: Start, heartbeat: Option<Duration>) -> Self {
+        let feed = Feed::Plain {
             backlog: start.backlog,
             live: BroadcastStream::new(start.live),
-            missed: start.missed,
+        };
+        Self::new(hub, feed, start.missed, heartbeat)
+    }
+
+    /// A group member's stream.
+    pub(crate) fn member(
+        hub: Arc<Hub>,
+        group: String,
+        joined: Joined,
+        heartbeat: Option<Duration>,
+    ) -> Self {
+        let feed = Feed::Member {
+            group,
+            member: joined.member,
+            connection: joined.connection,
+            deliveries: joined.deliveries,
+        };
+        Self::new(hub, feed, 0, heartbeat)
+    }
+
+    fn new(hub: Arc<Hub>, feed: Feed, missed: u64, heartbeat: Option<Duration>) -> Self {
+        Self {
+            hub,
+            feed,
+            missed,
             heartbeat: heartbeat.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
             sent_since_tick: false,
             last_sent: 0,
             done: false,
-            hub,
             _event: PhantomData,
         }
     }
 
-    fn envelope(&mut self, event: &Stored) -> Envelope<T> {
-        self.last_sent = event.sequence;
-        let extra = (self.missed > 0).then(|| {
-            let missed = std::mem::take(&mut self.missed);
-            encode_metadata_field(&EventMetadata {
-                missed,
-                ..EventMetadata::default()
-            })
-        });
-        Envelope::encoded(event.bytes.clone(), extra)
+    fn envelope(&mut self, shared: Bytes, sequence: u64, extra: Option<Bytes>) -> Envelope<T> {
+        self.last_sent = sequence;
+        let extra = match (extra, self.missed) {
+            (extra, 0) => extra,
+            // Only plain streams carry a missed count of their own; a group's rides on the
+            // delivery.
+            (_, missed) => {
+                self.missed = 0;
+                Some(encode_metadata_field(&EventMetadata {
+                    missed,
+                    ..EventMetadata::default()
+                }))
+            }
+        };
+        Envelope::encoded(shared, extra)
     }
 
     fn cut_off(&mut self) -> tonic::Status {
@@ -85,6 +135,51 @@ impl<T> EventStream<T> {
             self.hub.buffer, self.hub.method, self.hub.epoch, self.last_sent
         ))
     }
+
+    /// The next event of the feed, if one is ready.
+    fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Envelope<T>, tonic::Status>>> {
+        match &mut self.feed {
+            Feed::Plain { backlog, live } => {
+                let next = match backlog.pop_front() {
+                    Some(event) => event,
+                    None => loop {
+                        match Pin::new(&mut *live).poll_next(cx) {
+                            // Already sent from the backlog.
+                            Poll::Ready(Some(Ok(event))) if event.sequence <= self.last_sent => {
+                                continue
+                            }
+                            Poll::Ready(Some(Ok(event))) => break event,
+                            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                                return Poll::Ready(Some(Err(self.cut_off())));
+                            }
+                            Poll::Ready(None) => return Poll::Ready(None),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    },
+                };
+                let envelope = self.envelope(next.bytes.clone(), next.sequence, None);
+                Poll::Ready(Some(Ok(envelope)))
+            }
+            Feed::Member { deliveries, .. } => match deliveries.poll_recv(cx) {
+                Poll::Ready(Some(delivery)) => {
+                    let extra = self
+                        .hub
+                        .delivery_bytes(delivery.delivery_count, delivery.missed);
+                    let envelope = self.envelope(
+                        delivery.event.bytes.clone(),
+                        delivery.event.sequence,
+                        Some(extra),
+                    );
+                    Poll::Ready(Some(Ok(envelope)))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 impl<T> Stream for EventStream<T> {
@@ -95,28 +190,16 @@ impl<T> Stream for EventStream<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        let next = match this.backlog.pop_front() {
-            Some(event) => Some(event),
-            None => loop {
-                match Pin::new(&mut this.live).poll_next(cx) {
-                    // Already sent from the backlog.
-                    Poll::Ready(Some(Ok(event))) if event.sequence <= this.last_sent => continue,
-                    Poll::Ready(Some(Ok(event))) => break Some(event),
-                    Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                        return Poll::Ready(Some(Err(this.cut_off())));
-                    }
-                    Poll::Ready(None) => {
-                        this.done = true;
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending => break None,
-                }
-            },
-        };
-        if let Some(event) = next {
-            this.sent_since_tick = true;
-            let envelope = this.envelope(&event);
-            return Poll::Ready(Some(Ok(envelope)));
+        match this.poll_feed(cx) {
+            Poll::Ready(Some(item)) => {
+                this.sent_since_tick = true;
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
         }
         if let Some((every, sleep)) = &mut this.heartbeat {
             while sleep.as_mut().poll(cx).is_ready() {
@@ -130,5 +213,19 @@ impl<T> Stream for EventStream<T> {
             }
         }
         Poll::Pending
+    }
+}
+
+impl<T> Drop for EventStream<T> {
+    fn drop(&mut self) {
+        match &self.feed {
+            Feed::Plain { .. } => self.hub.plain_stream_ended(),
+            Feed::Member {
+                group,
+                member,
+                connection,
+                ..
+            } => self.hub.member_disconnected(group, member, *connection),
+        }
     }
 }

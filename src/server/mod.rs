@@ -2,6 +2,7 @@
 //! and graceful shutdown.
 
 mod builder;
+mod drain;
 
 pub use builder::Server;
 
@@ -11,12 +12,10 @@ pub trait DescribedService: tonic::server::NamedService {
     /// The encoded `FileDescriptorSet` of the service's `.proto` files and their imports.
     fn file_descriptor_set() -> &'static [u8];
 
-    /// What to do when the server starts shutting down, before it stops taking calls: a
-    /// service with event RPCs ends its subscribers' streams, so observers move on.
-    fn on_shutdown(&self) -> Option<ShutdownHook> {
+    /// The publisher of the service's event RPCs, if it has any: [`Server`] serves consumer
+    /// group acknowledgements for it and drains it on shutdown.
+    #[doc(hidden)]
+    fn publisher(&self) -> Option<&crate::events::Publisher> {
         None
     }
 }
-
-/// Work a service does when its server starts shutting down.
-pub type ShutdownHook = Box<dyn FnOnce() + Send + Sync>;

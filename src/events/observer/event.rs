@@ -74,6 +74,13 @@ impl<T> Event<T> {
         &self.inner.instance
     }
 
+    /// How many times the event was delivered to this observer's consumer group, this time
+    /// included: 1 the first time, more when it is redelivered because a member failed before
+    /// acknowledging it (it may have been handled already). 0 outside consumer groups.
+    pub fn delivery_count(&self) -> u32 {
+        self.inner.metadata.delivery_count
+    }
+
     /// All the metadata that came with it.
     pub fn metadata(&self) -> &EventMetadata {
         &self.inner.metadata

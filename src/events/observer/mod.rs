@@ -7,8 +7,12 @@
 //! handled. A handler error is retried with backoff a bounded number of times, then the event
 //! goes to the dead-letter callback. Gaps the publisher reports go to the gap callback. Nothing
 //! is skipped silently.
+//!
+//! In a consumer group, each producer instance hands each event to one member; the member
+//! acknowledges what it handled (see `membership`), and leaves the group when it stops.
 
 mod event;
+mod membership;
 mod options;
 mod run;
 mod supervisor;

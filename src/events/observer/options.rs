@@ -23,6 +23,11 @@ pub struct ObserverOptions {
     pub(crate) start: StartPosition,
     pub(crate) max_concurrent_handlers: Option<usize>,
     pub(crate) dns: DnsSettings,
+    pub(crate) group: Option<String>,
+    /// Zero: the producer's default.
+    pub(crate) member_lease: Duration,
+    /// Zero: the producer's default.
+    pub(crate) max_unacknowledged: u32,
     pub(crate) on_gap: Callback<Gap>,
     pub(crate) on_dead_letter: Callback<DeadLetter>,
 }
@@ -36,6 +41,7 @@ impl fmt::Debug for ObserverOptions {
             .field("heartbeat", &self.heartbeat)
             .field("start", &self.start)
             .field("max_concurrent_handlers", &self.max_concurrent_handlers)
+            .field("group", &self.group)
             .finish_non_exhaustive()
     }
 }
@@ -52,6 +58,9 @@ impl Default for ObserverOptions {
             start: StartPosition::Oldest,
             max_concurrent_handlers: None,
             dns: DnsSettings::default(),
+            group: None,
+            member_lease: Duration::ZERO,
+            max_unacknowledged: 0,
             on_gap: Arc::new(|gap: &Gap| {
                 tracing::warn!(instance = %gap.instance, rpc = gap.rpc, missed = gap.missed, epoch = gap.epoch, "events missed");
             }),
@@ -99,6 +108,35 @@ impl ObserverOptions {
     /// limit (one call at a time per instance and event RPC, as order requires).
     pub fn max_concurrent_handlers(mut self, limit: usize) -> Self {
         self.max_concurrent_handlers = Some(limit.max(1));
+        self
+    }
+
+    /// Joins the consumer group `name`: of all the observers started with the same group name
+    /// (typically the instances of one service), each event is handled by one. Every producer
+    /// instance gives each event to the member with the fewest unacknowledged events; a member
+    /// acknowledges events once handled, and when it stops, leaves so that the events it had not
+    /// handled go to the others at once. A member that dies has its unacknowledged events
+    /// redelivered to the others once its lease runs out; a redelivered event says so in
+    /// [`Event::delivery_count`](super::Event::delivery_count). Delivery is at least once:
+    /// handlers should tolerate the (rare) duplicate.
+    pub fn consumer_group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
+        self
+    }
+
+    /// Within a consumer group: how long a producer waits for this member to resubscribe
+    /// after its stream broke before handing its unacknowledged events to other members.
+    /// Default: 5 s; at most 10 minutes.
+    pub fn member_lease(mut self, lease: Duration) -> Self {
+        self.member_lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Within a consumer group: how many events a producer may deliver to this member before
+    /// it has acknowledged them. A member that dies may have these handled twice. Default: 256.
+    /// At most the producer's per-subscriber buffer.
+    pub fn max_unacknowledged(mut self, events: u32) -> Self {
+        self.max_unacknowledged = events.max(1);
         self
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::Endpoint;
 
 use super::event::{DeadLetter, Event, Gap, HandlerError};
+use super::membership::Membership;
 use super::options::ObserverOptions;
 use crate::events::Envelope;
 use crate::v1::{Cursor, EventMetadata, Subscribe};
@@ -24,6 +25,8 @@ pub(crate) type Handler<T> =
 pub(crate) struct Shared {
     pub(crate) options: ObserverOptions,
     pub(crate) handlers: Option<Arc<Semaphore>>,
+    /// This observer's name in its consumer group, the same on every producer instance.
+    pub(crate) member: String,
 }
 
 /// A subscription to one event RPC, without its event type: spawns one task per instance.
@@ -144,8 +147,19 @@ where
             after: self.cursor,
             start: options.start as i32,
             heartbeat_interval_ms: u32::try_from(options.heartbeat.as_millis()).unwrap_or(u32::MAX),
-            ..Subscribe::default()
+            group: options.group.clone().unwrap_or_default(),
+            member: options
+                .group
+                .as_ref()
+                .map(|_| self.shared.member.clone())
+                .unwrap_or_default(),
+            lease_ms: u32::try_from(options.member_lease.as_millis()).unwrap_or(u32::MAX),
+            max_unacknowledged: options.max_unacknowledged,
         };
+        let membership = options
+            .group
+            .as_ref()
+            .map(|group| Membership::start(channel.clone(), self.rpc, group, &self.shared.member));
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
         let codec = tonic_prost::ProstCodec::<Subscribe, Envelope<T>>::default();
@@ -178,8 +192,8 @@ where
         loop {
             let next = tokio::select! {
                 biased;
-                _ = &mut stopped => return Ended::Stopped,
-                next = stream.message() => next,
+                _ = &mut stopped => None,
+                next = stream.message() => Some(next),
                 _ = check.tick() => {
                     if !std::mem::take(&mut heard) {
                         tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
@@ -188,11 +202,23 @@ where
                     continue;
                 }
             };
+            let Some(next) = next else {
+                // The handler in flight has finished: acknowledge it, and let the group have
+                // the rest at once.
+                if let Some(membership) = membership {
+                    membership.leave(self.shared.options.connect_timeout).await;
+                }
+                return Ended::Stopped;
+            };
             heard = true;
             match next {
                 Ok(Some(envelope)) => {
                     if let Some((message, metadata)) = envelope.into_parts() {
-                        self.receive(message, metadata).await;
+                        if let Some(cursor) = self.receive(message, metadata).await {
+                            if let Some(membership) = &membership {
+                                membership.handled(cursor);
+                            }
+                        }
                     }
                 }
                 Ok(None) => return Ended::Failed("the stream ended".into()),
@@ -207,7 +233,8 @@ where
         }
     }
 
-    async fn receive(&mut self, message: T, metadata: EventMetadata) {
+    /// Handles one event (or heartbeat); returns the event's cursor once handled.
+    async fn receive(&mut self, message: T, metadata: EventMetadata) -> Option<Cursor> {
         if metadata.missed > 0 {
             let gap = Gap {
                 instance: self.instance.to_string(),
@@ -218,23 +245,29 @@ where
             (self.shared.options.on_gap)(&gap);
         }
         if metadata.heartbeat {
-            return;
+            return None;
         }
         let cursor = Cursor {
             epoch: metadata.epoch,
             sequence: metadata.sequence,
         };
-        if self
-            .cursor
-            .as_ref()
-            .is_some_and(|c| c.epoch == cursor.epoch && c.sequence >= cursor.sequence)
+        // In a group, events come in delivery order, which is not sequence order once one is
+        // redelivered; the cursor is then the last event handled, for the producer to
+        // acknowledge when the member resubscribes.
+        let in_order = self.shared.options.group.is_none();
+        if in_order
+            && self
+                .cursor
+                .as_ref()
+                .is_some_and(|c| c.epoch == cursor.epoch && c.sequence >= cursor.sequence)
         {
             // Already handled (cannot happen with a well-behaved publisher).
-            return;
+            return None;
         }
         self.handle(Event::new(message, metadata, self.instance.clone()))
             .await;
         self.cursor = Some(cursor);
+        Some(cursor)
     }
 
     /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.

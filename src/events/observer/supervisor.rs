@@ -84,6 +84,8 @@ impl ObserverBuilder {
                 .max_concurrent_handlers
                 .map(|n| Arc::new(Semaphore::new(n))),
             options: self.options,
+            // Random, so that two observers never take each other for the same member.
+            member: format!("{:016x}", fastrand::u64(..)),
         });
         let mut instances = Instances {
             subscriptions: self.subscriptions,

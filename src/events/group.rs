@@ -1,0 +1,376 @@
+//! Consumer groups on a publisher: which member gets each event, what each member has not
+//! acknowledged yet, and what goes back to its group when a member leaves or its lease runs out.
+//!
+//! Plain data under the hub's lock: the hub owns the lock, the lease timers and the streams.
+//! Per group, events wait in `pending` until a live member has room (fewer unacknowledged
+//! events than its window), then move to that member's `unacked` queue, in delivery order,
+//! until the member acknowledges them. The pending queue holds at most the event RPC's `retain`
+//! events; what falls out is reported to the group as missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::hub::Stored;
+
+/// The longest a member name or group name may be, in bytes.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+/// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
+pub(crate) const DEFAULT_WINDOW: usize = 256;
+/// A member's lease when its `Subscribe` leaves `lease_ms` at 0.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// The longest lease a member may ask for.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(600);
+
+/// One event on its way to one member of a group.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) event: Arc<Stored>,
+    /// 1 for the first delivery to the group.
+    pub(crate) delivery_count: u32,
+    /// Events the group missed right before this one.
+    pub(crate) missed: u64,
+}
+
+/// An event the group has not acknowledged, and how often it was delivered so far.
+#[derive(Debug, Clone)]
+struct Unacked {
+    event: Arc<Stored>,
+    deliveries: u32,
+}
+
+/// How a member joins: who it is, its window and lease, and what it already handled.
+#[derive(Debug)]
+pub(crate) struct Join {
+    pub(crate) group: String,
+    /// Empty: named after the connection.
+    pub(crate) member: String,
+    pub(crate) window: usize,
+    pub(crate) lease: Duration,
+    /// The last event the member handled, when it resumes in the same epoch: acknowledged.
+    pub(crate) handled: Option<u64>,
+}
+
+/// A member's connection, as the hub hands it to the member's stream.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) member: String,
+    pub(crate) connection: u64,
+    pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AckError {
+    UnknownGroup,
+    UnknownMember,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    by_name: HashMap<String, Group>,
+    /// Numbers member connections, so that a stale disconnect or lease timer is told apart
+    /// from the member's current connection.
+    connections: u64,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    pending: VecDeque<Unacked>,
+    members: Vec<Member>,
+    /// Events that fell out of `pending`, reported with the next delivery.
+    missed: u64,
+    /// Where the search for the least loaded member starts, so that ties take turns.
+    next_pick: usize,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: String,
+    window: usize,
+    lease: Duration,
+    /// Delivered and not acknowledged, in delivery order.
+    unacked: VecDeque<Unacked>,
+    /// The live stream; `None` while the member is away within its lease.
+    sender: Option<mpsc::UnboundedSender<Delivery>>,
+    /// The member's latest connection, live or not.
+    connection: u64,
+}
+
+impl Groups {
+    pub(crate) fn contains(&self, group: &str) -> bool {
+        self.by_name.contains_key(group)
+    }
+
+    /// Adds a group that starts with `backlog` (events it has yet to get) and `missed`.
+    pub(crate) fn create(&mut self, group: &str, backlog: VecDeque<Arc<Stored>>, missed: u64) {
+        let pending = backlog
+            .into_iter()
+            .map(|event| Unacked {
+                event,
+                deliveries: 0,
+            })
+            .collect();
+        self.by_name.insert(
+            group.to_owned(),
+            Group {
+                pending,
+                missed,
+                ..Group::default()
+            },
+        );
+    }
+
+    /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
+    /// unacknowledged events again, after those it says it handled.
+    pub(crate) fn join(&mut self, join: Join) -> Joined {
+        self.connections += 1;
+        let connection = self.connections;
+        let (sender, deliveries) = mpsc::unbounded_channel();
+        let group = self.by_name.entry(join.group).or_default();
+        let id = if join.member.is_empty() {
+            format!("~{connection}")
+        } else {
+            join.member
+        };
+        let index = match group.members.iter().position(|m| m.id == id) {
+            Some(index) => index,
+            None => {
+                group.members.push(Member {
+                    id: id.clone(),
+                    window: join.window,
+                    lease: join.lease,
+                    unacked: VecDeque::new(),
+                    sender: None,
+                    connection,
+                });
+                group.members.len() - 1
+            }
+        };
+        let member = &mut group.members[index];
+        member.window = join.window;
+        member.lease = join.lease;
+        member.connection = connection;
+        // A previous stream of the same member, still open, ends here.
+        member.sender = Some(sender);
+        if let Some(handled) = join.handled {
+            member.acknowledge(handled);
+        }
+        let again: Vec<Unacked> = member.unacked.drain(..).collect();
+        for unacked in again {
+            group.deliver(index, unacked);
+        }
+        group.dispatch();
+        Joined {
+            member: id,
+            connection,
+            deliveries,
+        }
+    }
+
+    /// Hands a newly published event to every group.
+    pub(crate) fn offer(&mut self, event: &Arc<Stored>, capacity: usize) {
+        for group in self.by_name.values_mut() {
+            group.pending.push_back(Unacked {
+                event: event.clone(),
+                deliveries: 0,
+            });
+            group.trim(capacity);
+            group.dispatch();
+        }
+    }
+
+    /// Acknowledges `handled` (and every event delivered to the member before it); with
+    /// `leave`, then removes the member and hands its other events to the rest of the group.
+    /// Returns how many events the member still has unacknowledged.
+    pub(crate) fn acknowledge(
+        &mut self,
+        group: &str,
+        member: &str,
+        handled: Option<u64>,
+        leave: bool,
+        capacity: usize,
+    ) -> Result<u64, AckError> {
+        let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
+        let index = group
+            .members
+            .iter()
+            .position(|m| m.id == member)
+            .ok_or(AckError::UnknownMember)?;
+        if let Some(handled) = handled {
+            group.members[index].acknowledge(handled);
+        }
+        if leave {
+            group.release(index, capacity);
+            group.dispatch();
+            return Ok(0);
+        }
+        group.dispatch();
+        Ok(group.members[index].unacked.len() as u64)
+    }
+
+    /// The member's stream `connection` ended. Returns its lease when that was the member's
+    /// current connection: the hub calls [`expire`](Self::expire) once it has run out.
+    pub(crate) fn disconnect(
+        &mut self,
+        group: &str,
+        member: &str,
+        connection: u64,
+    ) -> Option<Duration> {
+        let member = self
+            .by_name
+            .get_mut(group)?
+            .members
+            .iter_mut()
+            .find(|m| m.id == member && m.connection == connection)?;
+        member.sender = None;
+        Some(member.lease)
+    }
+
+    /// The lease of the member's `connection` ran out: unless it came back meanwhile, its
+    /// unacknowledged events go to the other members. Returns whether it was let go.
+    pub(crate) fn expire(
+        &mut self,
+        group: &str,
+        member: &str,
+        connection: u64,
+        capacity: usize,
+    ) -> bool {
+        let Some(group) = self.by_name.get_mut(group) else {
+            return false;
+        };
+        let Some(index) = group
+            .members
+            .iter()
+            .position(|m| m.id == member && m.connection == connection && m.sender.is_none())
+        else {
+            return false;
+        };
+        group.release(index, capacity);
+        group.dispatch();
+        true
+    }
+
+    /// Ends every member's stream after what was already delivered to it.
+    pub(crate) fn close(&mut self) {
+        for group in self.by_name.values_mut() {
+            for member in &mut group.members {
+                member.sender = None;
+            }
+        }
+    }
+
+    /// Whether every group that has members has had every event acknowledged. Groups without
+    /// members are not waited for: nobody would acknowledge.
+    pub(crate) fn settled(&self) -> bool {
+        self.by_name.values().all(|group| {
+            group.members.is_empty()
+                || (group.pending.is_empty() && group.members.iter().all(|m| m.unacked.is_empty()))
+        })
+    }
+
+    /// Groups without members, and how many events each holds for the next member.
+    pub(crate) fn abandoned(&self) -> Vec<(String, usize)> {
+        self.by_name
+            .iter()
+            .filter(|(_, group)| group.members.is_empty() && !group.pending.is_empty())
+            .map(|(name, group)| (name.clone(), group.pending.len()))
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
+        self.by_name[group]
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .map(|m| m.unacked.iter().map(|u| u.event.sequence).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Member {
+    /// Drops `handled`, and everything delivered before it, from the unacknowledged events.
+    /// An event not delivered to this member (or already acknowledged) changes nothing.
+    fn acknowledge(&mut self, handled: u64) {
+        if let Some(at) = self
+            .unacked
+            .iter()
+            .position(|u| u.event.sequence == handled)
+        {
+            self.unacked.drain(..=at);
+        }
+    }
+}
+
+impl Group {
+    /// Sends pending events to the members with room, the least loaded first.
+    fn dispatch(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(index) = self.pick() else { return };
+            let unacked = self.pending.pop_front().expect("checked non-empty");
+            self.deliver(index, unacked);
+        }
+    }
+
+    /// The live member with the fewest unacknowledged events and room for one more.
+    fn pick(&mut self) -> Option<usize> {
+        let count = self.members.len();
+        let mut best: Option<(usize, usize)> = None;
+        for offset in 0..count {
+            let index = (self.next_pick + offset) % count;
+            let member = &self.members[index];
+            let load = member.unacked.len();
+            if member.sender.is_none() || load >= member.window {
+                continue;
+            }
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((index, load));
+            }
+        }
+        let (index, _) = best?;
+        self.next_pick = index + 1;
+        Some(index)
+    }
+
+    fn deliver(&mut self, index: usize, mut unacked: Unacked) {
+        unacked.deliveries = unacked.deliveries.saturating_add(1);
+        let member = &mut self.members[index];
+        if let Some(sender) = &member.sender {
+            let delivery = Delivery {
+                event: unacked.event.clone(),
+                delivery_count: unacked.deliveries,
+                missed: std::mem::take(&mut self.missed),
+            };
+            if let Err(failed) = sender.send(delivery) {
+                // The stream is gone and its disconnect is on its way; the event stays
+                // unacknowledged with the member, like any other in flight.
+                self.missed += failed.0.missed;
+                member.sender = None;
+            }
+        }
+        member.unacked.push_back(unacked);
+    }
+
+    /// Removes a member; its unacknowledged events go back to the front of the group's queue.
+    fn release(&mut self, index: usize, capacity: usize) {
+        let member = self.members.remove(index);
+        for unacked in member.unacked.into_iter().rev() {
+            self.pending.push_front(unacked);
+        }
+        if self.next_pick > index {
+            self.next_pick -= 1;
+        }
+        self.trim(capacity);
+    }
+
+    /// Keeps at most `capacity` pending events: the oldest beyond it are missed.
+    fn trim(&mut self, capacity: usize) {
+        while self.pending.len() > capacity {
+            self.pending.pop_front();
+            self.missed += 1;
+        }
+    }
+}

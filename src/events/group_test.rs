@@ -1,0 +1,336 @@
+//! Consumer groups on one hub: who gets each event, windows, acknowledgements, leases, leaving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::v1::Cursor as WireCursor;
+
+const EPOCH: u64 = 77;
+
+fn hub(retain: usize) -> Arc<Hub> {
+    Arc::new(Hub::new("test.v1.S/E".into(), EPOCH, retain, 64))
+}
+
+fn publish(hub: &Hub, n: u64) {
+    for _ in 0..n {
+        hub.publish(&WireCursor::default());
+    }
+}
+
+fn member(group: &str, member: &str, window: u32) -> Subscribe {
+    Subscribe {
+        group: group.into(),
+        member: member.into(),
+        max_unacknowledged: window,
+        ..Subscribe::default()
+    }
+}
+
+/// (sequence, delivery count, missed) of everything delivered so far.
+fn received(joined: &mut Joined) -> Vec<(u64, u32, u64)> {
+    let mut out = Vec::new();
+    while let Ok(delivery) = joined.deliveries.try_recv() {
+        out.push((
+            delivery.event.sequence,
+            delivery.delivery_count,
+            delivery.missed,
+        ));
+    }
+    out
+}
+
+fn sequences(joined: &mut Joined) -> Vec<u64> {
+    received(joined).into_iter().map(|(s, _, _)| s).collect()
+}
+
+fn ack(group: &str, member: &str, sequence: u64) -> Acknowledgement {
+    Acknowledgement {
+        rpc: "/test.v1.S/E".into(),
+        group: group.into(),
+        member: member.into(),
+        handled: Some(WireCursor {
+            epoch: EPOCH,
+            sequence,
+        }),
+        leave: false,
+    }
+}
+
+#[test]
+fn each_event_goes_to_one_member_the_least_loaded_first() {
+    let hub = hub(100);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    publish(&hub, 4);
+    let (got_a, got_b) = (sequences(&mut a), sequences(&mut b));
+    // Equal loads take turns.
+    assert_eq!(got_a, [1, 3]);
+    assert_eq!(got_b, [2, 4]);
+
+    // `a` acknowledges both of its events: the next ones go to it until loads are even again.
+    hub.acknowledge(&ack("g", "a", 3)).unwrap();
+    publish(&hub, 2);
+    assert_eq!(sequences(&mut a), [5, 6]);
+    assert!(sequences(&mut b).is_empty());
+    assert_eq!(hub.unacked("g", "b"), [2, 4]);
+}
+
+#[test]
+fn a_full_window_holds_events_back_until_acknowledged() {
+    let hub = hub(100);
+    let mut a = hub.join(&member("g", "a", 2)).unwrap();
+    publish(&hub, 5);
+    assert_eq!(sequences(&mut a), [1, 2]);
+    // Cumulative: acknowledging 2 acknowledges 1 too.
+    let response = hub.acknowledge(&ack("g", "a", 2)).unwrap();
+    assert_eq!(response.unacknowledged, 2);
+    assert_eq!(sequences(&mut a), [3, 4]);
+    hub.acknowledge(&ack("g", "a", 4)).unwrap();
+    assert_eq!(received(&mut a), [(5, 1, 0)]);
+}
+
+#[test]
+fn groups_and_plain_subscribers_each_get_every_event() {
+    let hub = hub(100);
+    let mut welcome = hub.join(&member("welcome", "a", 10)).unwrap();
+    let mut feed = hub.join(&member("feed", "a", 10)).unwrap();
+    let plain = hub.start(&Subscribe::default()).unwrap();
+    publish(&hub, 3);
+    assert_eq!(sequences(&mut welcome), [1, 2, 3]);
+    assert_eq!(sequences(&mut feed), [1, 2, 3]);
+    assert_eq!(plain.live.len(), 3);
+}
+
+#[test]
+fn a_new_group_starts_where_its_first_member_says_and_later_members_join_it_there() {
+    let hub = hub(100);
+    publish(&hub, 3);
+    let mut first = hub
+        .join(&Subscribe {
+            after: Some(WireCursor {
+                epoch: EPOCH,
+                sequence: 1,
+            }),
+            ..member("g", "first", 10)
+        })
+        .unwrap();
+    assert_eq!(sequences(&mut first), [2, 3]);
+    let mut second = hub.join(&member("g", "second", 10)).unwrap();
+    assert!(sequences(&mut second).is_empty());
+
+    let mut live = hub
+        .join(&Subscribe {
+            start: StartPosition::Live as i32,
+            ..member("live", "a", 10)
+        })
+        .unwrap();
+    assert!(sequences(&mut live).is_empty());
+    publish(&hub, 1);
+    assert_eq!(sequences(&mut live), [4]);
+}
+
+#[test]
+fn a_member_that_comes_back_gets_what_it_had_not_handled_again() {
+    let hub = hub(100);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    publish(&hub, 4);
+    assert_eq!(sequences(&mut a), [1, 2, 3, 4]);
+    // It handled up to 2 and reconnects saying so: 3 and 4 come again, counted.
+    let mut again = hub
+        .join(&Subscribe {
+            after: Some(WireCursor {
+                epoch: EPOCH,
+                sequence: 2,
+            }),
+            ..member("g", "a", 10)
+        })
+        .unwrap();
+    assert_eq!(received(&mut again), [(3, 2, 0), (4, 2, 0)]);
+    // The first connection is over: nothing more reaches it.
+    publish(&hub, 1);
+    assert!(a.deliveries.try_recv().is_err());
+    assert_eq!(sequences(&mut again), [5]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_stays_away_past_its_lease_has_its_events_redelivered() {
+    let hub = hub(100);
+    let a = hub
+        .stream::<WireCursor>(&Subscribe {
+            lease_ms: 1000,
+            ..member("g", "a", 10)
+        })
+        .unwrap();
+    publish(&hub, 2);
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    drop(a);
+
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert!(sequences(&mut b).is_empty(), "still within a's lease");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(received(&mut b), [(1, 2, 0), (2, 2, 0)]);
+    assert_eq!(
+        hub.acknowledge(&ack("g", "a", 1)).unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_back_within_its_lease_keeps_its_events() {
+    let hub = hub(100);
+    let a = hub
+        .stream::<WireCursor>(&Subscribe {
+            lease_ms: 1000,
+            ..member("g", "a", 10)
+        })
+        .unwrap();
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    publish(&hub, 2);
+    assert_eq!(sequences(&mut b), [2]);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut back = hub.join(&member("g", "a", 10)).unwrap();
+    assert_eq!(received(&mut back), [(1, 2, 0)]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sequences(&mut b).is_empty(), "the old lease must not fire");
+    assert_eq!(hub.unacked("g", "a"), [1]);
+}
+
+#[test]
+fn a_member_that_leaves_hands_its_events_over_at_once() {
+    let hub = hub(100);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join(&member("g", "b", 1)).unwrap();
+    publish(&hub, 4);
+    assert_eq!(sequences(&mut a), [1, 3, 4]);
+    assert_eq!(sequences(&mut b), [2]);
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        ..ack("g", "a", 1)
+    })
+    .unwrap();
+    // `a`'s stream ends; 3 and 4 wait for room at `b`.
+    assert!(matches!(
+        a.deliveries.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+    ));
+    assert!(sequences(&mut b).is_empty());
+    hub.acknowledge(&ack("g", "b", 2)).unwrap();
+    assert_eq!(received(&mut b), [(3, 2, 0)]);
+    hub.acknowledge(&ack("g", "b", 3)).unwrap();
+    assert_eq!(received(&mut b), [(4, 2, 0)]);
+}
+
+#[test]
+fn a_group_without_members_keeps_what_is_retained_and_reports_the_rest() {
+    let hub = hub(10);
+    let a = hub.join(&member("g", "a", 10)).unwrap();
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        handled: None,
+        ..ack("g", "a", 0)
+    })
+    .unwrap();
+    drop(a);
+    publish(&hub, 15);
+    let mut b = hub.join(&member("g", "b", 100)).unwrap();
+    let got = received(&mut b);
+    assert_eq!(got.len(), 10);
+    assert_eq!(got[0], (6, 1, 5), "the first delivery reports the 5 missed");
+    assert!(got[1..]
+        .iter()
+        .all(|&(_, count, missed)| count == 1 && missed == 0));
+}
+
+#[test]
+fn bad_acknowledgements_are_refused_and_change_nothing() {
+    let hub = hub(100);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    publish(&hub, 4);
+    let (got_a, got_b) = (sequences(&mut a), sequences(&mut b));
+    assert_eq!((got_a.len(), got_b.len()), (2, 2));
+
+    let cases = [
+        (ack("nope", "a", 1), tonic::Code::NotFound),
+        (ack("g", "nobody", 1), tonic::Code::NotFound),
+        (ack("g", "a", 5), tonic::Code::InvalidArgument),
+        (ack("g", "a", 0), tonic::Code::InvalidArgument),
+        (
+            Acknowledgement {
+                handled: None,
+                ..ack("g", "a", 1)
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Acknowledgement {
+                handled: Some(WireCursor {
+                    epoch: EPOCH + 1,
+                    sequence: 1,
+                }),
+                ..ack("g", "a", 1)
+            },
+            tonic::Code::FailedPrecondition,
+        ),
+    ];
+    for (bad, code) in cases {
+        let error = hub.acknowledge(&bad).unwrap_err();
+        assert_eq!(error.code(), code, "{bad:?}: {}", error.message());
+        assert!(!error.message().is_empty());
+    }
+    // Acknowledging an event delivered to the other member is no acknowledgement at all.
+    hub.acknowledge(&ack("g", "a", got_b[1])).unwrap();
+    assert_eq!(hub.unacked("g", "a"), got_a);
+    assert_eq!(hub.unacked("g", "b"), got_b);
+    // Both members still get events.
+    publish(&hub, 2);
+    assert_eq!(sequences(&mut a).len() + sequences(&mut b).len(), 2);
+}
+
+#[test]
+fn nonsense_subscriptions_are_refused() {
+    let hub = hub(100);
+    publish(&hub, 2);
+    let long = "x".repeat(1000);
+    for request in [
+        member(&long, "a", 1),
+        member("g", &long, 1),
+        Subscribe {
+            after: Some(WireCursor {
+                epoch: EPOCH,
+                sequence: 3,
+            }),
+            ..member("g", "a", 1)
+        },
+    ] {
+        let error = hub.join(&request).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+    // Absurd windows and leases are clamped, not obeyed.
+    let mut greedy = hub
+        .join(&Subscribe {
+            max_unacknowledged: u32::MAX,
+            lease_ms: u32::MAX,
+            ..member("g", "a", 0)
+        })
+        .unwrap();
+    publish(&hub, 100);
+    assert_eq!(
+        sequences(&mut greedy).len(),
+        64,
+        "the hub's buffer caps the window"
+    );
+}
+
+#[test]
+fn drained_once_every_member_has_acknowledged() {
+    let hub = hub(100);
+    let _a = hub.join(&member("g", "a", 10)).unwrap();
+    assert!(hub.drained());
+    publish(&hub, 3);
+    assert!(!hub.drained());
+    hub.acknowledge(&ack("g", "a", 3)).unwrap();
+    assert!(hub.drained());
+}

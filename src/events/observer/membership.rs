@@ -1,0 +1,125 @@
+//! An observer's membership of a consumer group on one producer instance: acknowledging what
+//! was handled, batched, and leaving the group when the observer stops.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
+
+const ACKNOWLEDGE_PATH: &str = "/meshless.v1.EventGroups/Acknowledge";
+/// The pause before an acknowledgement that failed is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The membership of one subscription's stream. Acknowledgements are cumulative: the
+/// background task sends the latest event handled whenever it changed, one call at a time, so
+/// everything handled while a call is on its way is acknowledged by the next one.
+pub(crate) struct Membership {
+    channel: Channel,
+    base: Acknowledgement,
+    handled: watch::Sender<Option<Cursor>>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    pub(crate) fn start(channel: Channel, rpc: &str, group: &str, member: &str) -> Self {
+        let base = Acknowledgement {
+            rpc: rpc.to_owned(),
+            group: group.to_owned(),
+            member: member.to_owned(),
+            ..Acknowledgement::default()
+        };
+        let (handled, updates) = watch::channel(None);
+        let task = tokio::spawn(acknowledge_loop(channel.clone(), base.clone(), updates));
+        Self {
+            channel,
+            base,
+            handled,
+            task,
+        }
+    }
+
+    /// Records an event as handled; it is acknowledged soon after.
+    pub(crate) fn handled(&self, cursor: Cursor) {
+        self.handled.send_replace(Some(cursor));
+    }
+
+    /// Acknowledges everything handled and leaves the group, so that the producer hands the
+    /// member's other events to the rest of the group at once. Waits at most `timeout`.
+    pub(crate) async fn leave(self, timeout: Duration) {
+        self.task.abort();
+        let ack = Acknowledgement {
+            handled: *self.handled.borrow(),
+            leave: true,
+            ..self.base.clone()
+        };
+        match tokio::time::timeout(timeout, acknowledge(self.channel.clone(), ack)).await {
+            Ok(Ok(_)) => tracing::debug!(rpc = %self.base.rpc, "left the consumer group"),
+            Ok(Err(status)) => {
+                tracing::info!(rpc = %self.base.rpc, code = ?status.code(), message = status.message(), "leaving the consumer group failed; the producer lets the member go when its lease runs out")
+            }
+            Err(_) => {
+                tracing::info!(rpc = %self.base.rpc, "leaving the consumer group timed out; the producer lets the member go when its lease runs out")
+            }
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn acknowledge_loop(
+    channel: Channel,
+    base: Acknowledgement,
+    mut updates: watch::Receiver<Option<Cursor>>,
+) {
+    while updates.changed().await.is_ok() {
+        let handled = *updates.borrow_and_update();
+        let ack = Acknowledgement {
+            handled,
+            ..base.clone()
+        };
+        match acknowledge(channel.clone(), ack).await {
+            Ok(_) => {}
+            // The producer will not take it: the member is gone there (its lease ran out, or
+            // the producer restarted), or it serves no acknowledgements. The stream ends or
+            // carries on as the producer decides; the member rejoins when it resubscribes.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::Unimplemented
+                ) =>
+            {
+                tracing::warn!(rpc = %base.rpc, group = %base.group, code = ?status.code(), message = status.message(), "acknowledgement refused");
+            }
+            Err(status) => {
+                tracing::debug!(rpc = %base.rpc, code = ?status.code(), message = status.message(), "acknowledgement failed; sending it again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                updates.mark_changed();
+            }
+        }
+    }
+}
+
+async fn acknowledge(
+    channel: Channel,
+    ack: Acknowledgement,
+) -> Result<AcknowledgeResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Acknowledgement, AcknowledgeResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(ACKNOWLEDGE_PATH);
+    grpc.unary(tonic::Request::new(ack), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
