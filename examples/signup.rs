@@ -1,7 +1,8 @@
 //! The sign-up flow: two Users instances registered in an in-process DNS server (standing in
 //! for Consul), a client that signs users up through an SRV target, and two observing
 //! services, WelcomeEmail and Feed, that get every sign-up event straight from both Users
-//! instances. No broker, no load balancer.
+//! instances. WelcomeEmail runs two instances in one consumer group: each sign-up sends one
+//! welcome e-mail, from one of them. No broker, no load balancer.
 //!
 //! Run with: cargo run --example signup
 
@@ -13,9 +14,10 @@ mod users;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshless::events::ObserverOptions;
 use meshless::testing::TestDns;
 use meshless::{Code, Server};
-use observers::{Feed, WelcomeEmail};
+use observers::{Feed, Log, WelcomeEmail};
 use tokio::net::TcpListener;
 use users::proto::{
     GetUserRequest, SignUpRequest, UsersClient, UsersObserver, UsersPublisher, UsersService,
@@ -55,18 +57,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let target = dns.srv_target(USERS);
 
-    // The observing services subscribe to every Users instance the target lists.
-    let welcome = WelcomeEmail::default();
+    // The observing services subscribe to every Users instance the target lists. The two
+    // WelcomeEmail instances share the sign-ups as one consumer group; Feed gets every one.
+    let sent = Log::default();
+    let welcome = [
+        WelcomeEmail::named("welcome-email-1", &sent),
+        WelcomeEmail::named("welcome-email-2", &sent),
+    ];
+    let mut observers = Vec::new();
+    for instance in &welcome {
+        observers.push(
+            UsersObserver::new()
+                .user_signed_up(instance.clone())
+                .options(ObserverOptions::default().consumer_group(WelcomeEmail::GROUP))
+                .start(&target)
+                .await?,
+        );
+    }
     let feed = Feed::default();
-    let welcome_observer = UsersObserver::new()
-        .user_signed_up(welcome.clone())
-        .start(&target)
-        .await?;
-    let feed_observer = UsersObserver::new()
-        .user_signed_up(feed.clone())
-        .start(&target)
-        .await?;
-    println!("welcome-email and feed observe {target}");
+    observers.push(
+        UsersObserver::new()
+            .user_signed_up(feed.clone())
+            .start(&target)
+            .await?,
+    );
+    println!(
+        "welcome-email-1 and welcome-email-2 (group {}) and feed observe {target}",
+        WelcomeEmail::GROUP
+    );
 
     // The client calls straight to the instances, spreading the calls over them.
     let client = UsersClient::connect(&target).await?;
@@ -120,17 +138,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(missing.code(), Code::NotFound);
     println!("user 42: {:?}: {}", missing.code(), missing.message());
 
-    // Every sign-up reaches both observing services.
+    // Every sign-up reaches both observing services: once per service.
     let delivered = async {
-        welcome.sent.until(people.len()).await;
+        sent.until(people.len()).await;
         feed.entries.until(people.len()).await;
     };
     tokio::time::timeout(Duration::from_secs(10), delivered)
         .await
         .map_err(|_| "the observers did not get every sign-up within 10 s")?;
 
-    welcome_observer.stop().await;
-    feed_observer.stop().await;
+    for observer in observers {
+        observer.stop().await;
+    }
+    let sent = sent.entries();
+    let mut addresses: Vec<&str> = sent.iter().filter_map(|e| e.split(" -> ").nth(1)).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    if sent.len() != people.len() || addresses.len() != people.len() {
+        return Err(format!(
+            "{} welcome e-mails to {} addresses for {} sign-ups",
+            sent.len(),
+            addresses.len(),
+            people.len()
+        )
+        .into());
+    }
+    let sent_by = |name: &str| sent.iter().filter(|e| e.starts_with(name)).count();
     for stop in stops {
         let _ = stop.send(());
     }
@@ -139,9 +172,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     dns.stop().await;
     println!(
-        "summary: {} sign-ups, {} welcome e-mails, {} feed entries",
+        "summary: {} sign-ups, {} welcome e-mails ({}: {}, {}: {}), {} feed entries",
         people.len(),
-        welcome.sent.len(),
+        sent.len(),
+        welcome[0].name,
+        sent_by(&format!("{} ", welcome[0].name)),
+        welcome[1].name,
+        sent_by(&format!("{} ", welcome[1].name)),
         feed.entries.len()
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! A standalone WelcomeEmail service: observes the sign-ups of every Users instance of a
-//! target and "sends" a welcome e-mail for each, until interrupted.
+//! target and "sends" a welcome e-mail for each, until interrupted. Run several: they form one
+//! consumer group, and each sign-up is handled by one of them.
 //!
 //! Run with: cargo run --example welcome-email -- --target ipv4:127.0.0.1:50051,127.0.0.1:50052
 
@@ -8,6 +9,7 @@ mod observers;
 #[path = "shared/users.rs"]
 mod users;
 
+use meshless::events::ObserverOptions;
 use observers::WelcomeEmail;
 use users::proto::UsersObserver;
 
@@ -28,7 +30,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err(USAGE.into()),
     };
     let observer = UsersObserver::new()
-        .user_signed_up(WelcomeEmail::default())
+        .user_signed_up(WelcomeEmail::named(
+            &format!("welcome-email (pid {})", std::process::id()),
+            &Default::default(),
+        ))
+        .options(ObserverOptions::default().consumer_group(WelcomeEmail::GROUP))
         .start(&target)
         .await?;
     println!("welcome-email observing {target}; Ctrl-C to stop");

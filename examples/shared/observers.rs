@@ -26,6 +26,13 @@ impl Log {
         self.changed.notify_waiters();
     }
 
+    pub fn entries(&self) -> Vec<String> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -44,10 +51,26 @@ impl Log {
     }
 }
 
-/// Sends a welcome e-mail to every new user (here: prints it).
+/// Sends a welcome e-mail to every new user (here: prints it). Its instances form one consumer
+/// group, so that each sign-up sends one e-mail, whichever instance sends it.
 #[derive(Debug, Default, Clone)]
 pub struct WelcomeEmail {
+    /// This instance's name, for the output.
+    pub name: String,
+    /// `name -> address` of every e-mail sent; instances may share one log.
     pub sent: Log,
+}
+
+impl WelcomeEmail {
+    /// The consumer group of every WelcomeEmail instance.
+    pub const GROUP: &'static str = "welcome-email";
+
+    pub fn named(name: &str, sent: &Log) -> Self {
+        Self {
+            name: name.to_owned(),
+            sent: sent.clone(),
+        }
+    }
 }
 
 impl UserSignedUpObserver for WelcomeEmail {
@@ -56,13 +79,18 @@ impl UserSignedUpObserver for WelcomeEmail {
             .user
             .as_ref()
             .ok_or("a sign-up event without its user")?;
+        let again = match event.delivery_count() {
+            0 | 1 => String::new(),
+            n => format!(", delivery {n}: it may have been sent already"),
+        };
         println!(
-            "  welcome-email: sending a welcome e-mail to {} (event {} from {})",
+            "  {}: sending a welcome e-mail to {} (event {} from {}{again})",
+            self.name,
             user.email,
             event.cursor().sequence,
             event.instance()
         );
-        self.sent.push(user.email.clone());
+        self.sent.push(format!("{} -> {}", self.name, user.email));
         Ok(())
     }
 }

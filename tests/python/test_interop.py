@@ -15,7 +15,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from meshless.v1 import meshless_pb2
+from meshless.v1 import meshless_pb2, meshless_pb2_grpc
 from testing.v1 import echo_pb2, echo_pb2_grpc
 
 TARGET = os.environ["MESHLESS_INTEROP_TARGET"]
@@ -140,6 +140,55 @@ def test_an_event_stream_is_a_stream_of_the_declared_message(stub):
     sequences = [metadata.sequence for _, metadata in received]
     assert sequences == list(range(sequences[0], sequences[0] + len(sent)))
     assert all(metadata.epoch != 0 and metadata.published_at_unix_micros > 0 for _, metadata in received)
+
+
+def test_a_grpcio_client_is_a_consumer_group_member(stub):
+    run = uuid.uuid4().hex[:8]
+    sent = [f"{run}-{i}" for i in range(3)]
+    for message in sent:
+        stub.Unary(echo_pb2.EchoRequest(message=message))
+
+    with grpc.insecure_channel(TARGET) as channel:
+        groups = meshless_pb2_grpc.EventGroupsStub(channel)
+        group, member = f"py-{run}", "member-1"
+        # A window of one: every event after the first arrives only once the one before it is
+        # acknowledged.
+        stream = stub.Echoed(
+            meshless_pb2.Subscribe(group=group, member=member, max_unacknowledged=1)
+        )
+        received = []
+        for event in stream:
+            metadata = metadata_of(event)
+            assert metadata.delivery_count == 1
+            if event.message.startswith(run):
+                received.append(event.message)
+            handled = meshless_pb2.Cursor(epoch=metadata.epoch, sequence=metadata.sequence)
+            reply = groups.Acknowledge(
+                meshless_pb2.Acknowledgement(
+                    rpc="/testing.v1.Echo/Echoed", group=group, member=member, handled=handled
+                )
+            )
+            assert reply.unacknowledged <= 1
+            if len(received) == len(sent):
+                break
+        assert received == sent
+
+        with pytest.raises(grpc.RpcError) as error:
+            groups.Acknowledge(
+                meshless_pb2.Acknowledgement(
+                    rpc="/testing.v1.Echo/Echoed", group="no-such-group", member=member, handled=handled
+                )
+            )
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error.value.details()
+
+        # Leaving ends the member's stream.
+        groups.Acknowledge(
+            meshless_pb2.Acknowledgement(
+                rpc="/testing.v1.Echo/Echoed", group=group, member=member, handled=handled, leave=True
+            )
+        )
+        assert list(stream) == []
 
 
 class PythonEcho(echo_pb2_grpc.EchoServicer):
