@@ -17,6 +17,11 @@ use super::hub::Stored;
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
+/// How many consumer groups one event RPC of a publisher serves. Groups live as long as the
+/// publisher, each holding up to `retain` events for its members: a bound on memory.
+pub(crate) const MAX_GROUPS: usize = 256;
+/// How many members one group may have, connected or within their lease.
+pub(crate) const MAX_MEMBERS: usize = 1024;
 /// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
 pub(crate) const DEFAULT_WINDOW: usize = 256;
 /// A member's lease when its `Subscribe` leaves `lease_ms` at 0.
@@ -68,6 +73,13 @@ pub(crate) enum AckError {
     UnknownMember,
 }
 
+/// Why a member could not join.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum JoinError {
+    TooManyGroups,
+    TooManyMembers,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     by_name: HashMap<String, Group>,
@@ -105,7 +117,15 @@ impl Groups {
     }
 
     /// Adds a group that starts with `backlog` (events it has yet to get) and `missed`.
-    pub(crate) fn create(&mut self, group: &str, backlog: VecDeque<Arc<Stored>>, missed: u64) {
+    pub(crate) fn create(
+        &mut self,
+        group: &str,
+        backlog: VecDeque<Arc<Stored>>,
+        missed: u64,
+    ) -> Result<(), JoinError> {
+        if self.by_name.len() >= MAX_GROUPS {
+            return Err(JoinError::TooManyGroups);
+        }
         let pending = backlog
             .into_iter()
             .map(|event| Unacked {
@@ -121,21 +141,26 @@ impl Groups {
                 ..Group::default()
             },
         );
+        Ok(())
     }
 
     /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
     /// unacknowledged events again, after those it says it handled.
-    pub(crate) fn join(&mut self, join: Join) -> Joined {
-        self.connections += 1;
-        let connection = self.connections;
-        let (sender, deliveries) = mpsc::unbounded_channel();
+    pub(crate) fn join(&mut self, join: Join) -> Result<Joined, JoinError> {
+        let connection = self.connections + 1;
         let group = self.by_name.entry(join.group).or_default();
         let id = if join.member.is_empty() {
             format!("~{connection}")
         } else {
             join.member
         };
-        let index = match group.members.iter().position(|m| m.id == id) {
+        let existing = group.members.iter().position(|m| m.id == id);
+        if existing.is_none() && group.members.len() >= MAX_MEMBERS {
+            return Err(JoinError::TooManyMembers);
+        }
+        self.connections = connection;
+        let (sender, deliveries) = mpsc::unbounded_channel();
+        let index = match existing {
             Some(index) => index,
             None => {
                 group.members.push(Member {
@@ -163,11 +188,11 @@ impl Groups {
             group.deliver(index, unacked);
         }
         group.dispatch();
-        Joined {
+        Ok(Joined {
             member: id,
             connection,
             deliveries,
-        }
+        })
     }
 
     /// Hands a newly published event to every group.

@@ -334,3 +334,21 @@ fn drained_once_every_member_has_acknowledged() {
     hub.acknowledge(&ack("g", "a", 3)).unwrap();
     assert!(hub.drained());
 }
+
+#[test]
+fn groups_and_members_are_bounded() {
+    let hub = hub(100);
+    for i in 0..group::MAX_GROUPS {
+        hub.join(&member(&format!("g{i}"), "a", 1)).unwrap();
+    }
+    let error = hub.join(&member("one-too-many", "a", 1)).unwrap_err();
+    assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+    // Existing groups still take members, up to their own bound.
+    for i in 1..group::MAX_MEMBERS {
+        hub.join(&member("g0", &format!("m{i}"), 1)).unwrap();
+    }
+    let error = hub.join(&member("g0", "one-too-many", 1)).unwrap_err();
+    assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+    // A member already in the group may always come back.
+    hub.join(&member("g0", "a", 1)).unwrap();
+}

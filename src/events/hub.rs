@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::{broadcast, Notify};
 
-use super::group::{self, AckError, Groups, Join, Joined};
+use super::group::{self, AckError, Groups, Join, JoinError, Joined};
 use super::stream::EventStream;
 use super::wire::encode_metadata_field;
 use crate::v1::{
@@ -293,19 +293,42 @@ impl Hub {
             }
         } else {
             let (backlog, missed) = self.position(&state, request)?;
-            state.groups.create(&request.group, backlog, missed);
+            state
+                .groups
+                .create(&request.group, backlog, missed)
+                .map_err(|e| self.join_refused(&e, request))?;
         }
         let handled = request
             .after
             .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
             .map(|cursor| cursor.sequence);
-        Ok(state.groups.join(Join {
-            group: request.group.clone(),
-            member: request.member.clone(),
-            window,
-            lease,
-            handled,
-        }))
+        state
+            .groups
+            .join(Join {
+                group: request.group.clone(),
+                member: request.member.clone(),
+                window,
+                lease,
+                handled,
+            })
+            .map_err(|e| self.join_refused(&e, request))
+    }
+
+    fn join_refused(&self, error: &JoinError, request: &Subscribe) -> tonic::Status {
+        tonic::Status::resource_exhausted(match error {
+            JoinError::TooManyGroups => format!(
+                "{} already serves {} consumer groups; group `{}` cannot be added",
+                self.method,
+                group::MAX_GROUPS,
+                request.group
+            ),
+            JoinError::TooManyMembers => format!(
+                "consumer group `{}` on {} already has {} members",
+                request.group,
+                self.method,
+                group::MAX_MEMBERS
+            ),
+        })
     }
 
     /// A member's stream ended: once its lease runs out without it coming back, its
