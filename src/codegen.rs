@@ -5,3 +5,32 @@ pub use prost;
 pub use prost_types;
 pub use tonic;
 pub use tonic_prost;
+
+/// Refuses a request message over `limit` bytes with `RESOURCE_EXHAUSTED`, before it is sent.
+pub fn check_request_size(
+    message: &impl prost::Message,
+    limit: usize,
+) -> Result<(), tonic::Status> {
+    let size = message.encoded_len();
+    if size > limit {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "the request message is {size} bytes, more than the limit of {limit} \
+             (max_encoding_message_size)"
+        )));
+    }
+    Ok(())
+}
+
+/// A call's result, with tonic's `OUT_OF_RANGE` for a message over the size limit (either
+/// way) turned into the `RESOURCE_EXHAUSTED` that gRPC specifies.
+pub fn limit_status<T>(result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    result.map_err(|status| {
+        if status.code() == tonic::Code::OutOfRange
+            && status.message().contains("message length too large")
+        {
+            tonic::Status::resource_exhausted(status.message())
+        } else {
+            status
+        }
+    })
+}

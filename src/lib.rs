@@ -61,6 +61,8 @@ pub mod server;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod v1;
 
 #[doc(hidden)]
@@ -72,6 +74,11 @@ pub use server::Server;
 pub use target::{Target, TargetError};
 
 pub use tonic::metadata;
+
+/// The largest message generated services and clients send or accept, in either direction,
+/// unless told otherwise (`max_decoding_message_size`, `max_encoding_message_size`): 4 MiB. A
+/// larger one fails with `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub use tonic::{Code, IntoRequest, IntoStreamingRequest, Request, Response, Status, Streaming};
 
 /// Includes the code generated for one protobuf package, as `tonic::include_proto!` does.

@@ -42,6 +42,15 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
         let deprecated = method
             .deprecated
             .then(|| quote! { #[deprecated] #[allow(deprecated)] });
+        // Requests of known size are checked before they are sent: tonic would abort the
+        // HTTP/2 stream mid-way, which reaches the caller as a transport error.
+        let check_size = match method.shape {
+            Shape::Unary | Shape::ServerStreaming => quote! {
+                let request = ::meshless::IntoRequest::into_request(request);
+                ::meshless::codegen::check_request_size(request.get_ref(), self.max_request_size)?;
+            },
+            _ => quote! {},
+        };
         let (request, response) = match method.shape {
             Shape::Event(_) => return quote! {},
             Shape::Unary => (
@@ -68,7 +77,8 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
                 &self,
                 request: #request,
             ) -> ::core::result::Result<::meshless::Response<#response>, ::meshless::Status> {
-                self.inner.clone().#name(request).await
+                #check_size
+                ::meshless::codegen::limit_status(self.inner.clone().#name(request).await)
             }
         }
     });
@@ -78,6 +88,7 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
         #[derive(Debug, Clone)]
         pub struct #client {
             inner: #tonic_module::#tonic_client<::meshless::Channel>,
+            max_request_size: usize,
         }
 
         #[allow(dead_code)]
@@ -96,13 +107,18 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
 
             /// A client that calls through `channel`.
             pub fn new(channel: ::meshless::Channel) -> Self {
-                Self { inner: #tonic_module::#tonic_client::new(channel) }
+                Self::from_tonic(#tonic_module::#tonic_client::new(channel))
             }
 
             /// A client that calls through a tonic client already set up (compression,
             /// message size limits, ...).
+            /// Its request size limit is set to 4 MiB; set another with
+            /// [`max_encoding_message_size`](Self::max_encoding_message_size).
             pub fn from_tonic(inner: #tonic_module::#tonic_client<::meshless::Channel>) -> Self {
-                Self { inner }
+                Self {
+                    inner: inner.max_encoding_message_size(::meshless::DEFAULT_MAX_MESSAGE_SIZE),
+                    max_request_size: ::meshless::DEFAULT_MAX_MESSAGE_SIZE,
+                }
             }
 
             /// The underlying tonic client, for what this client does not expose.
@@ -113,13 +129,13 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
             /// Limits the size of a decoded response message (default: 4 MiB).
             #[must_use]
             pub fn max_decoding_message_size(self, limit: usize) -> Self {
-                Self { inner: self.inner.max_decoding_message_size(limit) }
+                Self { inner: self.inner.max_decoding_message_size(limit), ..self }
             }
 
-            /// Limits the size of an encoded request message (default: `usize::MAX`).
+            /// Limits the size of an encoded request message (default: 4 MiB).
             #[must_use]
             pub fn max_encoding_message_size(self, limit: usize) -> Self {
-                Self { inner: self.inner.max_encoding_message_size(limit) }
+                Self { inner: self.inner.max_encoding_message_size(limit), max_request_size: limit }
             }
 
             #(#methods)*

@@ -279,7 +279,8 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             /// `publisher`.
             pub fn from_arc_with_publisher(handler: ::std::sync::Arc<H>, publisher: #publisher) -> Self {
                 Self {
-                    inner: #tonic_module::#tonic_server::new(#adapter { handler, publisher: publisher.clone() }),
+                    inner: #tonic_module::#tonic_server::new(#adapter { handler, publisher: publisher.clone() })
+                        .max_encoding_message_size(::meshless::DEFAULT_MAX_MESSAGE_SIZE),
                     publisher,
                 }
             }
@@ -304,7 +305,8 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
             /// Serves a handler that is shared with other code.
             pub fn from_arc(handler: ::std::sync::Arc<H>) -> Self {
                 Self {
-                    inner: #tonic_module::#tonic_server::new(#adapter { handler }),
+                    inner: #tonic_module::#tonic_server::new(#adapter { handler })
+                        .max_encoding_message_size(::meshless::DEFAULT_MAX_MESSAGE_SIZE),
                 }
             }
         };
@@ -330,7 +332,7 @@ fn service_type(service: &Service, names: &Names) -> TokenStream {
                 Self { inner: self.inner.max_decoding_message_size(limit), #keep_publisher }
             }
 
-            /// Limits the size of an encoded response message (default: `usize::MAX`).
+            /// Limits the size of an encoded response message (default: 4 MiB).
             #[must_use]
             pub fn max_encoding_message_size(self, limit: usize) -> Self {
                 Self { inner: self.inner.max_encoding_message_size(limit), #keep_publisher }

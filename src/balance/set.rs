@@ -7,7 +7,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 use super::connect::keep_connected;
 use super::instance::{InFlight, Instance, Placement, State};
@@ -17,7 +16,8 @@ use crate::discovery::DiscoveryStatus;
 /// Connection and waiting settings shared by the instances of a set.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) connect_timeout: Duration,
+    /// How each instance is connected to.
+    pub(crate) connector: crate::client::Connector,
     pub(crate) wait_timeout: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) reconnect_backoff_max: Duration,
@@ -77,14 +77,18 @@ impl InstanceSet {
         &self.settings
     }
 
-    /// Adds an instance and starts connecting to it. Must be called within a Tokio runtime.
-    pub(crate) fn insert(self: &Arc<Self>, key: String, endpoint: Endpoint, placement: Placement) {
-        let endpoint = endpoint
-            .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true);
-        let instance = Arc::new(Instance::new(key, endpoint, placement));
+    /// Adds the instance at `authority` (`host:port`) and starts connecting to it. Must be
+    /// called within a Tokio runtime.
+    pub(crate) fn insert(
+        self: &Arc<Self>,
+        authority: String,
+        placement: Placement,
+    ) -> Result<(), crate::Error> {
+        let endpoint = self.settings.connector.endpoint(&authority)?;
+        let instance = Arc::new(Instance::new(authority, endpoint, placement));
         self.lock_all().push(instance.clone());
         tokio::spawn(keep_connected(instance, Arc::downgrade(self)));
+        Ok(())
     }
 
     /// Adds the instance at `addr`, or updates its placement if it is known.
@@ -101,11 +105,7 @@ impl InstanceSet {
                     self.rebuild_ready();
                 }
             }
-            None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(crate::Error::transport)?;
-                self.insert(key, endpoint, placement);
-            }
+            None => self.insert(key, placement)?,
         }
         Ok(())
     }
@@ -266,7 +266,7 @@ mod test {
         wait_timeout: Duration,
     ) -> (Arc<InstanceSet>, Arc<Instance>) {
         let settings = Settings {
-            connect_timeout: Duration::from_secs(1),
+            connector: crate::client::Connector::default(),
             wait_timeout,
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(1),
@@ -275,7 +275,7 @@ mod test {
         // No connection task: the test decides when the instance connects.
         let instance = Arc::new(Instance::new(
             "127.0.0.1:1".into(),
-            Endpoint::from_static("http://127.0.0.1:1"),
+            tonic::transport::Endpoint::from_static("http://127.0.0.1:1"),
             Placement::default(),
         ));
         set.lock_all().push(instance.clone());

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::Connector;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::body::Body;
-use tonic::transport::Endpoint;
 use tower::ServiceExt;
 
 use super::deadline::grpc_timeout;
@@ -81,21 +81,25 @@ impl Channel {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ChannelBuilder {
-    connect_timeout: Duration,
+    connector: Connector,
     wait_timeout: Duration,
     reconnect_backoff: Duration,
     reconnect_backoff_max: Duration,
     dns: DnsSettings,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ChannelBuilder {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(5),
+            connector: Connector::default(),
             wait_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             dns: DnsSettings::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -103,7 +107,25 @@ impl Default for ChannelBuilder {
 impl ChannelBuilder {
     /// How long one connection attempt to an instance may take. Default: 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connector.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive: an idle connection is pinged every `interval`, and taken for dead
+    /// (its calls fail, the instance reconnects) when a ping goes unanswered for `timeout`.
+    /// Default: 30 s and 10 s.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.connector.keepalive_interval = interval;
+        self.connector.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Connects with TLS (or mutual TLS), verifying every instance's certificate against the
+    /// target's DNS name (`users.service.consul`), or the name `tls` sets. See
+    /// [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -137,8 +159,14 @@ impl ChannelBuilder {
     /// Fails when the target does not parse, or the DNS resolver cannot be set up.
     pub async fn connect(self, target: &str) -> Result<Channel, Error> {
         let parsed: Target = target.parse()?;
+        #[cfg(feature = "tls")]
+        let connector = self
+            .connector
+            .with_tls(self.tls.as_ref(), parsed.server_name());
+        #[cfg(not(feature = "tls"))]
+        let connector = self.connector;
         let settings = Settings {
-            connect_timeout: self.connect_timeout,
+            connector,
             wait_timeout: self.wait_timeout,
             reconnect_backoff: self.reconnect_backoff,
             reconnect_backoff_max: self.reconnect_backoff_max,
@@ -149,22 +177,13 @@ impl ChannelBuilder {
             Target::Static(addrs) => {
                 let instances = static_set(settings);
                 for addr in addrs {
-                    instances.insert(
-                        addr.to_string(),
-                        endpoint(&format!("http://{addr}"))?,
-                        Placement::default(),
-                    );
+                    instances.insert(addr.to_string(), Placement::default())?;
                 }
                 instances
             }
             Target::Http { host, port } => {
                 let instances = static_set(settings);
-                let key = format!("{host}:{port}");
-                instances.insert(
-                    key.clone(),
-                    endpoint(&format!("http://{key}"))?,
-                    Placement::default(),
-                );
+                instances.insert(format!("{host}:{port}"), Placement::default())?;
                 instances
             }
             Target::Dns { .. } | Target::DnsSrv { .. } => {
@@ -237,10 +256,6 @@ fn apply(instances: &Arc<InstanceSet>, update: Update) {
     }
 }
 
-fn endpoint(uri: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(uri.to_owned()).map_err(Error::transport)
-}
-
 impl tower_service::Service<http::Request<Body>> for Channel {
     type Response = http::Response<Body>;
     type Error = BoxError;
@@ -269,8 +284,15 @@ impl tower_service::Service<http::Request<Body>> for Channel {
                 Ok(response) => Ok(response),
                 Err(error) => {
                     let text = crate::balance::error_chain(&error);
-                    instances.report_failure(&instance, text);
-                    Err(error.into())
+                    instances.report_failure(&instance, text.clone());
+                    // A broken connection is UNAVAILABLE in gRPC's terms (tonic would say
+                    // UNKNOWN), with the instance and the cause in the message.
+                    Err(tonic::Status::unavailable(format!(
+                        "instance {} of `{}`: {text}",
+                        instance.key,
+                        instances.target()
+                    ))
+                    .into())
                 }
             }
         })

@@ -37,6 +37,8 @@ pub(crate) struct Hub {
     pub(crate) cut_off: AtomicU64,
     /// Open streams of subscribers without a group.
     plain_streams: AtomicUsize,
+    /// The most plain subscribers served at once.
+    pub(crate) max_subscribers: usize,
     /// Woken when an acknowledgement arrives or a stream ends: what a drain waits for.
     changed: Notify,
     /// The metadata of a first delivery to a group, encoded once.
@@ -92,6 +94,7 @@ impl Hub {
             latest: AtomicU64::new(0),
             cut_off: AtomicU64::new(0),
             plain_streams: AtomicUsize::new(0),
+            max_subscribers: usize::MAX,
             changed: Notify::new(),
             first_delivery: encode_metadata_field(&EventMetadata {
                 delivery_count: 1,
@@ -429,8 +432,20 @@ impl Hub {
             ms => Some(Duration::from_millis(u64::from(ms).max(10))),
         };
         if request.group.is_empty() {
-            let start = self.start(request)?;
-            self.plain_streams.fetch_add(1, Ordering::AcqRel);
+            if self.plain_streams.fetch_add(1, Ordering::AcqRel) >= self.max_subscribers {
+                self.plain_stream_ended();
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "{} already has {} subscribers, its limit",
+                    self.method, self.max_subscribers
+                )));
+            }
+            let start = match self.start(request) {
+                Ok(start) => start,
+                Err(status) => {
+                    self.plain_stream_ended();
+                    return Err(status);
+                }
+            };
             Ok(EventStream::plain(self.clone(), start, heartbeat))
         } else {
             let joined = self.join(request)?;

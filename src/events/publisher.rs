@@ -19,6 +19,10 @@ pub struct PublisherSettings {
     /// How far a subscriber may fall behind the latest event before it is cut off with
     /// `RESOURCE_EXHAUSTED` (it then resumes from its cursor). Default: 4096 events.
     pub subscriber_buffer: usize,
+    /// How many subscribers without a consumer group one event RPC serves at once; more are
+    /// refused with `RESOURCE_EXHAUSTED`. Default: 10,000. (Consumer groups have bounds of their
+    /// own: 256 groups per event RPC, 1024 members per group.)
+    pub max_subscribers: usize,
     retain: Vec<(String, usize)>,
 }
 
@@ -26,6 +30,7 @@ impl Default for PublisherSettings {
     fn default() -> Self {
         Self {
             subscriber_buffer: 4096,
+            max_subscribers: 10_000,
             retain: Vec::new(),
         }
     }
@@ -86,12 +91,14 @@ impl Publisher {
                         0 => DEFAULT_RETAIN,
                         n => usize::try_from(n).unwrap_or(usize::MAX),
                     });
-                Arc::new(Hub::new(
+                let mut hub = Hub::new(
                     format!("{service}/{}", rpc.name),
                     epoch,
                     retain,
                     settings.subscriber_buffer,
-                ))
+                );
+                hub.max_subscribers = settings.max_subscribers;
+                Arc::new(hub)
             })
             .collect();
         Self { hubs }

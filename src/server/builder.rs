@@ -14,7 +14,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower_service::Service;
 
-use super::drain::Gate;
+use super::gate::Gate;
 use super::DescribedService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
@@ -55,7 +55,14 @@ pub struct Server {
     grace_period: Duration,
     health: bool,
     reflection: bool,
+    max_concurrent_streams: u32,
+    keepalive: (Duration, Duration),
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ServerTlsConfig>,
 }
+
+/// How many calls and streams one connection may have open at once, by default.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +86,38 @@ impl Server {
             grace_period: Duration::from_secs(10),
             health: true,
             reflection: true,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            keepalive: (
+                crate::client::DEFAULT_KEEPALIVE_INTERVAL,
+                crate::client::DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// How many calls and event streams one client connection may have open at once; more
+    /// wait for one to end (HTTP/2 flow control). Default: 1024.
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.max_concurrent_streams = streams.max(1);
+        self
+    }
+
+    /// HTTP/2 keepalive: an idle connection is pinged every `interval` and closed when a ping
+    /// goes unanswered for `timeout`, so that the streams of a client that vanished without a
+    /// goodbye end (and its consumer group events go to others). Default: 30 s and 10 s.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive = (interval, timeout);
+        self
+    }
+
+    /// Serves over TLS; for mutual TLS, set the CA that client certificates must chain to
+    /// (`ServerTlsConfig::client_ca_root`): clients without a valid certificate are refused
+    /// during the handshake. See [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::ServerTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// How long a shutdown may take, from the signal until `serve` returns: draining events,
@@ -222,7 +260,21 @@ impl Server {
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let gate = Gate::new(self.publishers.iter().flat_map(Publisher::paths).collect());
-        let serving = tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_keepalive_interval(Some(self.keepalive.0))
+            .http2_keepalive_timeout(Some(self.keepalive.1));
+        #[cfg(feature = "tls")]
+        let builder = match self.tls.take() {
+            Some(tls) => builder.tls_config(tls).map_err(|e| {
+                Error::invalid_input(format!(
+                    "TLS configuration: {}",
+                    crate::balance::error_chain(&e)
+                ))
+            })?,
+            None => builder,
+        };
+        let serving = builder
             .layer(gate.clone())
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async {

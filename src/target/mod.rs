@@ -70,6 +70,20 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// The service's DNS name, which TLS certificates name: the looked-up host or SRV name, or
+    /// the host of an `http://` target. `None` for IP address lists.
+    pub fn server_name(&self) -> Option<&str> {
+        match self {
+            Target::Dns { host, .. } | Target::Http { host, .. } => {
+                Some(host.trim_end_matches('.'))
+            }
+            Target::DnsSrv { name, .. } => Some(name.trim_end_matches('.')),
+            Target::Static(_) => None,
+        }
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = TargetError;
 

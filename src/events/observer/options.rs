@@ -24,6 +24,8 @@ pub struct ObserverOptions {
     pub(crate) max_concurrent_handlers: Option<usize>,
     pub(crate) dns: DnsSettings,
     pub(crate) group: Option<String>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ClientTls>,
     /// Zero: the producer's default.
     pub(crate) member_lease: Duration,
     /// Zero: the producer's default.
@@ -59,6 +61,8 @@ impl Default for ObserverOptions {
             max_concurrent_handlers: None,
             dns: DnsSettings::default(),
             group: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             member_lease: Duration::ZERO,
             max_unacknowledged: 0,
             on_gap: Arc::new(|gap: &Gap| {
@@ -137,6 +141,14 @@ impl ObserverOptions {
     /// At most the producer's per-subscriber buffer.
     pub fn max_unacknowledged(mut self, events: u32) -> Self {
         self.max_unacknowledged = events.max(1);
+        self
+    }
+
+    /// Subscribes over TLS (or mutual TLS), verifying every producer instance's certificate
+    /// against the target's DNS name, or the name `tls` sets. See [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

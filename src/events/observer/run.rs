@@ -130,13 +130,8 @@ where
 
     async fn subscribe_once(&mut self) -> Ended {
         let options = &self.shared.options;
-        let endpoint = self
-            .endpoint
-            .clone()
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
         let connected = tokio::select! {
-            connected = endpoint.connect() => connected,
+            connected = self.endpoint.connect() => connected,
             _ = self.stop.changed() => return Ended::Stopped,
         };
         let channel = match connected {

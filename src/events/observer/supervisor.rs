@@ -8,11 +8,11 @@ use std::sync::Arc;
 use prost::Message;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
 
 use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
 use super::run::{Shared, Subscription, Typed};
+use crate::client::Connector;
 use crate::discovery::{self, Update};
 use crate::{Error, Target};
 
@@ -77,6 +77,12 @@ impl ObserverBuilder {
             )));
         }
         let parsed: Target = target.parse()?;
+        let connector = Connector {
+            connect_timeout: self.options.connect_timeout,
+            ..Connector::default()
+        };
+        #[cfg(feature = "tls")]
+        let connector = connector.with_tls(self.options.tls.as_ref(), parsed.server_name());
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
             handlers: self
@@ -88,6 +94,7 @@ impl ObserverBuilder {
             member: format!("{:016x}", fastrand::u64(..)),
         });
         let mut instances = Instances {
+            connector,
             subscriptions: self.subscriptions,
             shared,
             stop: stopped.clone(),
@@ -96,13 +103,12 @@ impl ObserverBuilder {
         let task = match parsed {
             Target::Static(addrs) => {
                 for addr in addrs {
-                    instances.add(addr.to_string(), endpoint(&format!("http://{addr}"))?);
+                    instances.add(addr.to_string())?;
                 }
                 tokio::spawn(instances.run_static())
             }
             Target::Http { host, port } => {
-                let key = format!("{host}:{port}");
-                instances.add(key.clone(), endpoint(&format!("http://{key}"))?);
+                instances.add(format!("{host}:{port}"))?;
                 tokio::spawn(instances.run_static())
             }
             Target::Dns { .. } | Target::DnsSrv { .. } => {
@@ -124,10 +130,6 @@ impl ObserverBuilder {
             task: Some(task),
         })
     }
-}
-
-fn endpoint(uri: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(uri.to_owned()).map_err(Error::transport)
 }
 
 /// A running observer. [`stop`](Self::stop) it to finish gracefully; dropping it stops it
@@ -163,6 +165,7 @@ impl Drop for ObserverHandle {
 
 /// The subscriptions running per producer instance.
 struct Instances {
+    connector: Connector,
     subscriptions: Vec<Arc<dyn Subscription>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -176,10 +179,12 @@ struct Running {
 }
 
 impl Instances {
-    fn add(&mut self, key: String, endpoint: Endpoint) {
+    /// Observes the instance at `key` (`host:port`), unless it is already observed.
+    fn add(&mut self, key: String) -> Result<(), Error> {
         if self.running.contains_key(&key) {
-            return;
+            return Ok(());
         }
+        let endpoint = self.connector.endpoint(&key)?;
         let (leave, left) = watch::channel(false);
         let tasks = self
             .subscriptions
@@ -195,6 +200,7 @@ impl Instances {
             .collect();
         tracing::debug!(instance = %key, "observing");
         self.running.insert(key, Running { leave, tasks });
+        Ok(())
     }
 
     fn remove(&mut self, key: &str) {
@@ -206,10 +212,11 @@ impl Instances {
 
     fn apply(&mut self, update: Update) {
         match update {
-            Update::Insert(addr, _) => match endpoint(&format!("http://{addr}")) {
-                Ok(endpoint) => self.add(addr.to_string(), endpoint),
-                Err(error) => tracing::warn!(%addr, %error, "instance not observed"),
-            },
+            Update::Insert(addr, _) => {
+                if let Err(error) = self.add(addr.to_string()) {
+                    tracing::warn!(%addr, %error, "instance not observed");
+                }
+            }
             Update::Remove(addr) => self.remove(&addr.to_string()),
             Update::Status(_) => {}
         }

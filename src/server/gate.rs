@@ -1,7 +1,11 @@
-//! The drain gate: when a server that publishes events shuts down, new calls are refused with
-//! `UNAVAILABLE` (retry elsewhere) while event streams, acknowledgements and health checks go
-//! on, and the calls already in flight are counted down, so that the events they publish are
-//! delivered before the streams close.
+//! The gate every call to a [`Server`](crate::Server) passes through.
+//!
+//! - Draining: when a server that publishes events shuts down, new calls are refused with
+//!   `UNAVAILABLE` (retry elsewhere) while event streams, acknowledgements and health checks go
+//!   on, and the calls already in flight are counted down, so that the events they publish are
+//!   delivered before the streams close.
+//! - Limits: a request message over the size limit is refused with `RESOURCE_EXHAUSTED`, as
+//!   gRPC specifies (tonic says `OUT_OF_RANGE`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,7 +121,8 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let state = &self.gate.state;
         if self.gate.always_open(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
+            let call = self.inner.call(request);
+            return Box::pin(async move { call.await.map(too_large_is_resource_exhausted) });
         }
         // Counted before the check, so that `close` cannot miss a call that got through.
         state.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -133,7 +138,26 @@ where
         Box::pin(async move {
             let response = call.await;
             drop(in_flight);
-            response
+            response.map(too_large_is_resource_exhausted)
         })
     }
+}
+
+/// Rewrites tonic's `OUT_OF_RANGE` for a request message over the size limit to
+/// `RESOURCE_EXHAUSTED`. Only trailers-only responses carry it in their headers: a request
+/// decoded before the handler ran (unary and server-streaming calls).
+fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }

@@ -1,0 +1,74 @@
+//! [`Connector`]: how a client or an observer connects to one instance: timeouts, HTTP/2
+//! keepalive, message limits and TLS, shared by [`Channel`](super::Channel) and observers.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+use crate::Error;
+
+/// How often an idle connection is pinged, by clients and servers alike.
+pub(crate) const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered before the connection is taken for dead.
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Turns an instance's address into a configured endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct Connector {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+}
+
+impl Connector {
+    /// Uses TLS, verifying servers' certificates for the name `tls` sets, else for
+    /// `target_name`: instances found through DNS are dialled by IP address, so the name to
+    /// verify comes from the target, not from the address.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls(
+        mut self,
+        tls: Option<&crate::tls::ClientTls>,
+        target_name: Option<&str>,
+    ) -> Self {
+        self.tls = tls.map(|tls| tls.config(target_name));
+        self
+    }
+
+    fn scheme(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return "https";
+        }
+        "http"
+    }
+
+    /// The endpoint of the instance at `authority` (`10.0.0.7:50051`).
+    pub(crate) fn endpoint(&self, authority: &str) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::from_shared(format!("{}://{authority}", self.scheme()))
+            .map_err(Error::transport)?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return endpoint.tls_config(tls.clone()).map_err(Error::transport);
+        }
+        Ok(endpoint)
+    }
+}

@@ -1,0 +1,229 @@
+//! TLS and mutual TLS with certificates made at test time: instances dialled by IP address are
+//! verified against the service's name, wrong names and missing client certificates are
+//! refused, and observers subscribe over TLS.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use meshless::events::{Event, HandlerError, ObserverOptions};
+use meshless::testing::TestDns;
+use meshless::tls::{Certificate, ClientTls, Identity, ServerTlsConfig};
+use meshless::{Channel, Code, Server};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use support::testing::v1::EchoObserver;
+use support::{
+    request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, EchoedObserver,
+    Running,
+};
+use tokio::sync::mpsc;
+
+/// A certificate authority made for one test.
+struct Authority {
+    certificate: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Authority {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap().pem();
+        Self {
+            certificate,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate and key for `name`.
+    fn identity(&self, name: &str) -> Identity {
+        let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        Identity::from_pem(certificate.pem(), key.serialize_pem())
+    }
+
+    fn certificate(&self) -> Certificate {
+        Certificate::from_pem(&self.certificate)
+    }
+
+    fn client(&self) -> ClientTls {
+        ClientTls::new().ca_certificate(self.certificate())
+    }
+}
+
+async fn tls_server(tls: ServerTlsConfig, name: &str) -> Running {
+    Running::start(
+        Server::builder()
+            .tls(tls)
+            .add_service(EchoService::new(Echo::named(name))),
+    )
+    .await
+}
+
+async fn client(target: &str, tls: ClientTls) -> EchoClient {
+    let channel = Channel::builder()
+        .tls(tls)
+        .wait_timeout(Duration::from_secs(3))
+        .connect(target)
+        .await
+        .unwrap();
+    EchoClient::new(channel)
+}
+
+#[tokio::test]
+async fn instances_found_by_ip_are_verified_against_the_service_name() {
+    let authority = Authority::new();
+    let server = tls_server(
+        ServerTlsConfig::new().identity(authority.identity("echo.service.test")),
+        "secure",
+    )
+    .await;
+    let dns = TestDns::start("service.test").await.unwrap();
+    dns.add_ip("echo.service.test", server.addr.ip())
+        .await
+        .unwrap();
+    // The instance is dialled at 127.0.0.1; its certificate names only the service.
+    let target = dns.target("echo.service.test", server.addr.port());
+    let echo = client(&target, authority.client()).await;
+    let reply = echo.unary(request("over TLS")).await.unwrap();
+    assert_eq!(served_by(reply.get_ref()), "secure");
+
+    // An `ipv4:` target has no name of its own: the name is set explicitly.
+    let echo = client(
+        &server.target(),
+        authority.client().server_name("echo.service.test"),
+    )
+    .await;
+    echo.unary(request("by address")).await.unwrap();
+    dns.stop().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let authority = Authority::new();
+    let server = tls_server(
+        ServerTlsConfig::new().identity(authority.identity("echo.service.test")),
+        "secure",
+    )
+    .await;
+    let echo = client(
+        &server.target(),
+        authority.client().server_name("users.service.test"),
+    )
+    .await;
+    let status = echo.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("certificate") || status.message().contains("Certificate"),
+        "the reason is given: {}",
+        status.message()
+    );
+
+    // A certificate from a CA the client does not trust is refused too.
+    let stranger = Authority::new();
+    let echo = client(
+        &server.target(),
+        stranger.client().server_name("echo.service.test"),
+    )
+    .await;
+    let status = echo.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
+    let authority = Authority::new();
+    let server = tls_server(
+        ServerTlsConfig::new()
+            .identity(authority.identity("echo.service.test"))
+            .client_ca_root(authority.certificate()),
+        "mutual",
+    )
+    .await;
+    let named = |tls: ClientTls| tls.server_name("echo.service.test");
+
+    let anonymous = client(&server.target(), named(authority.client())).await;
+    let status = anonymous.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let stranger = Authority::new();
+    let forged = client(
+        &server.target(),
+        named(
+            authority
+                .client()
+                .identity(stranger.identity("client.test")),
+        ),
+    )
+    .await;
+    let status = forged.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let member = client(
+        &server.target(),
+        named(
+            authority
+                .client()
+                .identity(authority.identity("client.test")),
+        ),
+    )
+    .await;
+    let reply = member.unary(request("hello")).await.unwrap();
+    assert_eq!(served_by(reply.get_ref()), "mutual");
+    server.stop().await.unwrap();
+}
+
+#[derive(Clone)]
+struct Forward(mpsc::UnboundedSender<String>);
+
+impl EchoedObserver for Forward {
+    async fn echoed(&self, event: Event<EchoedEvent>) -> Result<(), HandlerError> {
+        let _ = self.0.send(event.message().message.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn observers_subscribe_over_mutual_tls() {
+    let authority = Authority::new();
+    let publisher = EchoPublisher::new();
+    let server = Running::start(
+        Server::builder()
+            .tls(
+                ServerTlsConfig::new()
+                    .identity(authority.identity("echo.service.test"))
+                    .client_ca_root(authority.certificate()),
+            )
+            .add_service(EchoService::with_publisher(
+                Echo::default(),
+                publisher.clone(),
+            )),
+    )
+    .await;
+    let (events, mut received) = mpsc::unbounded_channel();
+    let tls = authority
+        .client()
+        .identity(authority.identity("observer.test"))
+        .server_name("echo.service.test");
+    let observer = EchoObserver::new()
+        .echoed(Forward(events))
+        .options(ObserverOptions::default().tls(tls))
+        .start(&server.target())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        publisher.publish_echoed(EchoedEvent {
+            message: i.to_string(),
+        });
+    }
+    for i in 0..3 {
+        assert_eq!(received.recv().await.unwrap(), i.to_string());
+    }
+    observer.stop().await;
+    server.stop().await.unwrap();
+}
