@@ -4,9 +4,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tonic::transport::{Channel as TonicChannel, Endpoint};
+
+use super::latency::PeakEwma;
 
 /// The life of an instance's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub(crate) struct Instance {
     state: AtomicU8,
     channel: ArcSwapOption<TonicChannel>,
     in_flight: AtomicUsize,
+    /// Response times, for the load signal.
+    latency: PeakEwma,
     /// SRV priority: only the lowest priority with a ready instance is used.
     priority: AtomicU32,
     /// SRV weight (at least 1): the share of calls the instance gets among its priority.
@@ -55,6 +61,7 @@ impl Instance {
             state: AtomicU8::new(State::Connecting as u8),
             channel: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
+            latency: PeakEwma::default(),
             priority: AtomicU32::new(placement.priority.into()),
             weight: AtomicU32::new(placement.weight.max(1).into()),
             last_error: Mutex::new(None),
@@ -73,6 +80,16 @@ impl Instance {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls in flight per unit of SRV weight.
+    pub(crate) fn in_flight_per_weight(&self) -> f64 {
+        self.in_flight() as f64 / f64::from(self.placement().weight.max(1))
+    }
+
+    /// The response time the balancer expects, in nanoseconds (peak EWMA).
+    pub(crate) fn latency_nanos(&self) -> f64 {
+        self.latency.nanos()
     }
 
     pub(crate) fn placement(&self) -> Placement {
@@ -145,10 +162,15 @@ impl Instance {
         self.removed.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
+    pub(crate) fn observe_latency(&self, took: std::time::Duration) {
+        self.latency.observe(took);
+    }
+
     /// Counts a call in flight until the guard is dropped.
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self.clone(), Instant::now())
     }
 }
 
@@ -168,12 +190,14 @@ impl Default for Placement {
     }
 }
 
-/// A call in flight on an instance; dropping it ends the call.
+/// A call in flight on an instance since it started; dropping it ends the call (when its
+/// response arrived, or it failed) and counts its response time.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Instance>);
+pub(crate) struct InFlight(Arc<Instance>, Instant);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.latency.observe(self.1.elapsed());
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -46,7 +46,8 @@ impl Ready {
     }
 
     /// Power of two choices: of two distinct instances drawn at random (in proportion to
-    /// their weights), the one with fewer calls in flight per unit of weight.
+    /// their weights), the less loaded: response time (peak EWMA) times calls in flight, per
+    /// unit of weight.
     pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
         let n = self.instances.len();
         if n <= 1 {
@@ -58,10 +59,7 @@ impl Ready {
             b = (a + 1 + fastrand::usize(..n - 1)) % n;
         }
         let (a, b) = (&self.instances[a], &self.instances[b]);
-        // in_flight(a) / weight(a) <= in_flight(b) / weight(b), without division.
-        let load =
-            |x: &Instance, y: &Instance| x.in_flight() as u64 * u64::from(y.placement().weight);
-        Some(if load(a, b) <= load(b, a) { a } else { b })
+        Some(if less_loaded(a, b) { a } else { b })
     }
 
     fn draw(&self) -> usize {
@@ -72,6 +70,25 @@ impl Ready {
                 self.cumulative.partition_point(|&sum| sum <= point)
             }
         }
+    }
+}
+
+/// How much slower one instance must answer than the other before response times count.
+const SLOWER: f64 = 4.0;
+
+/// Whether `a` is no more loaded than `b`. Instances that answer within a factor of
+/// [`SLOWER`] of each other compare by calls in flight per unit of weight (ties: the weighted
+/// draw decides, so SRV weights hold); beyond it, by the expected wait, response time times
+/// (calls per unit of weight plus one), so a slow instance loses even when idle. Response times
+/// alone would let noise override weights: on a busy machine equal instances differ by tens of
+/// percent from one moment to the next.
+fn less_loaded(a: &Instance, b: &Instance) -> bool {
+    let (load_a, load_b) = (a.in_flight_per_weight(), b.in_flight_per_weight());
+    let (rtt_a, rtt_b) = (a.latency_nanos(), b.latency_nanos());
+    if rtt_a <= rtt_b * SLOWER && rtt_b <= rtt_a * SLOWER {
+        load_a <= load_b
+    } else {
+        rtt_a * (load_a + 1.0) <= rtt_b * (load_b + 1.0)
     }
 }
 
@@ -114,9 +131,25 @@ mod test {
         let instances = [ready_instance("light", 0, 1), ready_instance("heavy", 0, 3)];
         let ready = Ready::build(&instances);
         let counts = counts(&ready, 40_000);
-        // Idle instances tie, so the first draw decides: 3 in 4 for the heavy one.
+        // Idle instances that answer alike tie, so the first draw decides: 3 in 4 for the
+        // heavy one.
         let heavy = counts["heavy"] as f64 / 40_000.0;
         assert!((0.72..0.78).contains(&heavy), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_instance_loses_even_when_idle() {
+        let instances = [ready_instance("slow", 0, 1), ready_instance("fast", 0, 1)];
+        instances[0].observe_latency(std::time::Duration::from_millis(20));
+        instances[1].observe_latency(std::time::Duration::from_micros(200));
+        // Three calls on the fast one still cost less than none on the slow one.
+        let _calls = [
+            instances[1].start_call(),
+            instances[1].start_call(),
+            instances[1].start_call(),
+        ];
+        let ready = Ready::build(&instances);
+        assert_eq!(counts(&ready, 100)["fast"], 100);
     }
 
     #[tokio::test]

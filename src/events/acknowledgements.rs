@@ -41,7 +41,7 @@ impl EventGroupsHandler for Acknowledgements {
                 Err(tonic::Status::not_found(format!(
                     "`{}` is not an event RPC this server publishes (expected \
                      `/package.Service/Method`)",
-                    ack.rpc
+                    super::group::shown(&ack.rpc)
                 )))
             })
             .map(tonic::Response::new)

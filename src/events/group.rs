@@ -8,6 +8,7 @@
 //! events; what falls out is reported to the group as missed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 /// The longest lease a member may ask for.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(600);
 
+/// A name from the network, cut short for a status message (which travels as a header).
+pub(crate) fn shown(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &name[..at]),
+        None => name.to_owned(),
+    }
+}
+
 /// One event on its way to one member of a group.
 #[derive(Debug)]
 pub(crate) struct Delivery {
@@ -44,13 +53,26 @@ pub(crate) struct Delivery {
 struct Unacked {
     event: Arc<Stored>,
     deliveries: u32,
+    /// Events missed right before this one: reported with every delivery of it until it is
+    /// acknowledged, so that a member dying with it does not take the report along.
+    missed: u64,
+}
+
+impl Unacked {
+    fn new(event: Arc<Stored>) -> Self {
+        Self {
+            event,
+            deliveries: 0,
+            missed: 0,
+        }
+    }
 }
 
 /// How a member joins: who it is, its window and lease, and what it already handled.
 #[derive(Debug)]
 pub(crate) struct Join {
     pub(crate) group: String,
-    /// Empty: named after the connection.
+    /// Not empty: the hub refuses an unnamed member, which could never acknowledge.
     pub(crate) member: String,
     pub(crate) window: usize,
     pub(crate) lease: Duration,
@@ -64,6 +86,9 @@ pub(crate) struct Joined {
     pub(crate) member: String,
     pub(crate) connection: u64,
     pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// Set when the member's next stream takes over: this one then ends at once, without
+    /// sending what it still buffers (the new stream gets it).
+    pub(crate) superseded: Arc<AtomicBool>,
 }
 
 /// Why an acknowledgement was refused.
@@ -109,6 +134,18 @@ struct Member {
     sender: Option<mpsc::UnboundedSender<Delivery>>,
     /// The member's latest connection, live or not.
     connection: u64,
+    superseded: Arc<AtomicBool>,
+    /// The lease timer running while the member is away.
+    lease_timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.superseded.store(true, Ordering::Release);
+        if let Some(timer) = self.lease_timer.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl Groups {
@@ -124,15 +161,21 @@ impl Groups {
         missed: u64,
     ) -> Result<(), JoinError> {
         if self.by_name.len() >= MAX_GROUPS {
-            return Err(JoinError::TooManyGroups);
+            // Make room by forgetting a group that has no member and owes nothing: a group
+            // that comes back after that starts afresh, where its first member says.
+            let idle = self
+                .by_name
+                .iter()
+                .find(|(_, g)| g.members.is_empty() && g.pending.is_empty())
+                .map(|(name, _)| name.clone());
+            match idle {
+                Some(name) => {
+                    self.by_name.remove(&name);
+                }
+                None => return Err(JoinError::TooManyGroups),
+            }
         }
-        let pending = backlog
-            .into_iter()
-            .map(|event| Unacked {
-                event,
-                deliveries: 0,
-            })
-            .collect();
+        let pending = backlog.into_iter().map(Unacked::new).collect();
         self.by_name.insert(
             group.to_owned(),
             Group {
@@ -146,20 +189,17 @@ impl Groups {
 
     /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
     /// unacknowledged events again, after those it says it handled.
-    pub(crate) fn join(&mut self, join: Join) -> Result<Joined, JoinError> {
+    pub(crate) fn join(&mut self, join: Join, capacity: usize) -> Result<Joined, JoinError> {
         let connection = self.connections + 1;
         let group = self.by_name.entry(join.group).or_default();
-        let id = if join.member.is_empty() {
-            format!("~{connection}")
-        } else {
-            join.member
-        };
+        let id = join.member;
         let existing = group.members.iter().position(|m| m.id == id);
         if existing.is_none() && group.members.len() >= MAX_MEMBERS {
             return Err(JoinError::TooManyMembers);
         }
         self.connections = connection;
         let (sender, deliveries) = mpsc::unbounded_channel();
+        let superseded = Arc::new(AtomicBool::new(false));
         let index = match existing {
             Some(index) => index,
             None => {
@@ -170,6 +210,8 @@ impl Groups {
                     unacked: VecDeque::new(),
                     sender: None,
                     connection,
+                    superseded: superseded.clone(),
+                    lease_timer: None,
                 });
                 group.members.len() - 1
             }
@@ -178,8 +220,16 @@ impl Groups {
         member.window = join.window;
         member.lease = join.lease;
         member.connection = connection;
-        // A previous stream of the same member, still open, ends here.
+        // A previous stream of the same member, still open, ends here, and what it still
+        // buffers is delivered again below, on this one.
         member.sender = Some(sender);
+        if !Arc::ptr_eq(&member.superseded, &superseded) {
+            std::mem::replace(&mut member.superseded, superseded.clone())
+                .store(true, Ordering::Release);
+        }
+        if let Some(timer) = member.lease_timer.take() {
+            timer.abort();
+        }
         if let Some(handled) = join.handled {
             member.acknowledge(handled);
         }
@@ -187,23 +237,20 @@ impl Groups {
         for unacked in again {
             group.deliver(index, unacked);
         }
-        group.dispatch();
+        group.settle(capacity);
         Ok(Joined {
             member: id,
             connection,
             deliveries,
+            superseded,
         })
     }
 
     /// Hands a newly published event to every group.
     pub(crate) fn offer(&mut self, event: &Arc<Stored>, capacity: usize) {
         for group in self.by_name.values_mut() {
-            group.pending.push_back(Unacked {
-                event: event.clone(),
-                deliveries: 0,
-            });
-            group.trim(capacity);
-            group.dispatch();
+            group.pending.push_back(Unacked::new(event.clone()));
+            group.settle(capacity);
         }
     }
 
@@ -228,16 +275,17 @@ impl Groups {
             group.members[index].acknowledge(handled);
         }
         if leave {
-            group.release(index, capacity);
-            group.dispatch();
+            group.release(index);
+            group.settle(capacity);
             return Ok(0);
         }
-        group.dispatch();
+        group.settle(capacity);
         Ok(group.members[index].unacked.len() as u64)
     }
 
     /// The member's stream `connection` ended. Returns its lease when that was the member's
-    /// current connection: the hub calls [`expire`](Self::expire) once it has run out.
+    /// current connection: the hub then starts a timer that calls [`expire`](Self::expire),
+    /// and hands it over with [`set_lease_timer`](Self::set_lease_timer).
     pub(crate) fn disconnect(
         &mut self,
         group: &str,
@@ -252,6 +300,31 @@ impl Groups {
             .find(|m| m.id == member && m.connection == connection)?;
         member.sender = None;
         Some(member.lease)
+    }
+
+    /// Keeps the lease timer of a member that is away, so that it is cancelled when the member
+    /// comes back or goes: one timer per member, however often it reconnects.
+    pub(crate) fn set_lease_timer(
+        &mut self,
+        group: &str,
+        member: &str,
+        connection: u64,
+        timer: tokio::task::AbortHandle,
+    ) {
+        let member = self.by_name.get_mut(group).and_then(|g| {
+            g.members
+                .iter_mut()
+                .find(|m| m.id == member && m.connection == connection && m.sender.is_none())
+        });
+        match member {
+            Some(member) => {
+                if let Some(old) = member.lease_timer.replace(timer) {
+                    old.abort();
+                }
+            }
+            // Back already, or gone.
+            None => timer.abort(),
+        }
     }
 
     /// The lease of the member's `connection` ran out: unless it came back meanwhile, its
@@ -273,8 +346,8 @@ impl Groups {
         else {
             return false;
         };
-        group.release(index, capacity);
-        group.dispatch();
+        group.release(index);
+        group.settle(capacity);
         true
     }
 
@@ -288,7 +361,7 @@ impl Groups {
     }
 
     /// Whether every group that has members has had every event acknowledged. Groups without
-    /// members are not waited for: nobody would acknowledge.
+    /// members are not waited for (nobody would acknowledge): see [`abandoned`](Self::abandoned).
     pub(crate) fn settled(&self) -> bool {
         self.by_name.values().all(|group| {
             group.members.is_empty()
@@ -331,6 +404,14 @@ impl Member {
 }
 
 impl Group {
+    /// Sends pending events to the members with room, then drops what stays pending beyond
+    /// `capacity` (reported as missed). In that order: an event a member can take is never
+    /// dropped.
+    fn settle(&mut self, capacity: usize) {
+        self.dispatch();
+        self.trim(capacity);
+    }
+
     /// Sends pending events to the members with room, the least loaded first.
     fn dispatch(&mut self) {
         while !self.pending.is_empty() {
@@ -362,17 +443,17 @@ impl Group {
 
     fn deliver(&mut self, index: usize, mut unacked: Unacked) {
         unacked.deliveries = unacked.deliveries.saturating_add(1);
+        unacked.missed += std::mem::take(&mut self.missed);
         let member = &mut self.members[index];
         if let Some(sender) = &member.sender {
             let delivery = Delivery {
                 event: unacked.event.clone(),
                 delivery_count: unacked.deliveries,
-                missed: std::mem::take(&mut self.missed),
+                missed: unacked.missed,
             };
-            if let Err(failed) = sender.send(delivery) {
+            if sender.send(delivery).is_err() {
                 // The stream is gone and its disconnect is on its way; the event stays
                 // unacknowledged with the member, like any other in flight.
-                self.missed += failed.0.missed;
                 member.sender = None;
             }
         }
@@ -380,22 +461,23 @@ impl Group {
     }
 
     /// Removes a member; its unacknowledged events go back to the front of the group's queue.
-    fn release(&mut self, index: usize, capacity: usize) {
-        let member = self.members.remove(index);
-        for unacked in member.unacked.into_iter().rev() {
+    fn release(&mut self, index: usize) {
+        let mut member = self.members.remove(index);
+        for unacked in std::mem::take(&mut member.unacked).into_iter().rev() {
             self.pending.push_front(unacked);
         }
         if self.next_pick > index {
             self.next_pick -= 1;
         }
-        self.trim(capacity);
     }
 
     /// Keeps at most `capacity` pending events: the oldest beyond it are missed.
     fn trim(&mut self, capacity: usize) {
         while self.pending.len() > capacity {
-            self.pending.pop_front();
-            self.missed += 1;
+            if let Some(dropped) = self.pending.pop_front() {
+                // Whatever it carried as missed is missed too.
+                self.missed += 1 + dropped.missed;
+            }
         }
     }
 }

@@ -338,8 +338,10 @@ fn drained_once_every_member_has_acknowledged() {
 #[test]
 fn groups_and_members_are_bounded() {
     let hub = hub(100);
+    // Members stay (the joined streams are kept), so no group is idle.
+    let mut joined = Vec::new();
     for i in 0..group::MAX_GROUPS {
-        hub.join(&member(&format!("g{i}"), "a", 1)).unwrap();
+        joined.push(hub.join(&member(&format!("g{i}"), "a", 1)).unwrap());
     }
     let error = hub.join(&member("one-too-many", "a", 1)).unwrap_err();
     assert_eq!(error.code(), tonic::Code::ResourceExhausted);
@@ -351,4 +353,105 @@ fn groups_and_members_are_bounded() {
     assert_eq!(error.code(), tonic::Code::ResourceExhausted);
     // A member already in the group may always come back.
     hub.join(&member("g0", "a", 1)).unwrap();
+}
+
+#[test]
+fn a_member_needs_a_name() {
+    let hub = hub(100);
+    let error = hub.join(&member("g", "", 1)).unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn events_a_member_can_take_are_never_dropped_for_retention() {
+    // Retaining nothing: events still reach members with room.
+    let hub = hub(0);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    publish(&hub, 3);
+    assert_eq!(sequences(&mut a), [1, 2, 3]);
+
+    // Retaining 2, a leaving member hands 5 events to one with room for all of them.
+    let hub = self::hub(2);
+    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    publish(&hub, 5);
+    assert_eq!(sequences(&mut a).len(), 5);
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        handled: None,
+        ..ack("g", "a", 0)
+    })
+    .unwrap();
+    assert_eq!(
+        received(&mut b),
+        [(1, 2, 0), (2, 2, 0), (3, 2, 0), (4, 2, 0), (5, 2, 0)]
+    );
+}
+
+#[test]
+fn a_stream_taken_over_by_the_same_member_ends_without_sending_its_backlog() {
+    let hub = hub(100);
+    let first = hub.stream::<WireCursor>(&member("g", "a", 10)).unwrap();
+    publish(&hub, 3);
+    let second = hub.stream::<WireCursor>(&member("g", "a", 10)).unwrap();
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    let mut first = Box::pin(first);
+    assert!(matches!(
+        tokio_stream::Stream::poll_next(first.as_mut(), &mut context),
+        std::task::Poll::Ready(None)
+    ));
+    drop(first);
+    // The events went to the second stream, once, and the first stream's end does not count
+    // as the member going away.
+    assert_eq!(hub.unacked("g", "a"), [1, 2, 3]);
+    let mut second = Box::pin(second);
+    for _ in 0..3 {
+        assert!(matches!(
+            tokio_stream::Stream::poll_next(second.as_mut(), &mut context),
+            std::task::Poll::Ready(Some(Ok(_)))
+        ));
+    }
+}
+
+#[test]
+fn a_gap_report_survives_the_member_it_was_given_to() {
+    let hub = hub(2);
+    let a = hub.join(&member("g", "a", 10)).unwrap();
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        handled: None,
+        ..ack("g", "a", 0)
+    })
+    .unwrap();
+    drop(a);
+    publish(&hub, 5);
+    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    assert_eq!(received(&mut b)[0], (4, 1, 3));
+    // `b` dies before acknowledging: `c` is told of the gap again.
+    let mut c = hub.join(&member("g", "c", 10)).unwrap();
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        handled: None,
+        ..ack("g", "b", 0)
+    })
+    .unwrap();
+    assert_eq!(received(&mut c), [(4, 2, 3), (5, 2, 0)]);
+}
+
+#[test]
+fn idle_groups_make_room_for_new_ones() {
+    let hub = hub(100);
+    for i in 0..group::MAX_GROUPS {
+        let name = format!("g{i}");
+        hub.join(&member(&name, "a", 1)).unwrap();
+        hub.acknowledge(&Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack(&name, "a", 0)
+        })
+        .unwrap();
+    }
+    // Every group is empty and owes nothing: one is forgotten for the newcomer.
+    hub.join(&member("newcomer", "a", 1)).unwrap();
 }

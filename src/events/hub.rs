@@ -54,6 +54,8 @@ struct State {
     /// the events already handed to it.
     live: Option<broadcast::Sender<Arc<Stored>>>,
     groups: Groups,
+    /// Draining: no new groups (their backlog would hold the drain up).
+    draining: bool,
     /// Closed for groups too: every stream ends, nobody may subscribe.
     closed: bool,
 }
@@ -89,6 +91,7 @@ impl Hub {
                 retain,
                 live: Some(broadcast::channel(buffer).0),
                 groups: Groups::default(),
+                draining: false,
                 closed: false,
             }),
             latest: AtomicU64::new(0),
@@ -158,7 +161,9 @@ impl Hub {
     /// Ends every plain subscriber's stream once it has sent what was already published, and
     /// refuses new plain subscribers; consumer groups go on. The first step of a drain.
     pub(crate) fn close_plain(&self) {
-        self.lock().live = None;
+        let mut state = self.lock();
+        state.live = None;
+        state.draining = true;
     }
 
     /// Ends every stream, group members' too, after what was already handed to it, and refuses
@@ -183,16 +188,25 @@ impl Hub {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if self.drained() {
-                return true;
+                break;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let abandoned = self.lock().groups.abandoned();
-                for (group, events) in abandoned {
-                    tracing::warn!(rpc = %self.method, group, events, "consumer group without members; its events are lost with this instance");
-                }
+                self.report_abandoned();
                 return false;
             }
         }
+        // Drained, unless a group was left without members with events still to deliver.
+        self.report_abandoned()
+    }
+
+    /// Logs the groups left without any member while they still hold events, which are lost
+    /// with this instance. Returns whether there are none.
+    fn report_abandoned(&self) -> bool {
+        let abandoned = self.lock().groups.abandoned();
+        for (group, events) in &abandoned {
+            tracing::warn!(rpc = %self.method, group, events, "consumer group without members; its events are lost with this instance");
+        }
+        abandoned.is_empty()
     }
 
     /// Where a subscription starts: the retained events it gets first, and how many it missed.
@@ -268,6 +282,13 @@ impl Hub {
                 )));
             }
         }
+        if request.member.is_empty() {
+            return Err(tonic::Status::invalid_argument(format!(
+                "a member of consumer group `{}` needs a name (`Subscribe.member`), unique in the \
+                 group and kept across reconnections, to acknowledge what it handles",
+                request.group
+            )));
+        }
         let window = match request.max_unacknowledged {
             0 => group::DEFAULT_WINDOW,
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -295,6 +316,9 @@ impl Hub {
                 }
             }
         } else {
+            if state.draining {
+                return Err(self.shutting_down());
+            }
             let (backlog, missed) = self.position(&state, request)?;
             state
                 .groups
@@ -305,15 +329,19 @@ impl Hub {
             .after
             .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
             .map(|cursor| cursor.sequence);
+        let capacity = state.retain;
         state
             .groups
-            .join(Join {
-                group: request.group.clone(),
-                member: request.member.clone(),
-                window,
-                lease,
-                handled,
-            })
+            .join(
+                Join {
+                    group: request.group.clone(),
+                    member: request.member.clone(),
+                    window,
+                    lease,
+                    handled,
+                },
+                capacity,
+            )
             .map_err(|e| self.join_refused(&e, request))
     }
 
@@ -360,10 +388,13 @@ impl Hub {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if !lease.is_zero() => {
-                runtime.spawn(async move {
+                let timer = runtime.spawn(async move {
                     tokio::time::sleep(lease).await;
                     expire();
                 });
+                self.lock()
+                    .groups
+                    .set_lease_timer(group, member, connection, timer.abort_handle());
             }
             _ => expire(),
         }
@@ -412,12 +443,15 @@ impl Hub {
             }
             Err(AckError::UnknownGroup) => Err(tonic::Status::not_found(format!(
                 "no consumer group `{}` on this instance of {}",
-                ack.group, self.method
+                group::shown(&ack.group),
+                self.method
             ))),
             Err(AckError::UnknownMember) => Err(tonic::Status::not_found(format!(
                 "no member `{}` in consumer group `{}` on this instance of {} (its lease ran out, \
                  or it left); resubscribe to rejoin",
-                ack.member, ack.group, self.method
+                group::shown(&ack.member),
+                group::shown(&ack.group),
+                self.method
             ))),
         }
     }

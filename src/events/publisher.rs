@@ -132,7 +132,7 @@ impl Publisher {
     /// drained. Publish nothing more once this is called: plain subscribers would not get it.
     ///
     /// Groups without any member (none connected, none within its lease) are not waited for;
-    /// their events are logged as lost. `meshless::Server` drains every publisher it serves
+    /// their events are logged as lost, and the drain reported as incomplete. `meshless::Server` drains every publisher it serves
     /// when it shuts down, then [`close`](Self::close)s it.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
         for hub in self.hubs.iter() {

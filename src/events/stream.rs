@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,6 +54,7 @@ enum Feed {
         member: String,
         connection: u64,
         deliveries: mpsc::UnboundedReceiver<Delivery>,
+        superseded: Arc<AtomicBool>,
     },
 }
 
@@ -92,6 +93,7 @@ impl<T> EventStream<T> {
             member: joined.member,
             connection: joined.connection,
             deliveries: joined.deliveries,
+            superseded: joined.superseded,
         };
         Self::new(hub, feed, 0, heartbeat)
     }
@@ -163,7 +165,13 @@ impl<T> EventStream<T> {
                 let envelope = self.envelope(next.bytes.clone(), next.sequence, None);
                 Poll::Ready(Some(Ok(envelope)))
             }
-            Feed::Member { deliveries, .. } => match deliveries.poll_recv(cx) {
+            Feed::Member {
+                deliveries,
+                superseded,
+                ..
+            } => match deliveries.poll_recv(cx) {
+                // The member came back on another stream, or left: this one is over.
+                _ if superseded.load(Ordering::Acquire) => Poll::Ready(None),
                 Poll::Ready(Some(delivery)) => {
                     let extra = self
                         .hub

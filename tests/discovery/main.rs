@@ -295,7 +295,7 @@ async fn a_slow_instance_receives_clearly_fewer_calls() {
         Running::echo(Echo::named("fast-1")).await,
         Running::echo(Echo::named("fast-2")).await,
     ];
-    let slow = Running::echo(Echo::slow("slow", Duration::from_millis(20))).await;
+    let slow = Running::echo(Echo::slow("slow", Duration::from_millis(200))).await;
     register(&dns, "fast-1", fast[0].addr.port(), 1, 1).await;
     register(&dns, "fast-2", fast[1].addr.port(), 1, 1).await;
     register(&dns, "slow", slow.addr.port(), 1, 1).await;

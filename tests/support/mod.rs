@@ -231,6 +231,11 @@ impl Running {
         format!("ipv4:{}", self.addr)
     }
 
+    /// Whether `serve` has returned.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Sends the shutdown signal without waiting for the server to finish.
     pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -24,13 +24,7 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    pub(crate) fn start(channel: Channel, rpc: &str, group: &str, member: &str) -> Self {
-        let base = Acknowledgement {
-            rpc: rpc.to_owned(),
-            group: group.to_owned(),
-            member: member.to_owned(),
-            ..Acknowledgement::default()
-        };
+    pub(crate) fn start(channel: Channel, base: Acknowledgement) -> Self {
         let (handled, updates) = watch::channel(None);
         let task = tokio::spawn(acknowledge_loop(channel.clone(), base.clone(), updates));
         Self {
@@ -50,20 +44,29 @@ impl Membership {
     /// member's other events to the rest of the group at once. Waits at most `timeout`.
     pub(crate) async fn leave(self, timeout: Duration) {
         self.task.abort();
-        let ack = Acknowledgement {
-            handled: *self.handled.borrow(),
-            leave: true,
-            ..self.base.clone()
-        };
-        match tokio::time::timeout(timeout, acknowledge(self.channel.clone(), ack)).await {
-            Ok(Ok(_)) => tracing::debug!(rpc = %self.base.rpc, "left the consumer group"),
-            Ok(Err(status)) => {
-                tracing::info!(rpc = %self.base.rpc, code = ?status.code(), message = status.message(), "leaving the consumer group failed; the producer lets the member go when its lease runs out")
-            }
-            Err(_) => {
-                tracing::info!(rpc = %self.base.rpc, "leaving the consumer group timed out; the producer lets the member go when its lease runs out")
-            }
-        }
+        let handled = *self.handled.borrow();
+        leave(self.channel.clone(), self.base.clone(), handled, timeout).await;
+    }
+}
+
+/// Leaves a group after acknowledging `handled`, waiting at most `timeout`: for a member
+/// whose stream is already gone, over a new connection.
+pub(crate) async fn leave(
+    channel: Channel,
+    base: Acknowledgement,
+    handled: Option<Cursor>,
+    timeout: Duration,
+) {
+    let ack = Acknowledgement {
+        handled,
+        leave: true,
+        ..base
+    };
+    let rpc = ack.rpc.clone();
+    match tokio::time::timeout(timeout, acknowledge(channel, ack)).await {
+        Ok(Ok(_)) => tracing::debug!(rpc, "left the consumer group"),
+        Ok(Err(status)) => tracing::info!(rpc, code = ?status.code(), message = status.message(), "leaving the consumer group failed; the producer lets the member go when its lease runs out"),
+        Err(_) => tracing::info!(rpc, "leaving the consumer group timed out; the producer lets the member go when its lease runs out"),
     }
 }
 

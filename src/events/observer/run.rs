@@ -10,10 +10,10 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::Endpoint;
 
 use super::event::{DeadLetter, Event, Gap, HandlerError};
-use super::membership::Membership;
+use super::membership::{self, Membership};
 use super::options::ObserverOptions;
 use crate::events::Envelope;
-use crate::v1::{Cursor, EventMetadata, Subscribe};
+use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -64,6 +64,7 @@ where
             shared,
             stop,
             cursor: None,
+            joined: false,
         };
         tokio::spawn(stream.run())
     }
@@ -79,11 +80,15 @@ struct InstanceStream<T> {
     stop: watch::Receiver<bool>,
     /// After the last event handled.
     cursor: Option<Cursor>,
+    /// Whether a consumer group member's subscription went through once.
+    joined: bool,
 }
 
 /// Why a stream ended.
 enum Ended {
     Stopped,
+    /// Stopped, and left the consumer group.
+    Left,
     /// Resubscribe now (cut off for falling behind, or the stream went quiet).
     Resubscribe,
     /// Resubscribe after a pause.
@@ -99,20 +104,53 @@ where
         let mut backoff = options.reconnect_backoff;
         loop {
             if self.stopping() {
-                return;
+                break;
             }
             match self.subscribe_once().await {
-                Ended::Stopped => return,
+                Ended::Left => return,
+                Ended::Stopped => break,
                 Ended::Resubscribe => backoff = options.reconnect_backoff,
                 Ended::Failed(error) => {
                     tracing::debug!(instance = %self.instance, rpc = self.rpc, %error, ?backoff, "subscription failed; retrying");
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                     if self.sleep_unless_stopped(backoff + jitter).await {
-                        return;
+                        break;
                     }
                     backoff = (backoff * 2).min(options.reconnect_backoff_max);
                 }
             }
+        }
+        // Stopped between streams: a member that joined leaves over a new connection, so that
+        // its unacknowledged events go to the others at once rather than after its lease.
+        if let (Some(group), true) = (&options.group, self.joined) {
+            if let Ok(Ok(channel)) =
+                tokio::time::timeout(options.connect_timeout, self.endpoint.connect()).await
+            {
+                membership::leave(
+                    channel,
+                    self.acknowledgement(group),
+                    self.cursor,
+                    options.connect_timeout,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// This observer's name in the consumer group on this producer instance: one per
+    /// instance, so that an instance reachable at two addresses sees two members, not one
+    /// member whose streams keep taking over from each other.
+    fn member_name(&self) -> String {
+        format!("{}@{}", self.shared.member, self.instance)
+    }
+
+    /// An acknowledgement of this stream's group member, to fill in.
+    fn acknowledgement(&self, group: &str) -> Acknowledgement {
+        Acknowledgement {
+            rpc: self.rpc.to_owned(),
+            group: group.to_owned(),
+            member: self.member_name(),
+            ..Acknowledgement::default()
         }
     }
 
@@ -146,7 +184,7 @@ where
             member: options
                 .group
                 .as_ref()
-                .map(|_| self.shared.member.clone())
+                .map(|_| self.member_name())
                 .unwrap_or_default(),
             lease_ms: u32::try_from(options.member_lease.as_millis()).unwrap_or(u32::MAX),
             max_unacknowledged: options.max_unacknowledged,
@@ -154,7 +192,7 @@ where
         let membership = options
             .group
             .as_ref()
-            .map(|group| Membership::start(channel.clone(), self.rpc, group, &self.shared.member));
+            .map(|group| Membership::start(channel.clone(), self.acknowledgement(group)));
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
         let codec = tonic_prost::ProstCodec::<Subscribe, Envelope<T>>::default();
@@ -173,6 +211,14 @@ where
             _ = self.stop.changed() => return Ended::Stopped,
         };
         tracing::debug!(instance = %self.instance, rpc = self.rpc, cursor = ?self.cursor, "subscribed");
+        if membership.is_some() {
+            // The subscription acknowledged everything up to the cursor. From here the cursor
+            // is the last event handled on this stream: events come in delivery order, and an
+            // older cursor could name an event delivered again later, acknowledging the events
+            // delivered before it unhandled.
+            self.joined = true;
+            self.cursor = None;
+        }
 
         // A stream silent for three heartbeat periods is dead. Checked by a ticking timer, not
         // a timeout per message, and with one stop future for the whole stream: per event,
@@ -202,6 +248,7 @@ where
                 // the rest at once.
                 if let Some(membership) = membership {
                     membership.leave(self.shared.options.connect_timeout).await;
+                    return Ended::Left;
                 }
                 return Ended::Stopped;
             };
