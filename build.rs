@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/signup/v1/users.proto",
             "proto/testing/v1/echo.proto",
             "proto/testing/v1/shop.proto",
+            "proto/testing/v1/counter.proto",
         ],
         &["proto"],
     )?;

@@ -6,6 +6,20 @@ pub use prost_types;
 pub use tonic;
 pub use tonic_prost;
 
+/// What a generated client tells its [`Channel`](crate::Channel) about a call, in the
+/// request's extensions: whether the request and the response are single messages (a single
+/// request can be sent again; a single response gets the default timeout), and whether the
+/// method is idempotent (`option idempotency_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// One request message (unary and server-streaming calls).
+    pub single_request: bool,
+    /// One response message (unary and client-streaming calls).
+    pub single_response: bool,
+    /// Declared `IDEMPOTENT` or `NO_SIDE_EFFECTS`.
+    pub idempotent: bool,
+}
+
 /// Refuses a request message over `limit` bytes with `RESOURCE_EXHAUSTED`, before it is sent.
 pub fn check_request_size(
     message: &impl prost::Message,

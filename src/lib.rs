@@ -54,6 +54,7 @@ extern crate self as meshless;
 
 mod balance;
 mod client;
+mod deadline;
 pub mod discovery;
 mod error;
 pub mod events;
@@ -68,7 +69,8 @@ pub mod v1;
 #[doc(hidden)]
 pub mod codegen;
 
-pub use client::{Channel, ChannelBuilder, ResponseFuture};
+pub use client::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
+pub use deadline::Deadline;
 pub use error::Error;
 pub use server::Server;
 pub use target::{Target, TargetError};

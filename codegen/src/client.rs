@@ -44,12 +44,30 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
             .then(|| quote! { #[deprecated] #[allow(deprecated)] });
         // Requests of known size are checked before they are sent: tonic would abort the
         // HTTP/2 stream mid-way, which reaches the caller as a transport error.
+        let idempotent = method.idempotent;
+        let (single_request, single_response) = match method.shape {
+            Shape::Unary => (true, true),
+            Shape::ServerStreaming => (true, false),
+            Shape::ClientStreaming => (false, true),
+            _ => (false, false),
+        };
+        let call = quote! {
+            ::meshless::codegen::Call {
+                single_request: #single_request,
+                single_response: #single_response,
+                idempotent: #idempotent,
+            }
+        };
         let check_size = match method.shape {
             Shape::Unary | Shape::ServerStreaming => quote! {
-                let request = ::meshless::IntoRequest::into_request(request);
+                let mut request = ::meshless::IntoRequest::into_request(request);
                 ::meshless::codegen::check_request_size(request.get_ref(), self.max_request_size)?;
+                request.extensions_mut().insert(#call);
             },
-            _ => quote! {},
+            _ => quote! {
+                let mut request = ::meshless::IntoStreamingRequest::into_streaming_request(request);
+                request.extensions_mut().insert(#call);
+            },
         };
         let (request, response) = match method.shape {
             Shape::Event(_) => return quote! {},

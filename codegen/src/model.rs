@@ -64,6 +64,8 @@ pub(crate) struct Method {
     /// Doc comment lines from the `.proto` file.
     pub(crate) docs: Vec<String>,
     pub(crate) deprecated: bool,
+    /// `option idempotency_level = IDEMPOTENT` (or `NO_SIDE_EFFECTS`): safe to call again.
+    pub(crate) idempotent: bool,
 }
 
 /// One service, as the generators see it.
@@ -112,6 +114,8 @@ impl Service {
                     shape,
                     docs: doc_lines(&method.comments),
                     deprecated: method.options.deprecated(),
+                    idempotent: method.options.idempotency_level()
+                        != prost_types::method_options::IdempotencyLevel::IdempotencyUnknown,
                 }
             })
             .collect();

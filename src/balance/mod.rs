@@ -18,5 +18,5 @@ mod ready;
 mod set;
 
 pub(crate) use connect::error_chain;
-pub(crate) use instance::Placement;
+pub(crate) use instance::{Instance, Placement};
 pub(crate) use set::{InstanceSet, Settings};

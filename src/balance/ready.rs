@@ -62,6 +62,22 @@ impl Ready {
         Some(if less_loaded(a, b) { a } else { b })
     }
 
+    /// [`pick`](Self::pick), but another instance than those in `avoid` when there is one.
+    pub(crate) fn pick_avoiding(&self, avoid: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
+        let avoided = |i: &Arc<Instance>| avoid.iter().any(|a| Arc::ptr_eq(a, i));
+        if avoid.is_empty() || self.instances.iter().all(avoided) {
+            return self.pick();
+        }
+        // A few draws find another almost always; the walk settles it otherwise.
+        for _ in 0..4 {
+            match self.pick() {
+                Some(instance) if !avoided(instance) => return Some(instance),
+                _ => {}
+            }
+        }
+        self.instances.iter().find(|i| !avoided(i))
+    }
+
     fn draw(&self) -> usize {
         match self.cumulative.last() {
             None => fastrand::usize(..self.instances.len()),

@@ -173,9 +173,12 @@ impl InstanceSet {
     /// Picks a ready instance. When there is none, waits while that may change (connections
     /// being made, the first DNS answer pending), until `deadline` (the call's own) or the
     /// set's wait timeout, whichever comes first; otherwise fails at once.
+    ///
+    /// A retry passes the instances already `tried`: another is picked when there is one.
     pub(crate) async fn pick(
         &self,
         deadline: Option<Instant>,
+        tried: &[Arc<Instance>],
     ) -> Result<(Arc<Instance>, InFlight), tonic::Status> {
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
@@ -183,7 +186,7 @@ impl InstanceSet {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(instance) = self.ready.load().pick() {
+            if let Some(instance) = self.ready.load().pick_avoiding(tried) {
                 let in_flight = instance.start_call();
                 return Ok((instance.clone(), in_flight));
             }
@@ -287,7 +290,7 @@ mod test {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
         let started = Instant::now();
         let error = set
-            .pick(Some(started + Duration::from_secs(2)))
+            .pick(Some(started + Duration::from_secs(2)), &[])
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
@@ -305,7 +308,7 @@ mod test {
     async fn without_a_deadline_a_call_waits_the_wait_timeout() {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(10));
         let started = Instant::now();
-        set.pick(None).await.unwrap_err();
+        set.pick(None, &[]).await.unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
@@ -315,7 +318,11 @@ mod test {
         let started = Instant::now();
         let waiting = tokio::spawn({
             let set = set.clone();
-            async move { set.pick(None).await.map(|(picked, _)| picked.key.clone()) }
+            async move {
+                set.pick(None, &[])
+                    .await
+                    .map(|(picked, _)| picked.key.clone())
+            }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         instance.connected(instance.endpoint.connect_lazy());
@@ -329,9 +336,9 @@ mod test {
         let (set, instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
         instance.connected(instance.endpoint.connect_lazy());
         set.rebuild_ready();
-        assert!(set.pick(None).await.is_ok());
+        assert!(set.pick(None, &[]).await.is_ok());
         set.report_failure(&instance, "connection refused".into());
-        let error = set.pick(None).await.unwrap_err();
+        let error = set.pick(None, &[]).await.unwrap_err();
         assert!(
             error
                 .message()

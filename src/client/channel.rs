@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::call::CallPolicy;
 use super::Connector;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::body::Body;
-use tower::ServiceExt;
 
-use super::deadline::grpc_timeout;
 use crate::balance::{InstanceSet, Placement, Settings};
 use crate::discovery::{self, DiscoveryStatus, DnsSettings, Update};
 use crate::{Error, Target};
@@ -44,6 +43,7 @@ pub type ResponseFuture =
 #[derive(Clone)]
 pub struct Channel {
     instances: Arc<InstanceSet>,
+    policy: Arc<CallPolicy>,
 }
 
 impl fmt::Debug for Channel {
@@ -77,11 +77,16 @@ impl Channel {
     }
 }
 
+/// The timeout of unary calls that set none, by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of a [`Channel`]; start with [`Channel::builder`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ChannelBuilder {
     connector: Connector,
+    timeout: Option<Duration>,
+    attempts: u32,
     wait_timeout: Duration,
     reconnect_backoff: Duration,
     reconnect_backoff_max: Duration,
@@ -94,6 +99,8 @@ impl Default for ChannelBuilder {
     fn default() -> Self {
         Self {
             connector: Connector::default(),
+            timeout: Some(DEFAULT_TIMEOUT),
+            attempts: 3,
             wait_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
@@ -108,6 +115,24 @@ impl ChannelBuilder {
     /// How long one connection attempt to an instance may take. Default: 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connector.connect_timeout = timeout;
+        self
+    }
+
+    /// The timeout of unary and client-streaming calls that set none of their own
+    /// (`Request::set_timeout`): past it the call fails with `DEADLINE_EXCEEDED`, and the server
+    /// is told (`grpc-timeout`) so that it can stop too. `None`: no default. Default: 30 s.
+    /// Streaming responses get no default: they may rightly last for hours.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many times a call may be sent, the first included, when sending it again is safe:
+    /// it never reached a server, or its method is idempotent and failed with `UNAVAILABLE`.
+    /// Retries are bounded by a budget of 20% of recent calls plus 10 per second. 1: never
+    /// retry. Default: 3.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
         self
     }
 
@@ -209,7 +234,10 @@ impl ChannelBuilder {
                 instances
             }
         };
-        Ok(Channel { instances })
+        Ok(Channel {
+            instances,
+            policy: Arc::new(CallPolicy::new(self.timeout, self.attempts)),
+        })
     }
 }
 
@@ -267,34 +295,10 @@ impl tower_service::Service<http::Request<Body>> for Channel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let instances = self.instances.clone();
-        Box::pin(async move {
-            let deadline = grpc_timeout(&request).map(|t| tokio::time::Instant::now() + t);
-            let (instance, _in_flight) = instances.pick(deadline).await?;
-            let Some(channel) = instance.channel() else {
-                // The instance failed between the pick and now.
-                return Err(tonic::Status::unavailable(format!(
-                    "instance {} of `{}` lost its connection",
-                    instance.key,
-                    instances.target()
-                ))
-                .into());
-            };
-            match channel.oneshot(request).await {
-                Ok(response) => Ok(response),
-                Err(error) => {
-                    let text = crate::balance::error_chain(&error);
-                    instances.report_failure(&instance, text.clone());
-                    // A broken connection is UNAVAILABLE in gRPC's terms (tonic would say
-                    // UNKNOWN), with the instance and the cause in the message.
-                    Err(tonic::Status::unavailable(format!(
-                        "instance {} of `{}`: {text}",
-                        instance.key,
-                        instances.target()
-                    ))
-                    .into())
-                }
-            }
-        })
+        Box::pin(super::call::call(
+            self.instances.clone(),
+            self.policy.clone(),
+            request,
+        ))
     }
 }

@@ -1,9 +1,9 @@
 //! The client side: [`Channel`], which generated clients call through.
 
+mod call;
 mod channel;
 mod connection;
-mod deadline;
 
-pub use channel::{Channel, ChannelBuilder, ResponseFuture};
+pub use channel::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
 pub(crate) use connection::Connector;
 pub(crate) use connection::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};

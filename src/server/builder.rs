@@ -291,6 +291,10 @@ impl Server {
 
         tracing::info!(addr = ?local_addr, grace_period = ?self.grace_period, "shutting down");
         let deadline = tokio::time::Instant::now() + self.grace_period;
+        if !self.publishers.is_empty() {
+            // Before health says so: whoever sees NOT_SERVING finds new calls refused.
+            gate.close();
+        }
         set_status(
             reporter.as_ref(),
             &self.service_names,
@@ -300,7 +304,7 @@ impl Server {
         if !self.publishers.is_empty() {
             // Serving goes on meanwhile: event streams and acknowledgements need it.
             let drained = async {
-                let calls_returned = gate.close(deadline).await;
+                let calls_returned = gate.wait_idle(deadline).await;
                 let mut events_drained = true;
                 for publisher in &self.publishers {
                     events_drained &= publisher.drain(deadline).await;

@@ -4,6 +4,8 @@
 //!   `UNAVAILABLE` (retry elsewhere) while event streams, acknowledgements and health checks go
 //!   on, and the calls already in flight are counted down, so that the events they publish are
 //!   delivered before the streams close.
+//! - Deadlines: the caller's deadline is recorded as a [`Deadline`](crate::Deadline) in the
+//!   request's extensions, for the handler.
 //! - Limits: a request message over the size limit is refused with `RESOURCE_EXHAUSTED`, as
 //!   gRPC specifies (tonic says `OUT_OF_RANGE`).
 
@@ -16,6 +18,9 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 use tower::Layer;
 use tower_service::Service;
+
+/// Marks a response to a call the server refused without processing it.
+pub(crate) const REFUSED_HEADER: &str = "meshless-refused";
 
 /// Paths served while draining, besides the event RPCs.
 const ALWAYS_OPEN: [&str; 3] = [
@@ -51,10 +56,14 @@ impl Gate {
         }
     }
 
-    /// Refuses new calls from now on, and waits until the calls in flight have returned, or
-    /// `deadline`. Returns whether they all returned.
-    pub(crate) async fn close(&self, deadline: tokio::time::Instant) -> bool {
+    /// Refuses new calls from now on.
+    pub(crate) fn close(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the calls in flight have returned, or `deadline`. Returns whether they all
+    /// returned.
+    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
         loop {
             let idle = self.state.idle.notified();
             tokio::pin!(idle);
@@ -118,7 +127,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        crate::Deadline::record(&mut request);
         let state = &self.gate.state;
         if self.gate.always_open(request.uri().path()) {
             let call = self.inner.call(request);
@@ -132,7 +142,12 @@ where
             let refused = tonic::Status::unavailable(
                 "the server is shutting down and takes no new calls; call another instance",
             );
-            return Box::pin(std::future::ready(Ok(refused.into_http())));
+            let mut response = refused.into_http();
+            // Tells meshless clients that the call was not processed: safe to retry elsewhere.
+            response
+                .headers_mut()
+                .insert(REFUSED_HEADER, http::HeaderValue::from_static("draining"));
+            return Box::pin(std::future::ready(Ok(response)));
         }
         let call = self.inner.call(request);
         Box::pin(async move {

@@ -1,0 +1,220 @@
+//! One call through a [`Channel`](super::Channel): its deadline, the instance it goes to, and
+//! retries where they are safe, within a retry budget.
+//!
+//! A call is sent again, to an instance picked anew, only when that cannot do harm:
+//! - it never reached a server: the instance lost its connection before the call was sent,
+//!   the server refused the HTTP/2 stream (`REFUSED_STREAM`), or a draining meshless server
+//!   turned it away unprocessed;
+//! - or its method is declared idempotent (`option idempotency_level = IDEMPOTENT` or
+//!   `NO_SIDE_EFFECTS`) and it failed with `UNAVAILABLE` or a broken connection.
+//!
+//! Only calls with a single request message are retried (their request is kept to be sent
+//! again). Retries draw on a budget, as Finagle's: 20% of the calls of the last 10 s, plus 10
+//! per second, so that retries cannot multiply the load on a struggling service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tonic::body::Body;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::ServiceExt;
+
+use crate::balance::{Instance, InstanceSet};
+use crate::codegen::Call;
+use crate::deadline::{encode, grpc_timeout};
+use crate::server::REFUSED_HEADER;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How calls are timed and retried, shared by the clones of a channel.
+#[derive(Debug)]
+pub(crate) struct CallPolicy {
+    /// The timeout of calls with a single response that set none.
+    pub(crate) default_timeout: Option<Duration>,
+    /// Attempts per call, the first included.
+    pub(crate) attempts: u32,
+    pub(crate) budget: TpsBudget,
+}
+
+impl CallPolicy {
+    pub(crate) fn new(default_timeout: Option<Duration>, attempts: u32) -> Self {
+        Self {
+            default_timeout,
+            attempts: attempts.max(1),
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// A response (whatever its status): the call is over.
+    Answered(http::Response<Body>),
+    /// The call was not processed anywhere: safe to send again.
+    NotProcessed(Response),
+    /// The call may have been processed: sent again only for idempotent methods.
+    Unavailable(Response),
+}
+
+/// What an attempt that may be retried leaves if it is not.
+enum Response {
+    Http(http::Response<Body>),
+    Status(tonic::Status),
+}
+
+impl Attempt {
+    fn into_result(self) -> Result<http::Response<Body>, BoxError> {
+        match self {
+            Attempt::Answered(response)
+            | Attempt::NotProcessed(Response::Http(response))
+            | Attempt::Unavailable(Response::Http(response)) => Ok(response),
+            Attempt::NotProcessed(Response::Status(status))
+            | Attempt::Unavailable(Response::Status(status)) => Err(status.into()),
+        }
+    }
+}
+
+pub(crate) async fn call(
+    instances: Arc<InstanceSet>,
+    policy: Arc<CallPolicy>,
+    mut request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let info = request.extensions().get::<Call>().copied();
+    let timeout = grpc_timeout(&request).or_else(|| {
+        info.filter(|call| call.single_response)
+            .and(policy.default_timeout)
+    });
+    if let Some(timeout) = timeout {
+        if !request.headers().contains_key("grpc-timeout") {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", encode(timeout));
+        }
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    policy.budget.deposit();
+
+    let calling = async {
+        match info {
+            Some(call) if call.single_request && policy.attempts > 1 => {
+                with_retries(&instances, &policy, request, deadline, call.idempotent).await
+            }
+            _ => attempt(&instances, request, deadline, &mut Vec::new())
+                .await
+                .into_result(),
+        }
+    };
+    match deadline {
+        None => calling.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, calling)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from `{}` within the call's {:?} deadline",
+                    instances.target(),
+                    timeout.unwrap_or_default()
+                ))
+                .into())
+            }),
+    }
+}
+
+async fn with_retries(
+    instances: &InstanceSet,
+    policy: &CallPolicy,
+    request: http::Request<Body>,
+    deadline: Option<tokio::time::Instant>,
+    idempotent: bool,
+) -> Result<http::Response<Body>, BoxError> {
+    let (parts, body) = request.into_parts();
+    // A single message: kept whole so that it can be sent again.
+    let body: Bytes = body.collect().await?.to_bytes();
+    let mut attempt_number = 1;
+    let mut tried = Vec::new();
+    loop {
+        let request = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
+        let outcome = attempt(instances, request, deadline, &mut tried).await;
+        let retry = match &outcome {
+            Attempt::Answered(_) => false,
+            Attempt::NotProcessed(_) => true,
+            Attempt::Unavailable(_) => idempotent,
+        };
+        if !retry || attempt_number >= policy.attempts {
+            return outcome.into_result();
+        }
+        if !policy.budget.withdraw() {
+            tracing::debug!(target = %instances.target(), "retry budget spent; not retrying");
+            return outcome.into_result();
+        }
+        attempt_number += 1;
+        tracing::debug!(target = %instances.target(), attempt = attempt_number, "retrying on another pick");
+    }
+}
+
+/// Sends the call to one instance, another than those `tried` when there is one.
+async fn attempt(
+    instances: &InstanceSet,
+    request: http::Request<Body>,
+    deadline: Option<tokio::time::Instant>,
+    tried: &mut Vec<Arc<Instance>>,
+) -> Attempt {
+    let (instance, _in_flight) = match instances.pick(deadline, tried).await {
+        Ok(picked) => picked,
+        // Picking already waited as long as it should.
+        Err(status) => return Attempt::Answered(status.into_http()),
+    };
+    tried.push(instance.clone());
+    let Some(channel) = instance.channel() else {
+        return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
+            "instance {} of `{}` lost its connection",
+            instance.key,
+            instances.target()
+        ))));
+    };
+    match channel.oneshot(request).await {
+        Ok(response) => {
+            if response.headers().contains_key(REFUSED_HEADER) {
+                instances.report_failure(&instance, "draining: refuses new calls".into());
+                Attempt::NotProcessed(Response::Http(response))
+            } else if response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|status| status == "14")
+            {
+                Attempt::Unavailable(Response::Http(response))
+            } else {
+                Attempt::Answered(response)
+            }
+        }
+        Err(error) => {
+            let text = crate::balance::error_chain(&error);
+            instances.report_failure(&instance, text.clone());
+            // A broken connection is UNAVAILABLE in gRPC's terms (tonic would say UNKNOWN),
+            // with the instance and the cause in the message.
+            let status = tonic::Status::unavailable(format!(
+                "instance {} of `{}`: {text}",
+                instance.key,
+                instances.target()
+            ));
+            if refused_stream(&error) {
+                Attempt::NotProcessed(Response::Status(status))
+            } else {
+                Attempt::Unavailable(Response::Status(status))
+            }
+        }
+    }
+}
+
+/// Whether the server refused the HTTP/2 stream, which guarantees it processed nothing.
+fn refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = error.source();
+    }
+    false
+}

@@ -1,0 +1,265 @@
+//! Deadlines and retries: the default timeout, the caller's deadline seen by the handler and
+//! passed on, retries of calls that never reached a server, of idempotent methods only, and a
+//! budget that keeps retries from multiplying the load.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshless::events::ObserverOptions;
+use meshless::{Channel, Code, Deadline, Request, Response, Server, Status};
+use support::testing::counter::v1::{
+    AddRequest, Count, CounterClient, CounterHandler, CounterService, GetRequest,
+};
+use support::testing::v1::EchoObserver;
+use support::{
+    request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, EchoedObserver,
+    Gate, Running, WAIT,
+};
+
+/// A counter instance: counts every call it gets, and fails them all with `UNAVAILABLE` when
+/// `broken`. Records the deadline each call arrived with.
+#[derive(Clone, Default)]
+struct Counter {
+    name: String,
+    broken: bool,
+    calls: Arc<AtomicUsize>,
+    deadlines: Arc<Mutex<Vec<Option<Duration>>>>,
+}
+
+impl Counter {
+    fn named(name: &str, broken: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            broken,
+            ..Self::default()
+        }
+    }
+
+    fn answer<T>(&self, request: &Request<T>) -> Result<Response<Count>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.deadlines
+            .lock()
+            .unwrap()
+            .push(Deadline::of(request).map(|d| d.remaining()));
+        if self.broken {
+            return Err(Status::unavailable(format!("{} is broken", self.name)));
+        }
+        Ok(Response::new(Count {
+            value: 1,
+            instance: self.name.clone(),
+        }))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl CounterHandler for Counter {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Count>, Status> {
+        self.answer(&request)
+    }
+
+    async fn add(&self, request: Request<AddRequest>) -> Result<Response<Count>, Status> {
+        self.answer(&request)
+    }
+}
+
+async fn counter(counter: &Counter) -> Running {
+    Running::start(Server::builder().add_service(CounterService::new(counter.clone()))).await
+}
+
+fn targets(servers: &[&Running]) -> String {
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
+    format!("ipv4:{}", addrs.join(","))
+}
+
+#[tokio::test]
+async fn calls_carry_a_default_deadline_that_handlers_see() {
+    let instance = Counter::named("one", false);
+    let server = counter(&instance).await;
+    let channel = Channel::builder()
+        .timeout(Some(Duration::from_secs(7)))
+        .connect(&server.target())
+        .await
+        .unwrap();
+    let client = CounterClient::new(channel);
+    client.get(GetRequest {}).await.unwrap();
+    // The caller's own timeout wins over the default.
+    let mut request = Request::new(GetRequest {});
+    request.set_timeout(Duration::from_millis(1500));
+    client.get(request).await.unwrap();
+
+    let seen = instance.deadlines.lock().unwrap().clone();
+    let default = seen[0].expect("the default deadline reached the handler");
+    assert!(default <= Duration::from_secs(7) && default > Duration::from_secs(6));
+    let own = seen[1].expect("the caller's deadline reached the handler");
+    assert!(own <= Duration::from_millis(1500) && own > Duration::from_millis(500));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_fails_with_deadline_exceeded() {
+    let echo = Echo::named("stuck");
+    let gate = echo.gate.clone();
+    let server = Running::echo(echo).await;
+    let channel = Channel::builder()
+        .timeout(Some(Duration::from_millis(300)))
+        .connect(&server.target())
+        .await
+        .unwrap();
+    let client = EchoClient::new(channel);
+    let status = client.unary(request(WAIT)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    gate.open();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_idempotent_methods_are_retried_after_unavailable() {
+    let broken = Counter::named("broken", true);
+    let healthy = Counter::named("healthy", false);
+    let servers = [counter(&broken).await, counter(&healthy).await];
+    let client = CounterClient::connect(targets(&[&servers[0], &servers[1]]))
+        .await
+        .unwrap();
+
+    // `Get` has no side effects: a call that lands on the broken instance goes on to the
+    // healthy one.
+    for _ in 0..40 {
+        let count = client.get(GetRequest {}).await.unwrap();
+        assert_eq!(count.get_ref().instance, "healthy");
+    }
+    assert!(broken.calls() > 0, "the broken instance was tried");
+
+    // `Add` is not idempotent: its failures are the caller's to handle.
+    let mut failed = 0;
+    for _ in 0..40 {
+        match client.add(AddRequest { amount: 1 }).await {
+            Ok(count) => assert_eq!(count.get_ref().instance, "healthy"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        failed > 0,
+        "some adds reached the broken instance and were not repeated"
+    );
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_retry_budget_keeps_retries_from_multiplying_the_load() {
+    let instances: Vec<Counter> = (0..3)
+        .map(|i| Counter::named(&format!("broken-{i}"), true))
+        .collect();
+    let mut servers = Vec::new();
+    for instance in &instances {
+        servers.push(counter(instance).await);
+    }
+    let target = targets(&servers.iter().collect::<Vec<_>>());
+    let client = CounterClient::connect(&target).await.unwrap();
+    const CALLS: usize = 1000;
+    for _ in 0..CALLS {
+        let status = client.get(GetRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let attempts: usize = instances.iter().map(Counter::calls).sum();
+    // Without a budget: 3 attempts per call. With it: the calls, plus 20% of them, plus the
+    // reserve of 10 per second over 10 s.
+    let allowed = CALLS + CALLS / 5 + 100;
+    assert!(
+        attempts <= allowed,
+        "{attempts} attempts for {CALLS} calls (at most {allowed})"
+    );
+    assert!(attempts > CALLS, "some calls were retried");
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+}
+
+#[derive(Clone)]
+struct Stuck(Gate);
+
+impl EchoedObserver for Stuck {
+    async fn echoed(
+        &self,
+        _: meshless::events::Event<EchoedEvent>,
+    ) -> Result<(), meshless::events::HandlerError> {
+        self.0.entered_once();
+        self.0.pass().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn calls_refused_by_a_draining_server_go_to_another_instance() {
+    // A producer that drains for as long as a consumer group member is stuck on an event.
+    let publisher = EchoPublisher::new();
+    let mut draining = Running::start(Server::builder().add_service(EchoService::with_publisher(
+        Echo::named("draining"),
+        publisher.clone(),
+    )))
+    .await;
+    let other = Running::echo(Echo::named("other")).await;
+    let gate = Gate::default();
+    let member = EchoObserver::new()
+        .echoed(Stuck(gate.clone()))
+        .options(ObserverOptions::default().consumer_group("g"))
+        .start(&draining.target())
+        .await
+        .unwrap();
+    publisher.publish_echoed(EchoedEvent {
+        message: "hold".into(),
+    });
+    gate.entered().await;
+
+    let client = EchoClient::connect(targets(&[&draining, &other]))
+        .await
+        .unwrap();
+    client.unary(request("before")).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", draining.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    draining.signal_stop();
+    // Health flips once new calls are refused.
+    while let Some(status) = watch.message().await.unwrap() {
+        if status.status() == tonic_health::pb::health_check_response::ServingStatus::NotServing {
+            break;
+        }
+    }
+    // Until the drain ends, every call succeeds: those that reach the draining instance are
+    // refused unprocessed and sent to the other one.
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..200 {
+        let reply = client.unary(request("during")).await.unwrap();
+        *served
+            .entry(served_by(reply.get_ref()).to_owned())
+            .or_default() += 1;
+    }
+    assert!(!draining.is_finished(), "still draining");
+    assert_eq!(served.get("other"), Some(&200), "{served:?}");
+    // A health watch is a stream that never ends: it would hold the shutdown up.
+    drop((watch, health));
+    gate.open();
+    draining.stop().await.unwrap();
+    member.stop().await;
+    other.stop().await.unwrap();
+}
