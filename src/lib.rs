@@ -60,6 +60,7 @@ mod error;
 pub mod events;
 pub mod server;
 pub mod target;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tls")]

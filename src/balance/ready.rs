@@ -45,6 +45,11 @@ impl Ready {
         }
     }
 
+    /// How many instances calls can go to.
+    pub(crate) fn len(&self) -> usize {
+        self.instances.len()
+    }
+
     /// Power of two choices: of two distinct instances drawn at random (in proportion to
     /// their weights), the less loaded: response time (peak EWMA) times calls in flight, per
     /// unit of weight.

@@ -25,7 +25,7 @@ pub(crate) struct Settings {
 
 /// The instances of one target.
 pub(crate) struct InstanceSet {
-    target: String,
+    target: Arc<str>,
     settings: Settings,
     /// Every instance; changed only by membership updates.
     all: Mutex<Vec<Arc<Instance>>>,
@@ -58,7 +58,7 @@ struct Unavailable {
 impl InstanceSet {
     pub(crate) fn new(target: String, settings: Settings, status: DiscoveryStatus) -> Arc<Self> {
         Arc::new(Self {
-            target,
+            target: target.into(),
             settings,
             all: Mutex::new(Vec::new()),
             ready: ArcSwap::from_pointee(Ready::default()),
@@ -67,6 +67,11 @@ impl InstanceSet {
             refresh: OnceLock::new(),
             stop_discovery: OnceLock::new(),
         })
+    }
+
+    /// The target, shared (for metric labels).
+    pub(crate) fn target_name(&self) -> Arc<str> {
+        self.target.clone()
     }
 
     pub(crate) fn target(&self) -> &str {
@@ -154,6 +159,8 @@ impl InstanceSet {
 
     pub(super) fn rebuild_ready(&self) {
         let ready = Ready::build(&self.lock_all());
+        metrics::gauge!("meshless_client_ready_instances", "target" => self.target.to_string())
+            .set(ready.len() as f64);
         self.ready.store(Arc::new(ready));
         self.changed.notify_waiters();
     }

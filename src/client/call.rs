@@ -20,11 +20,13 @@ use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::balance::{Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
 use crate::server::REFUSED_HEADER;
+use crate::telemetry::{CallReport, Side};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -79,6 +81,41 @@ impl Attempt {
 pub(crate) async fn call(
     instances: Arc<InstanceSet>,
     policy: Arc<CallPolicy>,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let method = request.uri().path().to_owned();
+    let span = tracing::debug_span!(
+        "meshless.call",
+        target = %instances.target(),
+        method = %method,
+        instance = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let report = CallReport::new(
+        Side::Client {
+            target: instances.target_name(),
+        },
+        &method,
+        span.clone(),
+    );
+    match timed_call(&instances, &policy, request)
+        .instrument(span)
+        .await
+    {
+        Ok(response) => Ok(report.watch(response).map(Body::new)),
+        Err(error) => {
+            let code = error
+                .downcast_ref::<tonic::Status>()
+                .map_or(tonic::Code::Unavailable, tonic::Status::code);
+            report.failed(code);
+            Err(error)
+        }
+    }
+}
+
+async fn timed_call(
+    instances: &InstanceSet,
+    policy: &CallPolicy,
     mut request: http::Request<Body>,
 ) -> Result<http::Response<Body>, BoxError> {
     let info = request.extensions().get::<Call>().copied();
@@ -99,9 +136,9 @@ pub(crate) async fn call(
     let calling = async {
         match info {
             Some(call) if call.single_request && policy.attempts > 1 => {
-                with_retries(&instances, &policy, request, deadline, call.idempotent).await
+                with_retries(instances, policy, request, deadline, call.idempotent).await
             }
-            _ => attempt(&instances, request, deadline, &mut Vec::new())
+            _ => attempt(instances, request, deadline, &mut Vec::new())
                 .await
                 .into_result(),
         }
@@ -149,6 +186,8 @@ async fn with_retries(
             return outcome.into_result();
         }
         attempt_number += 1;
+        metrics::counter!("meshless_client_retries_total", "target" => instances.target().to_owned())
+            .increment(1);
         tracing::debug!(target = %instances.target(), attempt = attempt_number, "retrying on another pick");
     }
 }
@@ -166,6 +205,7 @@ async fn attempt(
         Err(status) => return Attempt::Answered(status.into_http()),
     };
     tried.push(instance.clone());
+    tracing::Span::current().record("instance", instance.key.as_str());
     let Some(channel) = instance.channel() else {
         return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
             "instance {} of `{}` lost its connection",

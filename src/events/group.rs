@@ -111,6 +111,8 @@ pub(crate) struct Groups {
     /// Numbers member connections, so that a stale disconnect or lease timer is told apart
     /// from the member's current connection.
     connections: u64,
+    /// Deliveries beyond the first since [`take_redelivered`](Self::take_redelivered).
+    redelivered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +123,8 @@ struct Group {
     missed: u64,
     /// Where the search for the least loaded member starts, so that ties take turns.
     next_pick: usize,
+    /// Deliveries beyond the first, for metrics.
+    redelivered: u64,
 }
 
 #[derive(Debug)]
@@ -149,6 +153,16 @@ impl Drop for Member {
 }
 
 impl Groups {
+    /// How many events were delivered again since the last call.
+    pub(crate) fn take_redelivered(&mut self) -> u64 {
+        let groups: u64 = self
+            .by_name
+            .values_mut()
+            .map(|g| std::mem::take(&mut g.redelivered))
+            .sum();
+        std::mem::take(&mut self.redelivered) + groups
+    }
+
     pub(crate) fn contains(&self, group: &str) -> bool {
         self.by_name.contains_key(group)
     }
@@ -443,6 +457,9 @@ impl Group {
 
     fn deliver(&mut self, index: usize, mut unacked: Unacked) {
         unacked.deliveries = unacked.deliveries.saturating_add(1);
+        if unacked.deliveries > 1 {
+            self.redelivered += 1;
+        }
         unacked.missed += std::mem::take(&mut self.missed);
         let member = &mut self.members[index];
         if let Some(sender) = &member.sender {

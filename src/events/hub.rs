@@ -43,6 +43,10 @@ pub(crate) struct Hub {
     changed: Notify,
     /// The metadata of a first delivery to a group, encoded once.
     first_delivery: Bytes,
+    /// Metric handles, made once: labelling them per event would allocate per event.
+    published: metrics::Counter,
+    subscribers: metrics::Gauge,
+    redeliveries: metrics::Counter,
 }
 
 struct State {
@@ -82,7 +86,6 @@ impl Hub {
     pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
         let buffer = buffer.max(1);
         Self {
-            method,
             epoch,
             buffer,
             state: Mutex::new(State {
@@ -103,6 +106,10 @@ impl Hub {
                 delivery_count: 1,
                 ..EventMetadata::default()
             }),
+            published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
+            subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
+            redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
+            method,
         }
     }
 
@@ -151,7 +158,12 @@ impl Hub {
             let _ = live.send(stored);
         }
         self.latest.store(sequence, Ordering::Release);
+        let redelivered = state.groups.take_redelivered();
         drop(state);
+        self.published.increment(1);
+        if redelivered > 0 {
+            self.redeliveries.increment(redelivered);
+        }
         Cursor {
             epoch: self.epoch,
             sequence,
@@ -330,7 +342,7 @@ impl Hub {
             .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
             .map(|cursor| cursor.sequence);
         let capacity = state.retain;
-        state
+        let joined = state
             .groups
             .join(
                 Join {
@@ -342,7 +354,9 @@ impl Hub {
                 },
                 capacity,
             )
-            .map_err(|e| self.join_refused(&e, request))
+            .map_err(|e| self.join_refused(&e, request));
+        self.count_redeliveries(&mut state);
+        joined
     }
 
     fn join_refused(&self, error: &JoinError, request: &Subscribe) -> tonic::Status {
@@ -379,7 +393,9 @@ impl Hub {
             move || {
                 let mut state = hub.lock();
                 let capacity = state.retain;
-                if state.groups.expire(&group, &member, connection, capacity) {
+                let expired = state.groups.expire(&group, &member, connection, capacity);
+                hub.count_redeliveries(&mut state);
+                if expired {
                     drop(state);
                     tracing::debug!(rpc = %hub.method, group, member, "member's lease ran out; its events go to the rest of the group");
                     hub.changed.notify_waiters();
@@ -435,6 +451,7 @@ impl Hub {
             state
                 .groups
                 .acknowledge(&ack.group, &ack.member, handled, ack.leave, capacity);
+        self.count_redeliveries(&mut state);
         drop(state);
         match result {
             Ok(unacknowledged) => {
@@ -466,7 +483,9 @@ impl Hub {
             ms => Some(Duration::from_millis(u64::from(ms).max(10))),
         };
         if request.group.is_empty() {
-            if self.plain_streams.fetch_add(1, Ordering::AcqRel) >= self.max_subscribers {
+            let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
+            self.subscribers.set((open + 1) as f64);
+            if open >= self.max_subscribers {
                 self.plain_stream_ended();
                 return Err(tonic::Status::resource_exhausted(format!(
                     "{} already has {} subscribers, its limit",
@@ -494,8 +513,17 @@ impl Hub {
 
     /// A plain subscriber's stream ended.
     pub(crate) fn plain_stream_ended(&self) {
-        self.plain_streams.fetch_sub(1, Ordering::AcqRel);
+        let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.subscribers.set(open as f64);
         self.changed.notify_waiters();
+    }
+
+    /// Counts the deliveries to groups beyond the first made by the last operation.
+    fn count_redeliveries(&self, state: &mut State) {
+        let redelivered = state.groups.take_redelivered();
+        if redelivered > 0 {
+            self.redeliveries.increment(redelivered);
+        }
     }
 
     /// The metadata of a delivery to a group member: shared for a first delivery.

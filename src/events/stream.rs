@@ -131,6 +131,8 @@ impl<T> EventStream<T> {
     fn cut_off(&mut self) -> tonic::Status {
         self.done = true;
         self.hub.cut_off.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meshless_event_subscribers_cut_off_total", "rpc" => self.hub.method.clone())
+            .increment(1);
         tonic::Status::resource_exhausted(format!(
             "subscriber fell more than {} events behind on {} and was cut off; resubscribe with \
              after = (epoch {:#x}, sequence {}) to resume without loss",

@@ -6,6 +6,8 @@
 //!   delivered before the streams close.
 //! - Deadlines: the caller's deadline is recorded as a [`Deadline`](crate::Deadline) in the
 //!   request's extensions, for the handler.
+//! - Telemetry: a `meshless.serve` span and the server call metrics (see
+//!   [`crate::telemetry`]).
 //! - Limits: a request message over the size limit is refused with `RESOURCE_EXHAUSTED`, as
 //!   gRPC specifies (tonic says `OUT_OF_RANGE`).
 
@@ -16,6 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::telemetry::{CallReport, Reported, Side};
 use tower::Layer;
 use tower_service::Service;
 
@@ -119,7 +124,7 @@ where
     ResBody: Default + Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<Reported<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -129,31 +134,36 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         crate::Deadline::record(&mut request);
+        let method = request.uri().path();
+        let span = tracing::debug_span!("meshless.serve", method, status = tracing::field::Empty);
+        let report = CallReport::new(Side::Server, method, span.clone());
         let state = &self.gate.state;
-        if self.gate.always_open(request.uri().path()) {
-            let call = self.inner.call(request);
-            return Box::pin(async move { call.await.map(too_large_is_resource_exhausted) });
-        }
-        // Counted before the check, so that `close` cannot miss a call that got through.
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        let in_flight = InFlight(state.clone());
-        if state.draining.load(Ordering::SeqCst) {
-            drop(in_flight);
-            let refused = tonic::Status::unavailable(
-                "the server is shutting down and takes no new calls; call another instance",
-            );
-            let mut response = refused.into_http();
-            // Tells meshless clients that the call was not processed: safe to retry elsewhere.
-            response
-                .headers_mut()
-                .insert(REFUSED_HEADER, http::HeaderValue::from_static("draining"));
-            return Box::pin(std::future::ready(Ok(response)));
-        }
-        let call = self.inner.call(request);
+        let in_flight = if self.gate.always_open(method) {
+            None
+        } else {
+            // Counted before the check, so that `close` cannot miss a call that got through.
+            state.in_flight.fetch_add(1, Ordering::SeqCst);
+            let in_flight = InFlight(state.clone());
+            if state.draining.load(Ordering::SeqCst) {
+                drop(in_flight);
+                let refused = tonic::Status::unavailable(
+                    "the server is shutting down and takes no new calls; call another instance",
+                );
+                let mut response = refused.into_http();
+                // Tells meshless clients that the call was not processed: safe to retry
+                // elsewhere.
+                response
+                    .headers_mut()
+                    .insert(REFUSED_HEADER, http::HeaderValue::from_static("draining"));
+                return Box::pin(std::future::ready(Ok(report.watch(response))));
+            }
+            Some(in_flight)
+        };
+        let call = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let response = call.await;
             drop(in_flight);
-            response.map(too_large_is_resource_exhausted)
+            response.map(|response| report.watch(too_large_is_resource_exhausted(response)))
         })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::{watch, Semaphore};
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 use super::event::{DeadLetter, Event, Gap, HandlerError};
 use super::membership::{self, Membership};
@@ -56,6 +57,7 @@ where
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
+        let metrics = StreamMetrics::new(self.rpc, &instance);
         let stream = InstanceStream {
             rpc: self.rpc,
             handler: self.handler.clone(),
@@ -65,8 +67,30 @@ where
             stop,
             cursor: None,
             joined: false,
+            metrics,
         };
         tokio::spawn(stream.run())
+    }
+}
+
+/// Metric handles of one instance stream, made once (see [`crate::telemetry`]).
+struct StreamMetrics {
+    handled: metrics::Counter,
+    dead_letters: metrics::Counter,
+    missed: metrics::Counter,
+    redelivered: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+impl StreamMetrics {
+    fn new(rpc: &'static str, instance: &str) -> Self {
+        Self {
+            handled: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "handled"),
+            dead_letters: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "dead_letter"),
+            missed: metrics::counter!("meshless_observer_missed_events_total", "rpc" => rpc),
+            redelivered: metrics::counter!("meshless_observer_redelivered_events_total", "rpc" => rpc),
+            lag: metrics::gauge!("meshless_observer_lag_seconds", "rpc" => rpc, "instance" => instance.to_owned()),
+        }
     }
 }
 
@@ -82,6 +106,7 @@ struct InstanceStream<T> {
     cursor: Option<Cursor>,
     /// Whether a consumer group member's subscription went through once.
     joined: bool,
+    metrics: StreamMetrics,
 }
 
 /// Why a stream ended.
@@ -278,6 +303,7 @@ where
     /// Handles one event (or heartbeat); returns the event's cursor once handled.
     async fn receive(&mut self, message: T, metadata: EventMetadata) -> Option<Cursor> {
         if metadata.missed > 0 {
+            self.metrics.missed.increment(metadata.missed);
             let gap = Gap {
                 instance: self.instance.to_string(),
                 rpc: self.rpc,
@@ -314,6 +340,24 @@ where
 
     /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.
     async fn handle(&self, event: Event<T>) {
+        if event.delivery_count() > 1 {
+            self.metrics.redelivered.increment(1);
+        }
+        let span = tracing::debug_span!(
+            "meshless.event",
+            rpc = self.rpc,
+            instance = %self.instance,
+            epoch = event.metadata().epoch,
+            sequence = event.metadata().sequence,
+            delivery_count = event.delivery_count(),
+        );
+        self.handle_with_retries(&event).instrument(span).await;
+        if let Ok(lag) = std::time::SystemTime::now().duration_since(event.published_at()) {
+            self.metrics.lag.set(lag.as_secs_f64());
+        }
+    }
+
+    async fn handle_with_retries(&self, event: &Event<T>) {
         let options = &self.shared.options;
         let _permit = match &self.shared.handlers {
             Some(limit) => limit.clone().acquire_owned().await.ok(),
@@ -323,7 +367,10 @@ where
         let mut attempt = 1;
         loop {
             match (self.handler)(event.clone()).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.metrics.handled.increment(1);
+                    return;
+                }
                 Err(error) if attempt >= options.handler_attempts => {
                     let dead = DeadLetter {
                         instance: self.instance.to_string(),
@@ -332,6 +379,7 @@ where
                         attempts: attempt,
                         error: error.to_string(),
                     };
+                    self.metrics.dead_letters.increment(1);
                     (options.on_dead_letter)(&dead);
                     return;
                 }

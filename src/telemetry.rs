@@ -1,0 +1,207 @@
+//! What meshless reports about itself: `tracing` spans, and metrics through the [`metrics`]
+//! facade, which any exporter (Prometheus, StatsD, OpenTelemetry...) installed by the
+//! application collects. Without an exporter, recording costs next to nothing.
+//!
+//! Metrics (labels in braces):
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `meshless_client_calls_total` {target, method, code} | counter | calls made, by gRPC status |
+//! | `meshless_client_call_duration_seconds` {target, method} | histogram | from the call to its status |
+//! | `meshless_client_retries_total` {target} | counter | calls sent again (see [`ChannelBuilder::attempts`](crate::ChannelBuilder::attempts)) |
+//! | `meshless_client_ready_instances` {target} | gauge | instances calls can be sent to |
+//! | `meshless_server_calls_total` {method, code} | counter | calls served, by gRPC status |
+//! | `meshless_server_call_duration_seconds` {method} | histogram | from the request to the status |
+//! | `meshless_events_published_total` {rpc} | counter | events published |
+//! | `meshless_event_subscribers` {rpc} | gauge | open streams of subscribers without a group |
+//! | `meshless_event_subscribers_cut_off_total` {rpc} | counter | subscribers that fell behind |
+//! | `meshless_event_redeliveries_total` {rpc, group} | counter | events handed to another group member |
+//! | `meshless_observer_events_total` {rpc, outcome} | counter | events handled (`handled`, `dead_letter`) |
+//! | `meshless_observer_lag_seconds` {rpc, instance} | gauge | publish-to-handled time of the latest event, per producer instance |
+//! | `meshless_observer_missed_events_total` {rpc} | counter | events reported missed (gaps) |
+//! | `meshless_observer_redelivered_events_total` {rpc} | counter | events received with a delivery count above 1 |
+//!
+//! Spans: `meshless.call` (client: target, method, instance, status), `meshless.serve`
+//! (server: method, status), `meshless.event` (observer: rpc, instance, epoch, sequence,
+//! delivery count), all at DEBUG level.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::Frame;
+
+/// The name of a gRPC status code, as metrics label it (`OK`, `UNAVAILABLE`...).
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let status = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from(status))
+}
+
+/// Which end of a call is reporting.
+#[derive(Debug, Clone)]
+pub(crate) enum Side {
+    Client { target: Arc<str> },
+    Server,
+}
+
+/// One call, reported once its status is known: in the response headers (trailers-only),
+/// in the trailers, or `CANCELLED` when the response is dropped before either.
+#[derive(Debug)]
+pub(crate) struct CallReport {
+    side: Side,
+    method: String,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl CallReport {
+    pub(crate) fn new(side: Side, method: &str, span: tracing::Span) -> Self {
+        Self {
+            side,
+            method: method.to_owned(),
+            started: Instant::now(),
+            span,
+        }
+    }
+
+    fn finish(self, code: tonic::Code) {
+        let code = code_name(code);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.span.record("status", code);
+        match self.side {
+            Side::Client { target } => {
+                metrics::counter!("meshless_client_calls_total", "target" => target.to_string(), "method" => self.method.clone(), "code" => code).increment(1);
+                metrics::histogram!("meshless_client_call_duration_seconds", "target" => target.to_string(), "method" => self.method).record(seconds);
+            }
+            Side::Server => {
+                metrics::counter!("meshless_server_calls_total", "method" => self.method.clone(), "code" => code).increment(1);
+                metrics::histogram!("meshless_server_call_duration_seconds", "method" => self.method).record(seconds);
+            }
+        }
+    }
+
+    /// Reports a call that ended without a response.
+    pub(crate) fn failed(self, code: tonic::Code) {
+        self.finish(code);
+    }
+
+    /// Watches `response` for the call's status.
+    pub(crate) fn watch<B>(self, response: http::Response<B>) -> http::Response<Reported<B>> {
+        let (parts, body) = response.into_parts();
+        let report = match status_of(&parts.headers) {
+            Some(code) => {
+                self.finish(code);
+                None
+            }
+            None => Some(self),
+        };
+        http::Response::from_parts(
+            parts,
+            Reported {
+                inner: body,
+                report,
+            },
+        )
+    }
+}
+
+/// A response body that reports its call when the status goes by.
+#[derive(Debug)]
+pub(crate) struct Reported<B> {
+    inner: B,
+    report: Option<CallReport>,
+}
+
+impl<B> Default for Reported<B>
+where
+    B: Default,
+{
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            report: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for Reported<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(report) = self.report.take() {
+                        report.finish(status_of(trailers).unwrap_or(tonic::Code::Unknown));
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(report) = self.report.take() {
+                    report.finish(tonic::Code::Unavailable);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(report) = self.report.take() {
+                    report.finish(tonic::Code::Unknown);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Reported<B> {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            report.finish(tonic::Code::Cancelled);
+        }
+    }
+}
