@@ -3,8 +3,9 @@
 //!
 //! A call is sent again, to an instance picked anew, only when that cannot do harm:
 //! - it never reached a server: the instance lost its connection before the call was sent,
-//!   the server refused the HTTP/2 stream (`REFUSED_STREAM`), or a draining meshless server
-//!   turned it away unprocessed;
+//!   the connection could not be remade, the server refused the HTTP/2 stream
+//!   (`REFUSED_STREAM`) or was going away before it began (`GOAWAY`), or a draining meshless
+//!   server turned it away unprocessed;
 //! - or its method is declared idempotent (`option idempotency_level = IDEMPOTENT` or
 //!   `NO_SIDE_EFFECTS`) and it failed with `UNAVAILABLE` or a broken connection.
 //!
@@ -247,12 +248,29 @@ async fn attempt(
     }
 }
 
-/// Whether the server refused the HTTP/2 stream, which guarantees it processed nothing.
+/// Whether the error proves the server processed nothing of the call: the connection could
+/// not be made, the call was still queued when its connection closed, the server refused the HTTP/2 stream (`REFUSED_STREAM`), or it was shutting
+/// down and said so before the stream started (`GOAWAY` without error: streams it had begun
+/// run to their end, so a stream failed by it never began).
 fn refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            // Queued for a connection that closed before it was written.
+            if hyper.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
         }
         source = error.source();
     }
