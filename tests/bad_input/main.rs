@@ -394,3 +394,52 @@ async fn http1_and_garbage_on_the_grpc_port_are_turned_away() {
     still_serving(&server).await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn subscribers_beyond_the_limit_are_resource_exhausted() {
+    count_panics();
+    let mut settings = meshless::events::PublisherSettings::default();
+    settings.max_subscribers = 2;
+    let publisher = EchoPublisher::with_settings(settings);
+    let server = Running::start(Server::builder().add_service(EchoService::with_publisher(
+        Echo::named("target"),
+        publisher.clone(),
+    )))
+    .await;
+    let echo = EchoClient::connect(server.target())
+        .await
+        .unwrap()
+        .into_tonic();
+    let first = echo.clone().echoed(Subscribe::default()).await.unwrap();
+    let second = echo.clone().echoed(Subscribe::default()).await.unwrap();
+    let status = echo.clone().echoed(Subscribe::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // A place frees up when a subscriber goes.
+    drop(first);
+    // The server learns of it over the network: try again until it has (bounded).
+    let mut third = None;
+    for _ in 0..10_000 {
+        match echo.clone().echoed(Subscribe::default()).await {
+            Ok(stream) => {
+                third = Some(stream.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+    }
+    let mut third = third.expect("the freed place is given to a new subscriber");
+    publisher.publish_echoed(support::EchoedEvent {
+        message: "to the third".into(),
+    });
+    let (event, _) = third
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_parts()
+        .unwrap();
+    assert_eq!(event.message, "to the third");
+    drop((second, third));
+    still_serving(&server).await;
+    server.stop().await.unwrap();
+}
