@@ -25,8 +25,9 @@
 //! (server: method, status), `meshless.event` (observer: rpc, instance, epoch, sequence,
 //! delivery count), all at DEBUG level.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -74,40 +75,122 @@ pub(crate) enum Side {
     Server,
 }
 
+/// The metric handles of calls, per method, made on first use: labelling metrics per call
+/// would allocate per call. One per channel (client side) or server.
+#[derive(Debug)]
+pub(crate) struct CallMetrics {
+    side: Side,
+    by_method: RwLock<HashMap<String, Arc<MethodMetrics>>>,
+}
+
+/// How many methods get handles of their own; more share one entry labelled `other`, so that
+/// a peer sending made-up method names cannot grow the table (or a metrics backend) at will.
+const MAX_METHODS: usize = 512;
+
+#[derive(Debug)]
+struct MethodMetrics {
+    side: Side,
+    method: metrics::SharedString,
+    /// By gRPC status code, 0 to 16.
+    calls: [OnceLock<metrics::Counter>; 17],
+    duration: metrics::Histogram,
+}
+
+impl CallMetrics {
+    pub(crate) fn new(side: Side) -> Self {
+        Self {
+            side,
+            by_method: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn method(&self, method: &str) -> Arc<MethodMetrics> {
+        if let Some(found) = self
+            .by_method
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(method)
+        {
+            return found.clone();
+        }
+        let mut by_method = self.by_method.write().unwrap_or_else(|e| e.into_inner());
+        let key = if by_method.len() < MAX_METHODS || by_method.contains_key(method) {
+            method
+        } else {
+            "other"
+        };
+        by_method
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(MethodMetrics::new(self.side.clone(), key)))
+            .clone()
+    }
+}
+
+impl MethodMetrics {
+    fn new(side: Side, method: &str) -> Self {
+        let label: metrics::SharedString = Arc::<str>::from(method).into();
+        let duration = match &side {
+            Side::Client { target } => metrics::histogram!(
+                "meshless_client_call_duration_seconds",
+                "target" => metrics::SharedString::from(target.clone()),
+                "method" => label.clone()
+            ),
+            Side::Server => {
+                metrics::histogram!("meshless_server_call_duration_seconds", "method" => label.clone())
+            }
+        };
+        Self {
+            side,
+            method: label,
+            calls: Default::default(),
+            duration,
+        }
+    }
+
+    fn calls(&self, code: tonic::Code) -> &metrics::Counter {
+        self.calls[(code as usize).min(16)].get_or_init(|| {
+            let code = code_name(code);
+            match &self.side {
+                Side::Client { target } => metrics::counter!(
+                    "meshless_client_calls_total",
+                    "target" => metrics::SharedString::from(target.clone()),
+                    "method" => self.method.clone(),
+                    "code" => code
+                ),
+                Side::Server => metrics::counter!(
+                    "meshless_server_calls_total",
+                    "method" => self.method.clone(),
+                    "code" => code
+                ),
+            }
+        })
+    }
+}
+
 /// One call, reported once its status is known: in the response headers (trailers-only),
 /// in the trailers, or `CANCELLED` when the response is dropped before either.
 #[derive(Debug)]
 pub(crate) struct CallReport {
-    side: Side,
-    method: String,
+    metrics: Arc<MethodMetrics>,
     started: Instant,
     span: tracing::Span,
 }
 
 impl CallReport {
-    pub(crate) fn new(side: Side, method: &str, span: tracing::Span) -> Self {
+    pub(crate) fn new(metrics: &CallMetrics, method: &str, span: tracing::Span) -> Self {
         Self {
-            side,
-            method: method.to_owned(),
+            metrics: metrics.method(method),
             started: Instant::now(),
             span,
         }
     }
 
     fn finish(self, code: tonic::Code) {
-        let code = code_name(code);
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.span.record("status", code);
-        match self.side {
-            Side::Client { target } => {
-                metrics::counter!("meshless_client_calls_total", "target" => target.to_string(), "method" => self.method.clone(), "code" => code).increment(1);
-                metrics::histogram!("meshless_client_call_duration_seconds", "target" => target.to_string(), "method" => self.method).record(seconds);
-            }
-            Side::Server => {
-                metrics::counter!("meshless_server_calls_total", "method" => self.method.clone(), "code" => code).increment(1);
-                metrics::histogram!("meshless_server_call_duration_seconds", "method" => self.method).record(seconds);
-            }
-        }
+        self.span.record("status", code_name(code));
+        self.metrics.calls(code).increment(1);
+        self.metrics
+            .duration
+            .record(self.started.elapsed().as_secs_f64());
     }
 
     /// Reports a call that ended without a response.

@@ -27,7 +27,7 @@ use crate::balance::{Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
 use crate::server::REFUSED_HEADER;
-use crate::telemetry::{CallReport, Side};
+use crate::telemetry::{CallMetrics, CallReport, Side};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,14 +39,16 @@ pub(crate) struct CallPolicy {
     /// Attempts per call, the first included.
     pub(crate) attempts: u32,
     pub(crate) budget: TpsBudget,
+    pub(crate) metrics: CallMetrics,
 }
 
 impl CallPolicy {
-    pub(crate) fn new(default_timeout: Option<Duration>, attempts: u32) -> Self {
+    pub(crate) fn new(target: Arc<str>, default_timeout: Option<Duration>, attempts: u32) -> Self {
         Self {
             default_timeout,
             attempts: attempts.max(1),
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+            metrics: CallMetrics::new(Side::Client { target }),
         }
     }
 }
@@ -92,13 +94,7 @@ pub(crate) async fn call(
         instance = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let report = CallReport::new(
-        Side::Client {
-            target: instances.target_name(),
-        },
-        &method,
-        span.clone(),
-    );
+    let report = CallReport::new(&policy.metrics, &method, span.clone());
     match timed_call(&instances, &policy, request)
         .instrument(span)
         .await

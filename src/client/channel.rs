@@ -234,10 +234,12 @@ impl ChannelBuilder {
                 instances
             }
         };
-        Ok(Channel {
-            instances,
-            policy: Arc::new(CallPolicy::new(self.timeout, self.attempts)),
-        })
+        let policy = Arc::new(CallPolicy::new(
+            instances.target_name(),
+            self.timeout,
+            self.attempts,
+        ));
+        Ok(Channel { instances, policy })
     }
 }
 

@@ -259,7 +259,15 @@ impl Server {
             Ok::<_, std::io::Error>(stream)
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let gate = Gate::new(self.publishers.iter().flat_map(Publisher::paths).collect());
+        let mut served = self.service_names.clone();
+        served.extend([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]);
+        let gate = Gate::new(
+            self.publishers.iter().flat_map(Publisher::paths).collect(),
+            &served,
+        );
         let builder = tonic::transport::Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
             .http2_keepalive_interval(Some(self.keepalive.0))

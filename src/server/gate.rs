@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::telemetry::{CallReport, Reported, Side};
+use crate::telemetry::{CallMetrics, CallReport, Reported, Side};
 use tower::Layer;
 use tower_service::Service;
 
@@ -47,17 +47,37 @@ struct State {
     idle: Notify,
     /// The event RPCs' paths: subscriptions are the hubs' to accept or refuse.
     event_paths: Vec<String>,
+    /// `/package.Service/` of every service served: other paths are labelled `unknown` in
+    /// metrics, so that made-up names cannot multiply them.
+    services: Vec<String>,
+    metrics: CallMetrics,
 }
 
 impl Gate {
-    pub(crate) fn new(event_paths: Vec<String>) -> Self {
+    pub(crate) fn new(event_paths: Vec<String>, services: &[&str]) -> Self {
         Self {
             state: Arc::new(State {
                 draining: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 event_paths,
+                services: services.iter().map(|s| format!("/{s}/")).collect(),
+                metrics: CallMetrics::new(Side::Server),
             }),
+        }
+    }
+
+    /// The method as metrics name it: its path, or `unknown` for a service not served.
+    fn method_label<'a>(&self, path: &'a str) -> &'a str {
+        if self
+            .state
+            .services
+            .iter()
+            .any(|s| path.starts_with(s.as_str()))
+        {
+            path
+        } else {
+            "unknown"
         }
     }
 
@@ -136,7 +156,11 @@ where
         crate::Deadline::record(&mut request);
         let method = request.uri().path();
         let span = tracing::debug_span!("meshless.serve", method, status = tracing::field::Empty);
-        let report = CallReport::new(Side::Server, method, span.clone());
+        let report = CallReport::new(
+            &self.gate.state.metrics,
+            self.gate.method_label(method),
+            span.clone(),
+        );
         let state = &self.gate.state;
         let in_flight = if self.gate.always_open(method) {
             None
