@@ -325,7 +325,7 @@ impl Server {
                     if calls_returned && events_drained {
                         tracing::info!(addr = ?local_addr, "events drained");
                     } else {
-                        tracing::warn!(addr = ?local_addr, calls_returned, events_drained, "grace period over before events drained");
+                        tracing::warn!(addr = ?local_addr, calls_returned, events_drained, "events not fully drained: the grace period ran out, or consumer groups were left without members");
                     }
                 }
             }
