@@ -86,15 +86,15 @@ pub(crate) async fn call(
     policy: Arc<CallPolicy>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, BoxError> {
-    let method = request.uri().path().to_owned();
+    let method = request.uri().path();
     let span = tracing::debug_span!(
         "meshless.call",
         target = %instances.target(),
-        method = %method,
+        method,
         instance = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let report = CallReport::new(&policy.metrics, &method, span.clone());
+    let report = CallReport::new(&policy.metrics, method, span.clone());
     match timed_call(&instances, &policy, request)
         .instrument(span)
         .await

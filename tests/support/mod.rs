@@ -187,6 +187,20 @@ impl EchoHandler for Echo {
     }
 }
 
+/// An observer that forwards the message of every event it handles.
+#[derive(Clone)]
+pub struct Forward(pub tokio::sync::mpsc::UnboundedSender<String>);
+
+impl EchoedObserver for Forward {
+    async fn echoed(
+        &self,
+        event: meshless::events::Event<EchoedEvent>,
+    ) -> Result<(), meshless::events::HandlerError> {
+        let _ = self.0.send(event.message().message.clone());
+        Ok(())
+    }
+}
+
 /// A server running on a port of 127.0.0.1, stopped by [`Running::stop`].
 pub struct Running {
     pub addr: SocketAddr,

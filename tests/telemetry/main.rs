@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use meshless::events::{Event, HandlerError, ObserverOptions, PublisherSettings};
+use meshless::events::{ObserverOptions, PublisherSettings};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::testing::v1::EchoObserver;
-use support::{request, EchoClient, EchoPublisher, EchoedEvent, EchoedObserver, Running};
+use support::{request, EchoClient, EchoPublisher, EchoedEvent, Forward, Running};
 use tokio::sync::mpsc;
 
 /// One metric: its name, its labels and its value.
@@ -71,16 +71,6 @@ impl Seen {
             })
             .map(|(_, _, value)| value)
             .sum()
-    }
-}
-
-#[derive(Clone)]
-struct Forward(mpsc::UnboundedSender<String>);
-
-impl EchoedObserver for Forward {
-    async fn echoed(&self, event: Event<EchoedEvent>) -> Result<(), HandlerError> {
-        let _ = self.0.send(event.message().message.clone());
-        Ok(())
     }
 }
 

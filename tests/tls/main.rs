@@ -7,15 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use meshless::events::{Event, HandlerError, ObserverOptions};
+use meshless::events::ObserverOptions;
 use meshless::testing::TestDns;
 use meshless::tls::{Certificate, ClientTls, Identity, ServerTlsConfig};
 use meshless::{Channel, Code, Server};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use support::testing::v1::EchoObserver;
 use support::{
-    request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, EchoedObserver,
-    Running,
+    request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, Forward, Running,
 };
 use tokio::sync::mpsc;
 
@@ -176,16 +175,6 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     let reply = member.unary(request("hello")).await.unwrap();
     assert_eq!(served_by(reply.get_ref()), "mutual");
     server.stop().await.unwrap();
-}
-
-#[derive(Clone)]
-struct Forward(mpsc::UnboundedSender<String>);
-
-impl EchoedObserver for Forward {
-    async fn echoed(&self, event: Event<EchoedEvent>) -> Result<(), HandlerError> {
-        let _ = self.0.send(event.message().message.clone());
-        Ok(())
-    }
 }
 
 #[tokio::test]
