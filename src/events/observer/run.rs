@@ -3,16 +3,19 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use tokio::sync::{watch, Semaphore};
+use tokio_stream::Stream;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use super::event::{DeadLetter, Event, Gap, HandlerError};
 use super::membership::{self, Membership};
 use super::options::ObserverOptions;
+use crate::events::wire::EventCodec;
 use crate::events::Envelope;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
 
@@ -107,6 +110,48 @@ struct InstanceStream<T> {
     /// Whether a consumer group member's subscription went through once.
     joined: bool,
     metrics: StreamMetrics,
+}
+
+/// What woke a stream's loop.
+enum Next<T> {
+    Message(Option<Result<Envelope<T>, tonic::Status>>),
+    /// Time to check that the stream is not silent.
+    Check,
+    Stopped,
+}
+
+/// The lag gauge, set from the last event handled when the stream catches up, and every
+/// [`LagSample::EVERY`] events while it does not: reading the clock per event costs more than a
+/// small event.
+#[derive(Default)]
+struct LagSample {
+    /// When the last event handled was published (unix micros), until recorded.
+    published_at: Option<i64>,
+    since_recorded: u32,
+}
+
+impl LagSample {
+    const EVERY: u32 = 256;
+
+    fn handled(&mut self, published_at_unix_micros: i64, gauge: &metrics::Gauge) {
+        self.published_at = Some(published_at_unix_micros);
+        self.since_recorded += 1;
+        if self.since_recorded >= Self::EVERY {
+            self.record(gauge);
+        }
+    }
+
+    fn record(&mut self, gauge: &metrics::Gauge) {
+        self.since_recorded = 0;
+        let Some(micros) = self.published_at.take() else {
+            return;
+        };
+        let published =
+            SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+        if let Ok(lag) = SystemTime::now().duration_since(published) {
+            gauge.set(lag.as_secs_f64());
+        }
+    }
 }
 
 /// Why a stream ended.
@@ -220,7 +265,7 @@ where
             .map(|group| Membership::start(channel.clone(), self.acknowledgement(group)));
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
-        let codec = tonic_prost::ProstCodec::<Subscribe, Envelope<T>>::default();
+        let codec = EventCodec::<T>::default();
         let subscribed = async {
             grpc.ready()
                 .await
@@ -246,8 +291,9 @@ where
         }
 
         // A stream silent for three heartbeat periods is dead. Checked by a ticking timer, not
-        // a timeout per message, and with one stop future for the whole stream: per event,
-        // either would touch the timer wheel or register a waiter under a lock.
+        // a timeout per message; and while messages keep coming, neither the timer nor the
+        // stop signal's waiter is polled: per event, either would touch the timer wheel or take
+        // a lock. The stop signal is then checked with one atomic load.
         let quiet_limit = options.heartbeat * 3;
         let mut check =
             tokio::time::interval_at(tokio::time::Instant::now() + quiet_limit, quiet_limit);
@@ -255,53 +301,84 @@ where
         let mut stop = self.stop.clone();
         let stopped = stop.wait_for(|stop| *stop);
         tokio::pin!(stopped);
+        let mut lag = LagSample::default();
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = &mut stopped => None,
-                next = stream.message() => Some(next),
-                _ = check.tick() => {
+            let next = std::future::poll_fn(|cx| {
+                if self.stop_signalled() {
+                    return Poll::Ready(Next::Stopped);
+                }
+                if let Poll::Ready(message) = Pin::new(&mut stream).poll_next(cx) {
+                    return Poll::Ready(Next::Message(message));
+                }
+                // Caught up: the lag of the last event handled is the lag now.
+                lag.record(&self.metrics.lag);
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Next::Stopped);
+                }
+                if check.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Next::Check);
+                }
+                Poll::Pending
+            })
+            .await;
+            let next = match next {
+                Next::Message(message) => message,
+                Next::Check => {
                     if !std::mem::take(&mut heard) {
                         tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
                         return Ended::Resubscribe;
                     }
                     continue;
                 }
-            };
-            let Some(next) = next else {
-                // The handler in flight has finished: acknowledge it, and let the group have
-                // the rest at once.
-                if let Some(membership) = membership {
-                    membership.leave(self.shared.options.connect_timeout).await;
-                    return Ended::Left;
+                Next::Stopped => {
+                    // The handler in flight has finished: acknowledge it, and let the group
+                    // have the rest at once.
+                    if let Some(membership) = membership {
+                        membership.leave(self.shared.options.connect_timeout).await;
+                        return Ended::Left;
+                    }
+                    return Ended::Stopped;
                 }
-                return Ended::Stopped;
             };
             heard = true;
             match next {
-                Ok(Some(envelope)) => {
+                Some(Ok(envelope)) => {
                     if let Some((message, metadata)) = envelope.into_parts() {
-                        if let Some(cursor) = self.receive(message, metadata).await {
+                        if let Some(cursor) = self.receive(message, metadata, &mut lag).await {
                             if let Some(membership) = &membership {
                                 membership.handled(cursor);
                             }
                         }
                     }
                 }
-                Ok(None) => return Ended::Failed("the stream ended".into()),
-                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                None => return Ended::Failed("the stream ended".into()),
+                Some(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
                     tracing::info!(instance = %self.instance, rpc = self.rpc, "cut off for falling behind; resuming from the cursor");
                     return Ended::Resubscribe;
                 }
-                Err(status) => {
+                Some(Err(status)) => {
                     return Ended::Failed(format!("{:?}: {}", status.code(), status.message()))
                 }
             }
         }
     }
 
+    /// Whether the observer was told to stop (or dropped), with one atomic load while not.
+    fn stop_signalled(&self) -> bool {
+        match self.stop.has_changed() {
+            Ok(false) => false,
+            Ok(true) => self.stopping(),
+            Err(_closed) => true,
+        }
+    }
+
     /// Handles one event (or heartbeat); returns the event's cursor once handled.
-    async fn receive(&mut self, message: T, metadata: EventMetadata) -> Option<Cursor> {
+    async fn receive(
+        &mut self,
+        message: T,
+        metadata: EventMetadata,
+        lag: &mut LagSample,
+    ) -> Option<Cursor> {
         if metadata.missed > 0 {
             self.metrics.missed.increment(metadata.missed);
             let gap = Gap {
@@ -332,8 +409,10 @@ where
             // Already handled (cannot happen with a well-behaved publisher).
             return None;
         }
+        let published_at = metadata.published_at_unix_micros;
         self.handle(Event::new(message, metadata, self.instance.clone()))
             .await;
+        lag.handled(published_at, &self.metrics.lag);
         self.cursor = Some(cursor);
         Some(cursor)
     }
@@ -352,9 +431,6 @@ where
             delivery_count = event.delivery_count(),
         );
         self.handle_with_retries(&event).instrument(span).await;
-        if let Ok(lag) = std::time::SystemTime::now().duration_since(event.published_at()) {
-            self.metrics.lag.set(lag.as_secs_f64());
-        }
     }
 
     async fn handle_with_retries(&self, event: &Event<T>) {

@@ -1,7 +1,9 @@
 //! Benchmarks meshless against what a user would pick instead, side by side in one run, and
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
-//! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick] [--only memory|unary|events|discovery] [--only memory|unary|events|discovery]
+//! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
+//! [--only memory|unary|events|discovery] [--observers 1|4|16] [--size 64|1024]
+//! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
 //! and observers on another (pinned to core 1). NATS rows need `nats-server` on the PATH
@@ -208,11 +210,22 @@ async fn events_section(bench: &Bench) {
         "", "N", "size", "events/s", "x raw", "delivered", "cpu/ev ns"
     );
     let mut cpu_by_observers = Vec::new();
+    let only_sizes = number_args("--size");
+    let only_observers = number_args("--observers");
     for size in [64usize, 1024] {
+        if !only_sizes.is_empty() && !only_sizes.contains(&size) {
+            continue;
+        }
         for observers in [1usize, 4, 16] {
+            if !only_observers.is_empty() && !only_observers.contains(&observers) {
+                continue;
+            }
             let count = if size == 64 { count_64 } else { count_1k };
             let mut raw_rate = f64::NAN;
             for (name, contender, producer) in &producers {
+                if !wanted_contender(name) {
+                    continue;
+                }
                 let r =
                     events::throughput(bench, name, contender, producer, observers, size, count)
                         .await;
@@ -249,6 +262,11 @@ async fn events_section(bench: &Bench) {
     }
     println!();
 
+    if !only_sizes.is_empty() || !only_observers.is_empty() {
+        // Some throughput rows only: no latency rows.
+        stop_nats(nats);
+        return;
+    }
     let rate = 10_000;
     let duration = if bench.quick {
         Duration::from_secs(1)
@@ -288,10 +306,29 @@ async fn events_section(bench: &Bench) {
         println!("  {:<24} {:>9.0} {:>9.0} {:>10}", name, p50, p99, ratio);
     }
     println!();
+    stop_nats(nats);
+}
+
+fn stop_nats(nats: Option<(std::process::Child, String)>) {
     if let Some((mut child, _)) = nats {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Whether `--contender` (a name's first word: raw, meshless, NATS) leaves this one in.
+fn wanted_contender(name: &str) -> bool {
+    let only = std::env::args().skip_while(|a| a != "--contender").nth(1);
+    only.is_none_or(|only| name.split(' ').next() == Some(only.as_str()))
+}
+
+/// Every value given to `flag` (`--size 64 --size 1024`), to run some event rows only.
+fn number_args(flag: &str) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .filter(|pair| pair[0] == flag)
+        .filter_map(|pair| pair[1].parse().ok())
+        .collect()
 }
 
 fn percent(delivered: u64, expected: u64) -> String {
