@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use tower_service::Service;
 
 use super::gate::Gate;
+use super::linger::Lingering;
 use super::DescribedService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
@@ -256,7 +257,7 @@ impl Server {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
             let stream = stream?;
             stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
+            Ok::<_, std::io::Error>(Lingering::new(stream))
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut served = self.service_names.clone();

@@ -3,6 +3,7 @@
 
 mod builder;
 mod gate;
+mod linger;
 
 pub(crate) use gate::REFUSED_HEADER;
 

@@ -239,7 +239,7 @@ where
     async fn subscribe_once(&mut self) -> Ended {
         let options = &self.shared.options;
         let connected = tokio::select! {
-            connected = self.endpoint.connect() => connected,
+            connected = Box::pin(self.endpoint.connect()) => connected,
             _ = self.stop.changed() => return Ended::Stopped,
         };
         let channel = match connected {
@@ -266,13 +266,15 @@ where
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
         let codec = EventCodec::<T>::default();
-        let subscribed = async {
+        // Boxed, as the connect above and the leave below: run once per stream, they would
+        // otherwise make the state every event goes through several times larger.
+        let subscribed = Box::pin(async {
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             grpc.server_streaming(tonic::Request::new(request), path, codec)
                 .await
-        };
+        });
         let mut stream = tokio::select! {
             response = subscribed => match response {
                 Ok(response) => response.into_inner(),
@@ -334,7 +336,7 @@ where
                     // The handler in flight has finished: acknowledge it, and let the group
                     // have the rest at once.
                     if let Some(membership) = membership {
-                        membership.leave(self.shared.options.connect_timeout).await;
+                        Box::pin(membership.leave(self.shared.options.connect_timeout)).await;
                         return Ended::Left;
                     }
                     return Ended::Stopped;
