@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tonic::transport::{Channel as TonicChannel, Endpoint};
 
-use super::latency::PeakEwma;
+use super::latency::ResponseTime;
 
 /// The life of an instance's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub(crate) struct Instance {
     channel: ArcSwapOption<TonicChannel>,
     in_flight: AtomicUsize,
     /// Response times, for the load signal.
-    latency: PeakEwma,
+    latency: ResponseTime,
     /// SRV priority: only the lowest priority with a ready instance is used.
     priority: AtomicU32,
     /// SRV weight (at least 1): the share of calls the instance gets among its priority.
@@ -61,7 +61,7 @@ impl Instance {
             state: AtomicU8::new(State::Connecting as u8),
             channel: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
-            latency: PeakEwma::default(),
+            latency: ResponseTime::default(),
             priority: AtomicU32::new(placement.priority.into()),
             weight: AtomicU32::new(placement.weight.max(1).into()),
             last_error: Mutex::new(None),
@@ -87,7 +87,7 @@ impl Instance {
         self.in_flight() as f64 / f64::from(self.placement().weight.max(1))
     }
 
-    /// The response time the balancer expects, in nanoseconds (peak EWMA).
+    /// The response time the balancer expects, in nanoseconds (an EWMA).
     pub(crate) fn latency_nanos(&self) -> f64 {
         self.latency.nanos()
     }

@@ -51,8 +51,7 @@ impl Ready {
     }
 
     /// Power of two choices: of two distinct instances drawn at random (in proportion to
-    /// their weights), the less loaded: response time (peak EWMA) times calls in flight, per
-    /// unit of weight.
+    /// their weights), the less loaded (see [`less_loaded`]).
     pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
         let n = self.instances.len();
         if n <= 1 {
@@ -99,17 +98,22 @@ const SLOWER: f64 = 4.0;
 
 /// Whether `a` is no more loaded than `b`. Instances that answer within a factor of
 /// [`SLOWER`] of each other compare by calls in flight per unit of weight (ties: the weighted
-/// draw decides, so SRV weights hold); beyond it, by the expected wait, response time times
-/// (calls per unit of weight plus one), so a slow instance loses even when idle. Response times
-/// alone would let noise override weights: on a busy machine equal instances differ by tens of
-/// percent from one moment to the next.
+/// draw decides, so SRV weights hold); beyond it, the one that answers faster wins, however
+/// busy: its response times already include the wait behind its calls in flight, and would
+/// come within the factor if it became the slower. (Weighing response times by calls in flight
+/// too, as Finagle does, counts that wait twice: a busy fast instance then loses to an idle
+/// one ten times slower, and the slow one's answers set the tail latency.) Response times
+/// alone, at any factor, would let noise override weights: on a busy machine equal instances
+/// differ by tens of percent from one moment to the next.
+///
+/// An avoided instance's response time decays while it gets no calls, so it is tried again
+/// within a second or two, and back in favour if it answers quickly.
 fn less_loaded(a: &Instance, b: &Instance) -> bool {
-    let (load_a, load_b) = (a.in_flight_per_weight(), b.in_flight_per_weight());
     let (rtt_a, rtt_b) = (a.latency_nanos(), b.latency_nanos());
     if rtt_a <= rtt_b * SLOWER && rtt_b <= rtt_a * SLOWER {
-        load_a <= load_b
+        a.in_flight_per_weight() <= b.in_flight_per_weight()
     } else {
-        rtt_a * (load_a + 1.0) <= rtt_b * (load_b + 1.0)
+        rtt_a < rtt_b
     }
 }
 
@@ -171,6 +175,17 @@ mod test {
         ];
         let ready = Ready::build(&instances);
         assert_eq!(counts(&ready, 100)["fast"], 100);
+    }
+
+    #[tokio::test]
+    async fn a_busy_instance_beats_an_idle_one_ten_times_slower() {
+        let instances = [ready_instance("slow", 0, 1), ready_instance("busy", 0, 1)];
+        // Response times measured under load: the busy one's include its queue.
+        instances[0].observe_latency(std::time::Duration::from_micros(7_000));
+        instances[1].observe_latency(std::time::Duration::from_micros(700));
+        let _calls: Vec<_> = (0..40).map(|_| instances[1].start_call()).collect();
+        let ready = Ready::build(&instances);
+        assert_eq!(counts(&ready, 100)["busy"], 100);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! (Debian: `apt-get install nats-server`); without it they are skipped.
 
 mod events;
+mod ginepro;
 mod proto;
 mod servers;
 mod stats;
@@ -111,14 +112,24 @@ async fn run(bench: &Bench, cores: usize) {
         memory_section(bench).await;
     }
     if wanted("unary") {
-        unary_section(
+        let healthy = unary_section(
             bench,
             Duration::ZERO,
             "Unary, 100 B, 64 in flight, 3 instances",
         )
         .await;
-        let slow = "Unary, one of the 3 instances slowed by 1 ms (10x its service time)";
+        let slow = "Unary, one of the 3 instances slowed by 1 ms (10x its unloaded service time)";
         unary_section(bench, Duration::from_millis(1), slow).await;
+        // Slower by 10x what a healthy instance takes at this load: 9x balance_list's p50
+        // above, added.
+        let p50_us = healthy.get(1).map_or(600.0, |r| r.p50_us);
+        let added = Duration::from_micros((9.0 * p50_us) as u64);
+        let slow = format!(
+            "Unary, one of the 3 instances answering 10x slower than the others at this load \
+             ({:.1} ms added: 9x balance_list's p50 above)",
+            added.as_secs_f64() * 1000.0
+        );
+        unary_section(bench, added, &slow).await;
     }
     if wanted("events") {
         events_section(bench).await;
@@ -128,7 +139,7 @@ async fn run(bench: &Bench, cores: usize) {
     }
 }
 
-async fn unary_section(bench: &Bench, slow: Duration, title: &str) {
+async fn unary_section(bench: &Bench, slow: Duration, title: &str) -> Vec<unary::Report> {
     let dns = bench
         .on_server(async { TestDns::start("bench.test").await.expect("dns") })
         .await;
@@ -168,6 +179,7 @@ async fn unary_section(bench: &Bench, slow: Duration, title: &str) {
     }
     println!();
     bench.on_server(async move { dns.stop().await }).await;
+    reports
 }
 
 fn start_nats() -> Option<(std::process::Child, String)> {

@@ -115,6 +115,15 @@ pub async fn run(
         .await,
     );
 
+    let ginepro = crate::ginepro::channel(instances).await;
+    reports.push(
+        drive("ginepro, 3", concurrency, duration, move || {
+            let channel = ginepro.clone();
+            async move { crate::ginepro::unary(channel, &request()).await }
+        })
+        .await,
+    );
+
     let meshless = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
         .await
         .expect("meshless client");
