@@ -225,6 +225,18 @@ async fn attempt(
                 Attempt::Answered(response)
             }
         }
+        Err(error) if timed_out(&error) => {
+            // tonic's channel enforces the `grpc-timeout` this call carries, too, and its timer
+            // can fire just before the call's own: the same deadline, not a broken instance.
+            Attempt::Answered(
+                tonic::Status::deadline_exceeded(format!(
+                    "no answer from instance {} of `{}` within the call's deadline",
+                    instance.key,
+                    instances.target()
+                ))
+                .into_http(),
+            )
+        }
         Err(error) => {
             let text = crate::balance::error_chain(&error);
             instances.report_failure(&instance, text.clone());
@@ -242,6 +254,18 @@ async fn attempt(
             }
         }
     }
+}
+
+/// Whether the error is tonic's channel giving up at the call's `grpc-timeout`.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether the error proves the server processed nothing of the call: the connection could
@@ -271,4 +295,35 @@ fn refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
         source = error.source();
     }
     false
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// An error with a cause, as transport errors wrap theirs.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn tonics_own_timeout_is_told_from_other_failures() {
+        assert!(timed_out(&Wrapped(Box::new(tonic::TimeoutExpired(())))));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!timed_out(&Wrapped(Box::new(refused))));
+        assert!(refused_stream(&Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )))));
+    }
 }

@@ -41,7 +41,7 @@ pub(crate) fn shown(name: &str) -> String {
 /// One event on its way to one member of a group.
 #[derive(Debug)]
 pub(crate) struct Delivery {
-    pub(crate) event: Arc<Stored>,
+    pub(crate) event: Stored,
     /// 1 for the first delivery to the group.
     pub(crate) delivery_count: u32,
     /// Events the group missed right before this one.
@@ -51,7 +51,7 @@ pub(crate) struct Delivery {
 /// An event the group has not acknowledged, and how often it was delivered so far.
 #[derive(Debug, Clone)]
 struct Unacked {
-    event: Arc<Stored>,
+    event: Stored,
     deliveries: u32,
     /// Events missed right before this one: reported with every delivery of it until it is
     /// acknowledged, so that a member dying with it does not take the report along.
@@ -59,7 +59,7 @@ struct Unacked {
 }
 
 impl Unacked {
-    fn new(event: Arc<Stored>) -> Self {
+    fn new(event: Stored) -> Self {
         Self {
             event,
             deliveries: 0,
@@ -171,7 +171,7 @@ impl Groups {
     pub(crate) fn create(
         &mut self,
         group: &str,
-        backlog: VecDeque<Arc<Stored>>,
+        backlog: VecDeque<Stored>,
         missed: u64,
     ) -> Result<(), JoinError> {
         if self.by_name.len() >= MAX_GROUPS {
@@ -261,7 +261,7 @@ impl Groups {
     }
 
     /// Hands a newly published event to every group.
-    pub(crate) fn offer(&mut self, event: &Arc<Stored>, capacity: usize) {
+    pub(crate) fn offer(&mut self, event: &Stored, capacity: usize) {
         for group in self.by_name.values_mut() {
             group.pending.push_back(Unacked::new(event.clone()));
             group.settle(capacity);

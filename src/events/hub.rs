@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::{broadcast, Notify};
 
 use super::group::{self, AckError, Groups, Join, JoinError, Joined};
 use super::stream::EventStream;
-use super::wire::encode_metadata_field;
+use super::wire::{encode_metadata_field, EVENT_METADATA_FIELD};
 use crate::v1::{
     AcknowledgeResponse, Acknowledgement, Cursor, EventMetadata, StartPosition, Subscribe,
 };
 
-/// One published event, encoded once with its metadata, shared by every subscriber.
-#[derive(Debug)]
+/// One published event, encoded once with its metadata, shared by every subscriber (a clone
+/// shares the bytes).
+#[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) sequence: u64,
     pub(crate) bytes: Bytes,
@@ -52,11 +53,11 @@ pub(crate) struct Hub {
 struct State {
     /// The sequence the next event gets; the first is 1.
     next: u64,
-    ring: VecDeque<Arc<Stored>>,
+    ring: VecDeque<Stored>,
     retain: usize,
     /// The live fan-out; `None` once closed, which ends every plain subscriber's stream after
     /// the events already handed to it.
-    live: Option<broadcast::Sender<Arc<Stored>>>,
+    live: Option<broadcast::Sender<Stored>>,
     groups: Groups,
     /// Draining: no new groups (their backlog would hold the drain up).
     draining: bool,
@@ -67,9 +68,9 @@ struct State {
 /// Where a subscription starts: the retained events it gets first, and how many it missed.
 #[derive(Debug)]
 pub(crate) struct Start {
-    pub(crate) backlog: VecDeque<Arc<Stored>>,
+    pub(crate) backlog: VecDeque<Stored>,
     pub(crate) missed: u64,
-    pub(crate) live: broadcast::Receiver<Arc<Stored>>,
+    pub(crate) live: broadcast::Receiver<Stored>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -140,11 +141,12 @@ impl Hub {
             published_at_unix_micros,
             ..EventMetadata::default()
         };
-        bytes.put_slice(&encode_metadata_field(&metadata));
-        let stored = Arc::new(Stored {
+        // Straight into the event's buffer, which has room for it.
+        prost::encoding::message::encode(EVENT_METADATA_FIELD, &metadata, &mut bytes);
+        let stored = Stored {
             sequence,
             bytes: bytes.freeze(),
-        });
+        };
         if state.retain > 0 {
             if state.ring.len() == state.retain {
                 state.ring.pop_front();
@@ -226,7 +228,7 @@ impl Hub {
         &self,
         state: &State,
         request: &Subscribe,
-    ) -> Result<(VecDeque<Arc<Stored>>, u64), tonic::Status> {
+    ) -> Result<(VecDeque<Stored>, u64), tonic::Status> {
         let latest = state.next - 1;
         let oldest = state.ring.front().map_or(latest + 1, |e| e.sequence);
         let start_live = request.start() == StartPosition::Live;

@@ -46,8 +46,8 @@ pub struct EventStream<T> {
 
 enum Feed {
     Plain {
-        backlog: VecDeque<Arc<Stored>>,
-        live: BroadcastStream<Arc<Stored>>,
+        backlog: VecDeque<Stored>,
+        live: BroadcastStream<Stored>,
     },
     Member {
         group: String,

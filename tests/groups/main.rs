@@ -424,6 +424,11 @@ async fn a_producer_drained_with_events_in_flight_delivers_them_all() {
     publish(&publisher, 0..EVENTS);
     // One welcome member is stuck on its first event while the producer starts to drain.
     gate.entered().await;
+    // Every other member has joined by then (a drain refuses new groups): each has handled an
+    // event, the rest of the burst still waiting for room in its window.
+    welcome.until_member_handled(1, 1).await;
+    feed.until_distinct(1).await;
+    plain.until_distinct(1).await;
     let client = EchoClient::connect(&target).await.unwrap();
     producer.signal_stop();
     // New calls are refused while the drain goes on (the health service flips first).
