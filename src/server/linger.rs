@@ -128,16 +128,21 @@ mod test {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    /// A client's socket, and the server's end of it.
+    async fn connected() -> (TcpStream, Lingering) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, Lingering::new(accepted))
+    }
+
     /// The server's end is dropped with the client's last bytes unread; the client then
     /// writes once more. With a plain socket the second write would meet a reset.
     #[tokio::test]
     async fn a_dropped_connection_is_drained_not_reset() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut server = Lingering::new(accepted);
+        let (mut client, mut server) = connected().await;
         server.write_all(b"goodbye").await.unwrap();
         // Over loopback the bytes are in the server's socket once written.
         client.write_all(b"unread by the server").await.unwrap();
@@ -153,12 +158,7 @@ mod test {
 
     #[tokio::test]
     async fn a_client_that_closed_first_is_not_waited_for() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut server = Lingering::new(accepted);
+        let (mut client, mut server) = connected().await;
         client.shutdown().await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
