@@ -299,6 +299,9 @@ where
         let quiet_limit = options.heartbeat * 3;
         let mut check =
             tokio::time::interval_at(tokio::time::Instant::now() + quiet_limit, quiet_limit);
+        // Not polled while busy: after a long burst, one late check, then a period again (a
+        // burst of missed checks would find the stream silent at the second).
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = false;
         let mut stop = self.stop.clone();
         let stopped = stop.wait_for(|stop| *stop);
