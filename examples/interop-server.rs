@@ -62,7 +62,7 @@ impl EchoHandler for Echo {
         }
         self.publisher.publish_echoed(EchoedEvent {
             message: request.into_inner().message,
-        });
+        })?;
         Ok(response)
     }
 

@@ -43,7 +43,8 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             lines.push(String::new());
         }
         lines.push(format!(
-            "Publishes one `{}` event (kept: the last {} events) and returns its cursor.",
+            "Publishes one `{}` event (kept: the last {} events) and returns its cursor; refuses an \
+             event too large to deliver (`PublishError::TooLarge`), which is then not kept.",
             method.proto_name,
             if retain == 0 {
                 "1024".to_owned()
@@ -54,7 +55,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
         let doc = docs::lines(&lines);
         quote! {
             #doc
-            pub fn #publish(&self, event: #event) -> ::meshless::v1::Cursor {
+            pub fn #publish(&self, event: #event) -> ::core::result::Result<::meshless::v1::Cursor, ::meshless::events::PublishError> {
                 self.inner.publish(#index, &event)
             }
         }

@@ -81,7 +81,7 @@ impl UsersHandler for Users {
         store.users.insert(id, user.clone());
         drop(store);
         self.publisher
-            .publish_user_signed_up(UserSignedUpEvent { user: Some(user) });
+            .publish_user_signed_up(UserSignedUpEvent { user: Some(user) })?;
         Ok(self.reply(SignUpReply { id }))
     }
 

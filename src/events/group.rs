@@ -12,15 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio::sync::mpsc;
 
-use super::hub::Stored;
+use super::log::Stored;
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
-/// How many consumer groups one event RPC of a publisher serves. Groups live as long as the
-/// publisher, each holding up to `retain` events for its members: a bound on memory.
+/// How many consumer groups one event RPC of a publisher serves, each holding up to `retain`
+/// events for its members: a bound on memory. Past it, the group that has been without members
+/// the longest gives way.
 pub(crate) const MAX_GROUPS: usize = 256;
+/// How long a group without members keeps its events for the next member to join.
+pub(crate) const IDLE_GROUP_TTL: Duration = Duration::from_secs(3600);
 /// How many members one group may have, connected or within their lease.
 pub(crate) const MAX_MEMBERS: usize = 1024;
 /// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
@@ -46,6 +51,8 @@ pub(crate) struct Delivery {
     pub(crate) delivery_count: u32,
     /// Events the group missed right before this one.
     pub(crate) missed: u64,
+    /// The epoch whose unseen tail the group lost right before this one (0: none).
+    pub(crate) previous_epoch: u64,
 }
 
 /// An event the group has not acknowledged, and how often it was delivered so far.
@@ -56,6 +63,7 @@ struct Unacked {
     /// Events missed right before this one: reported with every delivery of it until it is
     /// acknowledged, so that a member dying with it does not take the report along.
     missed: u64,
+    previous_epoch: u64,
 }
 
 impl Unacked {
@@ -64,6 +72,7 @@ impl Unacked {
             event,
             deliveries: 0,
             missed: 0,
+            previous_epoch: 0,
         }
     }
 }
@@ -105,9 +114,11 @@ pub(crate) enum JoinError {
     TooManyMembers,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Groups {
     by_name: HashMap<String, Group>,
+    /// The event RPC's `retain`: the most events a group holds, pending and unacknowledged.
+    capacity: usize,
     /// Numbers member connections, so that a stale disconnect or lease timer is told apart
     /// from the member's current connection.
     connections: u64,
@@ -115,12 +126,18 @@ pub(crate) struct Groups {
     redelivered: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
     pending: VecDeque<Unacked>,
     members: Vec<Member>,
     /// Events that fell out of `pending`, reported with the next delivery.
     missed: u64,
+    /// The epoch whose unseen tail the group lost, reported with the next delivery.
+    previous_epoch: u64,
+    /// Delivered and not yet acknowledged, over all members: at most the capacity.
+    in_flight: usize,
+    /// Since when the group has had no member.
+    idle_since: Option<Instant>,
     /// Where the search for the least loaded member starts, so that ties take turns.
     next_pick: usize,
     /// Deliveries beyond the first, for metrics.
@@ -153,6 +170,16 @@ impl Drop for Member {
 }
 
 impl Groups {
+    /// No groups yet; each will hold at most `capacity` events.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            by_name: HashMap::new(),
+            capacity: capacity.max(1),
+            connections: 0,
+            redelivered: 0,
+        }
+    }
+
     /// How many events were delivered again since the last call.
     pub(crate) fn take_redelivered(&mut self) -> u64 {
         let groups: u64 = self
@@ -167,45 +194,85 @@ impl Groups {
         self.by_name.contains_key(group)
     }
 
-    /// Adds a group that starts with `backlog` (events it has yet to get) and `missed`.
+    /// Adds a group that starts with `backlog` (events it has yet to get), `missed`, and the
+    /// epoch whose tail it lost (0: none). Groups without members past their time, and if
+    /// there is still no room the one without members the longest, make room; their events
+    /// are lost.
     pub(crate) fn create(
         &mut self,
         group: &str,
         backlog: VecDeque<Stored>,
         missed: u64,
+        previous_epoch: u64,
     ) -> Result<(), JoinError> {
+        self.forget_idle(Instant::now());
         if self.by_name.len() >= MAX_GROUPS {
-            // Make room by forgetting a group that has no member and owes nothing: a group
-            // that comes back after that starts afresh, where its first member says.
-            let idle = self
+            let longest_idle = self
                 .by_name
                 .iter()
-                .find(|(_, g)| g.members.is_empty() && g.pending.is_empty())
-                .map(|(name, _)| name.clone());
-            match idle {
-                Some(name) => {
-                    self.by_name.remove(&name);
-                }
+                .filter_map(|(name, g)| g.idle_since.map(|since| (since, name)))
+                .min()
+                .map(|(_, name)| name.clone());
+            match longest_idle {
+                Some(name) => self.forget(&name, "to make room for a new group"),
                 None => return Err(JoinError::TooManyGroups),
             }
         }
-        let pending = backlog.into_iter().map(Unacked::new).collect();
+        let mut pending: VecDeque<Unacked> = backlog.into_iter().map(Unacked::new).collect();
+        let mut missed = missed;
+        while pending.len() > self.capacity {
+            pending.pop_front();
+            missed += 1;
+        }
         self.by_name.insert(
             group.to_owned(),
             Group {
                 pending,
+                members: Vec::new(),
                 missed,
-                ..Group::default()
+                previous_epoch,
+                in_flight: 0,
+                idle_since: Some(Instant::now()),
+                next_pick: 0,
+                redelivered: 0,
             },
         );
         Ok(())
     }
 
+    /// Forgets the groups that have had no member for longer than [`IDLE_GROUP_TTL`].
+    fn forget_idle(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, g)| {
+                g.idle_since
+                    .is_some_and(|since| now - since >= IDLE_GROUP_TTL)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            self.forget(&name, "after an hour without members");
+        }
+    }
+
+    fn forget(&mut self, name: &str, why: &str) {
+        if let Some(group) = self.by_name.remove(name) {
+            if !group.pending.is_empty() {
+                tracing::warn!(group = %shown(name), events = group.pending.len(), why, "consumer group without members forgotten; its events are lost");
+            }
+        }
+    }
+
     /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
     /// unacknowledged events again, after those it says it handled.
-    pub(crate) fn join(&mut self, join: Join, capacity: usize) -> Result<Joined, JoinError> {
+    pub(crate) fn join(&mut self, join: Join) -> Result<Joined, JoinError> {
         let connection = self.connections + 1;
-        let group = self.by_name.entry(join.group).or_default();
+        let capacity = self.capacity;
+        let Some(group) = self.by_name.get_mut(&join.group) else {
+            // The hub creates a group before joining it.
+            return Err(JoinError::TooManyGroups);
+        };
         let id = join.member;
         let existing = group.members.iter().position(|m| m.id == id);
         if existing.is_none() && group.members.len() >= MAX_MEMBERS {
@@ -230,6 +297,7 @@ impl Groups {
                 group.members.len() - 1
             }
         };
+        group.idle_since = None;
         let member = &mut group.members[index];
         member.window = join.window;
         member.lease = join.lease;
@@ -245,9 +313,10 @@ impl Groups {
             timer.abort();
         }
         if let Some(handled) = join.handled {
-            member.acknowledge(handled);
+            group.in_flight -= member.acknowledge(handled);
         }
-        let again: Vec<Unacked> = member.unacked.drain(..).collect();
+        let again: Vec<Unacked> = group.members[index].unacked.drain(..).collect();
+        group.in_flight -= again.len();
         for unacked in again {
             group.deliver(index, unacked);
         }
@@ -261,7 +330,8 @@ impl Groups {
     }
 
     /// Hands a newly published event to every group.
-    pub(crate) fn offer(&mut self, event: &Stored, capacity: usize) {
+    pub(crate) fn offer(&mut self, event: &Stored) {
+        let capacity = self.capacity;
         for group in self.by_name.values_mut() {
             group.pending.push_back(Unacked::new(event.clone()));
             group.settle(capacity);
@@ -277,8 +347,8 @@ impl Groups {
         member: &str,
         handled: Option<u64>,
         leave: bool,
-        capacity: usize,
     ) -> Result<u64, AckError> {
+        let capacity = self.capacity;
         let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
         let index = group
             .members
@@ -286,7 +356,7 @@ impl Groups {
             .position(|m| m.id == member)
             .ok_or(AckError::UnknownMember)?;
         if let Some(handled) = handled {
-            group.members[index].acknowledge(handled);
+            group.in_flight -= group.members[index].acknowledge(handled);
         }
         if leave {
             group.release(index);
@@ -343,13 +413,8 @@ impl Groups {
 
     /// The lease of the member's `connection` ran out: unless it came back meanwhile, its
     /// unacknowledged events go to the other members. Returns whether it was let go.
-    pub(crate) fn expire(
-        &mut self,
-        group: &str,
-        member: &str,
-        connection: u64,
-        capacity: usize,
-    ) -> bool {
+    pub(crate) fn expire(&mut self, group: &str, member: &str, connection: u64) -> bool {
+        let capacity = self.capacity;
         let Some(group) = self.by_name.get_mut(group) else {
             return false;
         };
@@ -365,11 +430,15 @@ impl Groups {
         true
     }
 
-    /// Ends every member's stream after what was already delivered to it.
+    /// Ends every member's stream after what was already delivered to it, and cancels every
+    /// lease timer: for shutdown.
     pub(crate) fn close(&mut self) {
         for group in self.by_name.values_mut() {
             for member in &mut group.members {
                 member.sender = None;
+                if let Some(timer) = member.lease_timer.take() {
+                    timer.abort();
+                }
             }
         }
     }
@@ -378,8 +447,7 @@ impl Groups {
     /// members are not waited for (nobody would acknowledge): see [`abandoned`](Self::abandoned).
     pub(crate) fn settled(&self) -> bool {
         self.by_name.values().all(|group| {
-            group.members.is_empty()
-                || (group.pending.is_empty() && group.members.iter().all(|m| m.unacked.is_empty()))
+            group.members.is_empty() || (group.pending.is_empty() && group.in_flight == 0)
         })
     }
 
@@ -406,29 +474,32 @@ impl Groups {
 impl Member {
     /// Drops `handled`, and everything delivered before it, from the unacknowledged events.
     /// An event not delivered to this member (or already acknowledged) changes nothing.
-    fn acknowledge(&mut self, handled: u64) {
-        if let Some(at) = self
+    /// Returns how many were acknowledged.
+    fn acknowledge(&mut self, handled: u64) -> usize {
+        match self
             .unacked
             .iter()
             .position(|u| u.event.sequence == handled)
         {
-            self.unacked.drain(..=at);
+            Some(at) => self.unacked.drain(..=at).count(),
+            None => 0,
         }
     }
 }
 
 impl Group {
     /// Sends pending events to the members with room, then drops what stays pending beyond
-    /// `capacity` (reported as missed). In that order: an event a member can take is never
-    /// dropped.
+    /// what the group may hold (reported as missed). In that order: an event a member can
+    /// take is never dropped.
     fn settle(&mut self, capacity: usize) {
-        self.dispatch();
-        self.trim(capacity);
+        self.dispatch(capacity);
+        self.trim(capacity.saturating_sub(self.in_flight));
     }
 
-    /// Sends pending events to the members with room, the least loaded first.
-    fn dispatch(&mut self) {
-        while !self.pending.is_empty() {
+    /// Sends pending events to the members with room, the least loaded first, while the
+    /// group holds fewer than `capacity` unacknowledged events.
+    fn dispatch(&mut self, capacity: usize) {
+        while !self.pending.is_empty() && self.in_flight < capacity {
             let Some(index) = self.pick() else { return };
             let unacked = self.pending.pop_front().expect("checked non-empty");
             self.deliver(index, unacked);
@@ -448,6 +519,9 @@ impl Group {
             }
             if best.is_none_or(|(_, least)| load < least) {
                 best = Some((index, load));
+                if load == 0 {
+                    break;
+                }
             }
         }
         let (index, _) = best?;
@@ -461,12 +535,17 @@ impl Group {
             self.redelivered += 1;
         }
         unacked.missed += std::mem::take(&mut self.missed);
+        if self.previous_epoch != 0 {
+            unacked.previous_epoch = std::mem::take(&mut self.previous_epoch);
+        }
+        self.in_flight += 1;
         let member = &mut self.members[index];
         if let Some(sender) = &member.sender {
             let delivery = Delivery {
                 event: unacked.event.clone(),
                 delivery_count: unacked.deliveries,
                 missed: unacked.missed,
+                previous_epoch: unacked.previous_epoch,
             };
             if sender.send(delivery).is_err() {
                 // The stream is gone and its disconnect is on its way; the event stays
@@ -480,20 +559,28 @@ impl Group {
     /// Removes a member; its unacknowledged events go back to the front of the group's queue.
     fn release(&mut self, index: usize) {
         let mut member = self.members.remove(index);
-        for unacked in std::mem::take(&mut member.unacked).into_iter().rev() {
+        let unacked = std::mem::take(&mut member.unacked);
+        self.in_flight -= unacked.len();
+        for unacked in unacked.into_iter().rev() {
             self.pending.push_front(unacked);
         }
         if self.next_pick > index {
             self.next_pick -= 1;
         }
+        if self.members.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
     }
 
-    /// Keeps at most `capacity` pending events: the oldest beyond it are missed.
-    fn trim(&mut self, capacity: usize) {
-        while self.pending.len() > capacity {
+    /// Keeps at most `room` pending events: the oldest beyond it are missed.
+    fn trim(&mut self, room: usize) {
+        while self.pending.len() > room {
             if let Some(dropped) = self.pending.pop_front() {
                 // Whatever it carried as missed is missed too.
                 self.missed += 1 + dropped.missed;
+                if dropped.previous_epoch != 0 {
+                    self.previous_epoch = dropped.previous_epoch;
+                }
             }
         }
     }

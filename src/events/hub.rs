@@ -1,36 +1,41 @@
-//! The hub of one event RPC on a publisher: sequence numbers, the retention ring, live
-//! fan-out to plain subscribers, consumer groups, and where a new subscription starts.
+//! The hub of one event RPC on a publisher: publishing into the [event log](super::log), waking
+//! the subscribers that wait for the next event, consumer groups, and the drain.
+//!
+//! Plain subscribers read the log by cursor (see [`EventStream`]); the hub only says where a
+//! subscription starts and wakes streams that have caught up. Consumer groups
+//! ([`super::group`]) are handed each event as it is published.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::task::Waker;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
-use super::group::{self, AckError, Groups, Join, JoinError, Joined};
+use super::group::{Groups, Join, Joined};
+use super::log::{EventLog, MemoryLog, Read, Stored};
+use super::protocol::{self, Membership, Refusal, Subscription};
+use super::publisher::PublishError;
 use super::stream::EventStream;
-use super::wire::{encode_metadata_field, EVENT_METADATA_FIELD};
-use crate::v1::{
-    AcknowledgeResponse, Acknowledgement, Cursor, EventMetadata, StartPosition, Subscribe,
-};
+use super::wire::{self, EVENT_METADATA_FIELD};
+use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, EventMetadata};
 
-/// One published event, encoded once with its metadata, shared by every subscriber (a clone
-/// shares the bytes).
-#[derive(Debug, Clone)]
-pub(crate) struct Stored {
-    pub(crate) sequence: u64,
-    pub(crate) bytes: Bytes,
-}
+/// How many events a plain stream takes from the log at a time.
+const READ_BATCH: usize = 32;
 
 pub(crate) struct Hub {
     /// `package.Service/Method`, for messages.
     pub(crate) method: String,
     pub(crate) epoch: u64,
-    /// Per-subscriber buffer: a subscriber further behind than this is cut off.
+    /// How far a plain subscriber may fall behind the events published since it subscribed
+    /// before it is cut off; also the most a group member's window may be.
     pub(crate) buffer: usize,
+    /// The largest event, encoded, that `publish` takes: what the stream's message limit lets
+    /// through, with room for the per-subscriber metadata.
+    pub(crate) max_event_size: usize,
     state: Mutex<State>,
     /// The sequence of the latest event, for heartbeats.
     latest: AtomicU64,
@@ -48,29 +53,61 @@ pub(crate) struct Hub {
     published: metrics::Counter,
     subscribers: metrics::Gauge,
     redeliveries: metrics::Counter,
+    refused: metrics::Counter,
 }
 
 struct State {
-    /// The sequence the next event gets; the first is 1.
-    next: u64,
-    ring: VecDeque<Stored>,
-    retain: usize,
-    /// The live fan-out; `None` once closed, which ends every plain subscriber's stream after
-    /// the events already handed to it.
-    live: Option<broadcast::Sender<Stored>>,
+    log: Box<dyn EventLog>,
+    /// Plain streams that have read everything, by stream number, to wake on the next event.
+    waiting: Vec<(u64, Waker)>,
+    /// Counts the wake-ups of `waiting`: a stream registered in the current round is not
+    /// registered twice, and one that ends before the round is over takes its waker out
+    /// (a waker keeps its task's memory alive).
+    round: u64,
+    /// An empty list with room, swapped in for `waiting` when it is woken.
+    spare: Vec<(u64, Waker)>,
+    /// Whether plain streams wait for more events; once draining, each ends when it has read
+    /// everything.
+    live: bool,
     groups: Groups,
     /// Draining: no new groups (their backlog would hold the drain up).
     draining: bool,
-    /// Closed for groups too: every stream ends, nobody may subscribe.
+    /// Closed: every stream ends, nobody may subscribe, no lease timer starts.
     closed: bool,
 }
 
-/// Where a subscription starts: the retained events it gets first, and how many it missed.
-#[derive(Debug)]
-pub(crate) struct Start {
-    pub(crate) backlog: VecDeque<Stored>,
+impl State {
+    /// The streams waiting for the next event, to wake; a new round starts.
+    fn take_waiting(&mut self) -> Vec<(u64, Waker)> {
+        self.round += 1;
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.waiting, spare)
+    }
+}
+
+/// Where a plain subscription starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The first sequence to send.
+    pub(crate) next: u64,
+    /// Events of this epoch the subscriber missed before `next`.
     pub(crate) missed: u64,
-    pub(crate) live: broadcast::Receiver<Stored>,
+    /// The epoch of the subscriber's cursor when it was another one: whatever that epoch
+    /// published after the cursor is lost, count unknown. 0 otherwise.
+    pub(crate) previous_epoch: u64,
+}
+
+/// What a plain stream found when it asked for more.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// Events were added to the batch (`missed` of them were no longer retained).
+    Events { missed: u64 },
+    /// Nothing new; the stream is woken when there is.
+    Waiting,
+    /// Nothing new and nothing more to come: the drain ends the stream.
+    End,
+    /// Further behind than the buffer allows.
+    CutOff,
 }
 
 impl std::fmt::Debug for Hub {
@@ -89,12 +126,14 @@ impl Hub {
         Self {
             epoch,
             buffer,
+            max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             state: Mutex::new(State {
-                next: 1,
-                ring: VecDeque::with_capacity(retain.min(4096)),
-                retain,
-                live: Some(broadcast::channel(buffer).0),
-                groups: Groups::default(),
+                log: Box::new(MemoryLog::new(retain)),
+                waiting: Vec::new(),
+                round: 0,
+                spare: Vec::new(),
+                live: true,
+                groups: Groups::new(retain),
                 draining: false,
                 closed: false,
             }),
@@ -103,13 +142,14 @@ impl Hub {
             plain_streams: AtomicUsize::new(0),
             max_subscribers: usize::MAX,
             changed: Notify::new(),
-            first_delivery: encode_metadata_field(&EventMetadata {
+            first_delivery: wire::encode_metadata_field(&EventMetadata {
                 delivery_count: 1,
                 ..EventMetadata::default()
             }),
             published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
             subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
             redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
+            refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
             method,
         }
     }
@@ -125,16 +165,25 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes an event: never waits for subscribers.
-    pub(crate) fn publish(&self, event: &impl Message) -> Cursor {
+    /// Publishes an event: never waits for subscribers. An event too large for the stream's
+    /// message limit is refused, so that it can never hold up the events behind it.
+    pub(crate) fn publish(&self, event: &impl Message) -> Result<Cursor, PublishError> {
+        let size = event.encoded_len();
+        if size > self.max_event_size {
+            self.refused.increment(1);
+            return Err(PublishError::TooLarge {
+                rpc: self.method.clone(),
+                size,
+                limit: self.max_event_size,
+            });
+        }
         // Encoded once, outside the lock; only the small metadata is added under it.
-        let mut bytes = BytesMut::with_capacity(event.encoded_len() + 32);
+        let mut bytes = BytesMut::with_capacity(size + 32);
         event.encode_raw(&mut bytes);
         let published_at_unix_micros = unix_micros(SystemTime::now());
 
         let mut state = self.lock();
-        let sequence = state.next;
-        state.next += 1;
+        let sequence = state.log.next_sequence();
         let metadata = EventMetadata {
             epoch: self.epoch,
             sequence,
@@ -147,46 +196,54 @@ impl Hub {
             sequence,
             bytes: bytes.freeze(),
         };
-        if state.retain > 0 {
-            if state.ring.len() == state.retain {
-                state.ring.pop_front();
-            }
-            state.ring.push_back(stored.clone());
-        }
-        let capacity = state.retain;
-        state.groups.offer(&stored, capacity);
-        if let Some(live) = &state.live {
-            // No receiver is fine: nobody is subscribed.
-            let _ = live.send(stored);
-        }
+        state.groups.offer(&stored);
+        state.log.append(stored);
         self.latest.store(sequence, Ordering::Release);
+        let mut waiting = state.take_waiting();
         let redelivered = state.groups.take_redelivered();
         drop(state);
+        if !waiting.is_empty() {
+            for (_, waker) in waiting.drain(..) {
+                waker.wake();
+            }
+            let mut state = self.lock();
+            if state.spare.capacity() < waiting.capacity() {
+                state.spare = waiting;
+            }
+        }
         self.published.increment(1);
         if redelivered > 0 {
             self.redeliveries.increment(redelivered);
         }
-        Cursor {
+        Ok(Cursor {
             epoch: self.epoch,
             sequence,
-        }
+        })
     }
 
-    /// Ends every plain subscriber's stream once it has sent what was already published, and
-    /// refuses new plain subscribers; consumer groups go on. The first step of a drain.
+    /// Lets every plain subscriber's stream end once it has sent what was already published;
+    /// consumer groups go on. The first step of a drain. Until [`close`](Self::close), plain
+    /// subscribers may still subscribe (to resume from their cursor) and are not cut off.
     pub(crate) fn close_plain(&self) {
         let mut state = self.lock();
-        state.live = None;
+        state.live = false;
         state.draining = true;
+        let waiting = state.take_waiting();
+        drop(state);
+        waiting.into_iter().for_each(|(_, waker)| waker.wake());
     }
 
-    /// Ends every stream, group members' too, after what was already handed to it, and refuses
-    /// new subscriptions: for shutdown. Publishing still works (events are retained).
+    /// Ends every stream, group members' too, after what was already handed to it, refuses
+    /// new subscriptions, and cancels lease timers: for shutdown. Publishing still works
+    /// (events are retained).
     pub(crate) fn close(&self) {
         let mut state = self.lock();
-        state.live = None;
+        state.live = false;
         state.closed = true;
         state.groups.close();
+        let waiting = state.take_waiting();
+        drop(state);
+        waiting.into_iter().for_each(|(_, waker)| waker.wake());
     }
 
     /// Whether every group member has acknowledged, and every plain stream has ended: the
@@ -223,159 +280,162 @@ impl Hub {
         abandoned.is_empty()
     }
 
-    /// Where a subscription starts: the retained events it gets first, and how many it missed.
+    /// Where a subscription starts, from its cursor (if any) and start position.
     fn position(
         &self,
-        state: &State,
-        request: &Subscribe,
-    ) -> Result<(VecDeque<Stored>, u64), tonic::Status> {
-        let latest = state.next - 1;
-        let oldest = state.ring.front().map_or(latest + 1, |e| e.sequence);
-        let start_live = request.start() == StartPosition::Live;
-        let from = |first: u64| {
-            state
-                .ring
-                .iter()
-                .filter(|e| e.sequence >= first)
-                .cloned()
-                .collect()
+        log: &dyn EventLog,
+        subscription: &Subscription,
+    ) -> Result<Position, Refusal> {
+        let latest = log.latest();
+        let oldest = log.oldest();
+        let live = latest + 1;
+        let start = |missed_before_oldest: u64, previous_epoch: u64| {
+            if subscription.start_live {
+                Position {
+                    next: live,
+                    missed: missed_before_oldest + (live - oldest),
+                    previous_epoch,
+                }
+            } else {
+                Position {
+                    next: oldest,
+                    missed: missed_before_oldest,
+                    previous_epoch,
+                }
+            }
         };
-        let everything = || state.ring.iter().cloned().collect();
-
-        Ok(match request.after.as_ref().filter(|c| c.epoch != 0) {
+        Ok(match subscription.after {
             Some(cursor) if cursor.epoch == self.epoch => {
                 let after = cursor.sequence;
                 if after > latest {
-                    return Err(tonic::Status::invalid_argument(format!(
-                        "cursor (epoch {:#x}, sequence {after}) is ahead of {}'s latest event ({latest}); \
-                         resubscribe without a cursor",
-                        cursor.epoch, self.method
-                    )));
+                    return Err(Refusal::CursorAhead { cursor, latest });
                 }
                 if after + 1 >= oldest {
-                    (from(after + 1), 0)
-                } else if start_live {
-                    (VecDeque::new(), latest - after)
+                    Position {
+                        next: after + 1,
+                        missed: 0,
+                        previous_epoch: 0,
+                    }
                 } else {
-                    (everything(), oldest - after - 1)
+                    start(oldest - after - 1, 0)
                 }
             }
             // Another epoch: the publisher restarted. What the old process published after the
-            // cursor is gone with it; of this epoch, the events no longer retained are missed.
-            Some(_) if start_live => (VecDeque::new(), latest),
-            Some(_) => (everything(), oldest - 1),
-            None if start_live => (VecDeque::new(), 0),
-            None => (everything(), 0),
+            // cursor is gone with it (how much is unknown); of this epoch, the events no longer
+            // retained are missed.
+            Some(cursor) => start(oldest - 1, cursor.epoch),
+            None if subscription.start_live => Position {
+                next: live,
+                missed: 0,
+                previous_epoch: 0,
+            },
+            None => Position {
+                next: oldest,
+                missed: 0,
+                previous_epoch: 0,
+            },
         })
     }
 
-    /// Starts a plain subscription. Taking the backlog and joining the live fan-out happen
-    /// under one lock, so no event falls between them or arrives twice.
-    pub(crate) fn start(&self, request: &Subscribe) -> Result<Start, tonic::Status> {
+    /// Where a plain subscription starts.
+    pub(crate) fn start(&self, subscription: &Subscription) -> Result<Position, Refusal> {
         let state = self.lock();
-        let Some(live) = state.live.as_ref().map(broadcast::Sender::subscribe) else {
-            return Err(self.shutting_down());
-        };
-        let (backlog, missed) = self.position(&state, request)?;
-        Ok(Start {
-            backlog,
+        if state.closed {
+            return Err(Refusal::ShuttingDown);
+        }
+        self.position(state.log.as_ref(), subscription)
+    }
+
+    /// Reads what a plain stream has not sent yet into `batch`, from `next` on, or registers
+    /// the stream (number `stream`) to be woken by the next event. `floor` is the latest
+    /// sequence when the stream subscribed: only events published since count against its
+    /// buffer. `registered` is the round the stream is registered in, if any.
+    pub(crate) fn fetch(
+        &self,
+        next: &mut u64,
+        floor: u64,
+        batch: &mut VecDeque<Stored>,
+        (stream, registered): (u64, &mut Option<u64>),
+        waker: &Waker,
+    ) -> Fetched {
+        let mut state = self.lock();
+        let latest = state.log.latest();
+        if *next > latest {
+            if !state.live {
+                return Fetched::End;
+            }
+            if *registered != Some(state.round) {
+                state.waiting.push((stream, waker.clone()));
+                *registered = Some(state.round);
+            }
+            return Fetched::Waiting;
+        }
+        let behind = latest - (*next - 1).max(floor);
+        if behind > self.buffer as u64 && !state.draining {
+            return Fetched::CutOff;
+        }
+        let Read {
             missed,
-            live,
-        })
+            next: after,
+        } = state.log.read(*next, READ_BATCH, batch);
+        *next = after;
+        Fetched::Events { missed }
     }
 
     /// Joins a member to its consumer group, creating the group, where the request says it
     /// starts, when it is new on this publisher.
-    pub(crate) fn join(&self, request: &Subscribe) -> Result<Joined, tonic::Status> {
-        for (what, name) in [("group", &request.group), ("member", &request.member)] {
-            if name.len() > group::MAX_NAME_LEN {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "the {what} name is {} bytes long; at most {} are allowed",
-                    name.len(),
-                    group::MAX_NAME_LEN
-                )));
-            }
-        }
-        if request.member.is_empty() {
-            return Err(tonic::Status::invalid_argument(format!(
-                "a member of consumer group `{}` needs a name (`Subscribe.member`), unique in the \
-                 group and kept across reconnections, to acknowledge what it handles",
-                request.group
-            )));
-        }
-        let window = match request.max_unacknowledged {
-            0 => group::DEFAULT_WINDOW,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        }
-        .min(self.buffer);
-        let lease = match request.lease_ms {
-            0 => group::DEFAULT_LEASE,
-            ms => Duration::from_millis(u64::from(ms)).min(group::MAX_LEASE),
-        };
+    fn join_group(
+        &self,
+        subscription: &Subscription,
+        membership: &Membership,
+    ) -> Result<Joined, Refusal> {
         let mut state = self.lock();
         if state.closed {
-            return Err(self.shutting_down());
+            return Err(Refusal::ShuttingDown);
         }
-        if state.groups.contains(&request.group) {
+        if state.groups.contains(&membership.group) {
             // Only checked: the group already stands somewhere.
-            if let Some(cursor) = request.after.filter(|c| c.epoch == self.epoch) {
-                if cursor.sequence >= state.next {
-                    return Err(tonic::Status::invalid_argument(format!(
-                        "cursor (epoch {:#x}, sequence {}) is ahead of {}'s latest event ({})",
-                        cursor.epoch,
-                        cursor.sequence,
-                        self.method,
-                        state.next - 1
-                    )));
+            if let Some(cursor) = subscription.after.filter(|c| c.epoch == self.epoch) {
+                if cursor.sequence > state.log.latest() {
+                    return Err(Refusal::CursorAhead {
+                        cursor,
+                        latest: state.log.latest(),
+                    });
                 }
             }
         } else {
             if state.draining {
-                return Err(self.shutting_down());
+                return Err(Refusal::ShuttingDown);
             }
-            let (backlog, missed) = self.position(&state, request)?;
+            let position = self.position(state.log.as_ref(), subscription)?;
+            let mut backlog = VecDeque::new();
+            state.log.read(position.next, usize::MAX, &mut backlog);
             state
                 .groups
-                .create(&request.group, backlog, missed)
-                .map_err(|e| self.join_refused(&e, request))?;
+                .create(
+                    &membership.group,
+                    backlog,
+                    position.missed,
+                    position.previous_epoch,
+                )
+                .map_err(Refusal::Join)?;
         }
-        let handled = request
+        let handled = subscription
             .after
             .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
             .map(|cursor| cursor.sequence);
-        let capacity = state.retain;
         let joined = state
             .groups
-            .join(
-                Join {
-                    group: request.group.clone(),
-                    member: request.member.clone(),
-                    window,
-                    lease,
-                    handled,
-                },
-                capacity,
-            )
-            .map_err(|e| self.join_refused(&e, request));
+            .join(Join {
+                group: membership.group.clone(),
+                member: membership.member.clone(),
+                window: membership.window.min(self.buffer),
+                lease: membership.lease,
+                handled,
+            })
+            .map_err(Refusal::Join);
         self.count_redeliveries(&mut state);
         joined
-    }
-
-    fn join_refused(&self, error: &JoinError, request: &Subscribe) -> tonic::Status {
-        tonic::Status::resource_exhausted(match error {
-            JoinError::TooManyGroups => format!(
-                "{} already serves {} consumer groups; group `{}` cannot be added",
-                self.method,
-                group::MAX_GROUPS,
-                request.group
-            ),
-            JoinError::TooManyMembers => format!(
-                "consumer group `{}` on {} already has {} members",
-                request.group,
-                self.method,
-                group::MAX_MEMBERS
-            ),
-        })
     }
 
     /// A member's stream ended: once its lease runs out without it coming back, its
@@ -386,16 +446,27 @@ impl Hub {
         member: &str,
         connection: u64,
     ) {
-        let lease = self.lock().groups.disconnect(group, member, connection);
+        let (lease, closed) = {
+            let mut state = self.lock();
+            (
+                state.groups.disconnect(group, member, connection),
+                state.closed,
+            )
+        };
         self.changed.notify_waiters();
         let Some(lease) = lease else { return };
+        if closed {
+            // Shutting down: nobody is handed anything any more, and no timer outlives the
+            // server.
+            return;
+        }
         let expire = {
-            let hub = self.clone();
+            let hub = Arc::downgrade(self);
             let (group, member) = (group.to_owned(), member.to_owned());
             move || {
+                let Some(hub) = hub.upgrade() else { return };
                 let mut state = hub.lock();
-                let capacity = state.retain;
-                let expired = state.groups.expire(&group, &member, connection, capacity);
+                let expired = state.groups.expire(&group, &member, connection);
                 hub.count_redeliveries(&mut state);
                 if expired {
                     drop(state);
@@ -423,36 +494,11 @@ impl Hub {
         &self,
         ack: &Acknowledgement,
     ) -> Result<AcknowledgeResponse, tonic::Status> {
-        let handled = match ack.handled {
-            Some(cursor) if cursor.epoch != self.epoch => {
-                return Err(tonic::Status::failed_precondition(format!(
-                    "cursor of epoch {:#x}, but this instance of {} publishes epoch {:#x}: it \
-                     restarted, and what the earlier run delivered cannot be acknowledged here",
-                    cursor.epoch, self.method, self.epoch
-                )));
-            }
-            Some(cursor) if cursor.sequence == 0 || cursor.sequence > self.latest() => {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "no event {} was published on {} (latest: {})",
-                    cursor.sequence,
-                    self.method,
-                    self.latest()
-                )));
-            }
-            Some(cursor) => Some(cursor.sequence),
-            None if ack.leave => None,
-            None => {
-                return Err(tonic::Status::invalid_argument(
-                    "an acknowledgement names the last event handled (`handled`), or leaves",
-                ))
-            }
-        };
+        let handled = protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
         let mut state = self.lock();
-        let capacity = state.retain;
-        let result =
-            state
-                .groups
-                .acknowledge(&ack.group, &ack.member, handled, ack.leave, capacity);
+        let result = state
+            .groups
+            .acknowledge(&ack.group, &ack.member, handled, ack.leave);
         self.count_redeliveries(&mut state);
         drop(state);
         match result {
@@ -460,56 +506,63 @@ impl Hub {
                 self.changed.notify_waiters();
                 Ok(AcknowledgeResponse { unacknowledged })
             }
-            Err(AckError::UnknownGroup) => Err(tonic::Status::not_found(format!(
-                "no consumer group `{}` on this instance of {}",
-                group::shown(&ack.group),
-                self.method
-            ))),
-            Err(AckError::UnknownMember) => Err(tonic::Status::not_found(format!(
-                "no member `{}` in consumer group `{}` on this instance of {} (its lease ran out, \
-                 or it left); resubscribe to rejoin",
-                group::shown(&ack.member),
-                group::shown(&ack.group),
-                self.method
-            ))),
+            Err(error) => Err(protocol::ack_refused(&self.method, &error, ack)),
         }
     }
 
+    /// The stream of one subscriber.
     pub(crate) fn stream<T>(
         self: &Arc<Self>,
-        request: &Subscribe,
+        subscription: &Subscription,
     ) -> Result<EventStream<T>, tonic::Status> {
-        let heartbeat = match request.heartbeat_interval_ms {
-            0 => None,
-            // Faster than every 10 ms is a mistake, not a liveness check.
-            ms => Some(Duration::from_millis(u64::from(ms).max(10))),
+        let Some(membership) = &subscription.membership else {
+            return self.plain_stream(subscription);
         };
-        if request.group.is_empty() {
-            let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
-            self.subscribers.set((open + 1) as f64);
-            if open >= self.max_subscribers {
-                self.plain_stream_ended();
-                return Err(tonic::Status::resource_exhausted(format!(
-                    "{} already has {} subscribers, its limit",
-                    self.method, self.max_subscribers
-                )));
-            }
-            let start = match self.start(request) {
-                Ok(start) => start,
-                Err(status) => {
-                    self.plain_stream_ended();
-                    return Err(status);
-                }
-            };
-            Ok(EventStream::plain(self.clone(), start, heartbeat))
+        let joined = self
+            .join_group(subscription, membership)
+            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(membership)))?;
+        Ok(EventStream::member(
+            self.clone(),
+            membership.group.clone(),
+            joined,
+            subscription.heartbeat,
+        ))
+    }
+
+    fn plain_stream<T>(
+        self: &Arc<Self>,
+        subscription: &Subscription,
+    ) -> Result<EventStream<T>, tonic::Status> {
+        let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
+        self.subscribers.set((open + 1) as f64);
+        let refusal = if open >= self.max_subscribers {
+            Refusal::TooManySubscribers(self.max_subscribers)
         } else {
-            let joined = self.join(request)?;
-            Ok(EventStream::member(
-                self.clone(),
-                request.group.clone(),
-                joined,
-                heartbeat,
-            ))
+            match self.start(subscription) {
+                Ok(position) => {
+                    let floor = self.latest();
+                    return Ok(EventStream::plain(
+                        self.clone(),
+                        position,
+                        floor,
+                        subscription.heartbeat,
+                    ));
+                }
+                Err(refusal) => refusal,
+            }
+        };
+        self.plain_stream_ended();
+        Err(protocol::refused(&self.method, &refusal, None))
+    }
+
+    /// A plain stream that ends takes its waker out of the list it was registered in, unless
+    /// that list was woken since.
+    pub(crate) fn unregister(&self, stream: u64, round: u64) {
+        let mut state = self.lock();
+        if state.round == round {
+            if let Some(at) = state.waiting.iter().position(|(s, _)| *s == stream) {
+                state.waiting.swap_remove(at);
+            }
         }
     }
 
@@ -529,19 +582,21 @@ impl Hub {
     }
 
     /// The metadata of a delivery to a group member: shared for a first delivery.
-    pub(crate) fn delivery_bytes(&self, delivery_count: u32, missed: u64) -> Bytes {
-        if delivery_count == 1 && missed == 0 {
+    pub(crate) fn delivery_bytes(
+        &self,
+        delivery_count: u32,
+        missed: u64,
+        previous_epoch: u64,
+    ) -> Bytes {
+        if delivery_count == 1 && missed == 0 && previous_epoch == 0 {
             return self.first_delivery.clone();
         }
-        encode_metadata_field(&EventMetadata {
+        wire::encode_metadata_field(&EventMetadata {
             delivery_count,
             missed,
+            previous_epoch,
             ..EventMetadata::default()
         })
-    }
-
-    fn shutting_down(&self) -> tonic::Status {
-        tonic::Status::unavailable(format!("{} is shutting down", self.method))
     }
 
     #[cfg(test)]
@@ -549,13 +604,25 @@ impl Hub {
         self.lock().groups.unacked(group, member)
     }
 
-    /// The metadata field of a heartbeat (and of a pending `missed` count).
-    pub(crate) fn heartbeat_bytes(&self, missed: u64) -> Bytes {
-        encode_metadata_field(&EventMetadata {
+    #[cfg(test)]
+    pub(crate) fn join(&self, request: &crate::v1::Subscribe) -> Result<Joined, tonic::Status> {
+        let subscription = Subscription::parse(request)?;
+        let membership = subscription
+            .membership
+            .clone()
+            .expect("a test joins with a group");
+        self.join_group(&subscription, &membership)
+            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(&membership)))
+    }
+
+    /// The metadata field of a heartbeat (and of a pending gap report).
+    pub(crate) fn heartbeat_bytes(&self, missed: u64, previous_epoch: u64) -> Bytes {
+        wire::encode_metadata_field(&EventMetadata {
             epoch: self.epoch,
             sequence: self.latest(),
             published_at_unix_micros: unix_micros(SystemTime::now()),
             missed,
+            previous_epoch,
             heartbeat: true,
             ..EventMetadata::default()
         })

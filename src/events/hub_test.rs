@@ -1,5 +1,6 @@
 use super::*;
 use crate::v1::Cursor as WireCursor;
+use crate::v1::StartPosition;
 
 fn hub(retain: usize) -> Hub {
     Hub::new("test.v1.S/E".into(), 77, retain, 8)
@@ -10,34 +11,47 @@ fn publish(hub: &Hub, n: u64) {
         hub.publish(&WireCursor {
             epoch: 0,
             sequence: i,
-        });
+        })
+        .unwrap();
     }
 }
 
-fn subscribe(after: Option<(u64, u64)>, start: StartPosition) -> Subscribe {
-    Subscribe {
+fn subscribe(after: Option<(u64, u64)>, start: StartPosition) -> Subscription {
+    Subscription::parse(&crate::v1::Subscribe {
         after: after.map(|(epoch, sequence)| WireCursor { epoch, sequence }),
         start: start as i32,
-        ..Subscribe::default()
-    }
+        ..crate::v1::Subscribe::default()
+    })
+    .unwrap()
 }
 
-fn sequences(start: &Start) -> Vec<u64> {
-    start.backlog.iter().map(|e| e.sequence).collect()
+/// The sequences a subscription starting at `start` reads before it waits for new events.
+fn sequences(hub: &Hub, start: &Position) -> Vec<u64> {
+    let mut out = std::collections::VecDeque::new();
+    hub.lock().log.read(start.next, usize::MAX, &mut out);
+    out.iter().map(|e| e.sequence).collect()
+}
+
+fn position(next: u64, missed: u64, previous_epoch: u64) -> Position {
+    Position {
+        next,
+        missed,
+        previous_epoch,
+    }
 }
 
 #[test]
 fn sequences_start_at_one_and_cursors_name_the_epoch() {
     let hub = hub(10);
     assert_eq!(
-        hub.publish(&WireCursor::default()),
+        hub.publish(&WireCursor::default()).unwrap(),
         WireCursor {
             epoch: 77,
             sequence: 1
         }
     );
     assert_eq!(
-        hub.publish(&WireCursor::default()),
+        hub.publish(&WireCursor::default()).unwrap(),
         WireCursor {
             epoch: 77,
             sequence: 2
@@ -52,14 +66,13 @@ fn a_cursor_inside_the_window_resumes_right_after_it() {
     let start = hub
         .start(&subscribe(Some((77, 15)), StartPosition::Unspecified))
         .unwrap();
-    assert_eq!(sequences(&start), [16, 17, 18, 19, 20]);
-    assert_eq!(start.missed, 0);
+    assert_eq!(start, position(16, 0, 0));
+    assert_eq!(sequences(&hub, &start), [16, 17, 18, 19, 20]);
     // Just before the oldest retained event (11) is still inside: nothing is missed.
     let start = hub
         .start(&subscribe(Some((77, 10)), StartPosition::Live))
         .unwrap();
-    assert_eq!(sequences(&start), (11..=20).collect::<Vec<_>>());
-    assert_eq!(start.missed, 0);
+    assert_eq!(start, position(11, 0, 0));
 }
 
 #[test]
@@ -69,24 +82,29 @@ fn a_cursor_outside_the_window_reports_exactly_what_was_missed() {
     let oldest = hub
         .start(&subscribe(Some((77, 5)), StartPosition::Oldest))
         .unwrap();
-    assert_eq!(sequences(&oldest), (41..=50).collect::<Vec<_>>());
-    assert_eq!(oldest.missed, 35, "6 to 40");
+    assert_eq!(oldest, position(41, 35, 0), "6 to 40 missed");
     let live = hub
         .start(&subscribe(Some((77, 5)), StartPosition::Live))
         .unwrap();
-    assert!(live.backlog.is_empty());
-    assert_eq!(live.missed, 45, "6 to 50");
+    assert_eq!(live, position(51, 45, 0), "6 to 50 missed");
 }
 
 #[test]
-fn another_epoch_means_the_publisher_restarted() {
+fn another_epoch_means_the_publisher_restarted_and_lost_the_old_tail() {
     let hub = hub(10);
     publish(&hub, 15);
     let start = hub
         .start(&subscribe(Some((1234, 900)), StartPosition::Unspecified))
         .unwrap();
-    assert_eq!(sequences(&start), (6..=15).collect::<Vec<_>>());
-    assert_eq!(start.missed, 5, "this epoch's events 1 to 5 are gone");
+    assert_eq!(
+        start,
+        position(6, 5, 1234),
+        "this epoch's events 1 to 5 are gone, and epoch 1234's tail after 900"
+    );
+    let live = hub
+        .start(&subscribe(Some((1234, 2)), StartPosition::Live))
+        .unwrap();
+    assert_eq!(live, position(16, 15, 1234));
 }
 
 #[test]
@@ -96,9 +114,9 @@ fn without_a_cursor_nothing_counts_as_missed() {
     let oldest = hub
         .start(&subscribe(None, StartPosition::Unspecified))
         .unwrap();
-    assert_eq!((sequences(&oldest).len(), oldest.missed), (10, 0));
+    assert_eq!(oldest, position(6, 0, 0));
     let live = hub.start(&subscribe(None, StartPosition::Live)).unwrap();
-    assert_eq!((live.backlog.len(), live.missed), (0, 0));
+    assert_eq!(live, position(16, 0, 0));
 }
 
 #[test]
@@ -108,5 +126,19 @@ fn a_cursor_from_the_future_is_invalid() {
     let error = hub
         .start(&subscribe(Some((77, 4)), StartPosition::Unspecified))
         .unwrap_err();
-    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(matches!(error, Refusal::CursorAhead { latest: 3, .. }));
+}
+
+#[test]
+fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
+    let mut hub = hub(10);
+    hub.max_event_size = 100;
+    let large = crate::v1::Acknowledgement {
+        rpc: "x".repeat(200),
+        ..Default::default()
+    };
+    let error = hub.publish(&large).unwrap_err();
+    assert!(matches!(error, PublishError::TooLarge { size, limit: 100, .. } if size > 200));
+    // Nothing was kept, and the next event gets the first sequence.
+    assert_eq!(hub.publish(&WireCursor::default()).unwrap().sequence, 1);
 }

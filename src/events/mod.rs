@@ -22,7 +22,9 @@
 mod acknowledgements;
 mod group;
 mod hub;
+mod log;
 pub mod observer;
+mod protocol;
 mod publisher;
 mod stream;
 mod wire;
@@ -31,6 +33,6 @@ pub use acknowledgements::Acknowledgements;
 pub use observer::{
     DeadLetter, Event, Gap, HandlerError, ObserverBuilder, ObserverHandle, ObserverOptions,
 };
-pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
+pub use publisher::{EventRpc, PublishError, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
-pub use wire::{Envelope, EVENT_METADATA_FIELD};
+pub use wire::{Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, START_AFTER_HEADER};

@@ -6,8 +6,34 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::hub::Hub;
+use super::protocol::Subscription;
 use super::stream::EventStream;
+use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
+
+/// Why an event was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event, encoded, is larger than what its event RPC delivers
+    /// ([`PublisherSettings::max_event_size`]). It was not kept: no subscriber will see it.
+    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
+    TooLarge {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// The event's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl From<PublishError> for tonic::Status {
+    /// `RESOURCE_EXHAUSTED`, as for any message over the size limit.
+    fn from(error: PublishError) -> Self {
+        tonic::Status::resource_exhausted(error.to_string())
+    }
+}
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.
 pub const DEFAULT_RETAIN: usize = 1024;
@@ -23,14 +49,24 @@ pub struct PublisherSettings {
     /// refused with `RESOURCE_EXHAUSTED`. Default: 10,000. (Consumer groups have bounds of their
     /// own: 256 groups per event RPC, 1024 members per group.)
     pub max_subscribers: usize,
+    /// The largest event `publish_*` takes, encoded: larger ones are refused with
+    /// [`PublishError::TooLarge`], so that no event can be too large for its streams. Default:
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE) less 1 KiB for the event's
+    /// metadata, which fits the event RPC's default message limit. Raise it together with the
+    /// service's `max_encoding_message_size` and the observers' limits.
+    pub max_event_size: usize,
     retain: Vec<(String, usize)>,
 }
+
+/// Room left in a message for an event's metadata.
+const METADATA_ROOM: usize = 1024;
 
 impl Default for PublisherSettings {
     fn default() -> Self {
         Self {
             subscriber_buffer: 4096,
             max_subscribers: 10_000,
+            max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE - METADATA_ROOM,
             retain: Vec::new(),
         }
     }
@@ -98,6 +134,7 @@ impl Publisher {
                     settings.subscriber_buffer,
                 );
                 hub.max_subscribers = settings.max_subscribers;
+                hub.max_event_size = settings.max_event_size;
                 Arc::new(hub)
             })
             .collect();
@@ -162,7 +199,7 @@ impl Publisher {
     }
 
     #[doc(hidden)]
-    pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Cursor {
+    pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Result<Cursor, PublishError> {
         self.hubs[rpc].publish(event)
     }
 
@@ -172,7 +209,18 @@ impl Publisher {
         rpc: usize,
         request: tonic::Request<Subscribe>,
     ) -> Result<tonic::Response<EventStream<T>>, tonic::Status> {
-        let stream = self.hubs[rpc].stream(request.get_ref())?;
-        Ok(tonic::Response::new(stream))
+        let hub = &self.hubs[rpc];
+        let subscription = Subscription::parse(request.get_ref())?;
+        let stream = hub.stream(&subscription)?;
+        let start_after = stream.start_after();
+        let mut response = tonic::Response::new(stream);
+        let headers = response.metadata_mut();
+        if let Ok(value) = epoch_header_value(hub.epoch).parse() {
+            headers.insert(EPOCH_HEADER, value);
+        }
+        if let Some(Ok(value)) = start_after.map(|sequence| sequence.to_string().parse()) {
+            headers.insert(START_AFTER_HEADER, value);
+        }
+        Ok(response)
     }
 }

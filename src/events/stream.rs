@@ -1,12 +1,12 @@
-//! [`EventStream`]: the server stream of one subscriber: for a plain subscriber, from the
-//! retained backlog into live events; for a group member, the events its group hands it. With
-//! heartbeats when idle.
+//! [`EventStream`]: the server stream of one subscriber: for a plain subscriber, the event
+//! log read from its cursor on (retained events, then each new one as it is published); for a
+//! group member, the events its group hands it. With heartbeats when idle.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,12 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::Stream;
 
 use super::group::{Delivery, Joined};
-use super::hub::{Hub, Start, Stored};
+use super::hub::{Fetched, Hub, Position};
+use super::log::Stored;
 use super::wire::{encode_metadata_field, Envelope};
 use crate::v1::EventMetadata;
 
@@ -31,8 +30,10 @@ use crate::v1::EventMetadata;
 pub struct EventStream<T> {
     hub: Arc<Hub>,
     feed: Feed,
-    /// Missed events to report with the first thing sent.
+    /// Missed events to report with the next thing sent.
     missed: u64,
+    /// The epoch whose tail was lost, to report with the next thing sent (0: none).
+    previous_epoch: u64,
     heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
     /// Whether an event went out since the heartbeat timer was last armed. The timer is re-armed
     /// when it fires, not per event: touching the timer wheel per event per subscriber costs
@@ -46,8 +47,17 @@ pub struct EventStream<T> {
 
 enum Feed {
     Plain {
-        backlog: VecDeque<Stored>,
-        live: BroadcastStream<Stored>,
+        /// The next sequence to read from the log.
+        next: u64,
+        /// The latest sequence when the stream subscribed: what it finds retained does not
+        /// count against its buffer.
+        floor: u64,
+        /// Read from the log, not yet sent.
+        batch: VecDeque<Stored>,
+        /// This stream's number, to be woken by the hub.
+        id: u64,
+        /// The hub's round of wake-ups this stream is registered in.
+        registered: Option<u64>,
     },
     Member {
         group: String,
@@ -73,12 +83,23 @@ impl<T> std::fmt::Debug for EventStream<T> {
 
 impl<T> EventStream<T> {
     /// A plain subscriber's stream. The hub has counted it.
-    pub(crate) fn plain(hub: Arc<Hub>, start: Start, heartbeat: Option<Duration>) -> Self {
+    pub(crate) fn plain(
+        hub: Arc<Hub>,
+        start: Position,
+        floor: u64,
+        heartbeat: Option<Duration>,
+    ) -> Self {
+        static STREAMS: AtomicU64 = AtomicU64::new(1);
         let feed = Feed::Plain {
-            backlog: start.backlog,
-            live: BroadcastStream::new(start.live),
+            next: start.next,
+            floor,
+            batch: VecDeque::new(),
+            id: STREAMS.fetch_add(1, Ordering::Relaxed),
+            registered: None,
         };
-        Self::new(hub, feed, start.missed, heartbeat)
+        let mut stream = Self::new(hub, feed, start.missed, heartbeat);
+        stream.previous_epoch = start.previous_epoch;
+        stream
     }
 
     /// A group member's stream.
@@ -98,11 +119,25 @@ impl<T> EventStream<T> {
         Self::new(hub, feed, 0, heartbeat)
     }
 
+    /// For a plain stream that reports no gap first: the sequence right before its first
+    /// event, so that the subscriber knows where it stands before any event arrives.
+    pub(crate) fn start_after(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Plain { next, batch, .. }
+                if self.missed == 0 && self.previous_epoch == 0 && batch.is_empty() =>
+            {
+                Some(next - 1)
+            }
+            _ => None,
+        }
+    }
+
     fn new(hub: Arc<Hub>, feed: Feed, missed: u64, heartbeat: Option<Duration>) -> Self {
         Self {
             hub,
             feed,
             missed,
+            previous_epoch: 0,
             heartbeat: heartbeat.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
             sent_since_tick: false,
             last_sent: 0,
@@ -113,14 +148,16 @@ impl<T> EventStream<T> {
 
     fn envelope(&mut self, shared: Bytes, sequence: u64, extra: Option<Bytes>) -> Envelope<T> {
         self.last_sent = sequence;
-        let extra = match (extra, self.missed) {
-            (extra, 0) => extra,
-            // Only plain streams carry a missed count of their own; a group's rides on the
+        let extra = match (extra, self.missed, self.previous_epoch) {
+            (extra, 0, 0) => extra,
+            // Only plain streams carry a gap report of their own; a group's rides on the
             // delivery.
-            (_, missed) => {
+            (_, missed, previous_epoch) => {
                 self.missed = 0;
+                self.previous_epoch = 0;
                 Some(encode_metadata_field(&EventMetadata {
                     missed,
+                    previous_epoch,
                     ..EventMetadata::default()
                 }))
             }
@@ -146,25 +183,36 @@ impl<T> EventStream<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Envelope<T>, tonic::Status>>> {
         match &mut self.feed {
-            Feed::Plain { backlog, live } => {
-                let next = match backlog.pop_front() {
+            Feed::Plain {
+                next,
+                floor,
+                batch,
+                id,
+                registered,
+            } => {
+                let event = match batch.pop_front() {
                     Some(event) => event,
-                    None => loop {
-                        match Pin::new(&mut *live).poll_next(cx) {
-                            // Already sent from the backlog.
-                            Poll::Ready(Some(Ok(event))) if event.sequence <= self.last_sent => {
-                                continue
+                    None => match self
+                        .hub
+                        .fetch(next, *floor, batch, (*id, registered), cx.waker())
+                    {
+                        Fetched::Events { missed } => {
+                            self.missed += missed;
+                            match batch.pop_front() {
+                                Some(event) => event,
+                                // Everything asked for was gone: report it with what follows.
+                                None => {
+                                    cx.waker().wake_by_ref();
+                                    return Poll::Pending;
+                                }
                             }
-                            Poll::Ready(Some(Ok(event))) => break event,
-                            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                                return Poll::Ready(Some(Err(self.cut_off())));
-                            }
-                            Poll::Ready(None) => return Poll::Ready(None),
-                            Poll::Pending => return Poll::Pending,
                         }
+                        Fetched::Waiting => return Poll::Pending,
+                        Fetched::End => return Poll::Ready(None),
+                        Fetched::CutOff => return Poll::Ready(Some(Err(self.cut_off()))),
                     },
                 };
-                let envelope = self.envelope(next.bytes.clone(), next.sequence, None);
+                let envelope = self.envelope(event.bytes, event.sequence, None);
                 Poll::Ready(Some(Ok(envelope)))
             }
             Feed::Member {
@@ -175,9 +223,11 @@ impl<T> EventStream<T> {
                 // The member came back on another stream, or left: this one is over.
                 _ if superseded.load(Ordering::Acquire) => Poll::Ready(None),
                 Poll::Ready(Some(delivery)) => {
-                    let extra = self
-                        .hub
-                        .delivery_bytes(delivery.delivery_count, delivery.missed);
+                    let extra = self.hub.delivery_bytes(
+                        delivery.delivery_count,
+                        delivery.missed,
+                        delivery.previous_epoch,
+                    );
                     let envelope = self.envelope(
                         delivery.event.bytes.clone(),
                         delivery.event.sequence,
@@ -217,7 +267,9 @@ impl<T> Stream for EventStream<T> {
                 if !std::mem::take(&mut this.sent_since_tick) {
                     // Idle for a whole period: a heartbeat (at most two periods after the last event).
                     let missed = std::mem::take(&mut this.missed);
-                    let heartbeat = Envelope::encoded(this.hub.heartbeat_bytes(missed), None);
+                    let previous_epoch = std::mem::take(&mut this.previous_epoch);
+                    let heartbeat =
+                        Envelope::encoded(this.hub.heartbeat_bytes(missed, previous_epoch), None);
                     return Poll::Ready(Some(Ok(heartbeat)));
                 }
             }
@@ -229,7 +281,12 @@ impl<T> Stream for EventStream<T> {
 impl<T> Drop for EventStream<T> {
     fn drop(&mut self) {
         match &self.feed {
-            Feed::Plain { .. } => self.hub.plain_stream_ended(),
+            Feed::Plain { id, registered, .. } => {
+                if let Some(round) = registered {
+                    self.hub.unregister(*id, *round);
+                }
+                self.hub.plain_stream_ended();
+            }
             Feed::Member {
                 group,
                 member,

@@ -22,6 +22,27 @@ use crate::v1::{EventMetadata, Subscribe};
 /// The field number of the metadata in every event message.
 pub const EVENT_METADATA_FIELD: u32 = 536_870_000;
 
+/// The response header of an event RPC that names the publisher's epoch (16 hex digits), so
+/// that an observer knows which producer it reached before any event arrives.
+pub const EPOCH_HEADER: &str = "meshless-epoch";
+
+/// The response header of a plain subscription that starts with no gap to report: the
+/// sequence right before its first event (decimal), so that a subscriber that loses the
+/// stream before any event arrives can resume exactly.
+pub const START_AFTER_HEADER: &str = "meshless-start-after";
+
+/// The value of [`EPOCH_HEADER`].
+pub(crate) fn epoch_header_value(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
+/// The epoch named by an [`EPOCH_HEADER`] value.
+pub(crate) fn parse_epoch_header(value: &str) -> Option<u64> {
+    u64::from_str_radix(value, 16)
+        .ok()
+        .filter(|epoch| *epoch != 0)
+}
+
 /// An event on the wire: outgoing as pre-encoded bytes, incoming as the decoded message and
 /// its metadata.
 #[derive(Debug, Clone, PartialEq)]

@@ -278,9 +278,11 @@ async fn oversized_messages_are_resource_exhausted_both_ways() {
 #[tokio::test]
 async fn invalid_cursors_and_nonsense_subscriptions_are_refused_clearly() {
     let (server, publisher) = server().await;
-    let last = publisher.publish_echoed(support::EchoedEvent {
-        message: "one".into(),
-    });
+    let last = publisher
+        .publish_echoed(support::EchoedEvent {
+            message: "one".into(),
+        })
+        .expect("a small event");
     let echo = EchoClient::connect(server.target())
         .await
         .unwrap()
@@ -428,9 +430,11 @@ async fn subscribers_beyond_the_limit_are_resource_exhausted() {
         }
     }
     let mut third = third.expect("the freed place is given to a new subscriber");
-    publisher.publish_echoed(support::EchoedEvent {
-        message: "to the third".into(),
-    });
+    publisher
+        .publish_echoed(support::EchoedEvent {
+            message: "to the third".into(),
+        })
+        .expect("a small event");
     let (event, _) = third
         .message()
         .await

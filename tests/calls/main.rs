@@ -217,9 +217,11 @@ async fn calls_refused_by_a_draining_server_go_to_another_instance() {
         .start(&draining.target())
         .await
         .unwrap();
-    publisher.publish_echoed(EchoedEvent {
-        message: "hold".into(),
-    });
+    publisher
+        .publish_echoed(EchoedEvent {
+            message: "hold".into(),
+        })
+        .expect("a small event");
     gate.entered().await;
 
     let client = EchoClient::connect(targets(&[&draining, &other]))

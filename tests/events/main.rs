@@ -87,9 +87,11 @@ fn numbers(range: std::ops::Range<usize>) -> Vec<String> {
 fn publish(publisher: &EchoPublisher, range: std::ops::Range<usize>) -> Cursor {
     let mut last = Cursor::default();
     for i in range {
-        last = publisher.publish_echoed(EchoedEvent {
-            message: i.to_string(),
-        });
+        last = publisher
+            .publish_echoed(EchoedEvent {
+                message: i.to_string(),
+            })
+            .expect("a small event");
     }
     last
 }
@@ -176,9 +178,11 @@ async fn a_slow_observer_is_cut_off_and_resumes_without_loss() {
     gate.entered().await;
     let filler = "x".repeat(1000);
     for i in 1..10_000 {
-        publisher.publish_echoed(EchoedEvent {
-            message: format!("{i} {filler}"),
-        });
+        publisher
+            .publish_echoed(EchoedEvent {
+                message: format!("{i} {filler}"),
+            })
+            .expect("a small event");
     }
     gate.open();
     observer.until_count(10_000).await;
@@ -367,7 +371,8 @@ async fn a_restarted_publisher_reports_the_exact_gap() {
             instance: addr.to_string(),
             rpc: "/testing.v1.Echo/Echoed",
             missed: 3,
-            epoch: second.as_publisher().epoch()
+            epoch: second.as_publisher().epoch(),
+            previous_epoch: Some(first.as_publisher().epoch()),
         }]
     );
     handle.stop().await;

@@ -20,9 +20,18 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
         any::<u64>(),
         any::<u32>(),
         any::<bool>(),
+        any::<u64>(),
     )
         .prop_map(
-            |(epoch, sequence, published_at_unix_micros, missed, delivery_count, heartbeat)| {
+            |(
+                epoch,
+                sequence,
+                published_at_unix_micros,
+                missed,
+                delivery_count,
+                heartbeat,
+                previous_epoch,
+            )| {
                 EventMetadata {
                     epoch,
                     sequence,
@@ -30,6 +39,7 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                     missed,
                     delivery_count,
                     heartbeat,
+                    previous_epoch,
                 }
             },
         )
@@ -134,9 +144,11 @@ fn a_producer_answers_any_subscription_clearly() {
         (server, client)
     });
     for i in 0..3 {
-        publisher.publish_echoed(EchoedEvent {
-            message: i.to_string(),
-        });
+        publisher
+            .publish_echoed(EchoedEvent {
+                message: i.to_string(),
+            })
+            .expect("a small event");
     }
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(300));
     runner

@@ -160,9 +160,11 @@ async fn start(member: Member, options: ObserverOptions, target: &str) -> Observ
 fn publish(publisher: &EchoPublisher, range: std::ops::Range<usize>) -> Cursor {
     let mut last = Cursor::default();
     for i in range {
-        last = publisher.publish_echoed(EchoedEvent {
-            message: i.to_string(),
-        });
+        last = publisher
+            .publish_echoed(EchoedEvent {
+                message: i.to_string(),
+            })
+            .expect("a small event");
     }
     last
 }

@@ -53,9 +53,11 @@ async fn subscribe_cancel_cycles_leave_nothing_behind() {
     const CYCLES: usize = 10_000;
     let publisher = EchoPublisher::new();
     let server = Running::publishing(publisher.clone()).await;
-    publisher.publish_echoed(EchoedEvent {
-        message: "retained".into(),
-    });
+    publisher
+        .publish_echoed(EchoedEvent {
+            message: "retained".into(),
+        })
+        .expect("a small event");
     let client = EchoClient::connect(server.target())
         .await
         .unwrap()

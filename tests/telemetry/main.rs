@@ -150,15 +150,19 @@ async fn calls_events_and_gaps_are_counted() {
     };
     let (events, mut received) = mpsc::unbounded_channel();
     let first = member(events).await.unwrap();
-    publisher.publish_echoed(EchoedEvent {
-        message: "first".into(),
-    });
+    publisher
+        .publish_echoed(EchoedEvent {
+            message: "first".into(),
+        })
+        .expect("a small event");
     assert_eq!(received.recv().await.unwrap(), "first");
     first.stop().await;
     for i in 0..5 {
-        publisher.publish_echoed(EchoedEvent {
-            message: i.to_string(),
-        });
+        publisher
+            .publish_echoed(EchoedEvent {
+                message: i.to_string(),
+            })
+            .expect("a small event");
     }
     let (events, mut received) = mpsc::unbounded_channel();
     let second = member(events).await.unwrap();

@@ -206,9 +206,11 @@ async fn observers_subscribe_over_mutual_tls() {
         .await
         .unwrap();
     for i in 0..3 {
-        publisher.publish_echoed(EchoedEvent {
-            message: i.to_string(),
-        });
+        publisher
+            .publish_echoed(EchoedEvent {
+                message: i.to_string(),
+            })
+            .expect("a small event");
     }
     for i in 0..3 {
         assert_eq!(received.recv().await.unwrap(), i.to_string());

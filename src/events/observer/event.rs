@@ -96,18 +96,21 @@ impl<T> std::ops::Deref for Event<T> {
 }
 
 /// Events an observer will never get from one producer instance: they were no longer
-/// retained when it resubscribed, or the producer restarted.
+/// retained when it resubscribed, or the producer restarted and lost them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
     /// The producer instance.
     pub instance: String,
     /// The event RPC, `/package.Service/Method`.
     pub rpc: &'static str,
-    /// How many events were missed.
+    /// How many events of `epoch` were missed: no longer retained when the observer came back.
     pub missed: u64,
-    /// The epoch of the events after the gap; a different one than before means the producer
-    /// restarted.
+    /// The epoch of the events after the gap.
     pub epoch: u64,
+    /// Set when the producer restarted (a new epoch) since the observer's cursor: the epoch
+    /// before, whose events after the cursor are lost with the old process, in a number nobody
+    /// knows (as etcd's `ErrCompacted`). `missed` then counts only the new epoch's events.
+    pub previous_epoch: Option<u64>,
 }
 
 /// An event whose handler failed on every attempt.

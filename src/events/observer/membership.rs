@@ -12,6 +12,9 @@ use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 const ACKNOWLEDGE_PATH: &str = "/meshless.v1.EventGroups/Acknowledge";
 /// The pause before an acknowledgement that failed is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long one acknowledgement may take before it is given up and sent again: a producer
+/// that takes the call and never answers must not stall the member's acknowledgements.
+const ACKNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The membership of one subscription's stream. Acknowledgements are cumulative: the
 /// background task sends the latest event handled whenever it changed, one call at a time, so
@@ -116,13 +119,24 @@ async fn acknowledge(
     channel: Channel,
     ack: Acknowledgement,
 ) -> Result<AcknowledgeResponse, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
+    let call = async {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<Acknowledgement, AcknowledgeResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(ACKNOWLEDGE_PATH);
+        let mut request = tonic::Request::new(ack);
+        request.set_timeout(ACKNOWLEDGE_TIMEOUT);
+        grpc.unary(request, path, codec)
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    tokio::time::timeout(ACKNOWLEDGE_TIMEOUT, call)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Acknowledgement, AcknowledgeResponse>::default();
-    let path = http::uri::PathAndQuery::from_static(ACKNOWLEDGE_PATH);
-    grpc.unary(tonic::Request::new(ack), path, codec)
-        .await
-        .map(tonic::Response::into_inner)
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer to an acknowledgement within {ACKNOWLEDGE_TIMEOUT:?}"
+            )))
+        })
 }

@@ -20,6 +20,7 @@ pub struct ObserverOptions {
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) heartbeat: Duration,
+    pub(crate) removal_grace: Duration,
     pub(crate) start: StartPosition,
     pub(crate) max_concurrent_handlers: Option<usize>,
     pub(crate) dns: DnsSettings,
@@ -41,6 +42,7 @@ impl fmt::Debug for ObserverOptions {
             .field("retry_backoff", &self.retry_backoff)
             .field("reconnect_backoff", &self.reconnect_backoff)
             .field("heartbeat", &self.heartbeat)
+            .field("removal_grace", &self.removal_grace)
             .field("start", &self.start)
             .field("max_concurrent_handlers", &self.max_concurrent_handlers)
             .field("group", &self.group)
@@ -57,6 +59,7 @@ impl Default for ObserverOptions {
             reconnect_backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(5),
+            removal_grace: Duration::from_secs(30),
             start: StartPosition::Oldest,
             max_concurrent_handlers: None,
             dns: DnsSettings::default(),
@@ -96,9 +99,21 @@ impl ObserverOptions {
     }
 
     /// How often an idle stream carries a heartbeat; a stream silent for three of these is
-    /// taken for dead and resubscribed. Default: 5 s.
+    /// taken for dead and resubscribed. Default: 5 s; at least 1 s (producers send none more
+    /// often).
     pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every.max(Duration::from_millis(10));
+        self.heartbeat = every.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long the stream of a producer instance that left discovery is still read: leaving
+    /// discovery means "do not subscribe again", not "drop now", so that what the producer
+    /// sends until its drain ends the stream (a rolling deploy removes an instance from DNS
+    /// and then stops it) is handled, and a group member stays a member meanwhile. Past the
+    /// grace, the stream is let go (a group member leaves the group). An instance back in
+    /// discovery within it keeps its stream. Default: 30 s.
+    pub fn removal_grace(mut self, grace: Duration) -> Self {
+        self.removal_grace = grace;
         self
     }
 

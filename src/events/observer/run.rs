@@ -2,20 +2,24 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
+use super::book::{Book, Claim};
 use super::event::{DeadLetter, Event, Gap, HandlerError};
 use super::membership::{self, Membership};
 use super::options::ObserverOptions;
-use crate::events::wire::EventCodec;
+use crate::events::wire::{parse_epoch_header, EventCodec, EPOCH_HEADER, START_AFTER_HEADER};
 use crate::events::Envelope;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
 
@@ -31,6 +35,20 @@ pub(crate) struct Shared {
     pub(crate) handlers: Option<Arc<Semaphore>>,
     /// This observer's name in its consumer group, the same on every producer instance.
     pub(crate) member: String,
+    /// Where this observer stands with each producer (plain subscriptions).
+    pub(crate) book: Book,
+}
+
+/// What the supervisor says of one producer instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Instance {
+    /// In discovery: subscribe, and resubscribe whenever the stream ends.
+    Active,
+    /// Gone from discovery: read the stream until the producer ends it or it breaks, but at
+    /// most until then; never subscribe again.
+    Retired(Instant),
+    /// The observer stops.
+    Stopped,
 }
 
 /// A subscription to one event RPC, without its event type: spawns one task per instance.
@@ -40,7 +58,7 @@ pub(crate) trait Subscription: Send + Sync {
         instance: String,
         endpoint: Endpoint,
         shared: Arc<Shared>,
-        stop: watch::Receiver<bool>,
+        control: watch::Receiver<Instance>,
     ) -> tokio::task::JoinHandle<()>;
 }
 
@@ -58,16 +76,18 @@ where
         instance: String,
         endpoint: Endpoint,
         shared: Arc<Shared>,
-        stop: watch::Receiver<bool>,
+        control: watch::Receiver<Instance>,
     ) -> tokio::task::JoinHandle<()> {
-        let metrics = StreamMetrics::new(self.rpc, &instance);
+        static STREAMS: AtomicU64 = AtomicU64::new(1);
+        let metrics = StreamMetrics::new(self.rpc);
         let stream = InstanceStream {
             rpc: self.rpc,
             handler: self.handler.clone(),
             instance: instance.into(),
+            id: STREAMS.fetch_add(1, Ordering::Relaxed),
             endpoint,
             shared,
-            stop,
+            control,
             cursor: None,
             joined: false,
             metrics,
@@ -82,17 +102,19 @@ struct StreamMetrics {
     dead_letters: metrics::Counter,
     missed: metrics::Counter,
     redelivered: metrics::Counter,
+    gaps: metrics::Counter,
     lag: metrics::Gauge,
 }
 
 impl StreamMetrics {
-    fn new(rpc: &'static str, instance: &str) -> Self {
+    fn new(rpc: &'static str) -> Self {
         Self {
             handled: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "handled"),
             dead_letters: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "dead_letter"),
             missed: metrics::counter!("meshless_observer_missed_events_total", "rpc" => rpc),
             redelivered: metrics::counter!("meshless_observer_redelivered_events_total", "rpc" => rpc),
-            lag: metrics::gauge!("meshless_observer_lag_seconds", "rpc" => rpc, "instance" => instance.to_owned()),
+            gaps: metrics::counter!("meshless_observer_gaps_total", "rpc" => rpc),
+            lag: metrics::gauge!("meshless_observer_lag_seconds", "rpc" => rpc),
         }
     }
 }
@@ -102,9 +124,11 @@ struct InstanceStream<T> {
     handler: Handler<T>,
     /// Shared with every event from this instance, so no event copies it.
     instance: Arc<str>,
+    /// Tells this stream apart from the others of the observer in the [`Book`].
+    id: u64,
     endpoint: Endpoint,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
+    control: watch::Receiver<Instance>,
     /// After the last event handled.
     cursor: Option<Cursor>,
     /// Whether a consumer group member's subscription went through once.
@@ -118,6 +142,8 @@ enum Next<T> {
     /// Time to check that the stream is not silent.
     Check,
     Stopped,
+    /// Gone from discovery, and the grace to read what the producer still sends is over.
+    GraceOver,
 }
 
 /// The lag gauge, set from the last event handled when the stream catches up, and every
@@ -154,15 +180,36 @@ impl LagSample {
     }
 }
 
+/// An event left unhandled because the observer stopped.
+struct Abandoned;
+
+/// The pause before a retry: `backoff` and up to 20% more, so that observers that failed
+/// together do not come back together.
+fn jittered(backoff: Duration) -> Duration {
+    backoff + backoff.mul_f64(fastrand::f64() * 0.2)
+}
+
 /// Why a stream ended.
 enum Ended {
     Stopped,
-    /// Stopped, and left the consumer group.
+    /// Stopped (or out of grace), and left the consumer group.
     Left,
-    /// Resubscribe now (cut off for falling behind, or the stream went quiet).
+    /// Resubscribe now (cut off for falling behind, the stream went quiet, or the book knows a
+    /// better cursor).
     Resubscribe,
     /// Resubscribe after a pause.
     Failed(String),
+    /// Another stream reads this producer (reachable at another address too).
+    Duplicate,
+}
+
+/// A subscription the producer accepted.
+struct Subscribed<T> {
+    stream: tonic::Streaming<Envelope<T>>,
+    /// The producer's epoch, when it said.
+    epoch: Option<u64>,
+    start_after: Option<u64>,
+    membership: Option<Membership>,
 }
 
 impl<T> InstanceStream<T>
@@ -173,17 +220,31 @@ where
         let options = self.shared.options.clone();
         let mut backoff = options.reconnect_backoff;
         loop {
-            if self.stopping() {
-                break;
+            let retired = match *self.control.borrow() {
+                Instance::Active => false,
+                Instance::Retired(until) => Instant::now() >= until,
+                Instance::Stopped => break,
+            };
+            if retired {
+                return;
             }
-            match self.subscribe_once().await {
+            let ended = self.subscribe_once().await;
+            let retired = matches!(*self.control.borrow(), Instance::Retired(_));
+            match ended {
                 Ended::Left => return,
                 Ended::Stopped => break,
+                // Cut off while the producer drains: what it still holds is ours to read.
                 Ended::Resubscribe => backoff = options.reconnect_backoff,
+                // Gone from discovery, and the stream is over: never subscribe again.
+                Ended::Failed(_) | Ended::Duplicate if retired => return,
+                Ended::Duplicate => {
+                    if self.wait_for_release().await {
+                        break;
+                    }
+                }
                 Ended::Failed(error) => {
                     tracing::debug!(instance = %self.instance, rpc = self.rpc, %error, ?backoff, "subscription failed; retrying");
-                    let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
-                    if self.sleep_unless_stopped(backoff + jitter).await {
+                    if self.sleep_unless_told(jittered(backoff)).await {
                         break;
                     }
                     backoff = (backoff * 2).min(options.reconnect_backoff_max);
@@ -224,28 +285,53 @@ where
         }
     }
 
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
+    fn plain(&self) -> bool {
+        self.shared.options.group.is_none()
     }
 
-    /// Sleeps; returns whether the observer stopped meanwhile.
-    async fn sleep_unless_stopped(&mut self, pause: Duration) -> bool {
+    /// Sleeps; returns whether the observer stopped meanwhile. A change of the instance's
+    /// state (retired, back in discovery) ends the pause early.
+    async fn sleep_unless_told(&mut self, pause: Duration) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(pause) => self.stopping(),
-            _ = self.stop.changed() => true,
+            () = tokio::time::sleep(pause) => {}
+            _ = self.control.changed() => {}
         }
+        *self.control.borrow() == Instance::Stopped
     }
 
-    async fn subscribe_once(&mut self) -> Ended {
+    /// Waits until the stream that reads this producer lets go (or the instance's state
+    /// changes); returns whether the observer stopped meanwhile.
+    async fn wait_for_release(&mut self) -> bool {
+        let book = &self.shared.book;
+        tokio::select! {
+            () = book.released() => {}
+            _ = self.control.changed() => {}
+            // In case the release came between the claim and this wait.
+            () = tokio::time::sleep(self.shared.options.heartbeat) => {}
+        }
+        *self.control.borrow() == Instance::Stopped
+    }
+
+    /// Connects and subscribes, after the cursor the book holds for this address.
+    async fn subscribe(&mut self) -> Result<Subscribed<T>, Ended> {
         let options = &self.shared.options;
+        if self.plain() {
+            if self
+                .shared
+                .book
+                .read_elsewhere(self.rpc, &self.instance, self.id)
+            {
+                return Err(Ended::Duplicate);
+            }
+            self.cursor = self.shared.book.resume_after(self.rpc, &self.instance);
+        }
+        let mut control = self.control.clone();
         let connected = tokio::select! {
             connected = Box::pin(self.endpoint.connect()) => connected,
-            _ = self.stop.changed() => return Ended::Stopped,
+            _ = control.wait_for(|state| *state == Instance::Stopped) => return Err(Ended::Stopped),
         };
-        let channel = match connected {
-            Ok(channel) => channel,
-            Err(error) => return Ended::Failed(crate::balance::error_chain(&error)),
-        };
+        let channel =
+            connected.map_err(|error| Ended::Failed(crate::balance::error_chain(&error)))?;
         let request = Subscribe {
             after: self.cursor,
             start: options.start as i32,
@@ -266,8 +352,6 @@ where
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
         let codec = EventCodec::<T>::default();
-        // Boxed, as the connect above and the leave below: run once per stream, they would
-        // otherwise make the state every event goes through several times larger.
         let subscribed = Box::pin(async {
             grpc.ready()
                 .await
@@ -275,14 +359,73 @@ where
             grpc.server_streaming(tonic::Request::new(request), path, codec)
                 .await
         });
-        let mut stream = tokio::select! {
-            response = subscribed => match response {
-                Ok(response) => response.into_inner(),
-                Err(status) => return Ended::Failed(format!("{:?}: {}", status.code(), status.message())),
-            },
-            _ = self.stop.changed() => return Ended::Stopped,
+        let response = tokio::select! {
+            response = subscribed => response.map_err(|status| Ended::Failed(format!("{:?}: {}", status.code(), status.message())))?,
+            _ = control.wait_for(|state| *state == Instance::Stopped) => return Err(Ended::Stopped),
+        };
+        let header = |name| {
+            response
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let epoch = header(EPOCH_HEADER).and_then(parse_epoch_header);
+        let start_after = header(START_AFTER_HEADER).and_then(|value| value.parse().ok());
+        Ok(Subscribed {
+            stream: response.into_inner(),
+            epoch,
+            start_after,
+            membership,
+        })
+    }
+
+    async fn subscribe_once(&mut self) -> Ended {
+        let subscribed = match self.subscribe().await {
+            Ok(subscribed) => subscribed,
+            Err(ended) => return ended,
+        };
+        let claimed = match (self.plain(), subscribed.epoch) {
+            (true, Some(epoch)) => {
+                let claim = self.shared.book.claim(
+                    self.rpc,
+                    &self.instance,
+                    epoch,
+                    self.id,
+                    self.cursor,
+                    subscribed.start_after,
+                );
+                match claim {
+                    Claim::Read { after } => {
+                        self.cursor = after;
+                        Some(epoch)
+                    }
+                    Claim::Duplicate => return Ended::Duplicate,
+                    Claim::Resubscribe => return Ended::Resubscribe,
+                }
+            }
+            _ => None,
         };
         tracing::debug!(instance = %self.instance, rpc = self.rpc, cursor = ?self.cursor, "subscribed");
+        let ended = self.read(subscribed.stream, subscribed.membership).await;
+        match (claimed, self.cursor) {
+            (Some(epoch), handled) => {
+                self.shared.book.release(self.rpc, epoch, self.id, handled);
+            }
+            (None, Some(handled)) if self.plain() => {
+                self.shared.book.record(self.rpc, &self.instance, handled);
+            }
+            _ => {}
+        }
+        ended
+    }
+
+    /// Reads the stream until it ends, breaks, goes quiet, or the observer stops.
+    async fn read(
+        &mut self,
+        mut stream: tonic::Streaming<Envelope<T>>,
+        membership: Option<Membership>,
+    ) -> Ended {
+        let options = &self.shared.options;
         if membership.is_some() {
             // The subscription acknowledged everything up to the cursor. From here the cursor
             // is the last event handled on this stream: events come in delivery order, and an
@@ -294,8 +437,8 @@ where
 
         // A stream silent for three heartbeat periods is dead. Checked by a ticking timer, not
         // a timeout per message; and while messages keep coming, neither the timer nor the
-        // stop signal's waiter is polled: per event, either would touch the timer wheel or take
-        // a lock. The stop signal is then checked with one atomic load.
+        // control signal's waiter is polled: per event, either would touch the timer wheel or
+        // take a lock. The control signal is then checked with one atomic load.
         let quiet_limit = options.heartbeat * 3;
         let mut check =
             tokio::time::interval_at(tokio::time::Instant::now() + quiet_limit, quiet_limit);
@@ -303,22 +446,38 @@ where
         // burst of missed checks would find the stream silent at the second).
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = false;
-        let mut stop = self.stop.clone();
-        let stopped = stop.wait_for(|stop| *stop);
-        tokio::pin!(stopped);
+        let mut told = WatchStream::from_changes(self.control.clone());
+        // Armed once the instance leaves discovery: the grace to read what it still sends.
+        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut lag = LagSample::default();
         loop {
             let next = std::future::poll_fn(|cx| {
-                if self.stop_signalled() {
-                    return Poll::Ready(Next::Stopped);
+                if self.control.has_changed().unwrap_or(true) {
+                    match *self.control.borrow_and_update() {
+                        Instance::Stopped => return Poll::Ready(Next::Stopped),
+                        Instance::Retired(until) => {
+                            if grace.is_none() {
+                                grace = Some(Box::pin(tokio::time::sleep_until(until)));
+                            }
+                        }
+                        Instance::Active => grace = None,
+                    }
                 }
                 if let Poll::Ready(message) = Pin::new(&mut stream).poll_next(cx) {
                     return Poll::Ready(Next::Message(message));
                 }
                 // Caught up: the lag of the last event handled is the lag now.
                 lag.record(&self.metrics.lag);
-                if stopped.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Next::Stopped);
+                if Pin::new(&mut told).poll_next(cx).is_ready() {
+                    // Looked at at the top, on the next turn.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if grace
+                    .as_mut()
+                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+                {
+                    return Poll::Ready(Next::GraceOver);
                 }
                 if check.poll_tick(cx).is_ready() {
                     return Poll::Ready(Next::Check);
@@ -335,24 +494,42 @@ where
                     }
                     continue;
                 }
-                Next::Stopped => {
+                Next::Stopped | Next::GraceOver => {
                     // The handler in flight has finished: acknowledge it, and let the group
                     // have the rest at once.
                     if let Some(membership) = membership {
                         Box::pin(membership.leave(self.shared.options.connect_timeout)).await;
                         return Ended::Left;
                     }
-                    return Ended::Stopped;
+                    return match next {
+                        Next::GraceOver => {
+                            tracing::info!(instance = %self.instance, rpc = self.rpc, "gone from discovery, and its stream still open after the grace; letting go");
+                            Ended::Failed("gone from discovery".into())
+                        }
+                        _ => Ended::Stopped,
+                    };
                 }
             };
             heard = true;
             match next {
                 Some(Ok(envelope)) => {
-                    if let Some((message, metadata)) = envelope.into_parts() {
-                        if let Some(cursor) = self.receive(message, metadata, &mut lag).await {
+                    let Some((message, metadata)) = envelope.into_parts() else {
+                        continue;
+                    };
+                    match self.receive(message, metadata, &mut lag).await {
+                        Ok(Some(cursor)) => {
                             if let Some(membership) = &membership {
                                 membership.handled(cursor);
                             }
+                        }
+                        Ok(None) => {}
+                        Err(Abandoned) => {
+                            if let Some(membership) = membership {
+                                Box::pin(membership.leave(self.shared.options.connect_timeout))
+                                    .await;
+                                return Ended::Left;
+                            }
+                            return Ended::Stopped;
                         }
                     }
                 }
@@ -368,34 +545,27 @@ where
         }
     }
 
-    /// Whether the observer was told to stop (or dropped), with one atomic load while not.
-    fn stop_signalled(&self) -> bool {
-        match self.stop.has_changed() {
-            Ok(false) => false,
-            Ok(true) => self.stopping(),
-            Err(_closed) => true,
-        }
-    }
-
     /// Handles one event (or heartbeat); returns the event's cursor once handled.
     async fn receive(
         &mut self,
         message: T,
         metadata: EventMetadata,
         lag: &mut LagSample,
-    ) -> Option<Cursor> {
-        if metadata.missed > 0 {
+    ) -> Result<Option<Cursor>, Abandoned> {
+        if metadata.missed > 0 || metadata.previous_epoch != 0 {
             self.metrics.missed.increment(metadata.missed);
+            self.metrics.gaps.increment(1);
             let gap = Gap {
                 instance: self.instance.to_string(),
                 rpc: self.rpc,
                 missed: metadata.missed,
                 epoch: metadata.epoch,
+                previous_epoch: (metadata.previous_epoch != 0).then_some(metadata.previous_epoch),
             };
             (self.shared.options.on_gap)(&gap);
         }
         if metadata.heartbeat {
-            return None;
+            return Ok(None);
         }
         let cursor = Cursor {
             epoch: metadata.epoch,
@@ -412,18 +582,20 @@ where
                 .is_some_and(|c| c.epoch == cursor.epoch && c.sequence >= cursor.sequence)
         {
             // Already handled (cannot happen with a well-behaved publisher).
-            return None;
+            return Ok(None);
         }
         let published_at = metadata.published_at_unix_micros;
         self.handle(Event::new(message, metadata, self.instance.clone()))
-            .await;
+            .await?;
         lag.handled(published_at, &self.metrics.lag);
         self.cursor = Some(cursor);
-        Some(cursor)
+        Ok(Some(cursor))
     }
 
     /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.
-    async fn handle(&self, event: Event<T>) {
+    /// A stop during the backoff abandons the event: neither handled nor dead-lettered, so
+    /// that whoever comes next (this observer resuming, or another group member) gets it.
+    async fn handle(&self, event: Event<T>) -> Result<(), Abandoned> {
         if event.delivery_count() > 1 {
             self.metrics.redelivered.increment(1);
         }
@@ -435,10 +607,10 @@ where
             sequence = event.metadata().sequence,
             delivery_count = event.delivery_count(),
         );
-        self.handle_with_retries(&event).instrument(span).await;
+        self.handle_with_retries(&event).instrument(span).await
     }
 
-    async fn handle_with_retries(&self, event: &Event<T>) {
+    async fn handle_with_retries(&self, event: &Event<T>) -> Result<(), Abandoned> {
         let options = &self.shared.options;
         let _permit = match &self.shared.handlers {
             Some(limit) => limit.clone().acquire_owned().await.ok(),
@@ -450,7 +622,7 @@ where
             match (self.handler)(event.clone()).await {
                 Ok(()) => {
                     self.metrics.handled.increment(1);
-                    return;
+                    return Ok(());
                 }
                 Err(error) if attempt >= options.handler_attempts => {
                     let dead = DeadLetter {
@@ -462,11 +634,18 @@ where
                     };
                     self.metrics.dead_letters.increment(1);
                     (options.on_dead_letter)(&dead);
-                    return;
+                    return Ok(());
                 }
                 Err(error) => {
                     tracing::debug!(instance = %self.instance, rpc = self.rpc, attempt, %error, "handler failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let mut control = self.control.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = control.wait_for(|state| *state == Instance::Stopped) => {
+                            tracing::debug!(instance = %self.instance, rpc = self.rpc, "stopped while retrying a handler; the event is left for whoever comes next");
+                            return Err(Abandoned);
+                        }
+                    }
                     backoff *= 2;
                     attempt += 1;
                 }

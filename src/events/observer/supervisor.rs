@@ -9,9 +9,10 @@ use prost::Message;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::book::Book;
 use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
-use super::run::{Shared, Subscription, Typed};
+use super::run::{Instance, Shared, Subscription, Typed};
 use crate::client::Connector;
 use crate::discovery::{self, Update};
 use crate::{Error, Target};
@@ -92,6 +93,7 @@ impl ObserverBuilder {
             options: self.options,
             // Random, so that two observers never take each other for the same member.
             member: format!("{:016x}", fastrand::u64(..)),
+            book: Book::default(),
         });
         let mut instances = Instances {
             connector,
@@ -147,8 +149,9 @@ impl ObserverHandle {
         &self.target
     }
 
-    /// Stops taking events, lets the handlers in flight finish, and returns when every
-    /// subscription has ended.
+    /// Stops taking events, lets the handlers in flight finish (a handler waiting to be
+    /// retried is not called again), and returns when every subscription has ended, those to
+    /// instances that left discovery included.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
@@ -173,19 +176,30 @@ struct Instances {
 }
 
 struct Running {
-    /// Tells this instance's subscriptions to end (the instance is gone).
-    leave: watch::Sender<bool>,
+    /// What this instance's subscriptions are told: active, retired (gone from discovery) or
+    /// stopped.
+    control: watch::Sender<Instance>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Running {
+    fn finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+}
+
 impl Instances {
-    /// Observes the instance at `key` (`host:port`), unless it is already observed.
+    /// Observes the instance at `key` (`host:port`), unless it is already observed; an
+    /// instance back in discovery while its streams still run keeps them.
     fn add(&mut self, key: String) -> Result<(), Error> {
-        if self.running.contains_key(&key) {
-            return Ok(());
+        if let Some(running) = self.running.get(&key) {
+            if !running.finished() {
+                running.control.send_replace(Instance::Active);
+                return Ok(());
+            }
         }
         let endpoint = self.connector.endpoint(&key)?;
-        let (leave, left) = watch::channel(false);
+        let (control, controlled) = watch::channel(Instance::Active);
         let tasks = self
             .subscriptions
             .iter()
@@ -194,20 +208,24 @@ impl Instances {
                     key.clone(),
                     endpoint.clone(),
                     self.shared.clone(),
-                    left.clone(),
+                    controlled.clone(),
                 )
             })
             .collect();
         tracing::debug!(instance = %key, "observing");
-        self.running.insert(key, Running { leave, tasks });
+        self.running.insert(key, Running { control, tasks });
         Ok(())
     }
 
+    /// The instance left discovery: its streams are read until the producer ends them (its
+    /// drain) or they break, within the removal grace, and never subscribed again.
     fn remove(&mut self, key: &str) {
-        if let Some(running) = self.running.remove(key) {
-            tracing::debug!(instance = %key, "instance gone; letting go");
-            let _ = running.leave.send(true);
+        if let Some(running) = self.running.get(key) {
+            let until = tokio::time::Instant::now() + self.shared.options.removal_grace;
+            tracing::debug!(instance = %key, grace = ?self.shared.options.removal_grace, "instance gone from discovery; reading what it still sends");
+            running.control.send_replace(Instance::Retired(until));
         }
+        self.running.retain(|_, running| !running.finished());
     }
 
     fn apply(&mut self, update: Update) {
@@ -243,8 +261,10 @@ impl Instances {
 
     /// Stops every subscription and waits for them (and their handlers in flight).
     async fn finish(&mut self) {
+        for running in self.running.values() {
+            running.control.send_replace(Instance::Stopped);
+        }
         for (_, running) in self.running.drain() {
-            let _ = running.leave.send(true);
             for task in running.tasks {
                 let _ = task.await;
             }

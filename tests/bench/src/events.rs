@@ -114,7 +114,7 @@ impl Producer {
             let message = message(size);
             match self {
                 Producer::Meshless(publisher) => {
-                    publisher.publish_echoed(mesh::EchoedEvent { message });
+                    publisher.publish_echoed(mesh::EchoedEvent { message }).expect("a small event");
                 }
                 Producer::Raw(sender) => {
                     let _ = sender.send(plain::EchoedEvent { message });

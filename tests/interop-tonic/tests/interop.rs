@@ -230,9 +230,11 @@ async fn a_plain_tonic_client_consumes_an_event_stream_as_the_declared_message()
             }),
     );
     for message in ["first", "second", "third"] {
-        publisher.publish_echoed(mesh::EchoedEvent {
-            message: message.into(),
-        });
+        publisher
+            .publish_echoed(mesh::EchoedEvent {
+                message: message.into(),
+            })
+            .expect("a small event");
     }
 
     let mut client = plain::echo_client::EchoClient::connect(format!("http://{addr}"))

@@ -1,0 +1,158 @@
+//! The event log of one event RPC on a publisher: sequencing, retention, and reads by cursor.
+//!
+//! This is the seam between the hub (fan-out, groups, drain) and where events are kept.
+//! [`MemoryLog`] keeps the last `retain` events in a ring; every subscriber reads from it by
+//! sequence, so a subscription costs a cursor, never a copy of the ring.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// One published event, encoded once with its metadata, shared by every subscriber (a clone
+/// shares the bytes).
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) sequence: u64,
+    pub(crate) bytes: Bytes,
+}
+
+/// What a read found: the events from the first retained sequence at or after the one asked
+/// for, and how many asked-for events were no longer retained.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Read {
+    /// Events between the requested sequence and the first one returned that are gone.
+    pub(crate) missed: u64,
+    /// The sequence to read from next time.
+    pub(crate) next: u64,
+}
+
+/// Where the events of one event RPC are kept.
+pub(crate) trait EventLog: Send + 'static {
+    /// The sequence the next event gets; the first event is 1.
+    fn next_sequence(&self) -> u64;
+
+    /// The oldest retained sequence; [`next_sequence`](Self::next_sequence) when none is.
+    fn oldest(&self) -> u64;
+
+    /// Appends an event whose sequence is [`next_sequence`](Self::next_sequence), dropping the
+    /// oldest events beyond retention.
+    fn append(&mut self, event: Stored);
+
+    /// Appends to `out` up to `max` events from sequence `from` on.
+    fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read;
+
+    /// The latest sequence published; 0 before the first event.
+    fn latest(&self) -> u64 {
+        self.next_sequence() - 1
+    }
+}
+
+/// The last `retain` events, in memory.
+#[derive(Debug)]
+pub(crate) struct MemoryLog {
+    ring: VecDeque<Stored>,
+    retain: usize,
+    next: u64,
+}
+
+impl MemoryLog {
+    pub(crate) fn new(retain: usize) -> Self {
+        Self {
+            ring: VecDeque::with_capacity(retain.min(4096)),
+            retain,
+            next: 1,
+        }
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn next_sequence(&self) -> u64 {
+        self.next
+    }
+
+    fn oldest(&self) -> u64 {
+        self.ring.front().map_or(self.next, |e| e.sequence)
+    }
+
+    fn append(&mut self, event: Stored) {
+        debug_assert_eq!(event.sequence, self.next);
+        self.next = event.sequence + 1;
+        if self.retain == 0 {
+            return;
+        }
+        if self.ring.len() == self.retain {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(event);
+    }
+
+    fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
+        let oldest = self.oldest();
+        let first = from.max(oldest).min(self.next);
+        let missed = first - from.min(first);
+        // Sequences in the ring are consecutive, so the position is arithmetic.
+        let skip = usize::try_from(first - oldest).unwrap_or(usize::MAX);
+        let taken = self.ring.iter().skip(skip).take(max);
+        let before = out.len();
+        out.extend(taken.cloned());
+        Read {
+            missed,
+            next: first + (out.len() - before) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn log_of(retain: usize, events: u64) -> MemoryLog {
+        let mut log = MemoryLog::new(retain);
+        for sequence in 1..=events {
+            log.append(Stored {
+                sequence,
+                bytes: Bytes::new(),
+            });
+        }
+        log
+    }
+
+    fn sequences(out: &VecDeque<Stored>) -> Vec<u64> {
+        out.iter().map(|e| e.sequence).collect()
+    }
+
+    #[test]
+    fn reads_from_a_cursor_inside_the_window() {
+        let log = log_of(5, 8);
+        assert_eq!((log.oldest(), log.latest()), (4, 8));
+        let mut out = VecDeque::new();
+        let read = log.read(6, 10, &mut out);
+        assert_eq!(sequences(&out), [6, 7, 8]);
+        assert_eq!(read, Read { missed: 0, next: 9 });
+    }
+
+    #[test]
+    fn reports_what_fell_out_of_the_window() {
+        let log = log_of(5, 8);
+        let mut out = VecDeque::new();
+        let read = log.read(1, 2, &mut out);
+        assert_eq!(sequences(&out), [4, 5]);
+        assert_eq!(read, Read { missed: 3, next: 6 });
+    }
+
+    #[test]
+    fn a_caught_up_reader_gets_nothing() {
+        let log = log_of(5, 8);
+        let mut out = VecDeque::new();
+        assert_eq!(log.read(9, 10, &mut out), Read { missed: 0, next: 9 });
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn without_retention_everything_unread_is_missed() {
+        let log = log_of(0, 3);
+        let mut out = VecDeque::new();
+        assert_eq!(log.read(2, 10, &mut out), Read { missed: 2, next: 4 });
+        assert!(out.is_empty());
+    }
+}

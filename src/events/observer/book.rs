@@ -1,0 +1,252 @@
+//! Where an observer stands with each producer: the last event handled per (event RPC,
+//! producer epoch), the epoch last met at each address, and which stream reads each producer.
+//!
+//! A cursor belongs to the producer (its epoch), not to a connection or an address: a
+//! producer that leaves discovery and comes back, or comes back at another address, is resumed
+//! right after the last event handled; a producer reachable at several addresses is read by
+//! one stream at a time, the others waiting until it lets go. Consumer group members keep
+//! their position on the producer instead, and do not use the book.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::v1::Cursor;
+
+/// How many producers the book remembers per observer; the least recently used is forgotten
+/// beyond it (a producer that restarted that often has long lost its old epochs' events).
+const MAX_PRODUCERS: usize = 4096;
+
+/// The book of one observer, shared by its streams.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    inner: Mutex<Inner>,
+    /// Woken when a stream lets go of a producer.
+    released: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    producers: HashMap<(&'static str, u64), Producer>,
+    epochs_at: HashMap<(&'static str, Arc<str>), u64>,
+    tick: u64,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    /// The last event handled (or the position a stream started at).
+    after: Option<u64>,
+    /// The stream reading this producer now.
+    reader: Option<u64>,
+    used: u64,
+}
+
+/// What a stream that reached a producer may do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Read it, skipping events up to `after`.
+    Read { after: Option<Cursor> },
+    /// Another stream reads it; wait until it lets go.
+    Duplicate,
+    /// The stream asked from a cursor of another epoch while the book knows where this one
+    /// stands: subscribe again, with [`Book::resume_after`].
+    Resubscribe,
+}
+
+impl Book {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where to resume at `address`: after the last event handled of the producer last met
+    /// there.
+    pub(crate) fn resume_after(&self, rpc: &'static str, address: &Arc<str>) -> Option<Cursor> {
+        let inner = self.lock();
+        let epoch = *inner.epochs_at.get(&(rpc, address.clone()))?;
+        let producer = inner.producers.get(&(rpc, epoch))?;
+        producer.after.map(|sequence| Cursor { epoch, sequence })
+    }
+
+    /// Whether the producer last met at `address` is being read by another stream than
+    /// `stream`: then subscribing there would only read it twice.
+    pub(crate) fn read_elsewhere(
+        &self,
+        rpc: &'static str,
+        address: &Arc<str>,
+        stream: u64,
+    ) -> bool {
+        let inner = self.lock();
+        inner
+            .epochs_at
+            .get(&(rpc, address.clone()))
+            .and_then(|epoch| inner.producers.get(&(rpc, *epoch)))
+            .and_then(|producer| producer.reader)
+            .is_some_and(|reader| reader != stream)
+    }
+
+    /// `stream` reached producer `epoch` at `address`, having asked from `sent`; the producer
+    /// said it starts right after `start_after` (when it said so and reported no gap).
+    pub(crate) fn claim(
+        &self,
+        rpc: &'static str,
+        address: &Arc<str>,
+        epoch: u64,
+        stream: u64,
+        sent: Option<Cursor>,
+        start_after: Option<u64>,
+    ) -> Claim {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.epochs_at.insert((rpc, address.clone()), epoch);
+        if !inner.producers.contains_key(&(rpc, epoch)) && inner.producers.len() >= MAX_PRODUCERS {
+            inner.forget_least_used();
+        }
+        let producer = inner.producers.entry((rpc, epoch)).or_default();
+        producer.used = tick;
+        if producer.reader.is_some_and(|reader| reader != stream) {
+            return Claim::Duplicate;
+        }
+        let sent_here = sent.is_some_and(|cursor| cursor.epoch == epoch);
+        if !sent_here && producer.after.is_some() {
+            return Claim::Resubscribe;
+        }
+        producer.reader = Some(stream);
+        if let Some(start) = start_after {
+            producer.after = producer.after.max(Some(start));
+        }
+        Claim::Read {
+            after: producer.after.map(|sequence| Cursor { epoch, sequence }),
+        }
+    }
+
+    /// `stream` stopped reading producer `epoch`, having handled up to `handled`.
+    pub(crate) fn release(
+        &self,
+        rpc: &'static str,
+        epoch: u64,
+        stream: u64,
+        handled: Option<Cursor>,
+    ) {
+        let mut inner = self.lock();
+        if let Some(producer) = inner.producers.get_mut(&(rpc, epoch)) {
+            if producer.reader == Some(stream) {
+                producer.reader = None;
+            }
+            if let Some(cursor) = handled.filter(|c| c.epoch == epoch) {
+                producer.after = producer.after.max(Some(cursor.sequence));
+            }
+        }
+        drop(inner);
+        self.released.notify_waiters();
+    }
+
+    /// Records where a stream that could not claim (its producer said no epoch) stands.
+    pub(crate) fn record(&self, rpc: &'static str, address: &Arc<str>, handled: Cursor) {
+        let mut inner = self.lock();
+        inner
+            .epochs_at
+            .insert((rpc, address.clone()), handled.epoch);
+        let producer = inner.producers.entry((rpc, handled.epoch)).or_default();
+        producer.after = producer.after.max(Some(handled.sequence));
+    }
+
+    /// Waits until some stream lets go of a producer.
+    pub(crate) async fn released(&self) {
+        self.released.notified().await;
+    }
+}
+
+impl Inner {
+    fn forget_least_used(&mut self) {
+        let Some(oldest) = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.reader.is_none())
+            .min_by_key(|(_, p)| p.used)
+            .map(|(key, _)| *key)
+        else {
+            return;
+        };
+        self.producers.remove(&oldest);
+        self.epochs_at
+            .retain(|(rpc, _), epoch| !(*rpc == oldest.0 && *epoch == oldest.1));
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const RPC: &str = "/test.v1.S/E";
+
+    fn at(address: &str) -> Arc<str> {
+        address.into()
+    }
+
+    fn cursor(epoch: u64, sequence: u64) -> Option<Cursor> {
+        Some(Cursor { epoch, sequence })
+    }
+
+    #[test]
+    fn a_producer_back_at_its_address_resumes_after_the_last_event_handled() {
+        let book = Book::default();
+        assert_eq!(book.resume_after(RPC, &at("a")), None);
+        assert_eq!(
+            book.claim(RPC, &at("a"), 7, 1, None, Some(0)),
+            Claim::Read {
+                after: cursor(7, 0)
+            }
+        );
+        book.release(RPC, 7, 1, cursor(7, 42));
+        assert_eq!(book.resume_after(RPC, &at("a")), cursor(7, 42));
+    }
+
+    #[test]
+    fn a_producer_at_two_addresses_is_read_once() {
+        let book = Book::default();
+        assert!(matches!(
+            book.claim(RPC, &at("a"), 7, 1, None, Some(0)),
+            Claim::Read { .. }
+        ));
+        assert_eq!(
+            book.claim(RPC, &at("b"), 7, 2, None, Some(0)),
+            Claim::Duplicate
+        );
+        assert!(book.read_elsewhere(RPC, &at("b"), 2));
+        book.release(RPC, 7, 1, cursor(7, 10));
+        assert!(!book.read_elsewhere(RPC, &at("b"), 2));
+        // The other address now resumes where the first stream stopped.
+        assert_eq!(book.resume_after(RPC, &at("b")), cursor(7, 10));
+        assert_eq!(
+            book.claim(RPC, &at("b"), 7, 2, cursor(7, 10), None),
+            Claim::Read {
+                after: cursor(7, 10)
+            }
+        );
+    }
+
+    #[test]
+    fn a_known_producer_met_with_the_wrong_cursor_is_subscribed_again() {
+        let book = Book::default();
+        book.claim(RPC, &at("a"), 7, 1, None, Some(0));
+        book.release(RPC, 7, 1, cursor(7, 5));
+        // At a new address, asked without a cursor: the book knows better.
+        assert_eq!(
+            book.claim(RPC, &at("c"), 7, 3, None, Some(9)),
+            Claim::Resubscribe
+        );
+        assert_eq!(book.resume_after(RPC, &at("c")), cursor(7, 5));
+    }
+
+    #[test]
+    fn positions_only_move_forward() {
+        let book = Book::default();
+        book.claim(RPC, &at("a"), 7, 1, None, Some(20));
+        book.release(RPC, 7, 1, cursor(7, 3));
+        assert_eq!(book.resume_after(RPC, &at("a")), cursor(7, 20));
+    }
+}

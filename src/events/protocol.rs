@@ -1,0 +1,172 @@
+//! The gRPC face of an event RPC: what a `Subscribe` or an `Acknowledgement` may ask for, and
+//! the status every refusal becomes. The hub and the groups deal in domain values and errors;
+//! only this module speaks `tonic::Status`, and no status echoes more than a short piece of
+//! what a peer sent.
+
+use std::time::Duration;
+
+use super::group::{self, AckError, JoinError};
+use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
+
+/// The shortest heartbeat interval a subscriber may ask for: faster is a mistake (or an
+/// attack), not a liveness check.
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A `Subscribe`, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    /// A cursor of some epoch, when the subscriber sent one.
+    pub(crate) after: Option<Cursor>,
+    pub(crate) start_live: bool,
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) membership: Option<Membership>,
+}
+
+/// What a consumer group member asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Membership {
+    pub(crate) group: String,
+    pub(crate) member: String,
+    /// Not yet capped by the hub's buffer.
+    pub(crate) window: usize,
+    pub(crate) lease: Duration,
+}
+
+/// Why a subscription or a join was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The cursor names an event of this epoch that was never published.
+    CursorAhead {
+        cursor: Cursor,
+        latest: u64,
+    },
+    ShuttingDown,
+    TooManySubscribers(usize),
+    Join(JoinError),
+}
+
+impl Subscription {
+    /// Checks what a subscriber sent; refuses names too long to be names, and members without
+    /// one.
+    pub(crate) fn parse(request: &Subscribe) -> Result<Self, tonic::Status> {
+        let membership = if request.group.is_empty() {
+            None
+        } else {
+            for (what, name) in [("group", &request.group), ("member", &request.member)] {
+                if name.len() > group::MAX_NAME_LEN {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "the {what} name is {} bytes long; at most {} are allowed",
+                        name.len(),
+                        group::MAX_NAME_LEN
+                    )));
+                }
+            }
+            if request.member.is_empty() {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "a member of consumer group `{}` needs a name (`Subscribe.member`), unique in \
+                     the group and kept across reconnections, to acknowledge what it handles",
+                    group::shown(&request.group)
+                )));
+            }
+            Some(Membership {
+                group: request.group.clone(),
+                member: request.member.clone(),
+                window: match request.max_unacknowledged {
+                    0 => group::DEFAULT_WINDOW,
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                },
+                lease: match request.lease_ms {
+                    0 => group::DEFAULT_LEASE,
+                    ms => Duration::from_millis(u64::from(ms)).min(group::MAX_LEASE),
+                },
+            })
+        };
+        Ok(Self {
+            after: request.after.filter(|c| c.epoch != 0),
+            start_live: request.start() == StartPosition::Live,
+            heartbeat: match request.heartbeat_interval_ms {
+                0 => None,
+                ms => Some(Duration::from_millis(u64::from(ms)).max(MIN_HEARTBEAT)),
+            },
+            membership,
+        })
+    }
+}
+
+/// The status of a refused subscription to `method`.
+pub(crate) fn refused(
+    method: &str,
+    refusal: &Refusal,
+    membership: Option<&Membership>,
+) -> tonic::Status {
+    let group = || membership.map_or_else(String::new, |m| group::shown(&m.group));
+    match refusal {
+        Refusal::CursorAhead { cursor, latest } => tonic::Status::invalid_argument(format!(
+            "cursor (epoch {:#x}, sequence {}) is ahead of {method}'s latest event ({latest}); \
+             resubscribe without a cursor",
+            cursor.epoch, cursor.sequence
+        )),
+        Refusal::ShuttingDown => shutting_down(method),
+        Refusal::TooManySubscribers(limit) => tonic::Status::resource_exhausted(format!(
+            "{method} already has {limit} subscribers, its limit"
+        )),
+        Refusal::Join(JoinError::TooManyGroups) => tonic::Status::resource_exhausted(format!(
+            "{method} already serves {} consumer groups, each with a member; group `{}` cannot \
+             be added",
+            group::MAX_GROUPS,
+            group()
+        )),
+        Refusal::Join(JoinError::TooManyMembers) => tonic::Status::resource_exhausted(format!(
+            "consumer group `{}` on {method} already has {} members",
+            group(),
+            group::MAX_MEMBERS
+        )),
+    }
+}
+
+pub(crate) fn shutting_down(method: &str) -> tonic::Status {
+    tonic::Status::unavailable(format!("{method} is shutting down"))
+}
+
+/// What an acknowledgement says was handled: `None` when it only leaves.
+pub(crate) fn handled(
+    method: &str,
+    epoch: u64,
+    latest: u64,
+    ack: &Acknowledgement,
+) -> Result<Option<u64>, tonic::Status> {
+    match ack.handled {
+        Some(cursor) if cursor.epoch != epoch => Err(tonic::Status::failed_precondition(format!(
+            "cursor of epoch {:#x}, but this instance of {method} publishes epoch {epoch:#x}: it \
+             restarted, and what the earlier run delivered cannot be acknowledged here",
+            cursor.epoch
+        ))),
+        Some(cursor) if cursor.sequence == 0 || cursor.sequence > latest => {
+            Err(tonic::Status::invalid_argument(format!(
+                "no event {} was published on {method} (latest: {latest})",
+                cursor.sequence
+            )))
+        }
+        Some(cursor) => Ok(Some(cursor.sequence)),
+        None if ack.leave => Ok(None),
+        None => Err(tonic::Status::invalid_argument(
+            "an acknowledgement names the last event handled (`handled`), or leaves",
+        )),
+    }
+}
+
+/// The status of a refused acknowledgement.
+pub(crate) fn ack_refused(method: &str, error: &AckError, ack: &Acknowledgement) -> tonic::Status {
+    match error {
+        AckError::UnknownGroup => tonic::Status::not_found(format!(
+            "no consumer group `{}` on this instance of {method}",
+            group::shown(&ack.group),
+        )),
+        AckError::UnknownMember => tonic::Status::not_found(format!(
+            "no member `{}` in consumer group `{}` on this instance of {method} (its lease ran \
+             out, or it left); resubscribe to rejoin",
+            group::shown(&ack.member),
+            group::shown(&ack.group),
+        )),
+    }
+}
