@@ -566,6 +566,11 @@ impl Hub {
         }
     }
 
+    /// How many plain subscribers have a stream open.
+    pub(crate) fn plain_subscribers(&self) -> usize {
+        self.plain_streams.load(Ordering::Acquire)
+    }
+
     /// A plain subscriber's stream ended.
     pub(crate) fn plain_stream_ended(&self) {
         let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;

@@ -146,6 +146,12 @@ impl Publisher {
         self.hubs.first().map_or(0, |hub| hub.epoch)
     }
 
+    /// How many subscribers without a consumer group have a stream open now, over all event
+    /// RPCs.
+    pub fn subscribers(&self) -> usize {
+        self.hubs.iter().map(|hub| hub.plain_subscribers()).sum()
+    }
+
     /// How many subscribers were cut off so far for falling behind, over all event RPCs.
     pub fn subscribers_cut_off(&self) -> u64 {
         self.hubs

@@ -1,9 +1,9 @@
 //! [`ObserverBuilder`] and [`ObserverHandle`]: which events, which target, and the task that
 //! follows the target's instances.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -95,12 +95,14 @@ impl ObserverBuilder {
             member: format!("{:016x}", fastrand::u64(..)),
             book: Book::default(),
         });
+        let listed = Arc::new(Mutex::new(BTreeSet::new()));
         let mut instances = Instances {
             connector,
             subscriptions: self.subscriptions,
             shared,
             stop: stopped.clone(),
             running: HashMap::new(),
+            listed: listed.clone(),
         };
         let task = match parsed {
             Target::Static(addrs) => {
@@ -130,6 +132,7 @@ impl ObserverBuilder {
             target: target.to_owned(),
             stop,
             task: Some(task),
+            listed,
         })
     }
 }
@@ -141,12 +144,20 @@ pub struct ObserverHandle {
     target: String,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    listed: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ObserverHandle {
     /// The target observed.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The producer instances (`host:port`) discovery lists now, each observed. Instances
+    /// that left discovery are not listed, though their streams may still be read (see
+    /// [`ObserverOptions::removal_grace`]).
+    pub fn instances(&self) -> Vec<String> {
+        lock(&self.listed).iter().cloned().collect()
     }
 
     /// Stops taking events, lets the handlers in flight finish (a handler waiting to be
@@ -173,6 +184,14 @@ struct Instances {
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     running: HashMap<String, Running>,
+    /// The instances in discovery, for [`ObserverHandle::instances`].
+    listed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Running {
@@ -192,6 +211,7 @@ impl Instances {
     /// Observes the instance at `key` (`host:port`), unless it is already observed; an
     /// instance back in discovery while its streams still run keeps them.
     fn add(&mut self, key: String) -> Result<(), Error> {
+        lock(&self.listed).insert(key.clone());
         if let Some(running) = self.running.get(&key) {
             if !running.finished() {
                 running.control.send_replace(Instance::Active);
@@ -220,6 +240,7 @@ impl Instances {
     /// The instance left discovery: its streams are read until the producer ends them (its
     /// drain) or they break, within the removal grace, and never subscribed again.
     fn remove(&mut self, key: &str) {
+        lock(&self.listed).remove(key);
         if let Some(running) = self.running.get(key) {
             let until = tokio::time::Instant::now() + self.shared.options.removal_grace;
             tracing::debug!(instance = %key, grace = ?self.shared.options.removal_grace, "instance gone from discovery; reading what it still sends");
