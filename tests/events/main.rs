@@ -62,22 +62,52 @@ impl Collector {
             .collect()
     }
 
-    /// Waits, without sleeping, until `done` holds for what was seen.
+    /// Waits, without sleeping, until `done` holds for what was seen; fails the test after
+    /// [`PATIENCE`].
     async fn until(&self, done: impl Fn(&[(String, String)]) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if done(&self.seen.lock().unwrap()) {
-                return;
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(&self.seen.lock().unwrap()) {
+                    return;
+                }
+                changed.await;
             }
-            changed.await;
-        }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "timed out; the observer saw {:?}",
+            self.messages()
+        );
     }
 
     async fn until_count(&self, count: usize) {
         self.until(|seen| seen.len() >= count).await;
     }
+}
+
+/// Every wait in this suite gives up after this, failing the test.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `done` until it holds, failing the test after [`PATIENCE`].
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+fn quick_dns() -> DnsSettings {
+    let mut settings = DnsSettings::default();
+    settings.refresh_floor = Duration::from_millis(20);
+    settings.refresh_ceiling = Duration::from_millis(100);
+    settings
 }
 
 fn numbers(range: std::ops::Range<usize>) -> Vec<String> {
@@ -553,4 +583,111 @@ async fn shutting_a_producer_down_ends_its_event_streams_after_what_was_publishe
     assert_eq!(received, numbers(0..3));
     drop((stream, client));
     producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dns_flap_of_a_running_producer_resumes_exactly_whatever_the_start() {
+    for start in [StartPosition::Oldest, StartPosition::Live] {
+        let dns = TestDns::start("service.test").await.unwrap();
+        dns.add_ip("node.service.test", "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let publisher = EchoPublisher::new();
+        let producer = Running::publishing(publisher.clone()).await;
+        let port = producer.addr.port();
+        dns.add_srv("echo.service.test", 1, 1, port, "node.service.test")
+            .await
+            .unwrap();
+        let observer = Collector::default();
+        // No grace: the flap drops the stream, so that the observer must resume it.
+        let handle = EchoObserver::new()
+            .echoed(observer.clone())
+            .options(
+                quick()
+                    .dns(quick_dns())
+                    .start(start)
+                    .removal_grace(Duration::ZERO),
+            )
+            .start(&dns.srv_target("echo.service.test"))
+            .await
+            .unwrap();
+        let subscribed = || publisher.as_publisher().subscribers() == 1;
+        eventually("the observer subscribed", subscribed).await;
+        publish(&publisher, 0..50);
+        observer.until_count(50).await;
+
+        dns.remove_srv("echo.service.test", port, "node.service.test")
+            .await
+            .unwrap();
+        eventually("the flap dropped the stream", || {
+            publisher.as_publisher().subscribers() == 0
+        })
+        .await;
+        publish(&publisher, 50..60);
+        dns.add_srv("echo.service.test", 1, 1, port, "node.service.test")
+            .await
+            .unwrap();
+        eventually("the observer subscribed again", subscribed).await;
+        publish(&publisher, 60..65);
+        observer.until_count(65).await;
+        assert_eq!(observer.messages(), numbers(0..65), "start {start:?}");
+
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        dns.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_producer_reachable_at_two_addresses_is_observed_once() {
+    let dns = TestDns::start("service.test").await.unwrap();
+    dns.add_ip("node.service.test", "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    // One publisher (one epoch) served on two ports: one producer, two addresses.
+    let publisher = EchoPublisher::new();
+    let first = Running::publishing(publisher.clone()).await;
+    let second = Running::publishing(publisher.clone()).await;
+    for server in [&first, &second] {
+        dns.add_srv(
+            "echo.service.test",
+            1,
+            1,
+            server.addr.port(),
+            "node.service.test",
+        )
+        .await
+        .unwrap();
+    }
+    let observer = Collector::default();
+    let handle = EchoObserver::new()
+        .echoed(observer.clone())
+        .options(quick().dns(quick_dns()).removal_grace(Duration::ZERO))
+        .start(&dns.srv_target("echo.service.test"))
+        .await
+        .unwrap();
+    eventually("both addresses are known", || handle.instances().len() == 2).await;
+    eventually("the producer is read", || {
+        publisher.as_publisher().subscribers() >= 1
+    })
+    .await;
+    publish(&publisher, 0..10);
+    observer.until_count(10).await;
+    publish(&publisher, 10..11);
+    observer.until_count(11).await;
+    assert_eq!(observer.messages(), numbers(0..11));
+
+    // One address leaves discovery: if it was the one read, the other takes over where it
+    // stopped; either way, nothing is lost or handled twice.
+    dns.remove_srv("echo.service.test", first.addr.port(), "node.service.test")
+        .await
+        .unwrap();
+    eventually("one address left", || handle.instances().len() == 1).await;
+    publish(&publisher, 11..20);
+    observer.until_count(20).await;
+    assert_eq!(observer.messages(), numbers(0..20));
+    handle.stop().await;
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    dns.stop().await;
 }
