@@ -13,12 +13,14 @@
 //! | `meshless_server_calls_total` {method, code} | counter | calls served, by gRPC status |
 //! | `meshless_server_call_duration_seconds` {method} | histogram | from the request to the status |
 //! | `meshless_events_published_total` {rpc} | counter | events published |
+//! | `meshless_events_refused_total` {rpc} | counter | events `publish_*` refused (too large) |
 //! | `meshless_event_subscribers` {rpc} | gauge | open streams of subscribers without a group |
 //! | `meshless_event_subscribers_cut_off_total` {rpc} | counter | subscribers that fell behind |
 //! | `meshless_event_redeliveries_total` {rpc, group} | counter | events handed to another group member |
 //! | `meshless_observer_events_total` {rpc, outcome} | counter | events handled (`handled`, `dead_letter`) |
-//! | `meshless_observer_lag_seconds` {rpc, instance} | gauge | publish-to-handled time of the latest event, per producer instance |
-//! | `meshless_observer_missed_events_total` {rpc} | counter | events reported missed (gaps) |
+//! | `meshless_observer_lag_seconds` {rpc} | gauge | publish-to-handled time of the latest event handled, from any producer instance (no per-instance label: instances come and go) |
+//! | `meshless_observer_missed_events_total` {rpc} | counter | events reported missed (gaps of a known count) |
+//! | `meshless_observer_gaps_total` {rpc} | counter | gap reports, those of an unknown count (a producer that restarted) included |
 //! | `meshless_observer_redelivered_events_total` {rpc} | counter | events received with a delivery count above 1 |
 //!
 //! Spans: `meshless.call` (client: target, method, instance, status), `meshless.serve`

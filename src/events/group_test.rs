@@ -482,3 +482,31 @@ fn idle_groups_make_room_for_new_ones() {
     // Every group is empty and owes nothing: one is forgotten for the newcomer.
     hub.join(&member("newcomer", "a", 1)).unwrap();
 }
+
+#[test]
+fn abandoned_groups_holding_events_give_way_to_new_ones() {
+    let hub = hub(100);
+    for i in 0..group::MAX_GROUPS {
+        let name = format!("g{i}");
+        hub.join(&member(&name, "a", 1)).unwrap();
+        hub.acknowledge(&Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack(&name, "a", 0)
+        })
+        .unwrap();
+    }
+    // Each of the 256 member-less groups now holds an event for its next member.
+    publish(&hub, 1);
+    for i in 0..3 {
+        let mut newcomer = hub.join(&member(&format!("new{i}"), "a", 1)).unwrap();
+        assert_eq!(sequences(&mut newcomer), [1]);
+    }
+    // Groups that have members are never evicted: with 256 of them, the next one is refused.
+    let hub = self::hub(100);
+    let _members: Vec<_> = (0..group::MAX_GROUPS)
+        .map(|i| hub.join(&member(&format!("g{i}"), "a", 1)).unwrap())
+        .collect();
+    let refused = hub.join(&member("one-too-many", "a", 1)).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+}
