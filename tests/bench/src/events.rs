@@ -114,7 +114,9 @@ impl Producer {
             let message = message(size);
             match self {
                 Producer::Meshless(publisher) => {
-                    publisher.publish_echoed(mesh::EchoedEvent { message }).expect("a small event");
+                    publisher
+                        .publish_echoed(mesh::EchoedEvent { message })
+                        .expect("a small event");
                 }
                 Producer::Raw(sender) => {
                     let _ = sender.send(plain::EchoedEvent { message });
