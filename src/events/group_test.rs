@@ -466,9 +466,8 @@ fn a_gap_report_survives_the_member_it_was_given_to() {
     assert_eq!(received(&mut c), [(4, 2, 3), (5, 2, 0)]);
 }
 
-#[test]
-fn idle_groups_make_room_for_new_ones() {
-    let hub = hub(100);
+/// Joins and leaves as many groups as a hub serves.
+fn fill_with_groups_left_by_their_members(hub: &Hub) {
     for i in 0..group::MAX_GROUPS {
         let name = format!("g{i}");
         hub.join(&member(&name, "a", 1)).unwrap();
@@ -479,6 +478,12 @@ fn idle_groups_make_room_for_new_ones() {
         })
         .unwrap();
     }
+}
+
+#[test]
+fn idle_groups_make_room_for_new_ones() {
+    let hub = hub(100);
+    fill_with_groups_left_by_their_members(&hub);
     // Every group is empty and owes nothing: one is forgotten for the newcomer.
     hub.join(&member("newcomer", "a", 1)).unwrap();
 }
@@ -486,16 +491,7 @@ fn idle_groups_make_room_for_new_ones() {
 #[test]
 fn abandoned_groups_holding_events_give_way_to_new_ones() {
     let hub = hub(100);
-    for i in 0..group::MAX_GROUPS {
-        let name = format!("g{i}");
-        hub.join(&member(&name, "a", 1)).unwrap();
-        hub.acknowledge(&Acknowledgement {
-            leave: true,
-            handled: None,
-            ..ack(&name, "a", 0)
-        })
-        .unwrap();
-    }
+    fill_with_groups_left_by_their_members(&hub);
     // Each of the 256 member-less groups now holds an event for its next member.
     publish(&hub, 1);
     for i in 0..3 {

@@ -20,14 +20,11 @@ use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions};
 use meshless::testing::TestDns;
 use meshless::Channel;
 use support::testing::v1::EchoObserver;
-use support::{request, EchoClient, EchoedEvent, EchoedObserver};
+use support::{eventually, quick_dns, request, EchoClient, EchoedEvent, EchoedObserver, PATIENCE};
 use tokio::sync::watch;
 
 const ZONE: &str = "service.test";
 const NAME: &str = "echo.service.test";
-/// Every wait in this suite gives up after this, failing the test.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 /// A producer process, killed by its PID when the test ends however it ends.
 struct Producer {
     child: Child,
@@ -122,24 +119,6 @@ impl Tally {
     fn count(&self) -> usize {
         self.handled.lock().unwrap().len()
     }
-}
-
-/// Polls `done` until it holds, failing the test after [`PATIENCE`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
-}
-
-fn quick_dns() -> DnsSettings {
-    let mut settings = DnsSettings::default();
-    settings.refresh_floor = Duration::from_millis(50);
-    settings.refresh_ceiling = Duration::from_millis(200);
-    settings
 }
 
 async fn observe(target: &str, options: ObserverOptions, tally: &Tally) -> ObserverHandle {

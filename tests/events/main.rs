@@ -14,7 +14,10 @@ use meshless::testing::TestDns;
 use meshless::v1::{Cursor, StartPosition, Subscribe};
 use meshless::Code;
 use support::testing::v1::EchoObserver;
-use support::{EchoClient, EchoPublisher, EchoedEvent, EchoedObserver, Gate, Proxy, Running};
+use support::{
+    eventually, quick_dns, EchoClient, EchoPublisher, EchoedEvent, EchoedObserver, Gate, Proxy,
+    Running, PATIENCE,
+};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
@@ -87,27 +90,6 @@ impl Collector {
     async fn until_count(&self, count: usize) {
         self.until(|seen| seen.len() >= count).await;
     }
-}
-
-/// Every wait in this suite gives up after this, failing the test.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `done` until it holds, failing the test after [`PATIENCE`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
-}
-
-fn quick_dns() -> DnsSettings {
-    let mut settings = DnsSettings::default();
-    settings.refresh_floor = Duration::from_millis(20);
-    settings.refresh_ceiling = Duration::from_millis(100);
-    settings
 }
 
 fn numbers(range: std::ops::Range<usize>) -> Vec<String> {

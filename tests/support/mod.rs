@@ -19,6 +19,29 @@ pub use testing::v1::{
     EchoedObserver,
 };
 
+/// Every wait in a test gives up after this, failing the test.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `done` until it holds, failing the test after [`PATIENCE`]: for state no event
+/// announces (what a process or a background task did).
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+/// DNS settings that notice a change within a tenth of a second.
+pub fn quick_dns() -> meshless::discovery::DnsSettings {
+    let mut settings = meshless::discovery::DnsSettings::default();
+    settings.refresh_floor = Duration::from_millis(20);
+    settings.refresh_ceiling = Duration::from_millis(100);
+    settings
+}
+
 /// The message that makes `Unary` wait for [`Gate::open`].
 pub const WAIT: &str = "wait";
 
