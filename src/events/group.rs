@@ -2,29 +2,30 @@
 //! acknowledged yet, and what goes back to its group when a member leaves or its lease runs out.
 //!
 //! Plain data under the hub's lock: the hub owns the lock, the lease timers and the streams.
-//! Per group, events wait in `pending` until a live member has room (fewer unacknowledged
-//! events than its window), then move to that member's `unacked` queue, in delivery order,
-//! until the member acknowledges them. The pending queue holds at most the event RPC's `retain`
-//! events; what falls out is reported to the group as missed.
+//! A group reads the event log by cursor, as plain subscribers do: it holds no copy of the
+//! events it has yet to hand out, only where it stands. Events move to a member's `unacked`
+//! queue, in delivery order, when it has room (fewer unacknowledged events than its window),
+//! and stay there until the member acknowledges them; at most `retain` events per group are
+//! unacknowledged at once. Members with room are kept in an index ordered by load, so that
+//! handing out an event costs the same whatever the number of members, and a group that cannot
+//! take an event costs `publish` nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use tokio::sync::mpsc;
-
-use super::log::Stored;
+use super::log::{EventLog, Stored};
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
-/// How many consumer groups one event RPC of a publisher serves, each holding up to `retain`
-/// events for its members: a bound on memory. Past it, the group that has been without members
-/// the longest gives way.
+/// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
+/// been without members the longest gives way.
 pub(crate) const MAX_GROUPS: usize = 256;
-/// How long a group without members keeps its events for the next member to join.
+/// How long a group without members keeps its place (and its events) for the next member.
 pub(crate) const IDLE_GROUP_TTL: Duration = Duration::from_secs(3600);
 /// How many members one group may have, connected or within their lease.
 pub(crate) const MAX_MEMBERS: usize = 1024;
@@ -117,20 +118,31 @@ pub(crate) enum JoinError {
 #[derive(Debug)]
 pub(crate) struct Groups {
     by_name: HashMap<String, Group>,
-    /// The event RPC's `retain`: the most events a group holds, pending and unacknowledged.
+    /// The event RPC's `retain`: the most events a group holds unacknowledged.
     capacity: usize,
     /// Numbers member connections, so that a stale disconnect or lease timer is told apart
     /// from the member's current connection.
     connections: u64,
-    /// Deliveries beyond the first since [`take_redelivered`](Self::take_redelivered).
-    redelivered: u64,
+    /// Where one event read from the log lands on its way to a member.
+    scratch: VecDeque<Stored>,
 }
 
 #[derive(Debug)]
 struct Group {
-    pending: VecDeque<Unacked>,
-    members: Vec<Member>,
-    /// Events that fell out of `pending`, reported with the next delivery.
+    /// The sequence of the next event in the log this group has not handed out.
+    next: u64,
+    /// Events members gave back (they left, or their lease ran out), handed out again
+    /// before the log's, in order.
+    again: VecDeque<Unacked>,
+    members: HashMap<u64, Member>,
+    /// Member keys by name.
+    names: HashMap<String, u64>,
+    /// Live members with room, the least loaded first, then the one served longest ago:
+    /// (unacknowledged, turn, key).
+    ready: BTreeSet<(usize, u64, u64)>,
+    /// Numbers members and deliveries.
+    counter: u64,
+    /// Events missed right before the next delivery, to report with it.
     missed: u64,
     /// The epoch whose unseen tail the group lost, reported with the next delivery.
     previous_epoch: u64,
@@ -138,8 +150,6 @@ struct Group {
     in_flight: usize,
     /// Since when the group has had no member.
     idle_since: Option<Instant>,
-    /// Where the search for the least loaded member starts, so that ties take turns.
-    next_pick: usize,
     /// Deliveries beyond the first, for metrics.
     redelivered: u64,
 }
@@ -158,6 +168,10 @@ struct Member {
     superseded: Arc<AtomicBool>,
     /// The lease timer running while the member is away.
     lease_timer: Option<tokio::task::AbortHandle>,
+    /// When it was last handed an event: ties in load go to the one served longest ago.
+    turn: u64,
+    /// Its entry in the group's `ready` index, if any.
+    ready_as: Option<(usize, u64)>,
 }
 
 impl Drop for Member {
@@ -170,42 +184,41 @@ impl Drop for Member {
 }
 
 impl Groups {
-    /// No groups yet; each will hold at most `capacity` events.
+    /// No groups yet; each will hold at most `capacity` events unacknowledged.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             by_name: HashMap::new(),
             capacity: capacity.max(1),
             connections: 0,
-            redelivered: 0,
+            scratch: VecDeque::with_capacity(1),
         }
     }
 
     /// How many events were delivered again since the last call.
     pub(crate) fn take_redelivered(&mut self) -> u64 {
-        let groups: u64 = self
-            .by_name
+        self.by_name
             .values_mut()
             .map(|g| std::mem::take(&mut g.redelivered))
-            .sum();
-        std::mem::take(&mut self.redelivered) + groups
+            .sum()
     }
 
     pub(crate) fn contains(&self, group: &str) -> bool {
         self.by_name.contains_key(group)
     }
 
-    /// Adds a group that starts with `backlog` (events it has yet to get), `missed`, and the
-    /// epoch whose tail it lost (0: none). Groups without members past their time, and if
-    /// there is still no room the one without members the longest, make room; their events
-    /// are lost.
+    /// Adds a group that starts at sequence `next` of the log, having missed `missed` events
+    /// and the tail of `previous_epoch` (0: none). Groups without members past their time,
+    /// and if there is still no room the one without members the longest, make room; their
+    /// events are lost.
     pub(crate) fn create(
         &mut self,
         group: &str,
-        backlog: VecDeque<Stored>,
+        next: u64,
         missed: u64,
         previous_epoch: u64,
     ) -> Result<(), JoinError> {
-        self.forget_idle(Instant::now());
+        let now = Instant::now();
+        self.forget_idle(now);
         if self.by_name.len() >= MAX_GROUPS {
             let longest_idle = self
                 .by_name
@@ -218,22 +231,19 @@ impl Groups {
                 None => return Err(JoinError::TooManyGroups),
             }
         }
-        let mut pending: VecDeque<Unacked> = backlog.into_iter().map(Unacked::new).collect();
-        let mut missed = missed;
-        while pending.len() > self.capacity {
-            pending.pop_front();
-            missed += 1;
-        }
         self.by_name.insert(
             group.to_owned(),
             Group {
-                pending,
-                members: Vec::new(),
+                next,
+                again: VecDeque::new(),
+                members: HashMap::new(),
+                names: HashMap::new(),
+                ready: BTreeSet::new(),
+                counter: 0,
                 missed,
                 previous_epoch,
                 in_flight: 0,
-                idle_since: Some(Instant::now()),
-                next_pick: 0,
+                idle_since: Some(now),
                 redelivered: 0,
             },
         );
@@ -257,35 +267,34 @@ impl Groups {
     }
 
     fn forget(&mut self, name: &str, why: &str) {
-        if let Some(group) = self.by_name.remove(name) {
-            if !group.pending.is_empty() {
-                tracing::warn!(group = %shown(name), events = group.pending.len(), why, "consumer group without members forgotten; its events are lost");
-            }
+        if self.by_name.remove(name).is_some() {
+            tracing::info!(group = %shown(name), why, "consumer group without members forgotten; what it had yet to deliver is lost");
         }
     }
 
     /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
     /// unacknowledged events again, after those it says it handled.
-    pub(crate) fn join(&mut self, join: Join) -> Result<Joined, JoinError> {
+    pub(crate) fn join(&mut self, join: Join, log: &dyn EventLog) -> Result<Joined, JoinError> {
         let connection = self.connections + 1;
-        let capacity = self.capacity;
         let Some(group) = self.by_name.get_mut(&join.group) else {
             // The hub creates a group before joining it.
             return Err(JoinError::TooManyGroups);
         };
-        let id = join.member;
-        let existing = group.members.iter().position(|m| m.id == id);
+        let existing = group.names.get(&join.member).copied();
         if existing.is_none() && group.members.len() >= MAX_MEMBERS {
             return Err(JoinError::TooManyMembers);
         }
         self.connections = connection;
         let (sender, deliveries) = mpsc::unbounded_channel();
         let superseded = Arc::new(AtomicBool::new(false));
-        let index = match existing {
-            Some(index) => index,
-            None => {
-                group.members.push(Member {
-                    id: id.clone(),
+        let key = existing.unwrap_or_else(|| {
+            group.counter += 1;
+            let key = group.counter;
+            group.names.insert(join.member.clone(), key);
+            group.members.insert(
+                key,
+                Member {
+                    id: join.member.clone(),
                     window: join.window,
                     lease: join.lease,
                     unacked: VecDeque::new(),
@@ -293,12 +302,14 @@ impl Groups {
                     connection,
                     superseded: superseded.clone(),
                     lease_timer: None,
-                });
-                group.members.len() - 1
-            }
-        };
+                    turn: 0,
+                    ready_as: None,
+                },
+            );
+            key
+        });
         group.idle_since = None;
-        let member = &mut group.members[index];
+        let member = group.members.get_mut(&key).expect("inserted above");
         member.window = join.window;
         member.lease = join.lease;
         member.connection = connection;
@@ -312,29 +323,38 @@ impl Groups {
         if let Some(timer) = member.lease_timer.take() {
             timer.abort();
         }
-        if let Some(handled) = join.handled {
-            group.in_flight -= member.acknowledge(handled);
-        }
-        let again: Vec<Unacked> = group.members[index].unacked.drain(..).collect();
-        group.in_flight -= again.len();
+        let handled = join
+            .handled
+            .map_or(0, |handled| member.acknowledge(handled));
+        let again: Vec<Unacked> = member.unacked.drain(..).collect();
+        group.in_flight -= handled + again.len();
         for unacked in again {
-            group.deliver(index, unacked);
+            group.deliver(key, unacked);
         }
-        group.settle(capacity);
+        group.reindex(key);
+        group.dispatch(log, self.capacity, &mut self.scratch);
         Ok(Joined {
-            member: id,
+            member: join.member,
             connection,
             deliveries,
             superseded,
         })
     }
 
-    /// Hands a newly published event to every group.
+    /// Hands a newly published event (already in `log`) to every group that can take it
+    /// now: a group whose members have no room, or that is still behind, gets it later from
+    /// the log, so that it costs `publish` nothing.
     pub(crate) fn offer(&mut self, event: &Stored) {
-        let capacity = self.capacity;
         for group in self.by_name.values_mut() {
-            group.pending.push_back(Unacked::new(event.clone()));
-            group.settle(capacity);
+            if group.next == event.sequence
+                && group.again.is_empty()
+                && group.in_flight < self.capacity
+            {
+                if let Some(&(_, _, key)) = group.ready.first() {
+                    group.next += 1;
+                    group.deliver(key, Unacked::new(event.clone()));
+                }
+            }
         }
     }
 
@@ -347,24 +367,23 @@ impl Groups {
         member: &str,
         handled: Option<u64>,
         leave: bool,
+        log: &dyn EventLog,
     ) -> Result<u64, AckError> {
-        let capacity = self.capacity;
         let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
-        let index = group
-            .members
-            .iter()
-            .position(|m| m.id == member)
-            .ok_or(AckError::UnknownMember)?;
+        let key = *group.names.get(member).ok_or(AckError::UnknownMember)?;
         if let Some(handled) = handled {
-            group.in_flight -= group.members[index].acknowledge(handled);
+            let member = group.members.get_mut(&key).expect("named members exist");
+            group.in_flight -= member.acknowledge(handled);
+            group.reindex(key);
         }
         if leave {
-            group.release(index);
-            group.settle(capacity);
-            return Ok(0);
+            group.release(key);
         }
-        group.settle(capacity);
-        Ok(group.members[index].unacked.len() as u64)
+        group.dispatch(log, self.capacity, &mut self.scratch);
+        Ok(group
+            .members
+            .get(&key)
+            .map_or(0, |member| member.unacked.len() as u64))
     }
 
     /// The member's stream `connection` ended. Returns its lease when that was the member's
@@ -376,14 +395,16 @@ impl Groups {
         member: &str,
         connection: u64,
     ) -> Option<Duration> {
-        let member = self
-            .by_name
-            .get_mut(group)?
-            .members
-            .iter_mut()
-            .find(|m| m.id == member && m.connection == connection)?;
+        let group = self.by_name.get_mut(group)?;
+        let key = *group.names.get(member)?;
+        let member = group.members.get_mut(&key)?;
+        if member.connection != connection {
+            return None;
+        }
         member.sender = None;
-        Some(member.lease)
+        let lease = member.lease;
+        group.reindex(key);
+        Some(lease)
     }
 
     /// Keeps the lease timer of a member that is away, so that it is cancelled when the member
@@ -395,12 +416,7 @@ impl Groups {
         connection: u64,
         timer: tokio::task::AbortHandle,
     ) {
-        let member = self.by_name.get_mut(group).and_then(|g| {
-            g.members
-                .iter_mut()
-                .find(|m| m.id == member && m.connection == connection && m.sender.is_none())
-        });
-        match member {
+        match self.away(group, member, connection) {
             Some(member) => {
                 if let Some(old) = member.lease_timer.replace(timer) {
                     old.abort();
@@ -411,22 +427,32 @@ impl Groups {
         }
     }
 
+    /// The member `member` of `group`, if it is away since its connection `connection` ended.
+    fn away(&mut self, group: &str, member: &str, connection: u64) -> Option<&mut Member> {
+        let group = self.by_name.get_mut(group)?;
+        let key = group.names.get(member)?;
+        group
+            .members
+            .get_mut(key)
+            .filter(|m| m.connection == connection && m.sender.is_none())
+    }
+
     /// The lease of the member's `connection` ran out: unless it came back meanwhile, its
     /// unacknowledged events go to the other members. Returns whether it was let go.
-    pub(crate) fn expire(&mut self, group: &str, member: &str, connection: u64) -> bool {
-        let capacity = self.capacity;
-        let Some(group) = self.by_name.get_mut(group) else {
+    pub(crate) fn expire(
+        &mut self,
+        group: &str,
+        member: &str,
+        connection: u64,
+        log: &dyn EventLog,
+    ) -> bool {
+        if self.away(group, member, connection).is_none() {
             return false;
-        };
-        let Some(index) = group
-            .members
-            .iter()
-            .position(|m| m.id == member && m.connection == connection && m.sender.is_none())
-        else {
-            return false;
-        };
-        group.release(index);
-        group.settle(capacity);
+        }
+        let group = self.by_name.get_mut(group).expect("found above");
+        let key = group.names[member];
+        group.release(key);
+        group.dispatch(log, self.capacity, &mut self.scratch);
         true
     }
 
@@ -434,8 +460,10 @@ impl Groups {
     /// lease timer: for shutdown.
     pub(crate) fn close(&mut self) {
         for group in self.by_name.values_mut() {
-            for member in &mut group.members {
+            group.ready.clear();
+            for member in group.members.values_mut() {
                 member.sender = None;
+                member.ready_as = None;
                 if let Some(timer) = member.lease_timer.take() {
                     timer.abort();
                 }
@@ -443,30 +471,38 @@ impl Groups {
         }
     }
 
-    /// Whether every group that has members has had every event acknowledged. Groups without
-    /// members are not waited for (nobody would acknowledge): see [`abandoned`](Self::abandoned).
-    pub(crate) fn settled(&self) -> bool {
-        self.by_name.values().all(|group| {
-            group.members.is_empty() || (group.pending.is_empty() && group.in_flight == 0)
-        })
+    /// Whether every group that has members has had every event of `log` acknowledged.
+    /// Groups without members are not waited for (nobody would acknowledge): see
+    /// [`abandoned`](Self::abandoned).
+    pub(crate) fn settled(&self, log: &dyn EventLog) -> bool {
+        self.by_name
+            .values()
+            .all(|group| group.members.is_empty() || (group.owed(log) == 0 && group.in_flight == 0))
     }
 
-    /// Groups without members, and how many events each holds for the next member.
-    pub(crate) fn abandoned(&self) -> Vec<(String, usize)> {
+    /// Groups without members, and how many events each has yet to deliver.
+    pub(crate) fn abandoned(&self, log: &dyn EventLog) -> Vec<(String, u64)> {
         self.by_name
             .iter()
-            .filter(|(_, group)| group.members.is_empty() && !group.pending.is_empty())
-            .map(|(name, group)| (name.clone(), group.pending.len()))
+            .filter(|(_, group)| group.members.is_empty())
+            .map(|(name, group)| (name.clone(), group.owed(log)))
+            .filter(|(_, owed)| *owed > 0)
             .collect()
     }
 
     #[cfg(test)]
     pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
-        self.by_name[group]
-            .members
-            .iter()
-            .find(|m| m.id == member)
-            .map(|m| m.unacked.iter().map(|u| u.event.sequence).collect())
+        let group = &self.by_name[group];
+        group
+            .names
+            .get(member)
+            .map(|key| {
+                group.members[key]
+                    .unacked
+                    .iter()
+                    .map(|u| u.event.sequence)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -488,48 +524,40 @@ impl Member {
 }
 
 impl Group {
-    /// Sends pending events to the members with room, then drops what stays pending beyond
-    /// what the group may hold (reported as missed). In that order: an event a member can
-    /// take is never dropped.
-    fn settle(&mut self, capacity: usize) {
-        self.dispatch(capacity);
-        self.trim(capacity.saturating_sub(self.in_flight));
+    /// Events the group has yet to hand out: given back, and still in the log.
+    fn owed(&self, log: &dyn EventLog) -> u64 {
+        let unread = (log.latest() + 1).saturating_sub(self.next.max(log.oldest()));
+        self.again.len() as u64 + unread
     }
 
-    /// Sends pending events to the members with room, the least loaded first, while the
-    /// group holds fewer than `capacity` unacknowledged events.
-    fn dispatch(&mut self, capacity: usize) {
-        while !self.pending.is_empty() && self.in_flight < capacity {
-            let Some(index) = self.pick() else { return };
-            let unacked = self.pending.pop_front().expect("checked non-empty");
-            self.deliver(index, unacked);
-        }
-    }
-
-    /// The live member with the fewest unacknowledged events and room for one more.
-    fn pick(&mut self) -> Option<usize> {
-        let count = self.members.len();
-        let mut best: Option<(usize, usize)> = None;
-        for offset in 0..count {
-            let index = (self.next_pick + offset) % count;
-            let member = &self.members[index];
-            let load = member.unacked.len();
-            if member.sender.is_none() || load >= member.window {
-                continue;
-            }
-            if best.is_none_or(|(_, least)| load < least) {
-                best = Some((index, load));
-                if load == 0 {
-                    break;
+    /// Hands out what the group owes to members with room, the least loaded first, while it
+    /// holds fewer than `capacity` events unacknowledged. Events that left the log before the
+    /// group got to them are reported missed with the next delivery.
+    fn dispatch(&mut self, log: &dyn EventLog, capacity: usize, scratch: &mut VecDeque<Stored>) {
+        while self.in_flight < capacity {
+            let Some(&(_, _, key)) = self.ready.first() else {
+                return;
+            };
+            let unacked = match self.again.pop_front() {
+                Some(unacked) => unacked,
+                None => {
+                    if self.next > log.latest() {
+                        return;
+                    }
+                    let read = log.read(self.next, 1, scratch);
+                    self.missed += read.missed;
+                    self.next = read.next;
+                    match scratch.pop_front() {
+                        Some(event) => Unacked::new(event),
+                        None => continue,
+                    }
                 }
-            }
+            };
+            self.deliver(key, unacked);
         }
-        let (index, _) = best?;
-        self.next_pick = index + 1;
-        Some(index)
     }
 
-    fn deliver(&mut self, index: usize, mut unacked: Unacked) {
+    fn deliver(&mut self, key: u64, mut unacked: Unacked) {
         unacked.deliveries = unacked.deliveries.saturating_add(1);
         if unacked.deliveries > 1 {
             self.redelivered += 1;
@@ -539,7 +567,9 @@ impl Group {
             unacked.previous_epoch = std::mem::take(&mut self.previous_epoch);
         }
         self.in_flight += 1;
-        let member = &mut self.members[index];
+        self.counter += 1;
+        let member = self.members.get_mut(&key).expect("delivering to a member");
+        member.turn = self.counter;
         if let Some(sender) = &member.sender {
             let delivery = Delivery {
                 event: unacked.event.clone(),
@@ -554,34 +584,41 @@ impl Group {
             }
         }
         member.unacked.push_back(unacked);
+        self.reindex(key);
+    }
+
+    /// Puts the member where its load and turn say in the index of members with room, or
+    /// takes it out.
+    fn reindex(&mut self, key: u64) {
+        let Some(member) = self.members.get_mut(&key) else {
+            return;
+        };
+        if let Some((load, turn)) = member.ready_as.take() {
+            self.ready.remove(&(load, turn, key));
+        }
+        let load = member.unacked.len();
+        if member.sender.is_some() && load < member.window {
+            member.ready_as = Some((load, member.turn));
+            self.ready.insert((load, member.turn, key));
+        }
     }
 
     /// Removes a member; its unacknowledged events go back to the front of the group's queue.
-    fn release(&mut self, index: usize) {
-        let mut member = self.members.remove(index);
+    fn release(&mut self, key: u64) {
+        let Some(mut member) = self.members.remove(&key) else {
+            return;
+        };
+        self.names.remove(&member.id);
+        if let Some((load, turn)) = member.ready_as.take() {
+            self.ready.remove(&(load, turn, key));
+        }
         let unacked = std::mem::take(&mut member.unacked);
         self.in_flight -= unacked.len();
         for unacked in unacked.into_iter().rev() {
-            self.pending.push_front(unacked);
-        }
-        if self.next_pick > index {
-            self.next_pick -= 1;
+            self.again.push_front(unacked);
         }
         if self.members.is_empty() {
             self.idle_since = Some(Instant::now());
-        }
-    }
-
-    /// Keeps at most `room` pending events: the oldest beyond it are missed.
-    fn trim(&mut self, room: usize) {
-        while self.pending.len() > room {
-            if let Some(dropped) = self.pending.pop_front() {
-                // Whatever it carried as missed is missed too.
-                self.missed += 1 + dropped.missed;
-                if dropped.previous_epoch != 0 {
-                    self.previous_epoch = dropped.previous_epoch;
-                }
-            }
         }
     }
 }

@@ -196,11 +196,12 @@ impl Hub {
             sequence,
             bytes: bytes.freeze(),
         };
+        state.log.append(stored.clone());
+        // First deliveries only: a group that cannot take the event now reads it from the
+        // log later.
         state.groups.offer(&stored);
-        state.log.append(stored);
         self.latest.store(sequence, Ordering::Release);
         let mut waiting = state.take_waiting();
-        let redelivered = state.groups.take_redelivered();
         drop(state);
         if !waiting.is_empty() {
             for (_, waker) in waiting.drain(..) {
@@ -212,9 +213,6 @@ impl Hub {
             }
         }
         self.published.increment(1);
-        if redelivered > 0 {
-            self.redeliveries.increment(redelivered);
-        }
         Ok(Cursor {
             epoch: self.epoch,
             sequence,
@@ -249,7 +247,11 @@ impl Hub {
     /// Whether every group member has acknowledged, and every plain stream has ended: the
     /// second step of a drain, after [`close_plain`](Self::close_plain).
     pub(crate) fn drained(&self) -> bool {
-        self.plain_streams.load(Ordering::Acquire) == 0 && self.lock().groups.settled()
+        if self.plain_streams.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let state = self.lock();
+        state.groups.settled(state.log.as_ref())
     }
 
     /// Waits until [`drained`](Self::drained), or `deadline`. Returns whether drained.
@@ -273,7 +275,10 @@ impl Hub {
     /// Logs the groups left without any member while they still hold events, which are lost
     /// with this instance. Returns whether there are none.
     fn report_abandoned(&self) -> bool {
-        let abandoned = self.lock().groups.abandoned();
+        let abandoned = {
+            let state = self.lock();
+            state.groups.abandoned(state.log.as_ref())
+        };
         for (group, events) in &abandoned {
             tracing::warn!(rpc = %self.method, group, events, "consumer group without members; its events are lost with this instance");
         }
@@ -408,13 +413,11 @@ impl Hub {
                 return Err(Refusal::ShuttingDown);
             }
             let position = self.position(state.log.as_ref(), subscription)?;
-            let mut backlog = VecDeque::new();
-            state.log.read(position.next, usize::MAX, &mut backlog);
             state
                 .groups
                 .create(
                     &membership.group,
-                    backlog,
+                    position.next,
                     position.missed,
                     position.previous_epoch,
                 )
@@ -424,15 +427,18 @@ impl Hub {
             .after
             .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
             .map(|cursor| cursor.sequence);
-        let joined = state
-            .groups
-            .join(Join {
-                group: membership.group.clone(),
-                member: membership.member.clone(),
-                window: membership.window.min(self.buffer),
-                lease: membership.lease,
-                handled,
-            })
+        let State { groups, log, .. } = &mut *state;
+        let joined = groups
+            .join(
+                Join {
+                    group: membership.group.clone(),
+                    member: membership.member.clone(),
+                    window: membership.window.min(self.buffer),
+                    lease: membership.lease,
+                    handled,
+                },
+                log.as_ref(),
+            )
             .map_err(Refusal::Join);
         self.count_redeliveries(&mut state);
         joined
@@ -466,7 +472,8 @@ impl Hub {
             move || {
                 let Some(hub) = hub.upgrade() else { return };
                 let mut state = hub.lock();
-                let expired = state.groups.expire(&group, &member, connection);
+                let State { groups, log, .. } = &mut *state;
+                let expired = groups.expire(&group, &member, connection, log.as_ref());
                 hub.count_redeliveries(&mut state);
                 if expired {
                     drop(state);
@@ -496,9 +503,8 @@ impl Hub {
     ) -> Result<AcknowledgeResponse, tonic::Status> {
         let handled = protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
         let mut state = self.lock();
-        let result = state
-            .groups
-            .acknowledge(&ack.group, &ack.member, handled, ack.leave);
+        let State { groups, log, .. } = &mut *state;
+        let result = groups.acknowledge(&ack.group, &ack.member, handled, ack.leave, log.as_ref());
         self.count_redeliveries(&mut state);
         drop(state);
         match result {
