@@ -170,3 +170,41 @@ pub(crate) fn ack_refused(method: &str, error: &AckError, ack: &Acknowledgement)
         )),
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_never_asked_for_more_often_than_every_second() {
+        let asked = |ms| {
+            Subscription::parse(&Subscribe {
+                heartbeat_interval_ms: ms,
+                ..Subscribe::default()
+            })
+            .unwrap()
+            .heartbeat
+        };
+        assert_eq!(asked(0), None);
+        assert_eq!(asked(10), Some(MIN_HEARTBEAT));
+        assert_eq!(asked(2500), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn group_members_need_short_names() {
+        let join = |group: &str, member: &str| {
+            Subscription::parse(&Subscribe {
+                group: group.into(),
+                member: member.into(),
+                ..Subscribe::default()
+            })
+        };
+        assert!(join("g", "a").unwrap().membership.is_some());
+        let long = "n".repeat(300);
+        for (group, member) in [("g", ""), (long.as_str(), "a"), ("g", long.as_str())] {
+            let refused = join(group, member).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().len() < 300, "{}", refused.message());
+        }
+    }
+}

@@ -673,3 +673,139 @@ async fn a_producer_reachable_at_two_addresses_is_observed_once() {
     second.stop().await.unwrap();
     dns.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_observer_cut_off_around_a_drain_gets_every_event() {
+    let mut settings = PublisherSettings::default().retain("Echoed", 100_000);
+    settings.subscriber_buffer = 16;
+    let publisher = EchoPublisher::with_settings(settings);
+    let producer = Running::publishing(publisher.clone()).await;
+    let gate = Gate::default();
+    let observer = Collector {
+        gate: Some(gate.clone()),
+        ..Collector::default()
+    };
+    let handle = EchoObserver::new()
+        .echoed(observer.clone())
+        .options(quick())
+        .start(producer.target())
+        .await
+        .unwrap();
+
+    // The observer holds its first event while far more than its buffer is published, then
+    // the producer starts to drain.
+    publish(&publisher, 0..1);
+    gate.entered().await;
+    let filler = "x".repeat(1000);
+    for i in 1..5_000 {
+        publisher
+            .publish_echoed(EchoedEvent {
+                message: format!("{i} {filler}"),
+            })
+            .expect("a small event");
+    }
+    let mut drain = Box::pin(
+        publisher
+            .as_publisher()
+            .drain(tokio::time::Instant::now() + PATIENCE),
+    );
+    // Polled once: the drain has begun.
+    assert!(tokio::time::timeout(Duration::ZERO, &mut drain)
+        .await
+        .is_err());
+    gate.open();
+    assert!(drain.await, "the drain waited for the slow subscriber");
+    // Everything was sent before the drain ended; what was on its way is handled after.
+    observer.until_count(5_000).await;
+    let numbers: Vec<usize> = observer
+        .messages()
+        .iter()
+        .map(|m| m.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..5_000).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    handle.stop().await;
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_too_large_to_deliver_is_refused_and_holds_nothing_up() {
+    let publisher = EchoPublisher::new();
+    let producer = Running::publishing(publisher.clone()).await;
+    let observer = Collector::default();
+    let handle = EchoObserver::new()
+        .echoed(observer.clone())
+        .options(quick())
+        .start(producer.target())
+        .await
+        .unwrap();
+    publish(&publisher, 0..1);
+    let refused = publisher.publish_echoed(EchoedEvent {
+        message: "x".repeat(5 * 1024 * 1024),
+    });
+    assert!(
+        matches!(refused, Err(meshless::events::PublishError::TooLarge { size, .. }) if size > 5 * 1024 * 1024),
+        "{refused:?}"
+    );
+    let status = meshless::Status::from(refused.unwrap_err());
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    publish(&publisher, 1..3);
+    observer.until_count(3).await;
+    assert_eq!(observer.messages(), numbers(0..3));
+    handle.stop().await;
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_observer_whose_producer_leaves_discovery_mid_burst_handles_everything() {
+    let dns = TestDns::start("service.test").await.unwrap();
+    dns.add_ip("node.service.test", "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    let publisher = EchoPublisher::new();
+    let producer = Running::publishing(publisher.clone()).await;
+    let port = producer.addr.port();
+    dns.add_srv("echo.service.test", 1, 1, port, "node.service.test")
+        .await
+        .unwrap();
+
+    /// Takes 5 ms an event.
+    #[derive(Clone)]
+    struct Slow(Collector);
+    impl EchoedObserver for Slow {
+        async fn echoed(&self, event: Event<EchoedEvent>) -> Result<(), HandlerError> {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.echoed(event).await
+        }
+    }
+    let observer = Collector::default();
+    let handle = EchoObserver::new()
+        .echoed(Slow(observer.clone()))
+        .options(quick().dns(quick_dns()))
+        .start(&dns.srv_target("echo.service.test"))
+        .await
+        .unwrap();
+    eventually("the observer subscribed", || {
+        publisher.as_publisher().subscribers() == 1
+    })
+    .await;
+    publish(&publisher, 0..100);
+    observer.until_count(5).await;
+    // Gone from discovery with 95 events sent or on their way, then shut down: the stream is
+    // read until the drain ends it.
+    dns.remove_srv("echo.service.test", port, "node.service.test")
+        .await
+        .unwrap();
+    eventually("the observer saw it leave", || {
+        handle.instances().is_empty()
+    })
+    .await;
+    producer.stop().await.unwrap();
+    observer.until_count(100).await;
+    assert_eq!(observer.messages(), numbers(0..100));
+    handle.stop().await;
+    dns.stop().await;
+}

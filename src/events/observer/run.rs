@@ -463,6 +463,14 @@ where
                         Instance::Active => grace = None,
                     }
                 }
+                // Only a retired stream has a grace, checked before its messages: a producer
+                // that keeps publishing must not hold it past the grace.
+                if grace
+                    .as_mut()
+                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+                {
+                    return Poll::Ready(Next::GraceOver);
+                }
                 if let Poll::Ready(message) = Pin::new(&mut stream).poll_next(cx) {
                     return Poll::Ready(Next::Message(message));
                 }
@@ -472,12 +480,6 @@ where
                     // Looked at at the top, on the next turn.
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
-                }
-                if grace
-                    .as_mut()
-                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
-                {
-                    return Poll::Ready(Next::GraceOver);
                 }
                 if check.poll_tick(cx).is_ready() {
                     return Poll::Ready(Next::Check);
