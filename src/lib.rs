@@ -52,6 +52,7 @@
 // Generated code names this crate `::meshless`, in here too.
 extern crate self as meshless;
 
+mod backoff;
 mod balance;
 mod client;
 mod deadline;

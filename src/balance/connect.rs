@@ -4,6 +4,7 @@ use std::sync::{Arc, Weak};
 
 use super::instance::Instance;
 use super::set::InstanceSet;
+use crate::backoff::Backoff;
 
 /// Connects to an instance and reconnects it, with exponential backoff and jitter, whenever a
 /// call reports its connection failed; ends when the instance is removed or the set is dropped.
@@ -11,7 +12,7 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     let Some(settings) = set.upgrade().map(|s| s.settings().clone()) else {
         return;
     };
-    let mut backoff = settings.reconnect_backoff;
+    let mut backoff = Backoff::new(settings.reconnect_backoff, settings.reconnect_backoff_max);
     loop {
         let result = instance.endpoint.connect().await;
         if instance.is_removed() {
@@ -24,7 +25,7 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 instance.connected(channel);
                 set.rebuild_ready();
                 drop(set);
-                backoff = settings.reconnect_backoff;
+                backoff.reset();
                 // Sleep until a call reports a failure, or the instance is removed.
                 instance.wake.notified().await;
             }
@@ -34,12 +35,10 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 instance.connect_failed(error);
                 set.rebuild_ready();
                 drop(set);
-                let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                 tokio::select! {
-                    () = tokio::time::sleep(backoff + jitter) => {}
+                    () = tokio::time::sleep(backoff.next_pause()) => {}
                     () = instance.wake.notified() => {}
                 }
-                backoff = (backoff * 2).min(settings.reconnect_backoff_max);
             }
         }
         if instance.is_removed() {

@@ -6,6 +6,7 @@
 //! authoritative empty answer (NXDOMAIN, no records) removes them all. A connection failure
 //! asks for a prompt lookup, rate-limited to one per floor.
 
+use crate::backoff::Backoff;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,7 +68,7 @@ pub(crate) async fn run(
     updates: mpsc::Sender<Update>,
 ) {
     let mut known: HashMap<SocketAddr, Placement> = HashMap::new();
-    let mut retry = schedule.retry;
+    let mut retry = Backoff::exact(schedule.retry, schedule.ceiling);
     loop {
         let started = Instant::now();
         let (changes, status, wait) = match lookup.lookup().await {
@@ -75,7 +76,7 @@ pub(crate) async fn run(
                 let fresh: HashMap<_, _> = instances.into_iter().collect();
                 let changes = diff(&known, &fresh);
                 known = fresh;
-                retry = schedule.retry;
+                retry.reset();
                 let status = DiscoveryStatus::Resolved {
                     instances: known.len(),
                 };
@@ -84,7 +85,7 @@ pub(crate) async fn run(
             Ok(Answer::NoInstances { reason }) => {
                 let changes = diff(&known, &HashMap::new());
                 known.clear();
-                retry = schedule.retry;
+                retry.reset();
                 (
                     changes,
                     DiscoveryStatus::NoInstances { reason },
@@ -92,8 +93,7 @@ pub(crate) async fn run(
                 )
             }
             Err(error) => {
-                let wait = retry;
-                retry = (retry * 2).min(schedule.ceiling);
+                let wait = retry.next_pause();
                 let status = DiscoveryStatus::Failing {
                     error,
                     instances: known.len(),

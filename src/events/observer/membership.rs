@@ -7,11 +7,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::backoff::Backoff;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
 const ACKNOWLEDGE_PATH: &str = "/meshless.v1.EventGroups/Acknowledge";
-/// The pause before an acknowledgement that failed is sent again.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The first and longest pause before an acknowledgement that failed is sent again.
+const RETRY_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// How long one acknowledgement may take before it is given up and sent again: a producer
 /// that takes the call and never answers must not stall the member's acknowledgements.
 const ACKNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +85,7 @@ async fn acknowledge_loop(
     base: Acknowledgement,
     mut updates: watch::Receiver<Option<Cursor>>,
 ) {
+    let mut backoff = Backoff::new(RETRY_PAUSE.0, RETRY_PAUSE.1);
     while updates.changed().await.is_ok() {
         let handled = *updates.borrow_and_update();
         let ack = Acknowledgement {
@@ -91,7 +93,7 @@ async fn acknowledge_loop(
             ..base.clone()
         };
         match acknowledge(channel.clone(), ack).await {
-            Ok(_) => {}
+            Ok(_) => backoff.reset(),
             // The producer will not take it: the member is gone there (its lease ran out, or
             // the producer restarted), or it serves no acknowledgements. The stream ends or
             // carries on as the producer decides; the member rejoins when it resubscribes.
@@ -108,7 +110,7 @@ async fn acknowledge_loop(
             }
             Err(status) => {
                 tracing::debug!(rpc = %base.rpc, code = ?status.code(), message = status.message(), "acknowledgement failed; sending it again");
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(backoff.next_pause()).await;
                 updates.mark_changed();
             }
         }

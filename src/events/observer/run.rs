@@ -19,6 +19,7 @@ use super::book::{Book, Claim};
 use super::event::{DeadLetter, Event, Gap, HandlerError};
 use super::membership::{self, Membership};
 use super::options::ObserverOptions;
+use crate::backoff::Backoff;
 use crate::events::wire::{parse_epoch_header, EventCodec, EPOCH_HEADER, START_AFTER_HEADER};
 use crate::events::Envelope;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
@@ -183,12 +184,6 @@ impl LagSample {
 /// An event left unhandled because the observer stopped.
 struct Abandoned;
 
-/// The pause before a retry: `backoff` and up to 20% more, so that observers that failed
-/// together do not come back together.
-fn jittered(backoff: Duration) -> Duration {
-    backoff + backoff.mul_f64(fastrand::f64() * 0.2)
-}
-
 /// Why a stream ended.
 enum Ended {
     Stopped,
@@ -218,7 +213,7 @@ where
 {
     async fn run(mut self) {
         let options = self.shared.options.clone();
-        let mut backoff = options.reconnect_backoff;
+        let mut backoff = Backoff::new(options.reconnect_backoff, options.reconnect_backoff_max);
         loop {
             let retired = match *self.control.borrow() {
                 Instance::Active => false,
@@ -234,7 +229,7 @@ where
                 Ended::Left => return,
                 Ended::Stopped => break,
                 // Cut off while the producer drains: what it still holds is ours to read.
-                Ended::Resubscribe => backoff = options.reconnect_backoff,
+                Ended::Resubscribe => backoff.reset(),
                 // Gone from discovery, and the stream is over: never subscribe again.
                 Ended::Failed(_) | Ended::Duplicate if retired => return,
                 Ended::Duplicate => {
@@ -243,11 +238,11 @@ where
                     }
                 }
                 Ended::Failed(error) => {
-                    tracing::debug!(instance = %self.instance, rpc = self.rpc, %error, ?backoff, "subscription failed; retrying");
-                    if self.sleep_unless_told(jittered(backoff)).await {
+                    let pause = backoff.next_pause();
+                    tracing::debug!(instance = %self.instance, rpc = self.rpc, %error, ?pause, "subscription failed; retrying");
+                    if self.sleep_unless_told(pause).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(options.reconnect_backoff_max);
                 }
             }
         }
@@ -618,7 +613,8 @@ where
             Some(limit) => limit.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let mut backoff = options.retry_backoff;
+        // Handler retries double without jitter: they are one observer's own.
+        let mut backoff = Backoff::exact(options.retry_backoff, Duration::MAX);
         let mut attempt = 1;
         loop {
             match (self.handler)(event.clone()).await {
@@ -642,13 +638,12 @@ where
                     tracing::debug!(instance = %self.instance, rpc = self.rpc, attempt, %error, "handler failed; retrying");
                     let mut control = self.control.clone();
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = control.wait_for(|state| *state == Instance::Stopped) => {
                             tracing::debug!(instance = %self.instance, rpc = self.rpc, "stopped while retrying a handler; the event is left for whoever comes next");
                             return Err(Abandoned);
                         }
                     }
-                    backoff *= 2;
                     attempt += 1;
                 }
             }
