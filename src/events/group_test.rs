@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::events::group;
+use crate::events::stream::EventStream;
 use crate::v1::Cursor as WireCursor;
 use crate::v1::{Acknowledgement, StartPosition, Subscribe};
 
@@ -26,6 +27,22 @@ fn member(group: &str, member: &str, window: u32) -> Subscribe {
         member: member.into(),
         max_unacknowledged: window,
         ..Subscribe::default()
+    }
+}
+
+/// Joins as `request` asks: the hub's join, for a test.
+trait JoinAs {
+    fn join_as(&self, request: &Subscribe) -> Result<Joined, tonic::Status>;
+}
+
+impl JoinAs for Hub {
+    fn join_as(&self, request: &Subscribe) -> Result<Joined, tonic::Status> {
+        let subscription = Subscription::parse(request)?;
+        let membership = subscription
+            .membership
+            .clone()
+            .expect("a test joins with a group");
+        Hub::join(self, &subscription, &membership)
     }
 }
 
@@ -66,8 +83,8 @@ fn ack(group: &str, member: &str, sequence: u64) -> Acknowledgement {
 #[test]
 fn each_event_goes_to_one_member_the_least_loaded_first() {
     let hub = hub(100);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     publish(&hub, 4);
     let (got_a, got_b) = (sequences(&mut a), sequences(&mut b));
     // Equal loads take turns.
@@ -85,7 +102,7 @@ fn each_event_goes_to_one_member_the_least_loaded_first() {
 #[test]
 fn a_full_window_holds_events_back_until_acknowledged() {
     let hub = hub(100);
-    let mut a = hub.join(&member("g", "a", 2)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 2)).unwrap();
     publish(&hub, 5);
     assert_eq!(sequences(&mut a), [1, 2]);
     // Cumulative: acknowledging 2 acknowledges 1 too.
@@ -99,8 +116,8 @@ fn a_full_window_holds_events_back_until_acknowledged() {
 #[test]
 fn groups_and_plain_subscribers_each_get_every_event() {
     let hub = hub(100);
-    let mut welcome = hub.join(&member("welcome", "a", 10)).unwrap();
-    let mut feed = hub.join(&member("feed", "a", 10)).unwrap();
+    let mut welcome = hub.join_as(&member("welcome", "a", 10)).unwrap();
+    let mut feed = hub.join_as(&member("feed", "a", 10)).unwrap();
     let plain = hub
         .start(&Subscription::parse(&Subscribe::default()).unwrap())
         .unwrap();
@@ -115,7 +132,7 @@ fn a_new_group_starts_where_its_first_member_says_and_later_members_join_it_ther
     let hub = hub(100);
     publish(&hub, 3);
     let mut first = hub
-        .join(&Subscribe {
+        .join_as(&Subscribe {
             after: Some(WireCursor {
                 epoch: EPOCH,
                 sequence: 1,
@@ -124,11 +141,11 @@ fn a_new_group_starts_where_its_first_member_says_and_later_members_join_it_ther
         })
         .unwrap();
     assert_eq!(sequences(&mut first), [2, 3]);
-    let mut second = hub.join(&member("g", "second", 10)).unwrap();
+    let mut second = hub.join_as(&member("g", "second", 10)).unwrap();
     assert!(sequences(&mut second).is_empty());
 
     let mut live = hub
-        .join(&Subscribe {
+        .join_as(&Subscribe {
             start: StartPosition::Live as i32,
             ..member("live", "a", 10)
         })
@@ -141,12 +158,12 @@ fn a_new_group_starts_where_its_first_member_says_and_later_members_join_it_ther
 #[test]
 fn a_member_that_comes_back_gets_what_it_had_not_handled_again() {
     let hub = hub(100);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
     publish(&hub, 4);
     assert_eq!(sequences(&mut a), [1, 2, 3, 4]);
     // It handled up to 2 and reconnects saying so: 3 and 4 come again, counted.
     let mut again = hub
-        .join(&Subscribe {
+        .join_as(&Subscribe {
             after: Some(WireCursor {
                 epoch: EPOCH,
                 sequence: 2,
@@ -164,14 +181,16 @@ fn a_member_that_comes_back_gets_what_it_had_not_handled_again() {
 #[tokio::test(start_paused = true)]
 async fn a_member_that_stays_away_past_its_lease_has_its_events_redelivered() {
     let hub = hub(100);
-    let a = hub
-        .stream::<WireCursor>(&parsed(&Subscribe {
+    let a = EventStream::<WireCursor>::open(
+        &hub,
+        &parsed(&Subscribe {
             lease_ms: 1000,
             ..member("g", "a", 10)
-        }))
-        .unwrap();
+        }),
+    )
+    .unwrap();
     publish(&hub, 2);
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     drop(a);
 
     tokio::time::sleep(Duration::from_millis(999)).await;
@@ -187,18 +206,20 @@ async fn a_member_that_stays_away_past_its_lease_has_its_events_redelivered() {
 #[tokio::test(start_paused = true)]
 async fn a_member_back_within_its_lease_keeps_its_events() {
     let hub = hub(100);
-    let a = hub
-        .stream::<WireCursor>(&parsed(&Subscribe {
+    let a = EventStream::<WireCursor>::open(
+        &hub,
+        &parsed(&Subscribe {
             lease_ms: 1000,
             ..member("g", "a", 10)
-        }))
-        .unwrap();
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+        }),
+    )
+    .unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     publish(&hub, 2);
     assert_eq!(sequences(&mut b), [2]);
     drop(a);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut back = hub.join(&member("g", "a", 10)).unwrap();
+    let mut back = hub.join_as(&member("g", "a", 10)).unwrap();
     assert_eq!(received(&mut back), [(1, 2, 0)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(sequences(&mut b).is_empty(), "the old lease must not fire");
@@ -208,8 +229,8 @@ async fn a_member_back_within_its_lease_keeps_its_events() {
 #[test]
 fn a_member_that_leaves_hands_its_events_over_at_once() {
     let hub = hub(100);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
-    let mut b = hub.join(&member("g", "b", 1)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 1)).unwrap();
     publish(&hub, 4);
     assert_eq!(sequences(&mut a), [1, 3, 4]);
     assert_eq!(sequences(&mut b), [2]);
@@ -233,7 +254,7 @@ fn a_member_that_leaves_hands_its_events_over_at_once() {
 #[test]
 fn a_group_without_members_keeps_what_is_retained_and_reports_the_rest() {
     let hub = hub(10);
-    let a = hub.join(&member("g", "a", 10)).unwrap();
+    let a = hub.join_as(&member("g", "a", 10)).unwrap();
     hub.acknowledge(&Acknowledgement {
         leave: true,
         handled: None,
@@ -242,7 +263,7 @@ fn a_group_without_members_keeps_what_is_retained_and_reports_the_rest() {
     .unwrap();
     drop(a);
     publish(&hub, 15);
-    let mut b = hub.join(&member("g", "b", 100)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 100)).unwrap();
     let got = received(&mut b);
     assert_eq!(got.len(), 10);
     assert_eq!(got[0], (6, 1, 5), "the first delivery reports the 5 missed");
@@ -254,8 +275,8 @@ fn a_group_without_members_keeps_what_is_retained_and_reports_the_rest() {
 #[test]
 fn bad_acknowledgements_are_refused_and_change_nothing() {
     let hub = hub(100);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     publish(&hub, 4);
     let (got_a, got_b) = (sequences(&mut a), sequences(&mut b));
     assert_eq!((got_a.len(), got_b.len()), (2, 2));
@@ -313,12 +334,12 @@ fn nonsense_subscriptions_are_refused() {
             ..member("g", "a", 1)
         },
     ] {
-        let error = hub.join(&request).unwrap_err();
+        let error = hub.join_as(&request).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
     // Absurd windows and leases are clamped, not obeyed.
     let mut greedy = hub
-        .join(&Subscribe {
+        .join_as(&Subscribe {
             max_unacknowledged: u32::MAX,
             lease_ms: u32::MAX,
             ..member("g", "a", 0)
@@ -335,7 +356,7 @@ fn nonsense_subscriptions_are_refused() {
 #[test]
 fn drained_once_every_member_has_acknowledged() {
     let hub = hub(100);
-    let _a = hub.join(&member("g", "a", 10)).unwrap();
+    let _a = hub.join_as(&member("g", "a", 10)).unwrap();
     assert!(hub.drained());
     publish(&hub, 3);
     assert!(!hub.drained());
@@ -349,24 +370,24 @@ fn groups_and_members_are_bounded() {
     // Members stay (the joined streams are kept), so no group is idle.
     let mut joined = Vec::new();
     for i in 0..group::MAX_GROUPS {
-        joined.push(hub.join(&member(&format!("g{i}"), "a", 1)).unwrap());
+        joined.push(hub.join_as(&member(&format!("g{i}"), "a", 1)).unwrap());
     }
-    let error = hub.join(&member("one-too-many", "a", 1)).unwrap_err();
+    let error = hub.join_as(&member("one-too-many", "a", 1)).unwrap_err();
     assert_eq!(error.code(), tonic::Code::ResourceExhausted);
     // Existing groups still take members, up to their own bound.
     for i in 1..group::MAX_MEMBERS {
-        hub.join(&member("g0", &format!("m{i}"), 1)).unwrap();
+        hub.join_as(&member("g0", &format!("m{i}"), 1)).unwrap();
     }
-    let error = hub.join(&member("g0", "one-too-many", 1)).unwrap_err();
+    let error = hub.join_as(&member("g0", "one-too-many", 1)).unwrap_err();
     assert_eq!(error.code(), tonic::Code::ResourceExhausted);
     // A member already in the group may always come back.
-    hub.join(&member("g0", "a", 1)).unwrap();
+    hub.join_as(&member("g0", "a", 1)).unwrap();
 }
 
 #[test]
 fn a_member_needs_a_name() {
     let hub = hub(100);
-    let error = hub.join(&member("g", "", 1)).unwrap_err();
+    let error = hub.join_as(&member("g", "", 1)).unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 }
 
@@ -374,8 +395,8 @@ fn a_member_needs_a_name() {
 fn a_group_holds_at_most_retain_events_unacknowledged() {
     // Retaining 4, two silent members with large windows pin 4 events, not 2 x 10.
     let hub = hub(4);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     publish(&hub, 12);
     let delivered = sequences(&mut a).len() + sequences(&mut b).len();
     assert_eq!(delivered, 4);
@@ -394,10 +415,10 @@ fn a_group_holds_at_most_retain_events_unacknowledged() {
 #[test]
 fn a_leaving_member_hands_its_events_to_one_with_room() {
     let hub = self::hub(5);
-    let mut a = hub.join(&member("g", "a", 10)).unwrap();
+    let mut a = hub.join_as(&member("g", "a", 10)).unwrap();
     publish(&hub, 5);
     assert_eq!(sequences(&mut a).len(), 5);
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     hub.acknowledge(&Acknowledgement {
         leave: true,
         handled: None,
@@ -413,13 +434,9 @@ fn a_leaving_member_hands_its_events_to_one_with_room() {
 #[test]
 fn a_stream_taken_over_by_the_same_member_ends_without_sending_its_backlog() {
     let hub = hub(100);
-    let first = hub
-        .stream::<WireCursor>(&parsed(&member("g", "a", 10)))
-        .unwrap();
+    let first = EventStream::<WireCursor>::open(&hub, &parsed(&member("g", "a", 10))).unwrap();
     publish(&hub, 3);
-    let second = hub
-        .stream::<WireCursor>(&parsed(&member("g", "a", 10)))
-        .unwrap();
+    let second = EventStream::<WireCursor>::open(&hub, &parsed(&member("g", "a", 10))).unwrap();
     let waker = std::task::Waker::noop();
     let mut context = std::task::Context::from_waker(waker);
     let mut first = Box::pin(first);
@@ -443,7 +460,7 @@ fn a_stream_taken_over_by_the_same_member_ends_without_sending_its_backlog() {
 #[test]
 fn a_gap_report_survives_the_member_it_was_given_to() {
     let hub = hub(2);
-    let a = hub.join(&member("g", "a", 10)).unwrap();
+    let a = hub.join_as(&member("g", "a", 10)).unwrap();
     hub.acknowledge(&Acknowledgement {
         leave: true,
         handled: None,
@@ -452,10 +469,10 @@ fn a_gap_report_survives_the_member_it_was_given_to() {
     .unwrap();
     drop(a);
     publish(&hub, 5);
-    let mut b = hub.join(&member("g", "b", 10)).unwrap();
+    let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
     assert_eq!(received(&mut b)[0], (4, 1, 3));
     // `b` dies before acknowledging: `c` is told of the gap again.
-    let mut c = hub.join(&member("g", "c", 10)).unwrap();
+    let mut c = hub.join_as(&member("g", "c", 10)).unwrap();
     hub.acknowledge(&Acknowledgement {
         leave: true,
         handled: None,
@@ -469,7 +486,7 @@ fn a_gap_report_survives_the_member_it_was_given_to() {
 fn fill_with_groups_left_by_their_members(hub: &Hub) {
     for i in 0..group::MAX_GROUPS {
         let name = format!("g{i}");
-        hub.join(&member(&name, "a", 1)).unwrap();
+        hub.join_as(&member(&name, "a", 1)).unwrap();
         hub.acknowledge(&Acknowledgement {
             leave: true,
             handled: None,
@@ -484,7 +501,7 @@ fn idle_groups_make_room_for_new_ones() {
     let hub = hub(100);
     fill_with_groups_left_by_their_members(&hub);
     // Every group is empty and owes nothing: one is forgotten for the newcomer.
-    hub.join(&member("newcomer", "a", 1)).unwrap();
+    hub.join_as(&member("newcomer", "a", 1)).unwrap();
 }
 
 #[test]
@@ -494,14 +511,14 @@ fn abandoned_groups_holding_events_give_way_to_new_ones() {
     // Each of the 256 member-less groups now holds an event for its next member.
     publish(&hub, 1);
     for i in 0..3 {
-        let mut newcomer = hub.join(&member(&format!("new{i}"), "a", 1)).unwrap();
+        let mut newcomer = hub.join_as(&member(&format!("new{i}"), "a", 1)).unwrap();
         assert_eq!(sequences(&mut newcomer), [1]);
     }
     // Groups that have members are never evicted: with 256 of them, the next one is refused.
     let hub = self::hub(100);
     let _members: Vec<_> = (0..group::MAX_GROUPS)
-        .map(|i| hub.join(&member(&format!("g{i}"), "a", 1)).unwrap())
+        .map(|i| hub.join_as(&member(&format!("g{i}"), "a", 1)).unwrap())
         .collect();
-    let refused = hub.join(&member("one-too-many", "a", 1)).unwrap_err();
+    let refused = hub.join_as(&member("one-too-many", "a", 1)).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
 }

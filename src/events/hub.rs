@@ -1,7 +1,7 @@
 //! The hub of one event RPC on a publisher: publishing into the [event log](super::log), waking
 //! the subscribers that wait for the next event, consumer groups, and the drain.
 //!
-//! Plain subscribers read the log by cursor (see [`EventStream`]); the hub only says where a
+//! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
 //! subscription starts and wakes streams that have caught up. Consumer groups
 //! ([`super::group`]) are handed each event as it is published.
 
@@ -9,22 +9,45 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::Notify;
 
+use super::fanout::{self, Waiters};
 use super::group::{Groups, Join, Joined};
 use super::log::{EventLog, MemoryLog, Read, Stored};
 use super::protocol::{self, Membership, Refusal, Subscription};
-use super::publisher::PublishError;
-use super::stream::EventStream;
-use super::wire::{self, EVENT_METADATA_FIELD};
-use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, EventMetadata};
+use super::wire;
+use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
 /// How many events a plain stream takes from the log at a time.
 const READ_BATCH: usize = 32;
+
+/// Why an event was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event, encoded, is larger than what its event RPC delivers
+    /// ([`PublisherSettings::max_event_size`](super::PublisherSettings::max_event_size)). It
+    /// was not kept: no subscriber will see it.
+    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
+    TooLarge {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// The event's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl From<PublishError> for tonic::Status {
+    /// `RESOURCE_EXHAUSTED`, as for any message over the size limit.
+    fn from(error: PublishError) -> Self {
+        tonic::Status::resource_exhausted(error.to_string())
+    }
+}
 
 pub(crate) struct Hub {
     /// `package.Service/Method`, for messages.
@@ -58,14 +81,8 @@ pub(crate) struct Hub {
 
 struct State {
     log: Box<dyn EventLog>,
-    /// Plain streams that have read everything, by stream number, to wake on the next event.
-    waiting: Vec<(u64, Waker)>,
-    /// Counts the wake-ups of `waiting`: a stream registered in the current round is not
-    /// registered twice, and one that ends before the round is over takes its waker out
-    /// (a waker keeps its task's memory alive).
-    round: u64,
-    /// An empty list with room, swapped in for `waiting` when it is woken.
-    spare: Vec<(u64, Waker)>,
+    /// Plain streams that have read everything, to wake on the next event.
+    waiters: Waiters,
     /// Whether plain streams wait for more events; once draining, each ends when it has read
     /// everything.
     live: bool,
@@ -74,15 +91,6 @@ struct State {
     draining: bool,
     /// Closed: every stream ends, nobody may subscribe, no lease timer starts.
     closed: bool,
-}
-
-impl State {
-    /// The streams waiting for the next event, to wake; a new round starts.
-    fn take_waiting(&mut self) -> Vec<(u64, Waker)> {
-        self.round += 1;
-        let spare = std::mem::take(&mut self.spare);
-        std::mem::replace(&mut self.waiting, spare)
-    }
 }
 
 /// Where a plain subscription starts.
@@ -129,9 +137,7 @@ impl Hub {
             max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             state: Mutex::new(State {
                 log: Box::new(MemoryLog::new(retain)),
-                waiting: Vec::new(),
-                round: 0,
-                spare: Vec::new(),
+                waiters: Waiters::default(),
                 live: true,
                 groups: Groups::new(retain),
                 draining: false,
@@ -142,10 +148,7 @@ impl Hub {
             plain_streams: AtomicUsize::new(0),
             max_subscribers: usize::MAX,
             changed: Notify::new(),
-            first_delivery: wire::encode_metadata_field(&EventMetadata {
-                delivery_count: 1,
-                ..EventMetadata::default()
-            }),
+            first_delivery: wire::delivery_field(1, 0, 0),
             published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
             subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
             redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
@@ -180,18 +183,12 @@ impl Hub {
         // Encoded once, outside the lock; only the small metadata is added under it.
         let mut bytes = BytesMut::with_capacity(size + 32);
         event.encode_raw(&mut bytes);
-        let published_at_unix_micros = unix_micros(SystemTime::now());
+        let published_at = wire::now_unix_micros();
 
         let mut state = self.lock();
         let sequence = state.log.next_sequence();
-        let metadata = EventMetadata {
-            epoch: self.epoch,
-            sequence,
-            published_at_unix_micros,
-            ..EventMetadata::default()
-        };
         // Straight into the event's buffer, which has room for it.
-        prost::encoding::message::encode(EVENT_METADATA_FIELD, &metadata, &mut bytes);
+        wire::append_published(&mut bytes, self.epoch, sequence, published_at);
         let stored = Stored {
             sequence,
             bytes: bytes.freeze(),
@@ -201,88 +198,17 @@ impl Hub {
         // log later.
         state.groups.offer(&stored);
         self.latest.store(sequence, Ordering::Release);
-        let mut waiting = state.take_waiting();
+        let woken = state.waiters.take();
         drop(state);
-        if !waiting.is_empty() {
-            for (_, waker) in waiting.drain(..) {
-                waker.wake();
-            }
-            let mut state = self.lock();
-            if state.spare.capacity() < waiting.capacity() {
-                state.spare = waiting;
-            }
+        if !woken.is_empty() {
+            let emptied = fanout::wake(woken);
+            self.lock().waiters.recycle(emptied);
         }
         self.published.increment(1);
         Ok(Cursor {
             epoch: self.epoch,
             sequence,
         })
-    }
-
-    /// Lets every plain subscriber's stream end once it has sent what was already published;
-    /// consumer groups go on. The first step of a drain. Until [`close`](Self::close), plain
-    /// subscribers may still subscribe (to resume from their cursor) and are not cut off.
-    pub(crate) fn close_plain(&self) {
-        let mut state = self.lock();
-        state.live = false;
-        state.draining = true;
-        let waiting = state.take_waiting();
-        drop(state);
-        waiting.into_iter().for_each(|(_, waker)| waker.wake());
-    }
-
-    /// Ends every stream, group members' too, after what was already handed to it, refuses
-    /// new subscriptions, and cancels lease timers: for shutdown. Publishing still works
-    /// (events are retained).
-    pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        state.live = false;
-        state.closed = true;
-        state.groups.close();
-        let waiting = state.take_waiting();
-        drop(state);
-        waiting.into_iter().for_each(|(_, waker)| waker.wake());
-    }
-
-    /// Whether every group member has acknowledged, and every plain stream has ended: the
-    /// second step of a drain, after [`close_plain`](Self::close_plain).
-    pub(crate) fn drained(&self) -> bool {
-        if self.plain_streams.load(Ordering::Acquire) != 0 {
-            return false;
-        }
-        let state = self.lock();
-        state.groups.settled(state.log.as_ref())
-    }
-
-    /// Waits until [`drained`](Self::drained), or `deadline`. Returns whether drained.
-    pub(crate) async fn wait_drained(&self, deadline: tokio::time::Instant) -> bool {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.drained() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                self.report_abandoned();
-                return false;
-            }
-        }
-        // Drained, unless a group was left without members with events still to deliver.
-        self.report_abandoned()
-    }
-
-    /// Logs the groups left without any member while they still hold events, which are lost
-    /// with this instance. Returns whether there are none.
-    fn report_abandoned(&self) -> bool {
-        let abandoned = {
-            let state = self.lock();
-            state.groups.abandoned(state.log.as_ref())
-        };
-        for (group, events) in &abandoned {
-            tracing::warn!(rpc = %self.method, group, events, "consumer group without members; its events are lost with this instance");
-        }
-        abandoned.is_empty()
     }
 
     /// Where a subscription starts, from its cursor (if any) and start position.
@@ -369,10 +295,7 @@ impl Hub {
             if !state.live {
                 return Fetched::End;
             }
-            if *registered != Some(state.round) {
-                state.waiting.push((stream, waker.clone()));
-                *registered = Some(state.round);
-            }
+            state.waiters.register(stream, registered, waker);
             return Fetched::Waiting;
         }
         let behind = latest - (*next - 1).max(floor);
@@ -516,44 +439,19 @@ impl Hub {
         }
     }
 
-    /// The stream of one subscriber.
-    pub(crate) fn stream<T>(
-        self: &Arc<Self>,
+    /// Admits a plain subscriber (counted until [`plain_stream_ended`](Self::plain_stream_ended)):
+    /// where it starts, and the latest sequence now (its buffer's floor).
+    pub(crate) fn admit_plain(
+        &self,
         subscription: &Subscription,
-    ) -> Result<EventStream<T>, tonic::Status> {
-        let Some(membership) = &subscription.membership else {
-            return self.plain_stream(subscription);
-        };
-        let joined = self
-            .join_group(subscription, membership)
-            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(membership)))?;
-        Ok(EventStream::member(
-            self.clone(),
-            membership.group.clone(),
-            joined,
-            subscription.heartbeat,
-        ))
-    }
-
-    fn plain_stream<T>(
-        self: &Arc<Self>,
-        subscription: &Subscription,
-    ) -> Result<EventStream<T>, tonic::Status> {
+    ) -> Result<(Position, u64), tonic::Status> {
         let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
         self.subscribers.set((open + 1) as f64);
         let refusal = if open >= self.max_subscribers {
             Refusal::TooManySubscribers(self.max_subscribers)
         } else {
             match self.start(subscription) {
-                Ok(position) => {
-                    let floor = self.latest();
-                    return Ok(EventStream::plain(
-                        self.clone(),
-                        position,
-                        floor,
-                        subscription.heartbeat,
-                    ));
-                }
+                Ok(position) => return Ok((position, self.latest())),
                 Err(refusal) => refusal,
             }
         };
@@ -561,15 +459,20 @@ impl Hub {
         Err(protocol::refused(&self.method, &refusal, None))
     }
 
+    /// Joins a group member, as the subscription asks.
+    pub(crate) fn join(
+        &self,
+        subscription: &Subscription,
+        membership: &Membership,
+    ) -> Result<Joined, tonic::Status> {
+        self.join_group(subscription, membership)
+            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(membership)))
+    }
+
     /// A plain stream that ends takes its waker out of the list it was registered in, unless
     /// that list was woken since.
     pub(crate) fn unregister(&self, stream: u64, round: u64) {
-        let mut state = self.lock();
-        if state.round == round {
-            if let Some(at) = state.waiting.iter().position(|(s, _)| *s == stream) {
-                state.waiting.swap_remove(at);
-            }
-        }
+        self.lock().waiters.unregister(stream, round);
     }
 
     /// How many plain subscribers have a stream open.
@@ -602,12 +505,7 @@ impl Hub {
         if delivery_count == 1 && missed == 0 && previous_epoch == 0 {
             return self.first_delivery.clone();
         }
-        wire::encode_metadata_field(&EventMetadata {
-            delivery_count,
-            missed,
-            previous_epoch,
-            ..EventMetadata::default()
-        })
+        wire::delivery_field(delivery_count, missed, previous_epoch)
     }
 
     #[cfg(test)]
@@ -615,35 +513,14 @@ impl Hub {
         self.lock().groups.unacked(group, member)
     }
 
-    #[cfg(test)]
-    pub(crate) fn join(&self, request: &crate::v1::Subscribe) -> Result<Joined, tonic::Status> {
-        let subscription = Subscription::parse(request)?;
-        let membership = subscription
-            .membership
-            .clone()
-            .expect("a test joins with a group");
-        self.join_group(&subscription, &membership)
-            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(&membership)))
-    }
-
     /// The metadata field of a heartbeat (and of a pending gap report).
     pub(crate) fn heartbeat_bytes(&self, missed: u64, previous_epoch: u64) -> Bytes {
-        wire::encode_metadata_field(&EventMetadata {
-            epoch: self.epoch,
-            sequence: self.latest(),
-            published_at_unix_micros: unix_micros(SystemTime::now()),
-            missed,
-            previous_epoch,
-            heartbeat: true,
-            ..EventMetadata::default()
-        })
+        wire::heartbeat_field(self.epoch, self.latest(), missed, previous_epoch)
     }
 }
 
-fn unix_micros(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
+#[path = "drain.rs"]
+mod drain;
 
 #[cfg(test)]
 #[path = "hub_test.rs"]

@@ -20,6 +20,7 @@
 //!   unacknowledged events handed to the others (see `meshless/v1/meshless.proto`).
 
 mod acknowledgements;
+mod fanout;
 mod group;
 mod hub;
 mod log;
@@ -30,9 +31,10 @@ mod stream;
 mod wire;
 
 pub use acknowledgements::Acknowledgements;
+pub use hub::PublishError;
 pub use observer::{
     DeadLetter, Event, Gap, HandlerError, ObserverBuilder, ObserverHandle, ObserverOptions,
 };
-pub use publisher::{EventRpc, PublishError, Publisher, PublisherSettings, DEFAULT_RETAIN};
+pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
 pub use wire::{Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, START_AFTER_HEADER};

@@ -5,35 +5,11 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use super::hub::Hub;
+use super::hub::{Hub, PublishError};
 use super::protocol::Subscription;
 use super::stream::EventStream;
 use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
-
-/// Why an event was not published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The event, encoded, is larger than what its event RPC delivers
-    /// ([`PublisherSettings::max_event_size`]). It was not kept: no subscriber will see it.
-    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
-    TooLarge {
-        /// The event RPC, `package.Service/Method`.
-        rpc: String,
-        /// The event's encoded size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-}
-
-impl From<PublishError> for tonic::Status {
-    /// `RESOURCE_EXHAUSTED`, as for any message over the size limit.
-    fn from(error: PublishError) -> Self {
-        tonic::Status::resource_exhausted(error.to_string())
-    }
-}
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.
 pub const DEFAULT_RETAIN: usize = 1024;
@@ -50,7 +26,7 @@ pub struct PublisherSettings {
     /// own: 256 groups per event RPC, 1024 members per group.)
     pub max_subscribers: usize,
     /// The largest event `publish_*` takes, encoded: larger ones are refused with
-    /// [`PublishError::TooLarge`], so that no event can be too large for its streams. Default:
+    /// [`PublishError::TooLarge`](super::PublishError::TooLarge), so that no event can be too large for its streams. Default:
     /// [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE) less 1 KiB for the event's
     /// metadata, which fits the event RPC's default message limit. Raise it together with the
     /// service's `max_encoding_message_size` and the observers' limits.
@@ -217,7 +193,7 @@ impl Publisher {
     ) -> Result<tonic::Response<EventStream<T>>, tonic::Status> {
         let hub = &self.hubs[rpc];
         let subscription = Subscription::parse(request.get_ref())?;
-        let stream = hub.stream(&subscription)?;
+        let stream = EventStream::open(hub, &subscription)?;
         let start_after = stream.start_after();
         let mut response = tonic::Response::new(stream);
         let headers = response.metadata_mut();

@@ -19,8 +19,8 @@ use tokio_stream::Stream;
 use super::group::{Delivery, Joined};
 use super::hub::{Fetched, Hub, Position};
 use super::log::Stored;
-use super::wire::{encode_metadata_field, Envelope};
-use crate::v1::EventMetadata;
+use super::protocol::Subscription;
+use super::wire::{delivery_field, Envelope};
 
 /// The events of one subscription, as the server stream of an event RPC.
 ///
@@ -82,13 +82,32 @@ impl<T> std::fmt::Debug for EventStream<T> {
 }
 
 impl<T> EventStream<T> {
+    /// The stream of one subscriber of `hub`, or why it is refused.
+    pub(crate) fn open(hub: &Arc<Hub>, subscription: &Subscription) -> Result<Self, tonic::Status> {
+        match &subscription.membership {
+            None => {
+                let (position, floor) = hub.admit_plain(subscription)?;
+                Ok(Self::plain(
+                    hub.clone(),
+                    position,
+                    floor,
+                    subscription.heartbeat,
+                ))
+            }
+            Some(membership) => {
+                let joined = hub.join(subscription, membership)?;
+                Ok(Self::member(
+                    hub.clone(),
+                    membership.group.clone(),
+                    joined,
+                    subscription.heartbeat,
+                ))
+            }
+        }
+    }
+
     /// A plain subscriber's stream. The hub has counted it.
-    pub(crate) fn plain(
-        hub: Arc<Hub>,
-        start: Position,
-        floor: u64,
-        heartbeat: Option<Duration>,
-    ) -> Self {
+    fn plain(hub: Arc<Hub>, start: Position, floor: u64, heartbeat: Option<Duration>) -> Self {
         static STREAMS: AtomicU64 = AtomicU64::new(1);
         let feed = Feed::Plain {
             next: start.next,
@@ -103,12 +122,7 @@ impl<T> EventStream<T> {
     }
 
     /// A group member's stream.
-    pub(crate) fn member(
-        hub: Arc<Hub>,
-        group: String,
-        joined: Joined,
-        heartbeat: Option<Duration>,
-    ) -> Self {
+    fn member(hub: Arc<Hub>, group: String, joined: Joined, heartbeat: Option<Duration>) -> Self {
         let feed = Feed::Member {
             group,
             member: joined.member,
@@ -155,11 +169,7 @@ impl<T> EventStream<T> {
             (_, missed, previous_epoch) => {
                 self.missed = 0;
                 self.previous_epoch = 0;
-                Some(encode_metadata_field(&EventMetadata {
-                    missed,
-                    previous_epoch,
-                    ..EventMetadata::default()
-                }))
+                Some(delivery_field(0, missed, previous_epoch))
             }
         };
         Envelope::encoded(shared, extra)

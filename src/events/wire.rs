@@ -11,6 +11,7 @@
 //! instead of re-encoding the event.
 
 use std::marker::PhantomData;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -90,6 +91,54 @@ impl<T: Default> Default for Envelope<T> {
             inner: Inner::empty(),
         }
     }
+}
+
+/// Now, as event metadata says it: microseconds since the Unix epoch.
+pub(crate) fn now_unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Appends the metadata of a newly published event to the event's encoded message (which
+/// should have room for it: about 32 bytes).
+pub(crate) fn append_published(
+    bytes: &mut impl BufMut,
+    epoch: u64,
+    sequence: u64,
+    published_at: i64,
+) {
+    let metadata = EventMetadata {
+        epoch,
+        sequence,
+        published_at_unix_micros: published_at,
+        ..EventMetadata::default()
+    };
+    encoding::message::encode(EVENT_METADATA_FIELD, &metadata, bytes);
+}
+
+/// What one subscriber gets with an event beyond its shared metadata: a group's delivery
+/// count, a gap report. Sent as a second occurrence of the metadata field, which merges.
+pub(crate) fn delivery_field(delivery_count: u32, missed: u64, previous_epoch: u64) -> Bytes {
+    encode_metadata_field(&EventMetadata {
+        delivery_count,
+        missed,
+        previous_epoch,
+        ..EventMetadata::default()
+    })
+}
+
+/// A heartbeat: no event, the latest sequence, and a gap report still to be made.
+pub(crate) fn heartbeat_field(epoch: u64, latest: u64, missed: u64, previous_epoch: u64) -> Bytes {
+    encode_metadata_field(&EventMetadata {
+        epoch,
+        sequence: latest,
+        published_at_unix_micros: now_unix_micros(),
+        missed,
+        previous_epoch,
+        heartbeat: true,
+        ..EventMetadata::default()
+    })
 }
 
 /// The metadata field, encoded: key, length, message.

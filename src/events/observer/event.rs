@@ -66,7 +66,10 @@ impl<T> Event<T> {
     /// When it was published, by the publisher's clock.
     pub fn published_at(&self) -> SystemTime {
         let micros = u64::try_from(self.inner.metadata.published_at_unix_micros).unwrap_or(0);
-        UNIX_EPOCH + Duration::from_micros(micros)
+        // A producer's clock may say anything; no time past what this platform holds.
+        UNIX_EPOCH
+            .checked_add(Duration::from_micros(micros))
+            .unwrap_or(UNIX_EPOCH)
     }
 
     /// The producer instance it came from (`127.0.0.1:50051`).

@@ -173,8 +173,11 @@ impl LagSample {
         let Some(micros) = self.published_at.take() else {
             return;
         };
-        let published =
-            SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+        let Some(published) = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_micros(u64::try_from(micros).unwrap_or(0)))
+        else {
+            return;
+        };
         if let Ok(lag) = SystemTime::now().duration_since(published) {
             gauge.set(lag.as_secs_f64());
         }
