@@ -522,3 +522,34 @@ fn abandoned_groups_holding_events_give_way_to_new_ones() {
     let refused = hub.join_as(&member("one-too-many", "a", 1)).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_lease_timer_outlives_a_closed_hub() {
+    let hub = hub(100);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let stream = EventStream::<WireCursor>::open(
+        &hub,
+        &parsed(&Subscribe {
+            lease_ms: 600_000,
+            ..member("g", "a", 10)
+        }),
+    )
+    .unwrap();
+    let before = tasks();
+    hub.close();
+    drop(stream);
+    assert_eq!(tasks(), before, "no lease timer started after close");
+
+    // Before close, a lease timer runs; close cancels it.
+    let hub = self::hub(100);
+    let stream = EventStream::<WireCursor>::open(&hub, &parsed(&member("g", "a", 10))).unwrap();
+    drop(stream);
+    assert_eq!(tasks(), before + 1, "a lease timer");
+    hub.close();
+    tokio::task::yield_now().await;
+    assert_eq!(tasks(), before, "cancelled by close");
+}

@@ -809,3 +809,40 @@ async fn a_slow_observer_whose_producer_leaves_discovery_mid_burst_handles_every
     handle.stop().await;
     dns.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_an_observer_interrupts_a_handler_retry_backoff_and_dead_letters_nothing() {
+    let publisher = EchoPublisher::new();
+    let producer = Running::publishing(publisher.clone()).await;
+    let flaky = Flaky::default();
+    flaky
+        .failures
+        .lock()
+        .unwrap()
+        .insert("0".to_owned(), u32::MAX);
+    let dead = Arc::new(Mutex::new(Vec::<DeadLetter>::new()));
+    let options = quick()
+        // An hour between attempts: a stop that waited for it would time the test out.
+        .handler_retries(5, Duration::from_secs(3600))
+        .on_dead_letter({
+            let dead = dead.clone();
+            move |letter| dead.lock().unwrap().push(letter.clone())
+        });
+    let handle = EchoObserver::new()
+        .echoed(flaky.clone())
+        .options(options)
+        .start(producer.target())
+        .await
+        .unwrap();
+    publish(&publisher, 0..1);
+    eventually("the handler failed once", || {
+        flaky.failures.lock().unwrap()["0"] < u32::MAX
+    })
+    .await;
+    tokio::time::timeout(PATIENCE, handle.stop())
+        .await
+        .expect("stop returns without waiting for the backoff");
+    assert!(dead.lock().unwrap().is_empty(), "nothing dead-lettered");
+    assert!(flaky.handled.messages().is_empty());
+    producer.stop().await.unwrap();
+}

@@ -2,13 +2,14 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery] [--observers 1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|discovery|bounds] [--observers 1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
 //! and observers on another (pinned to core 1). NATS rows need `nats-server` on the PATH
 //! (Debian: `apt-get install nats-server`); without it they are skipped.
 
+mod bounds;
 mod events;
 mod ginepro;
 mod proto;
@@ -52,6 +53,10 @@ impl Bench {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == bounds::PRODUCER) {
+        bounds::producer_main();
+        return;
+    }
     since_start();
     let quick = std::env::args().any(|a| a == "--quick");
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -136,6 +141,10 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("discovery") {
         discovery_section(bench).await;
+    }
+    if wanted("bounds") {
+        bounds::subscribers_section().await;
+        bounds::groups_section(bench).await;
     }
 }
 

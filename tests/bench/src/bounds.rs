@@ -1,0 +1,258 @@
+//! What peers can make a producer pay: the memory of 10,000 subscribers of a full retention
+//! ring (the producer in a process of its own, so that its resident memory is its own), and
+//! the cost of `publish` with 64 consumer groups of 1,024 members each.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshless::events::PublisherSettings;
+use tokio_stream::StreamExt;
+
+use crate::proto::mesh::testing::v1 as mesh;
+use crate::proto::plain::meshless::v1::Subscribe;
+use crate::proto::plain::testing::v1::echo_client::EchoClient;
+use crate::servers::{start_echo, Echo};
+use crate::stats::rss_bytes;
+use crate::Bench;
+
+/// The argument that makes this program the producer of the subscriber row.
+pub const PRODUCER: &str = "--bounds-producer";
+const RETAIN: usize = 10_000;
+const START_LIVE: i32 = 2;
+
+fn event() -> mesh::EchoedEvent {
+    mesh::EchoedEvent {
+        message: "x".repeat(64),
+    }
+}
+
+/// The producer process: 10,000 events of 64 B retained, served on 127.0.0.1:0. Prints its
+/// address, then answers each `rss` line on its standard input with its resident bytes; exits
+/// when its standard input closes.
+pub fn producer_main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut settings = PublisherSettings::default().retain("Echoed", RETAIN);
+        settings.max_subscribers = 2 * RETAIN;
+        let publisher = mesh::EchoPublisher::with_settings(settings);
+        for _ in 0..RETAIN {
+            publisher.publish_echoed(event()).expect("a small event");
+        }
+        let addr = start_echo(
+            Echo {
+                name: "bounds",
+                delay: Duration::ZERO,
+            },
+            publisher,
+        )
+        .await;
+        println!("{addr}");
+        std::thread::spawn(|| {
+            for line in std::io::stdin().lock().lines() {
+                match line.as_deref() {
+                    Ok("rss") => println!("{}", rss_bytes()),
+                    _ => break,
+                }
+            }
+            std::process::exit(0);
+        });
+        std::future::pending::<()>().await;
+    });
+}
+
+/// The producer process, seen from the benchmark.
+struct Producer {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    addr: SocketAddr,
+}
+
+impl Producer {
+    fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("this program"))
+            .arg(PRODUCER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the producer");
+        let input = child.stdin.take().expect("its input");
+        let mut output = BufReader::new(child.stdout.take().expect("its output"));
+        let mut line = String::new();
+        output.read_line(&mut line).expect("its address");
+        let addr = line.trim().parse().expect("an address");
+        Self {
+            child,
+            input,
+            output,
+            addr,
+        }
+    }
+
+    fn rss(&mut self) -> u64 {
+        writeln!(self.input, "rss").expect("ask");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("answer");
+        line.trim().parse().expect("bytes")
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn channels(addr: SocketAddr, count: usize) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+        channels.push(endpoint.connect().await.expect("connect"));
+    }
+    channels
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub async fn subscribers_section() {
+    println!(
+        "Producer memory for plain subscribers, {RETAIN} events of 64 B retained (the producer in a process of its own; its RSS)"
+    );
+    let mut producer = Producer::start();
+    let ring = producer.rss();
+
+    // 10,000 subscribers at the live end: what a subscription itself costs.
+    const LIVE: usize = 10_000;
+    let connections = channels(producer.addr, 20).await;
+    let before = producer.rss();
+    let mut streams = Vec::with_capacity(LIVE);
+    for i in 0..LIVE {
+        let mut client = EchoClient::new(connections[i % connections.len()].clone());
+        let request = Subscribe {
+            start: START_LIVE,
+            ..Subscribe::default()
+        };
+        streams.push(client.echoed(request).await.expect("subscribe").into_inner());
+    }
+    let live = producer.rss().saturating_sub(before) as f64;
+    println!(
+        "  {LIVE} subscribers at the live end: {:.1} MiB ({:.0} bytes each); the producer with its ring: {:.1} MiB before",
+        live / MIB,
+        live / LIVE as f64,
+        ring as f64 / MIB
+    );
+    drop(streams);
+    drop(connections);
+
+    // 1,000 subscribers from the oldest event, each reading all 10,000, then idle.
+    const READERS: usize = 1_000;
+    let connections = channels(producer.addr, 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = producer.rss();
+    let started = Instant::now();
+    let mut readers = tokio::task::JoinSet::new();
+    for i in 0..READERS {
+        let mut client = EchoClient::new(connections[i % connections.len()].clone());
+        readers.spawn(async move {
+            let mut stream = client
+                .echoed(Subscribe::default())
+                .await
+                .expect("subscribe")
+                .into_inner();
+            for _ in 0..RETAIN {
+                stream.next().await.expect("an event").expect("no error");
+            }
+            stream
+        });
+    }
+    let mut idle = Vec::with_capacity(READERS);
+    while let Some(stream) = readers.join_next().await {
+        idle.push(stream.expect("reader"));
+    }
+    let caught_up = producer.rss().saturating_sub(before) as f64;
+    println!(
+        "  {READERS} subscribers from the oldest, caught up ({:.1} s to read {} events): {:.1} MiB ({:.0} bytes each; 10,000 would be {:.1} MiB)",
+        started.elapsed().as_secs_f64(),
+        READERS * RETAIN,
+        caught_up / MIB,
+        caught_up / READERS as f64,
+        caught_up * 10.0 / MIB
+    );
+    drop(idle);
+    println!();
+}
+
+pub async fn groups_section(bench: &Bench) {
+    const GROUPS: usize = 64;
+    const MEMBERS: usize = 1024;
+    const PUBLISHES: usize = 200_000;
+    println!(
+        "publish with {GROUPS} consumer groups of {MEMBERS} members whose windows are full, against none ({PUBLISHES} events of 64 B)"
+    );
+    let time_publishes = |publisher: &mesh::EchoPublisher| {
+        let started = Instant::now();
+        for _ in 0..PUBLISHES {
+            publisher.publish_echoed(event()).expect("a small event");
+        }
+        started.elapsed().as_secs_f64() * 1e9 / PUBLISHES as f64
+    };
+
+    let alone = mesh::EchoPublisher::new();
+    let none = time_publishes(&alone);
+
+    let publisher = mesh::EchoPublisher::new();
+    let addr = {
+        let publisher = publisher.clone();
+        bench
+            .on_server(async move {
+                start_echo(
+                    Echo {
+                        name: "groups",
+                        delay: Duration::ZERO,
+                    },
+                    publisher,
+                )
+                .await
+            })
+            .await
+    };
+    let connections = channels(addr, GROUPS * MEMBERS / 512).await;
+    let started = Instant::now();
+    let mut members = Vec::with_capacity(GROUPS * MEMBERS);
+    for group in 0..GROUPS {
+        for member in 0..MEMBERS {
+            let index = group * MEMBERS + member;
+            let mut client = EchoClient::new(connections[index % connections.len()].clone());
+            let request = Subscribe {
+                group: format!("group-{group}"),
+                member: format!("member-{member}"),
+                max_unacknowledged: 1,
+                start: START_LIVE,
+                ..Subscribe::default()
+            };
+            members.push(client.echoed(request).await.expect("join").into_inner());
+        }
+    }
+    let joined = started.elapsed();
+    // One event per member fills every window.
+    for _ in 0..MEMBERS {
+        publisher.publish_echoed(event()).expect("a small event");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let full = time_publishes(&publisher);
+    println!(
+        "  no groups: {none:.0} ns per publish; {GROUPS} x {MEMBERS} members: {full:.0} ns ({:.2}x; {} members joined in {:.1} s)",
+        full / none,
+        GROUPS * MEMBERS,
+        joined.as_secs_f64()
+    );
+    drop(members);
+    println!();
+}
