@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::instance::{Instance, State};
+use super::instance::{Instance, Placement, State};
 
 /// The ready instances of the lowest priority that has any, with their weights summed for
 /// weighted draws. Built when instances change, read lock-free by every call.
@@ -16,25 +16,28 @@ pub(crate) struct Ready {
 
 impl Ready {
     pub(crate) fn build(all: &[Arc<Instance>]) -> Self {
-        let ready = all.iter().filter(|i| i.state() == State::Ready);
-        let Some(best) = ready.clone().map(|i| i.placement().priority).min() else {
+        // One look at each instance: its state and placement can change while this runs (a
+        // call reporting a failure, a reconnect, DNS), and two looks could disagree.
+        let ready: Vec<(Arc<Instance>, Placement)> = all
+            .iter()
+            .filter(|i| i.state() == State::Ready)
+            .map(|i| (i.clone(), i.placement()))
+            .collect();
+        let Some(best) = ready.iter().map(|(_, p)| p.priority).min() else {
             return Self::default();
         };
-        let instances: Vec<_> = ready
-            .filter(|i| i.placement().priority == best)
-            .cloned()
-            .collect();
-        let first_weight = instances[0].placement().weight;
-        let cumulative = if instances
-            .iter()
-            .all(|i| i.placement().weight == first_weight)
-        {
+        let (instances, weights): (Vec<_>, Vec<_>) = ready
+            .into_iter()
+            .filter(|(_, p)| p.priority == best)
+            .map(|(i, p)| (i, p.weight))
+            .unzip();
+        let cumulative = if weights.windows(2).all(|pair| pair[0] == pair[1]) {
             Vec::new()
         } else {
-            instances
+            weights
                 .iter()
-                .scan(0u64, |sum, i| {
-                    *sum += u64::from(i.placement().weight);
+                .scan(0u64, |sum, weight| {
+                    *sum += u64::from(*weight);
                     Some(*sum)
                 })
                 .collect()
@@ -122,7 +125,6 @@ mod test {
     use tonic::transport::Endpoint;
 
     use super::*;
-    use crate::balance::instance::Placement;
 
     fn ready_instance(key: &str, priority: u16, weight: u16) -> Arc<Instance> {
         let instance = Instance::new(
@@ -140,6 +142,34 @@ mod test {
             *counts.entry(ready.pick().unwrap().key.clone()).or_default() += 1;
         }
         counts
+    }
+
+    #[tokio::test]
+    async fn building_never_panics_while_instances_change_state_and_priority() {
+        let instance = ready_instance("flapping", 0, 1);
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (instance, stop) = (instance.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut turn = 0u16;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    instance.report_failure("flap".into());
+                    instance.connected(channel.clone());
+                    instance.set_placement(Placement {
+                        priority: turn % 2,
+                        weight: 1,
+                    });
+                    turn = turn.wrapping_add(1);
+                }
+            })
+        };
+        let all = [instance];
+        for _ in 0..200_000 {
+            assert!(Ready::build(&all).len() <= 1);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flipper.join().expect("the flipping thread");
     }
 
     #[tokio::test]
