@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery|bounds] [--observers 1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|discovery|bounds] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -233,8 +233,9 @@ async fn events_section(bench: &Bench) {
     let mut cpu_by_observers = Vec::new();
     let only_sizes = number_args("--size");
     let only_observers = number_args("--observers");
+    // `--observers 0`: the latency rows only.
     for size in [64usize, 1024] {
-        if !only_sizes.is_empty() && !only_sizes.contains(&size) {
+        if only_observers == [0] || !only_sizes.is_empty() && !only_sizes.contains(&size) {
             continue;
         }
         for observers in [1usize, 4, 16] {
@@ -283,7 +284,7 @@ async fn events_section(bench: &Bench) {
     }
     println!();
 
-    if !only_sizes.is_empty() || !only_observers.is_empty() {
+    if !only_sizes.is_empty() || !only_observers.is_empty() && only_observers != [0] {
         // Some throughput rows only: no latency rows.
         stop_nats(nats);
         return;
