@@ -147,7 +147,13 @@ pub async fn subscribers_section() {
             start: START_LIVE,
             ..Subscribe::default()
         };
-        streams.push(client.echoed(request).await.expect("subscribe").into_inner());
+        streams.push(
+            client
+                .echoed(request)
+                .await
+                .expect("subscribe")
+                .into_inner(),
+        );
     }
     let live = producer.rss().saturating_sub(before) as f64;
     println!(
