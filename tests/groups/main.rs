@@ -47,16 +47,26 @@ impl Ledger {
     }
 
     /// Waits, without sleeping, until `done` holds.
+    /// Waits until `done` holds for what was handled; fails the test after
+    /// [`support::PATIENCE`].
     async fn until(&self, done: impl Fn(&Handlings) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if done(&self.handled.lock().unwrap()) {
-                return;
+        let waited = tokio::time::timeout(support::PATIENCE, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(&self.handled.lock().unwrap()) {
+                    return;
+                }
+                changed.await;
             }
-            changed.await;
-        }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "timed out; {} events handled",
+            self.handled.lock().unwrap().len()
+        );
     }
 
     async fn until_distinct(&self, count: usize) {
