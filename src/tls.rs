@@ -16,13 +16,29 @@
 use tonic::transport::ClientTlsConfig;
 pub use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-/// TLS settings of a client or an observer.
-#[derive(Debug, Clone, Default)]
+/// TLS settings of a client or an observer. Its `Debug` output never shows the private key.
+#[derive(Clone, Default)]
 #[must_use]
 pub struct ClientTls {
     ca_certificates: Vec<Certificate>,
     identity: Option<Identity>,
     server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_certificates", &self.ca_certificates.len())
+            .field(
+                "identity",
+                &self
+                    .identity
+                    .as_ref()
+                    .map(|_| "<certificate and private key>"),
+            )
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 impl ClientTls {
@@ -63,5 +79,40 @@ impl ClientTls {
             Some(name) => config.domain_name(name),
             None => config,
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const KEY: &str =
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+
+    /// What `Debug` could leak of the key: its PEM text, or its bytes as a decimal list.
+    fn leaks(debug: &str) -> bool {
+        let bytes: Vec<String> = KEY.bytes().take(12).map(|b| b.to_string()).collect();
+        debug.contains("PRIVATE KEY")
+            || debug.contains("c2VjcmV0")
+            || debug.contains(&bytes.join(", "))
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_private_key() {
+        let tls = ClientTls::new()
+            .ca_certificate(Certificate::from_pem("ca"))
+            .identity(Identity::from_pem("certificate", KEY))
+            .server_name("users.service.consul");
+        let shown = format!("{tls:?}");
+        assert!(!leaks(&shown), "{shown}");
+        assert!(shown.contains("users.service.consul"));
+        let builder = crate::Channel::builder().tls(tls.clone());
+        let shown = format!("{builder:?}");
+        assert!(!leaks(&shown), "{shown}");
+        let connector = crate::client::Connector::default().with_tls(Some(&tls), None);
+        let shown = format!("{connector:?}");
+        assert!(!leaks(&shown), "{shown}");
+        // The test would catch a leak: tonic's own configuration prints the key.
+        assert!(leaks(&format!("{:?}", tls.config(None))));
     }
 }

@@ -136,9 +136,12 @@ impl ChannelBuilder {
         self
     }
 
-    /// HTTP/2 keepalive: an idle connection is pinged every `interval`, and taken for dead
-    /// (its calls fail, the instance reconnects) when a ping goes unanswered for `timeout`.
-    /// Default: 30 s and 10 s.
+    /// HTTP/2 keepalive: a connection with calls or streams open that has been quiet for
+    /// `interval` is pinged, and taken for dead (its calls fail, the instance reconnects) when
+    /// the ping goes unanswered for `timeout`; a connection without calls is never pinged.
+    /// Default: 5 minutes and 20 s, as the gRPC keepalive guide asks of clients: gRPC servers
+    /// (C-core, Go, Java) by default close, with GOAWAY `too_many_pings`, connections whose
+    /// client pings more often than every 5 minutes. Lower it only for servers that allow it.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.connector.keepalive_interval = interval;
         self.connector.keepalive_timeout = timeout;

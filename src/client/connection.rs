@@ -7,13 +7,19 @@ use tonic::transport::Endpoint;
 
 use crate::Error;
 
-/// How often an idle connection is pinged, by clients and servers alike.
+/// How often a server pings a quiet connection.
 pub(crate) const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive ping may go unanswered before the connection is taken for dead.
 pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a client pings a quiet connection that has calls or streams open, and never one
+/// without: gRPC servers (C-core, Go, Java) by default refuse pings more often than every 5
+/// minutes, and any without calls, with GOAWAY `too_many_pings` (the gRPC keepalive guide).
+pub(crate) const DEFAULT_CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
+/// How long a client's keepalive ping may go unanswered.
+pub(crate) const DEFAULT_CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Turns an instance's address into a configured endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Connector {
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalive_interval: Duration,
@@ -22,12 +28,26 @@ pub(crate) struct Connector {
     pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Connector");
+        debug
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout);
+        // tonic's TLS configuration prints the private key: only whether there is one.
+        #[cfg(feature = "tls")]
+        debug.field("tls", &self.tls.is_some());
+        debug.finish()
+    }
+}
+
 impl Default for Connector {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_interval: DEFAULT_CLIENT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -64,7 +84,7 @@ impl Connector {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             return endpoint.tls_config(tls.clone()).map_err(Error::transport);

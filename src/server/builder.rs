@@ -57,6 +57,7 @@ pub struct Server {
     health: bool,
     reflection: bool,
     max_concurrent_streams: u32,
+    max_local_error_resets: usize,
     keepalive: (Duration, Duration),
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
@@ -64,6 +65,10 @@ pub struct Server {
 
 /// How many calls and streams one connection may have open at once, by default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How many streams a client may make the server reset (with protocol errors of its making)
+/// on one connection before it is sent GOAWAY, by default: hyper's limit against the
+/// "MadeYouReset" attack (CVE-2025-8671).
+pub const DEFAULT_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +93,7 @@ impl Server {
             health: true,
             reflection: true,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
             keepalive: (
                 crate::client::DEFAULT_KEEPALIVE_INTERVAL,
                 crate::client::DEFAULT_KEEPALIVE_TIMEOUT,
@@ -101,6 +107,15 @@ impl Server {
     /// wait for one to end (HTTP/2 flow control). Default: 1024.
     pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
         self.max_concurrent_streams = streams.max(1);
+        self
+    }
+
+    /// How many streams a client may make the server reset on one connection (by sending
+    /// frames that are errors on those streams) before the connection is closed with GOAWAY
+    /// `ENHANCE_YOUR_CALM`: a client that makes the server dispatch and reset requests without
+    /// bound is an attack ("MadeYouReset", CVE-2025-8671). Default: 1024, as hyper.
+    pub fn max_local_error_resets(mut self, resets: usize) -> Self {
+        self.max_local_error_resets = resets;
         self
     }
 
@@ -271,6 +286,7 @@ impl Server {
         );
         let builder = tonic::transport::Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(self.max_local_error_resets))
             .http2_keepalive_interval(Some(self.keepalive.0))
             .http2_keepalive_timeout(Some(self.keepalive.1));
         #[cfg(feature = "tls")]

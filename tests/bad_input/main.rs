@@ -447,3 +447,85 @@ async fn subscribers_beyond_the_limit_are_resource_exhausted() {
     still_serving(&server).await;
     server.stop().await.unwrap();
 }
+
+/// Opens `streams` streams on one connection, each made to be reset by the server (HEADERS,
+/// then a WINDOW_UPDATE that overflows the stream's window): returns how many RST_STREAM
+/// frames came back, and the GOAWAY (code, reason) if one did.
+async fn reset_flood(addr: std::net::SocketAddr, streams: u32) -> (u32, Option<(u32, String)>) {
+    let socket = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = socket.into_split();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut frame = Vec::with_capacity(9 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    };
+    // HPACK, literal without indexing: POST, http, :path, :authority, content-type, te.
+    let mut headers = vec![0x83, 0x86, 0x04, 28];
+    headers.extend_from_slice(b"/grpc.health.v1.Health/Check");
+    headers.extend_from_slice(&[0x01, 9]);
+    headers.extend_from_slice(b"localhost");
+    headers.extend_from_slice(&[0x0f, 0x10, 16]);
+    headers.extend_from_slice(b"application/grpc");
+    headers.extend_from_slice(&[0x00, 2]);
+    headers.extend_from_slice(b"te");
+    headers.push(8);
+    headers.extend_from_slice(b"trailers");
+
+    let reader = tokio::spawn(async move {
+        let (mut resets, mut goaway) = (0u32, None);
+        let mut header = [0u8; 9];
+        loop {
+            let next = async {
+                read.read_exact(&mut header).await?;
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                read.read_exact(&mut payload).await?;
+                Ok::<_, std::io::Error>((header[3], payload))
+            };
+            // The server closes the connection after its GOAWAY; without one, quiet ends it.
+            match tokio::time::timeout(Duration::from_secs(3), next).await {
+                Ok(Ok((3, _))) => resets += 1,
+                Ok(Ok((7, payload))) if payload.len() >= 8 => {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    goaway = Some((code, String::from_utf8_lossy(&payload[8..]).into_owned()));
+                }
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        (resets, goaway)
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(4, 1, 0, &[]));
+    write.write_all(&out).await.expect("preface");
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        let mut batch = frame(1, 0x4, id, &headers);
+        batch.extend(frame(8, 0, id, &0x7fff_ffffu32.to_be_bytes()));
+        if write.write_all(&batch).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::timeout(support::PATIENCE, reader)
+        .await
+        .expect("the flood's reader ends")
+        .expect("the reader")
+}
+
+#[tokio::test]
+async fn a_client_that_makes_the_server_reset_streams_without_end_is_sent_away() {
+    let (server, _publisher) = server().await;
+    let (resets, goaway) = reset_flood(server.addr, 3000).await;
+    let (code, reason) = goaway.expect("a GOAWAY");
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM ({reason})");
+    assert!(
+        resets <= meshless::server::DEFAULT_MAX_LOCAL_ERROR_RESETS as u32 + 16,
+        "{resets} resets before the GOAWAY"
+    );
+    still_serving(&server).await;
+    server.stop().await.unwrap();
+}
