@@ -23,6 +23,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use super::deadline_body::Deadlined;
 use crate::balance::{Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
@@ -111,7 +112,7 @@ pub(crate) async fn call(
 }
 
 async fn timed_call(
-    instances: &InstanceSet,
+    instances: &Arc<InstanceSet>,
     policy: &CallPolicy,
     mut request: http::Request<Body>,
 ) -> Result<http::Response<Body>, BoxError> {
@@ -140,19 +141,25 @@ async fn timed_call(
                 .into_result(),
         }
     };
-    match deadline {
-        None => calling.await,
-        Some(deadline) => tokio::time::timeout_at(deadline, calling)
-            .await
-            .unwrap_or_else(|_| {
-                Err(tonic::Status::deadline_exceeded(format!(
-                    "no answer from `{}` within the call's {:?} deadline",
-                    instances.target(),
-                    timeout.unwrap_or_default()
-                ))
-                .into())
-            }),
-    }
+    let Some(deadline) = deadline else {
+        return calling.await;
+    };
+    // One timer for the whole call: first for the response headers, then for the body.
+    let mut expiry = Box::pin(tokio::time::sleep_until(deadline));
+    let timeout = timeout.unwrap_or_default();
+    let response = tokio::select! {
+        biased;
+        response = calling => response?,
+        () = expiry.as_mut() => {
+            return Err(tonic::Status::deadline_exceeded(format!(
+                "no answer from `{}` within the call's {timeout:?} deadline",
+                instances.target(),
+            ))
+            .into());
+        }
+    };
+    let instances = instances.clone();
+    Ok(response.map(|body| Body::new(Deadlined::new(body, expiry, instances, timeout))))
 }
 
 async fn with_retries(

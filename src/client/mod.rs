@@ -3,6 +3,7 @@
 mod call;
 mod channel;
 mod connection;
+mod deadline_body;
 
 pub use channel::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
 pub(crate) use connection::Connector;

@@ -265,3 +265,46 @@ async fn calls_refused_by_a_draining_server_go_to_another_instance() {
     member.stop().await;
     other.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_deadline_covers_the_whole_call_not_only_the_response_headers() {
+    // A server that sends its response headers at once, then nothing, ever (while its
+    // connection answers pings): a stuck handler behind a proxy, or a stalled stream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    let stalled = http_body_util::StreamBody::new(tokio_stream::pending::<
+                        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                    >());
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(stalled)
+                        .expect("a response");
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    let client = EchoClient::connect(format!("ipv4:{addr}")).await.unwrap();
+    let mut call = Request::new(request("hello"));
+    call.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(support::PATIENCE, client.unary(call))
+        .await
+        .expect("the call ends")
+        .expect_err("no answer");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    server.abort();
+}
