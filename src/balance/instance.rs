@@ -1,16 +1,43 @@
 //! One instance of a target: its connection, its state, and its load.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tonic::transport::{Channel as TonicChannel, Endpoint};
 
-use super::latency::ResponseTime;
+use super::latency::{now_nanos, ResponseTime};
+
+/// How many failures in a row eject an instance (gRFC A50's consecutive-failure default).
+pub(crate) const EJECT_AFTER_FAILURES: u32 = 5;
+/// How long a first ejection lasts; each ejection that follows one doubles it.
+pub(crate) const FIRST_EJECTION: Duration = Duration::from_secs(1);
+/// The longest an ejection lasts.
+pub(crate) const LONGEST_EJECTION: Duration = Duration::from_secs(30);
+/// How many successes in a row make an instance's next ejection a first one again.
+const FORGIVEN_AFTER_SUCCESSES: u32 = 100;
+/// The response time a failed call counts as, unless it took longer: a failure must never make
+/// an instance look fast (Linkerd's fast-failure penalty).
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// Whether a call that ended with `code` counts against the instance that answered: the
+/// instance or its connection failed, or it was overloaded. Answers about the request
+/// (`INVALID_ARGUMENT`, `NOT_FOUND`, `PERMISSION_DENIED`, ...) do not, nor does a caller's
+/// cancellation.
+pub(crate) fn counts_against(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Unknown
+            | tonic::Code::DataLoss
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::DeadlineExceeded
+    )
+}
 
 /// The life of an instance's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +68,14 @@ pub(crate) struct Instance {
     /// Wakes the connection task: a failure was reported, or the instance was removed.
     pub(crate) wake: Notify,
     removed: AtomicBool,
+    /// Failures in a row.
+    failures: AtomicU32,
+    /// Successes in a row.
+    successes: AtomicU32,
+    /// Ejections since the instance was last forgiven: each doubles the next.
+    ejections: AtomicU32,
+    /// Until when (by [`now_nanos`]) the instance is ejected; 0: it is not.
+    ejected_until: AtomicU64,
 }
 
 impl fmt::Debug for Instance {
@@ -67,7 +102,45 @@ impl Instance {
             last_error: Mutex::new(None),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            successes: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the instance is ejected for failing: not picked until the ejection ends.
+    pub(crate) fn is_ejected(&self) -> bool {
+        now_nanos() < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Counts the outcome of a call it answered (or failed to). Returns how long to eject the
+    /// instance for when this failure makes [`EJECT_AFTER_FAILURES`] in a row; the caller
+    /// ejects it with [`eject`](Self::eject) if the set can spare it.
+    pub(crate) fn count_outcome(&self, failed: bool) -> Option<Duration> {
+        if !failed {
+            self.failures.store(0, Ordering::Relaxed);
+            if self.successes.fetch_add(1, Ordering::Relaxed) + 1 >= FORGIVEN_AFTER_SUCCESSES {
+                self.ejections.store(0, Ordering::Relaxed);
+            }
+            return None;
+        }
+        self.successes.store(0, Ordering::Relaxed);
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < EJECT_AFTER_FAILURES || self.is_ejected() {
+            return None;
+        }
+        let doublings = self.ejections.load(Ordering::Relaxed).min(16);
+        Some((FIRST_EJECTION * 2u32.pow(doublings)).min(LONGEST_EJECTION))
+    }
+
+    /// Ejects the instance for `duration`.
+    pub(crate) fn eject(&self, duration: Duration) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        let until =
+            now_nanos().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until, Ordering::Relaxed);
     }
 
     pub(crate) fn state(&self) -> State {
@@ -170,7 +243,7 @@ impl Instance {
     /// Counts a call in flight until the guard is dropped.
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), Instant::now())
+        InFlight(self.clone(), Instant::now(), false)
     }
 }
 
@@ -190,14 +263,26 @@ impl Default for Placement {
     }
 }
 
-/// A call in flight on an instance since it started; dropping it ends the call (when its
-/// response arrived, or it failed) and counts its response time.
+/// A call in flight on an instance since it started; dropping it ends the call and counts
+/// its response time, unless [`failed`](Self::failed) said otherwise.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Instance>, Instant);
+pub(crate) struct InFlight(Arc<Instance>, Instant, bool);
+
+impl InFlight {
+    /// The call failed: it counts as [`FAILURE_PENALTY`] at least, never as a fast answer.
+    pub(crate) fn failed(mut self) {
+        self.2 = true;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.latency.observe(self.1.elapsed());
+        let took = self.1.elapsed();
+        self.0.latency.observe(if self.2 {
+            took.max(FAILURE_PENALTY)
+        } else {
+            took
+        });
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

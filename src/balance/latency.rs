@@ -23,7 +23,7 @@ const UNMEASURED: Duration = Duration::from_millis(1);
 const LEAST_STEP: f64 = 0.05;
 
 /// Nanoseconds since the first use: a clock that fits an atomic.
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)

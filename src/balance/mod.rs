@@ -19,5 +19,5 @@ mod ready;
 mod set;
 
 pub(crate) use connect::error_chain;
-pub(crate) use instance::{Instance, Placement};
+pub(crate) use instance::{counts_against, Instance, Placement};
 pub(crate) use set::{InstanceSet, Settings};

@@ -20,7 +20,7 @@ impl Ready {
         // call reporting a failure, a reconnect, DNS), and two looks could disagree.
         let ready: Vec<(Arc<Instance>, Placement)> = all
             .iter()
-            .filter(|i| i.state() == State::Ready)
+            .filter(|i| i.state() == State::Ready && !i.is_ejected())
             .map(|i| (i.clone(), i.placement()))
             .collect();
         let Some(best) = ready.iter().map(|(_, p)| p.priority).min() else {

@@ -165,6 +165,36 @@ impl InstanceSet {
         self.changed.notify_waiters();
     }
 
+    /// Counts how a call to `instance` ended. An instance that failed
+    /// [`EJECT_AFTER_FAILURES`](super::instance::EJECT_AFTER_FAILURES) times in a row is
+    /// ejected, for a time that doubles with each ejection, unless half the set (rounded down)
+    /// is ejected already: never all of it.
+    pub(crate) fn count_outcome(self: &Arc<Self>, instance: &Instance, failed: bool) {
+        let Some(duration) = instance.count_outcome(failed) else {
+            return;
+        };
+        {
+            let all = self.lock_all();
+            let ejected = all.iter().filter(|i| i.is_ejected()).count();
+            if ejected + 1 > all.len() / 2 {
+                tracing::debug!(target = %self.target, instance = %instance.key, "failing, but not ejected: as many instances as may be are ejected already");
+                return;
+            }
+        }
+        instance.eject(duration);
+        tracing::warn!(target = %self.target, instance = %instance.key, ?duration, "instance failed {} calls in a row; ejected", super::instance::EJECT_AFTER_FAILURES);
+        self.rebuild_ready();
+        let set = Arc::downgrade(self);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(duration).await;
+                if let Some(set) = set.upgrade() {
+                    set.rebuild_ready();
+                }
+            });
+        }
+    }
+
     /// Marks `instance` failed after a call could not be sent to it, and asks discovery to
     /// look again (it may be gone).
     pub(crate) fn report_failure(&self, instance: &Instance, error: String) {

@@ -24,7 +24,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
-use crate::balance::{Instance, InstanceSet};
+use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
 use crate::server::REFUSED_HEADER;
@@ -131,12 +131,21 @@ async fn timed_call(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     policy.budget.deposit();
 
+    let mut tried = Vec::new();
     let calling = async {
         match info {
             Some(call) if call.single_request && policy.attempts > 1 => {
-                with_retries(instances, policy, request, deadline, call.idempotent).await
+                with_retries(
+                    instances,
+                    policy,
+                    request,
+                    deadline,
+                    call.idempotent,
+                    &mut tried,
+                )
+                .await
             }
-            _ => attempt(instances, request, deadline, &mut Vec::new())
+            _ => attempt(instances, request, deadline, &mut tried)
                 .await
                 .into_result(),
         }
@@ -151,6 +160,10 @@ async fn timed_call(
         biased;
         response = calling => response?,
         () = expiry.as_mut() => {
+            // The instance the call was waiting on did not answer in time: that counts.
+            if let Some(instance) = tried.last() {
+                instances.count_outcome(instance, true);
+            }
             return Err(tonic::Status::deadline_exceeded(format!(
                 "no answer from `{}` within the call's {timeout:?} deadline",
                 instances.target(),
@@ -163,20 +176,20 @@ async fn timed_call(
 }
 
 async fn with_retries(
-    instances: &InstanceSet,
+    instances: &Arc<InstanceSet>,
     policy: &CallPolicy,
     request: http::Request<Body>,
     deadline: Option<tokio::time::Instant>,
     idempotent: bool,
+    tried: &mut Vec<Arc<Instance>>,
 ) -> Result<http::Response<Body>, BoxError> {
     let (parts, body) = request.into_parts();
     // A single message: kept whole so that it can be sent again.
     let body: Bytes = body.collect().await?.to_bytes();
     let mut attempt_number = 1;
-    let mut tried = Vec::new();
     loop {
         let request = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
-        let outcome = attempt(instances, request, deadline, &mut tried).await;
+        let outcome = attempt(instances, request, deadline, tried).await;
         let retry = match &outcome {
             Attempt::Answered(_) => false,
             Attempt::NotProcessed(_) => true,
@@ -198,12 +211,12 @@ async fn with_retries(
 
 /// Sends the call to one instance, another than those `tried` when there is one.
 async fn attempt(
-    instances: &InstanceSet,
+    instances: &Arc<InstanceSet>,
     request: http::Request<Body>,
     deadline: Option<tokio::time::Instant>,
     tried: &mut Vec<Arc<Instance>>,
 ) -> Attempt {
-    let (instance, _in_flight) = match instances.pick(deadline, tried).await {
+    let (instance, in_flight) = match instances.pick(deadline, tried).await {
         Ok(picked) => picked,
         // Picking already waited as long as it should.
         Err(status) => return Attempt::Answered(status.into_http()),
@@ -217,16 +230,26 @@ async fn attempt(
             instances.target()
         ))));
     };
-    match channel.oneshot(request).await {
+    let outcome = channel.oneshot(request).await;
+    // How the call went, as far as the response head tells (a failure answered at once comes
+    // as a head with its status): failures count against the instance, and never as fast.
+    let failed = match &outcome {
+        Ok(response) if response.headers().contains_key(REFUSED_HEADER) => None,
+        Ok(response) => Some(status_of(response).is_some_and(counts_against)),
+        Err(_) => Some(true),
+    };
+    if let Some(failed) = failed {
+        instances.count_outcome(&instance, failed);
+        if failed {
+            in_flight.failed();
+        }
+    }
+    match outcome {
         Ok(response) => {
             if response.headers().contains_key(REFUSED_HEADER) {
                 instances.report_failure(&instance, "draining: refuses new calls".into());
                 Attempt::NotProcessed(Response::Http(response))
-            } else if response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|status| status == "14")
-            {
+            } else if status_of(&response) == Some(tonic::Code::Unavailable) {
                 Attempt::Unavailable(Response::Http(response))
             } else {
                 Attempt::Answered(response)
@@ -261,6 +284,12 @@ async fn attempt(
             }
         }
     }
+}
+
+/// The status of a response whose head carries it (a response with no messages).
+fn status_of<B>(response: &http::Response<B>) -> Option<tonic::Code> {
+    let status = response.headers().get("grpc-status")?.to_str().ok()?;
+    status.parse::<i32>().ok().map(tonic::Code::from)
 }
 
 /// Whether the error is tonic's channel giving up at the call's `grpc-timeout`.

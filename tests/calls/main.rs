@@ -16,8 +16,8 @@ use support::testing::counter::v1::{
 };
 use support::testing::v1::EchoObserver;
 use support::{
-    request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, EchoedObserver,
-    Gate, Running, WAIT,
+    request, served_by, Echo, EchoClient, EchoPublisher, EchoRequest, EchoService, EchoedEvent,
+    EchoedObserver, Gate, Running, WAIT,
 };
 
 /// A counter instance: counts every call it gets, and fails them all with `UNAVAILABLE` when
@@ -136,21 +136,17 @@ async fn only_idempotent_methods_are_retried_after_unavailable() {
     }
     assert!(broken.calls() > 0, "the broken instance was tried");
 
-    // `Add` is not idempotent: its failures are the caller's to handle.
-    let mut failed = 0;
-    for _ in 0..40 {
-        match client.add(AddRequest { amount: 1 }).await {
-            Ok(count) => assert_eq!(count.get_ref().instance, "healthy"),
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable);
-                failed += 1;
-            }
-        }
+    // `Add` is not idempotent: its failures are the caller's to handle. (Sent to the broken
+    // instance alone, since the balancer now avoids it: each add reaches it exactly once.)
+    let only_broken = CounterClient::connect(targets(&[&servers[0]]))
+        .await
+        .unwrap();
+    let before = broken.calls();
+    for _ in 0..10 {
+        let status = only_broken.add(AddRequest { amount: 1 }).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
     }
-    assert!(
-        failed > 0,
-        "some adds reached the broken instance and were not repeated"
-    );
+    assert_eq!(broken.calls() - before, 10, "no add was sent twice");
     for server in servers {
         server.stop().await.unwrap();
     }
@@ -307,4 +303,117 @@ async fn a_deadline_covers_the_whole_call_not_only_the_response_headers() {
         started.elapsed()
     );
     server.abort();
+}
+
+/// Calls `calls` times, `concurrency` at a time; returns the replies' instance names, and the
+/// failures' codes.
+async fn load(client: &EchoClient, calls: usize, concurrency: usize) -> (Vec<String>, Vec<Code>) {
+    let mut running = tokio::task::JoinSet::new();
+    let (mut served, mut failed) = (Vec::new(), Vec::new());
+    for _ in 0..calls {
+        if running.len() >= concurrency {
+            match running.join_next().await.expect("a call").expect("a task") {
+                Ok(name) => served.push(name),
+                Err(code) => failed.push(code),
+            }
+        }
+        let client = client.clone();
+        running.spawn(async move {
+            client
+                .unary(request("hi"))
+                .await
+                .map(|reply| served_by(reply.get_ref()).to_owned())
+                .map_err(|status| status.code())
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        match done.expect("a task") {
+            Ok(name) => served.push(name),
+            Err(code) => failed.push(code),
+        }
+    }
+    (served, failed)
+}
+
+#[tokio::test]
+async fn an_instance_that_fails_fast_does_not_attract_the_calls() {
+    let healthy = Running::echo(Echo::slow("healthy", Duration::from_millis(5))).await;
+    let broken = Running::echo(Echo {
+        name: "broken".into(),
+        broken: Some(Code::Internal),
+        ..Echo::default()
+    })
+    .await;
+    let client = EchoClient::connect(format!("ipv4:{},{}", healthy.addr, broken.addr))
+        .await
+        .unwrap();
+    let (served, failed) = load(&client, 300, 1).await;
+    eprintln!(
+        "2 instances, one broken: {} of 300 served by the healthy one, {} failed",
+        served.len(),
+        failed.len()
+    );
+    assert!(failed.iter().all(|code| *code == Code::Internal));
+    assert!(
+        served.len() >= 285,
+        "the healthy instance got {} of 300 calls",
+        served.len()
+    );
+    healthy.stop().await.unwrap();
+    broken.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_instance_of_three_fails_few_calls_and_application_errors_eject_nobody() {
+    let healthy = [
+        Running::echo(Echo::slow("a", Duration::from_millis(2))).await,
+        Running::echo(Echo::slow("b", Duration::from_millis(2))).await,
+    ];
+    let broken = Running::echo(Echo {
+        name: "broken".into(),
+        broken: Some(Code::Unavailable),
+        ..Echo::default()
+    })
+    .await;
+    let target = format!(
+        "ipv4:{},{},{}",
+        healthy[0].addr, healthy[1].addr, broken.addr
+    );
+    let client = EchoClient::connect(target).await.unwrap();
+    let (served, failed) = load(&client, 1000, 8).await;
+    eprintln!(
+        "3 instances, one broken: {} of 1000 calls failed",
+        failed.len()
+    );
+    assert!(served.iter().all(|name| name != "broken"));
+    assert!(failed.len() <= 20, "{} of 1000 calls failed", failed.len());
+
+    // Answers about the request are no reason to eject an instance: all three keep serving.
+    let answering = [
+        Running::echo(Echo::named("x")).await,
+        Running::echo(Echo::named("y")).await,
+    ];
+    let client = EchoClient::connect(format!("ipv4:{},{}", answering[0].addr, answering[1].addr))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        let status = client
+            .unary(EchoRequest {
+                fail_with_code: Code::NotFound as i32,
+                ..request("missing")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let (served, _) = load(&client, 200, 4).await;
+    for name in ["x", "y"] {
+        assert!(
+            served.iter().filter(|n| *n == name).count() >= 40,
+            "{name} still gets its share: {served:?}"
+        );
+    }
+    for server in healthy.into_iter().chain(answering).chain([broken]) {
+        server.stop().await.unwrap();
+    }
 }

@@ -87,6 +87,8 @@ pub struct Echo {
     pub gate: Gate,
     /// How long `Unary` takes.
     pub delay: Duration,
+    /// When set, `Unary` fails at once with this code: a broken instance.
+    pub broken: Option<Code>,
 }
 
 impl Echo {
@@ -129,6 +131,9 @@ type ReplyStream =
 
 impl EchoHandler for Echo {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if let Some(code) = self.broken {
+            return Err(Status::new(code, format!("{} is broken", self.name)));
+        }
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
