@@ -26,9 +26,10 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
     let doc = docs::lines(&[
         format!("Publishes the events of `{full_name}`, which [`{service_ty}`] serves to every subscriber."),
         String::new(),
-        "`publish_*` never waits: each event is encoded once, kept for resume (the last `retain`".to_owned(),
-        "of each event RPC), and handed to every subscriber's buffer. Clones publish into the same".to_owned(),
-        "streams, so give one to each handler that publishes.".to_owned(),
+        "`publish_*` never waits on subscribers: each event is encoded once and kept for resume (the".to_owned(),
+        "last `retain` of each event RPC), and every subscriber reads it from there. An event too large".to_owned(),
+        "for the streams is refused. Clones publish into the same streams, so give one to each handler".to_owned(),
+        "that publishes.".to_owned(),
     ]);
     let rpcs = event_methods(service).map(|(method, retain)| {
         let name = &method.proto_name;

@@ -553,3 +553,29 @@ async fn no_lease_timer_outlives_a_closed_hub() {
     tokio::task::yield_now().await;
     assert_eq!(tasks(), before, "cancelled by close");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_group_without_members_for_an_hour_is_forgotten() {
+    let hub = hub(100);
+    hub.join_as(&member("gone", "a", 1)).unwrap();
+    hub.acknowledge(&Acknowledgement {
+        leave: true,
+        handled: None,
+        ..ack("gone", "a", 0)
+    })
+    .unwrap();
+    hub.join_as(&member("kept", "a", 1)).unwrap();
+    tokio::time::advance(group::IDLE_GROUP_TTL - Duration::from_secs(1)).await;
+    hub.join_as(&member("new", "a", 1)).unwrap();
+    assert!(hub.has_group("gone"), "still within the hour");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    hub.join_as(&member("newer", "a", 1)).unwrap();
+    assert!(
+        !hub.has_group("gone"),
+        "forgotten after an hour without members"
+    );
+    assert!(
+        hub.has_group("kept"),
+        "a group with a member is never forgotten"
+    );
+}

@@ -509,6 +509,11 @@ impl Hub {
     }
 
     #[cfg(test)]
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.lock().groups.contains(group)
+    }
+
+    #[cfg(test)]
     pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
         self.lock().groups.unacked(group, member)
     }

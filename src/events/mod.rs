@@ -7,10 +7,13 @@
 //!
 //! - Each publisher has an epoch (random, drawn at start) and, per event RPC, a sequence: a
 //!   cursor is (epoch, sequence).
-//! - An event is encoded once, whatever the number of subscribers; `publish` never waits.
-//! - The last `retain` events are kept. A subscriber resuming inside that window loses nothing
-//!   and sees nothing twice; outside it, or after a restart (a new epoch), the first event it
-//!   gets says how many it missed. Never a silent gap.
+//! - An event is encoded once, whatever the number of subscribers; `publish` never waits on
+//!   them, and refuses an event too large for the streams. Events are kept in an event log
+//!   (`log`: the last `retain`, in memory) that every subscriber and consumer group reads by
+//!   cursor.
+//! - A subscriber resuming inside the retained window loses nothing and sees nothing twice;
+//!   outside it, the first event it gets says how many it missed, and after a restart (a new
+//!   epoch) also that the old epoch's unseen tail is lost. Never a silent gap.
 //! - A subscriber that falls further behind than its buffer is cut off with
 //!   `RESOURCE_EXHAUSTED`, and resumes from its cursor.
 //! - Idle streams carry heartbeats when the subscriber asks for them.
