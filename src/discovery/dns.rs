@@ -1,5 +1,6 @@
 //! DNS lookups with hickory-resolver, and [`DnsDiscover`], the tower `Discover` over them.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::{mpsc, Notify};
 use tower::discover::Change;
@@ -171,7 +172,11 @@ pub(crate) fn spawn(
         other => return Err(Error::unsupported(format!("`{other}` is not a DNS target"))),
     };
     let resolver = resolver(server, settings)?;
-    let lookup = DnsLookup { resolver, query };
+    let lookup = DnsLookup {
+        resolver,
+        query,
+        known_targets: HashMap::new(),
+    };
     let schedule = Schedule {
         floor: settings.refresh_floor,
         ceiling: settings.refresh_ceiling.max(settings.refresh_floor),
@@ -224,6 +229,8 @@ enum Query {
 struct DnsLookup {
     resolver: TokioResolver,
     query: Query,
+    /// The addresses SRV targets had when last looked up, for when a lookup fails.
+    known_targets: HashMap<Name, Vec<IpAddr>>,
 }
 
 impl Lookup for DnsLookup {
@@ -233,61 +240,133 @@ impl Lookup for DnsLookup {
                 Ok(ips) => Ok(Answer::Instances {
                     instances: ips
                         .iter()
+                        .take(MAX_INSTANCES_PER_ANSWER)
                         .map(|ip| (SocketAddr::new(ip, *port), Placement::default()))
                         .collect(),
                     ttl: remaining(ips.valid_until()),
                 }),
                 Err(error) => classify(host, &error),
             },
-            Query::Srv { name } => match self.resolver.srv_lookup(name.as_str()).await {
-                Ok(lookup) => self.srv_instances(&lookup).await,
-                Err(error) => classify(name, &error),
-            },
+            Query::Srv { name } => {
+                let name = name.clone();
+                match self.resolver.srv_lookup(name.as_str()).await {
+                    Ok(lookup) => self.srv_instances(&lookup).await,
+                    Err(error) => classify(&name, &error),
+                }
+            }
         }
     }
 }
 
+/// How many SRV targets are looked up at once.
+const TARGET_LOOKUPS_AT_ONCE: usize = 16;
+/// The most instances taken from one answer; the rest are left out, with a warning.
+pub(crate) const MAX_INSTANCES_PER_ANSWER: usize = 1024;
+
 impl DnsLookup {
     /// The SRV records' targets and ports, with addresses from the additional section or,
-    /// where it has none for a target, from a lookup of that target.
+    /// where it has none for a target, from a lookup of that target: several at once, each
+    /// target once. A target whose lookup fails keeps the addresses it had last, and hides no
+    /// other; only when every target fails is the answer a failure.
     async fn srv_instances(
-        &self,
+        &mut self,
         lookup: &hickory_resolver::lookup::Lookup,
     ) -> Result<Answer, String> {
         let mut ttl = remaining(lookup.valid_until());
-        let mut instances = Vec::new();
-        for record in lookup.answers() {
-            let RData::SRV(srv) = &record.data else {
-                continue;
-            };
-            let placement = Placement {
-                priority: srv.priority,
-                weight: srv.weight,
-            };
-            let mut ips: Vec<IpAddr> = lookup
+        let records: Vec<_> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) => Some(srv.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut addresses: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+        for srv in &records {
+            let extra: Vec<IpAddr> = lookup
                 .additionals()
                 .iter()
                 .filter(|extra| extra.name == srv.target)
                 .filter_map(|extra| extra.data.ip_addr())
                 .collect();
-            if ips.is_empty() {
-                match self.resolver.lookup_ip(srv.target.clone()).await {
-                    Ok(found) => {
-                        ttl = ttl.min(remaining(found.valid_until()));
-                        ips.extend(found.iter());
-                    }
-                    Err(error) if is_authoritative_empty(&error) => {
-                        tracing::warn!(target = %srv.target, "SRV target has no address records; skipped");
-                    }
-                    Err(error) => {
-                        return Err(format!("looking up SRV target {}: {error}", srv.target))
+            if !extra.is_empty() {
+                addresses.insert(srv.target.clone(), extra);
+            }
+        }
+        let mut unresolved: Vec<Name> = records
+            .iter()
+            .map(|srv| srv.target.clone())
+            .filter(|target| !addresses.contains_key(target))
+            .collect();
+        unresolved.sort();
+        unresolved.dedup();
+
+        let mut failures = Vec::new();
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending = unresolved.into_iter();
+        loop {
+            while running.len() < TARGET_LOOKUPS_AT_ONCE {
+                let Some(target) = pending.next() else { break };
+                let resolver = self.resolver.clone();
+                running.spawn(async move {
+                    let found = resolver.lookup_ip(target.clone()).await;
+                    (target, found)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let Ok((target, found)) = done else { continue };
+            match found {
+                Ok(found) => {
+                    ttl = ttl.min(remaining(found.valid_until()));
+                    let ips: Vec<IpAddr> = found.iter().collect();
+                    self.known_targets.insert(target.clone(), ips.clone());
+                    addresses.insert(target, ips);
+                }
+                Err(error) if is_authoritative_empty(&error) => {
+                    tracing::warn!(target = %target, "SRV target has no address records; skipped");
+                    self.known_targets.remove(&target);
+                }
+                Err(error) => {
+                    let known = self.known_targets.get(&target).cloned().unwrap_or_default();
+                    tracing::warn!(target = %target, %error, known = known.len(), "looking up an SRV target failed; keeping the addresses it had");
+                    failures.push(format!("looking up SRV target {target}: {error}"));
+                    if !known.is_empty() {
+                        addresses.insert(target, known);
                     }
                 }
             }
+        }
+        self.known_targets
+            .retain(|target, _| records.iter().any(|srv| &srv.target == target));
+
+        let mut instances = Vec::new();
+        for srv in &records {
+            let placement = Placement {
+                priority: srv.priority,
+                weight: srv.weight,
+            };
+            let ips = addresses
+                .get(&srv.target)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             instances.extend(
-                ips.into_iter()
-                    .map(|ip| (SocketAddr::new(ip, srv.port), placement)),
+                ips.iter()
+                    .map(|ip| (SocketAddr::new(*ip, srv.port), placement)),
             );
+        }
+        if instances.is_empty() && !failures.is_empty() {
+            // Nothing resolved, and not for want of records: a failure, not an answer.
+            return Err(failures.join("; "));
+        }
+        if instances.len() > MAX_INSTANCES_PER_ANSWER {
+            tracing::warn!(
+                instances = instances.len(),
+                kept = MAX_INSTANCES_PER_ANSWER,
+                "more instances than one answer may bring; the rest are left out"
+            );
+            instances.truncate(MAX_INSTANCES_PER_ANSWER);
         }
         Ok(Answer::Instances { instances, ttl })
     }

@@ -471,3 +471,31 @@ async fn dns_discover_is_a_stream_of_changes_keyed_by_address() {
     }
     dns.stop().await;
 }
+
+#[tokio::test]
+async fn an_srv_target_that_fails_to_resolve_hides_no_other_instance() {
+    let dns = TestDns::start(ZONE).await.unwrap();
+    let server = Running::echo(Echo::named("one")).await;
+    register(&dns, "one", server.addr.port(), 1, 1).await;
+    // A second record whose target is outside the zone: looking it up is REFUSED.
+    dns.add_srv(
+        USERS,
+        1,
+        1,
+        server.addr.port() ^ 1,
+        "node.elsewhere.example",
+    )
+    .await
+    .unwrap();
+    let channel = channel(&dns.srv_target(USERS)).await;
+    tokio::time::timeout(support::PATIENCE, wait_for_instances(&channel, 1))
+        .await
+        .expect("the healthy target's instance is known");
+    let client = EchoClient::new(channel.clone());
+    for _ in 0..5 {
+        let reply = client.unary(request("hi")).await.expect("served");
+        assert_eq!(served_by(reply.get_ref()), "one");
+    }
+    server.stop().await.unwrap();
+    dns.stop().await;
+}
