@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
@@ -14,8 +13,8 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower_service::Service;
 
+use super::accept::{Accepting, Limits};
 use super::gate::Gate;
-use super::linger::Lingering;
 use super::DescribedService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
@@ -58,6 +57,7 @@ pub struct Server {
     reflection: bool,
     max_concurrent_streams: u32,
     max_local_error_resets: usize,
+    limits: Limits,
     keepalive: (Duration, Duration),
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
@@ -65,6 +65,15 @@ pub struct Server {
 
 /// How many calls and streams one connection may have open at once, by default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How many connections a server keeps open at once, by default; past it, new ones are closed
+/// as soon as they are accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How many connections one peer (IP address) may have open to a server at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 512;
+/// How long a new connection may take to send the HTTP/2 preface (or complete its TLS
+/// handshake), by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many streams a client may make the server reset (with protocol errors of its making)
 /// on one connection before it is sent GOAWAY, by default: hyper's limit against the
 /// "MadeYouReset" attack (CVE-2025-8671).
@@ -94,6 +103,11 @@ impl Server {
             reflection: true,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
+            limits: Limits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            },
             keepalive: (
                 crate::client::DEFAULT_KEEPALIVE_INTERVAL,
                 crate::client::DEFAULT_KEEPALIVE_TIMEOUT,
@@ -107,6 +121,23 @@ impl Server {
     /// wait for one to end (HTTP/2 flow control). Default: 1024.
     pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
         self.max_concurrent_streams = streams.max(1);
+        self
+    }
+
+    /// How many connections the server keeps open at once, over all peers, and per peer IP
+    /// address: past either, a new connection is closed as soon as it is accepted. Default:
+    /// 10,000 and 512.
+    pub fn max_connections(mut self, total: usize, per_peer: usize) -> Self {
+        self.limits.max_connections = total.max(1);
+        self.limits.max_connections_per_peer = per_peer.max(1);
+        self
+    }
+
+    /// How long a new connection may take to send the HTTP/2 preface (and, with TLS, to
+    /// complete its handshake) before it is closed, so that idle connections cannot hold the
+    /// server's file descriptors. Default: 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
         self
     }
 
@@ -268,12 +299,7 @@ impl Server {
         }
 
         let local_addr = listener.local_addr().ok();
-        // Small messages (events, short replies) must not wait for Nagle's algorithm.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
-            let stream = stream?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(Lingering::new(stream))
-        });
+        let incoming = Accepting::new(listener, self.limits);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut served = self.service_names.clone();
         served.extend([
@@ -291,12 +317,14 @@ impl Server {
             .http2_keepalive_timeout(Some(self.keepalive.1));
         #[cfg(feature = "tls")]
         let builder = match self.tls.take() {
-            Some(tls) => builder.tls_config(tls).map_err(|e| {
-                Error::invalid_input(format!(
-                    "TLS configuration: {}",
-                    crate::balance::error_chain(&e)
-                ))
-            })?,
+            Some(tls) => builder
+                .tls_config(tls.timeout(self.limits.handshake_timeout))
+                .map_err(|e| {
+                    Error::invalid_input(format!(
+                        "TLS configuration: {}",
+                        crate::balance::error_chain(&e)
+                    ))
+                })?,
             None => builder,
         };
         let serving = builder

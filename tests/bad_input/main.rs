@@ -529,3 +529,79 @@ async fn a_client_that_makes_the_server_reset_streams_without_end_is_sent_away()
     still_serving(&server).await;
     server.stop().await.unwrap();
 }
+
+/// Whether the server closed `socket` (a read ends, or fails) within [`support::PATIENCE`].
+async fn closed_by_the_server(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let waited = tokio::time::timeout(support::PATIENCE, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // SETTINGS, GOAWAY: read on until the end.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    waited.is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_the_preface_is_closed() {
+    let server = Running::start(
+        Server::builder()
+            .handshake_timeout(Duration::from_millis(200))
+            .add_service(EchoService::new(Echo::named("target"))),
+    )
+    .await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_by_the_server(&mut idle).await);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // Half a preface is no preface either.
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(closed_by_the_server(&mut slow).await);
+    still_serving(&server).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_the_per_peer_cap_are_closed_and_the_place_is_given_back() {
+    let server = Running::start(
+        Server::builder()
+            .max_connections(100, 3)
+            .add_service(EchoService::new(Echo::named("target"))),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        held.push(socket);
+    }
+    let mut refused = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_by_the_server(&mut refused).await,
+        "the fourth is closed"
+    );
+    drop(held.pop());
+    // The place is given back once the server sees the connection end.
+    let client = EchoClient::connect(server.target()).await.unwrap();
+    let reply = tokio::time::timeout(support::PATIENCE, async {
+        loop {
+            match client.unary(request("hi")).await {
+                Ok(reply) => return reply,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("a place came free");
+    assert_eq!(served_by(reply.get_ref()), "target");
+    drop(held);
+    server.stop().await.unwrap();
+}
