@@ -225,6 +225,26 @@ impl Instance {
         changed
     }
 
+    /// The instance closed a ready connection without failing (GOAWAY, a graceful close):
+    /// it is connected again at once, and calls wait for that instead of failing. Returns
+    /// whether this call made the change.
+    pub(crate) fn report_closed(&self) -> bool {
+        let changed = self
+            .state
+            .compare_exchange(
+                State::Ready as u8,
+                State::Connecting as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if changed {
+            self.channel.store(None);
+            self.wake.notify_one();
+        }
+        changed
+    }
+
     /// Ends the instance's connection task; calls in flight finish.
     pub(crate) fn remove(&self) {
         self.removed.store(true, Ordering::Release);

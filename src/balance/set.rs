@@ -195,6 +195,15 @@ impl InstanceSet {
         }
     }
 
+    /// `instance` closed its connection gracefully (GOAWAY): it is connected again at once,
+    /// without counting as a failure.
+    pub(crate) fn report_closed(&self, instance: &Instance) {
+        if instance.report_closed() {
+            tracing::debug!(target = %self.target, instance = %instance.key, "connection closed by the instance; connecting again");
+            self.rebuild_ready();
+        }
+    }
+
     /// Marks `instance` failed after a call could not be sent to it, and asks discovery to
     /// look again (it may be gone).
     pub(crate) fn report_failure(&self, instance: &Instance, error: String) {

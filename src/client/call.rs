@@ -236,6 +236,8 @@ async fn attempt(
     let failed = match &outcome {
         Ok(response) if response.headers().contains_key(REFUSED_HEADER) => None,
         Ok(response) => Some(status_of(response).is_some_and(counts_against)),
+        // Sent away before the call began (GOAWAY, a closed connection): no failure.
+        Err(error) if refused_stream(error) => None,
         Err(_) => Some(true),
     };
     if let Some(failed) = failed {
@@ -269,7 +271,11 @@ async fn attempt(
         }
         Err(error) => {
             let text = crate::balance::error_chain(&error);
-            instances.report_failure(&instance, text.clone());
+            if refused_stream(&error) {
+                instances.report_closed(&instance);
+            } else {
+                instances.report_failure(&instance, text.clone());
+            }
             // A broken connection is UNAVAILABLE in gRPC's terms (tonic would say UNKNOWN),
             // with the instance and the cause in the message.
             let status = tonic::Status::unavailable(format!(

@@ -58,6 +58,7 @@ pub struct Server {
     max_concurrent_streams: u32,
     max_local_error_resets: usize,
     limits: Limits,
+    max_connection_age: Option<Duration>,
     keepalive: (Duration, Duration),
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
@@ -103,6 +104,7 @@ impl Server {
             reflection: true,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
+            max_connection_age: None,
             limits: Limits {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
@@ -130,6 +132,16 @@ impl Server {
     pub fn max_connections(mut self, total: usize, per_peer: usize) -> Self {
         self.limits.max_connections = total.max(1);
         self.limits.max_connections_per_peer = per_peer.max(1);
+        self
+    }
+
+    /// Sends each connection away once it is `age` old: GOAWAY, so that its client opens a new
+    /// one (and spreads over instances added since it connected), while the calls and streams
+    /// already open on it finish; the connection closes when the last has. Default: off.
+    /// meshless clients reconnect, and send calls that the GOAWAY turned away again, on their
+    /// own.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.max_connection_age = Some(age);
         self
     }
 
@@ -315,6 +327,12 @@ impl Server {
             .http2_max_local_error_reset_streams(Some(self.max_local_error_resets))
             .http2_keepalive_interval(Some(self.keepalive.0))
             .http2_keepalive_timeout(Some(self.keepalive.1));
+        // Not with tonic's grace: given one, tonic closes the connection at age + grace
+        // without sending GOAWAY at all.
+        let builder = match self.max_connection_age {
+            Some(age) => builder.max_connection_age(age),
+            None => builder,
+        };
         #[cfg(feature = "tls")]
         let builder = match self.tls.take() {
             Some(tls) => builder

@@ -605,3 +605,44 @@ async fn connections_past_the_per_peer_cap_are_closed_and_the_place_is_given_bac
     drop(held);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_older_than_the_max_age_are_sent_away_and_clients_carry_on() {
+    let server = Running::start(
+        Server::builder()
+            .max_connection_age(Duration::from_millis(200))
+            .add_service(EchoService::new(Echo::named("target"))),
+    )
+    .await;
+    // A raw connection that only said hello (and took the server's settings) is sent away.
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .unwrap();
+    let goaway = tokio::time::timeout(support::PATIENCE, async {
+        let mut header = [0u8; 9];
+        loop {
+            socket.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            socket.read_exact(&mut payload).await?;
+            if header[3] == 7 {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(goaway, Ok(Ok(()))),
+        "a GOAWAY once the connection is old: {goaway:?}"
+    );
+    drop(socket);
+    // A client making calls all along sees none fail.
+    let client = EchoClient::connect(server.target()).await.unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        client.unary(request("hi")).await.expect("no call fails");
+    }
+    server.stop().await.unwrap();
+}
