@@ -6,15 +6,26 @@ use super::instance::Instance;
 use super::set::InstanceSet;
 use crate::backoff::Backoff;
 
+use std::time::Duration;
+
+use tower::ServiceExt;
+
 /// Connects to an instance and reconnects it, with exponential backoff and jitter, whenever a
 /// call reports its connection failed; ends when the instance is removed or the set is dropped.
+/// An instance is ready only once its server has answered over HTTP/2 (see [`answers`]): a
+/// TCP connection alone proves nothing (a deadlocked process, a port held open by something
+/// else).
 pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSet>) {
     let Some(settings) = set.upgrade().map(|s| s.settings().clone()) else {
         return;
     };
     let mut backoff = Backoff::new(settings.reconnect_backoff, settings.reconnect_backoff_max);
+    let answer_within = settings.connector.connect_timeout;
     loop {
-        let result = instance.endpoint.connect().await;
+        let result = match instance.endpoint.connect().await {
+            Ok(channel) => answers(&channel, answer_within).await.map(|()| channel),
+            Err(error) => Err(error_chain(&error)),
+        };
         if instance.is_removed() {
             return;
         }
@@ -30,7 +41,6 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 instance.wake.notified().await;
             }
             Err(error) => {
-                let error = error_chain(&error);
                 tracing::debug!(target = %set.target(), instance = %instance.key, %error, "connect failed");
                 instance.connect_failed(error);
                 set.rebuild_ready();
@@ -60,4 +70,28 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Whether the server at the other end of `channel` answers an HTTP/2 request within `within`:
+/// a health check with an empty request. Any answer will do (`UNIMPLEMENTED` from a server
+/// without the health service included): the point is that the server reads and writes HTTP/2.
+async fn answers(channel: &tonic::transport::Channel, within: Duration) -> Result<(), String> {
+    // One gRPC message: uncompressed, 0 bytes long (an empty `HealthCheckRequest`).
+    let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from_static(
+        &[0; 5],
+    )));
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(within, channel.clone().oneshot(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error_chain(&error)),
+        Err(_) => Err(format!(
+            "connected, but no HTTP/2 answer within {within:?}: not a gRPC server, or a stuck one"
+        )),
+    }
 }

@@ -417,3 +417,34 @@ async fn one_broken_instance_of_three_fails_few_calls_and_application_errors_eje
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_instance_that_accepts_tcp_but_never_speaks_http2_is_not_picked() {
+    let healthy = Running::echo(Echo::named("healthy")).await;
+    // Accepts connections into its backlog and never reads or writes: a stuck process, or a
+    // port held open by something that is not a gRPC server.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let channel = Channel::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Some(Duration::from_millis(500)))
+        .connect(&format!("ipv4:{},{hole}", healthy.addr))
+        .await
+        .unwrap();
+    let client = EchoClient::new(channel);
+    for _ in 0..40 {
+        let reply = client
+            .unary(request("hi"))
+            .await
+            .expect("never sent to the black hole");
+        assert_eq!(served_by(reply.get_ref()), "healthy");
+    }
+    held.abort();
+    healthy.stop().await.unwrap();
+}
