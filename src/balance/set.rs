@@ -265,8 +265,9 @@ impl InstanceSet {
                     may_change: true,
                     message: format!("no DNS answer for `{target}` in time"),
                 },
+                // Nothing known, and DNS failing: waiting would only hide why.
                 DiscoveryStatus::Failing { error, .. } => Unavailable {
-                    may_change: true,
+                    may_change: false,
                     message: format!("no instance of `{target}`: DNS lookups fail: {error}"),
                 },
                 DiscoveryStatus::NoInstances { reason } => Unavailable {

@@ -219,13 +219,28 @@ impl ChannelBuilder {
                 let instances =
                     InstanceSet::new(target.to_owned(), settings, DiscoveryStatus::Pending);
                 instances.on_failure_refresh(refresh);
-                // The first answer is applied before the channel is handed out.
-                while let Some(update) = updates.recv().await {
-                    let first_status = matches!(update, Update::Status(_));
-                    apply(&instances, update);
-                    if first_status {
-                        break;
+                // The first answer is applied before the channel is handed out, if it comes
+                // in time.
+                let first_answer = async {
+                    while let Some(update) = updates.recv().await {
+                        let first_status = matches!(update, Update::Status(_));
+                        apply(&instances, update);
+                        if first_status {
+                            break;
+                        }
                     }
+                };
+                let waited = self.dns.first_answer_timeout;
+                if tokio::time::timeout(waited, first_answer).await.is_err() {
+                    tracing::warn!(
+                        target,
+                        ?waited,
+                        "no answer from DNS yet; calls fail until one comes"
+                    );
+                    instances.set_discovery_status(DiscoveryStatus::Failing {
+                        error: format!("no answer from DNS within {waited:?}"),
+                        instances: 0,
+                    });
                 }
                 let (stop, stopped) = oneshot::channel();
                 instances.stop_discovery_on_drop(stop);

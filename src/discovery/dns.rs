@@ -57,6 +57,11 @@ pub struct DnsSettings {
     pub retry_backoff: Duration,
     /// The address records of `dns:` targets. Default: [`IpFamily::Any`].
     pub ip_family: IpFamily,
+    /// How long a channel or an observer waits for the first answer before it is handed out
+    /// anyway. Past it, the channel's status is `Failing` ("no answer from DNS") and calls
+    /// fail at once with `UNAVAILABLE` saying so, until an answer arrives (the lookup goes on
+    /// in the background). Default: 5 s.
+    pub first_answer_timeout: Duration,
 }
 
 impl Default for DnsSettings {
@@ -68,6 +73,7 @@ impl Default for DnsSettings {
             retries: 1,
             retry_backoff: Duration::from_millis(250),
             ip_family: IpFamily::Any,
+            first_answer_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -499,3 +499,43 @@ async fn an_srv_target_that_fails_to_resolve_hides_no_other_instance() {
     server.stop().await.unwrap();
     dns.stop().await;
 }
+
+#[tokio::test]
+async fn a_dns_server_that_never_answers_holds_the_first_call_no_longer_than_the_first_answer_timeout(
+) {
+    // A UDP socket that takes queries and never answers: a DNS server that is down.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = silent.local_addr().unwrap();
+    let mut settings = DnsSettings::default();
+    settings.first_answer_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let channel = Channel::builder()
+        .dns(settings)
+        .connect(&format!("dns+srv://{server}/{USERS}"))
+        .await
+        .expect("the channel is handed out without an answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        *channel.discovery_status().borrow(),
+        DiscoveryStatus::Failing { instances: 0, .. }
+    ));
+    let status = tokio::time::timeout(
+        support::PATIENCE,
+        EchoClient::new(channel).unary(request("hi")),
+    )
+    .await
+    .expect("the call ends")
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("DNS"), "{}", status.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}

@@ -118,12 +118,22 @@ impl ObserverBuilder {
             Target::Dns { .. } | Target::DnsSrv { .. } => {
                 let (mut updates, _refresh) =
                     discovery::spawn(&parsed, &instances.shared.options.dns)?;
-                while let Some(update) = updates.recv().await {
-                    let first_answer = matches!(update, Update::Status(_));
-                    instances.apply(update);
-                    if first_answer {
-                        break;
+                let waited = instances.shared.options.dns.first_answer_timeout;
+                let first_answer = async {
+                    while let Some(update) = updates.recv().await {
+                        let first_answer = matches!(update, Update::Status(_));
+                        instances.apply(update);
+                        if first_answer {
+                            break;
+                        }
                     }
+                };
+                if tokio::time::timeout(waited, first_answer).await.is_err() {
+                    tracing::warn!(
+                        target,
+                        ?waited,
+                        "no answer from DNS yet; observing the instances as they come"
+                    );
                 }
                 tokio::spawn(instances.run_discovered(updates))
             }
