@@ -139,6 +139,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let publisher = EchoPublisher::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Server::builder()
+        .reflection(true)
         .add_service(EchoService::with_publisher(
             Echo {
                 publisher: publisher.clone(),

@@ -45,6 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let handler = Users::new(name, store.clone(), publisher.clone());
         servers.push(tokio::spawn(
             Server::builder()
+                .reflection(true)
                 .add_service(UsersService::with_publisher(handler, publisher))
                 .serve_with_listener(listener, async {
                     let _ = stopped.await;

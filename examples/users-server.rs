@@ -52,6 +52,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?
     );
     Server::builder()
+        .reflection(true)
         .add_service(UsersService::with_publisher(
             Users::new(name, Default::default(), publisher.clone()),
             publisher,

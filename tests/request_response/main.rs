@@ -242,7 +242,12 @@ async fn reflection_describes_the_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let server = Running::echo(Echo::default()).await;
+    let server = Running::start(
+        Server::builder()
+            .reflection(true)
+            .add_service(support::EchoService::new(Echo::default())),
+    )
+    .await;
     let channel = Channel::connect(&server.target()).await.unwrap();
     let mut reflection = ServerReflectionClient::new(channel);
     let requests = [
@@ -342,4 +347,24 @@ async fn bad_targets_are_errors_that_name_them() {
         .unwrap_err();
     assert!(error.is_invalid_target());
     assert!(error.to_string().contains("has no port"), "{error}");
+}
+
+#[tokio::test]
+async fn reflection_is_off_unless_asked_for() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = Running::echo(Echo::default()).await;
+    let channel = Channel::connect(&server.target()).await.unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let status = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    server.stop().await.unwrap();
 }
