@@ -59,11 +59,13 @@ mod deadline;
 pub mod discovery;
 mod error;
 pub mod events;
+mod extra_metadata;
 pub mod server;
 pub mod target;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod v1;
@@ -74,7 +76,7 @@ pub mod codegen;
 pub use client::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
 pub use deadline::Deadline;
 pub use error::Error;
-pub use server::Server;
+pub use server::{PeerIdentity, Server};
 pub use target::{Target, TargetError};
 
 pub use tonic::metadata;

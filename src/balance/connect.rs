@@ -24,7 +24,7 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     loop {
         let result = match instance.endpoint.connect().await {
             Ok(channel) => answers(&channel, answer_within).await.map(|()| channel),
-            Err(error) => Err(error_chain(&error)),
+            Err(error) => Err(crate::text::error_chain(&error)),
         };
         if instance.is_removed() {
             return;
@@ -57,21 +57,6 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     }
 }
 
-/// An error and its sources on one line: tonic's transport errors say little at the top.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Whether the server at the other end of `channel` answers an HTTP/2 request within `within`:
 /// a health check with an empty request. Any answer will do (`UNIMPLEMENTED` from a server
 /// without the health service included): the point is that the server reads and writes HTTP/2.
@@ -89,7 +74,7 @@ async fn answers(channel: &tonic::transport::Channel, within: Duration) -> Resul
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(within, channel.clone().oneshot(request)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error_chain(&error)),
+        Ok(Err(error)) => Err(crate::text::error_chain(&error)),
         Err(_) => Err(format!(
             "connected, but no HTTP/2 answer within {within:?}: not a gRPC server, or a stuck one"
         )),

@@ -18,6 +18,5 @@ mod latency;
 mod ready;
 mod set;
 
-pub(crate) use connect::error_chain;
 pub(crate) use instance::{counts_against, Instance, Placement};
 pub(crate) use set::{InstanceSet, Settings};

@@ -27,6 +27,7 @@ use super::deadline_body::Deadlined;
 use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
+use crate::extra_metadata::ExtraMetadata;
 use crate::server::REFUSED_HEADER;
 use crate::telemetry::{CallMetrics, CallReport, Side};
 
@@ -41,11 +42,19 @@ pub(crate) struct CallPolicy {
     pub(crate) attempts: u32,
     pub(crate) budget: TpsBudget,
     pub(crate) metrics: CallMetrics,
+    /// Sent with every call that does not set the same key itself.
+    pub(crate) metadata: ExtraMetadata,
 }
 
 impl CallPolicy {
-    pub(crate) fn new(target: Arc<str>, default_timeout: Option<Duration>, attempts: u32) -> Self {
+    pub(crate) fn new(
+        target: Arc<str>,
+        default_timeout: Option<Duration>,
+        attempts: u32,
+        metadata: ExtraMetadata,
+    ) -> Self {
         Self {
+            metadata,
             default_timeout,
             attempts: attempts.max(1),
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
@@ -116,6 +125,7 @@ async fn timed_call(
     policy: &CallPolicy,
     mut request: http::Request<Body>,
 ) -> Result<http::Response<Body>, BoxError> {
+    policy.metadata.add_to(request.headers_mut());
     let info = request.extensions().get::<Call>().copied();
     let timeout = grpc_timeout(&request).or_else(|| {
         info.filter(|call| call.single_response)
@@ -270,7 +280,7 @@ async fn attempt(
             )
         }
         Err(error) => {
-            let text = crate::balance::error_chain(&error);
+            let text = crate::text::error_chain(&error);
             if refused_stream(&error) {
                 instances.report_closed(&instance);
             } else {

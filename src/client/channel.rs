@@ -14,7 +14,9 @@ use tonic::body::Body;
 
 use crate::balance::{InstanceSet, Placement, Settings};
 use crate::discovery::{self, DiscoveryStatus, DnsSettings, Update};
+use crate::extra_metadata::ExtraMetadata;
 use crate::{Error, Target};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -91,6 +93,7 @@ pub struct ChannelBuilder {
     reconnect_backoff: Duration,
     reconnect_backoff_max: Duration,
     dns: DnsSettings,
+    metadata: ExtraMetadata,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTls>,
 }
@@ -105,6 +108,7 @@ impl Default for ChannelBuilder {
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             dns: DnsSettings::default(),
+            metadata: ExtraMetadata::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -145,6 +149,22 @@ impl ChannelBuilder {
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.connector.keepalive_interval = interval;
         self.connector.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Sends `key: value` with every call (a bearer token, say), unless the call's request
+    /// sets `key` itself. May be called for several keys; the last value of a key wins.
+    ///
+    /// ```
+    /// # fn build() -> meshless::ChannelBuilder {
+    /// meshless::Channel::builder().metadata(
+    ///     meshless::metadata::AsciiMetadataKey::from_static("authorization"),
+    ///     meshless::metadata::AsciiMetadataValue::from_static("Bearer billing-secret"),
+    /// )
+    /// # }
+    /// ```
+    pub fn metadata(mut self, key: AsciiMetadataKey, value: AsciiMetadataValue) -> Self {
+        self.metadata.insert(key, value);
         self
     }
 
@@ -256,6 +276,7 @@ impl ChannelBuilder {
             instances.target_name(),
             self.timeout,
             self.attempts,
+            self.metadata,
         ));
         Ok(Channel { instances, policy })
     }

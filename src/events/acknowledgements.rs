@@ -2,6 +2,7 @@
 //! acknowledgement to the event RPC it names.
 
 use super::publisher::Publisher;
+use crate::server::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, EventGroupsHandler, EventGroupsService};
 
 /// Serves `meshless.v1.EventGroups/Acknowledge` for the event RPCs of some publishers, so that
@@ -34,14 +35,15 @@ impl EventGroupsHandler for Acknowledgements {
         request: tonic::Request<Acknowledgement>,
     ) -> Result<tonic::Response<AcknowledgeResponse>, tonic::Status> {
         let ack = request.get_ref();
+        let identity = PeerIdentity::of(request.extensions());
         self.publishers
             .iter()
-            .find_map(|publisher| publisher.acknowledge(ack))
+            .find_map(|publisher| publisher.acknowledge(ack, identity.as_ref()))
             .unwrap_or_else(|| {
                 Err(tonic::Status::not_found(format!(
                     "`{}` is not an event RPC this server publishes (expected \
                      `/package.Service/Method`)",
-                    super::group::shown(&ack.rpc)
+                    crate::text::shown(&ack.rpc)
                 )))
             })
             .map(tonic::Response::new)

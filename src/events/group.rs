@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::log::{EventLog, Stored};
+use crate::server::PeerIdentity;
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
@@ -35,14 +36,6 @@ pub(crate) const DEFAULT_WINDOW: usize = 256;
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 /// The longest lease a member may ask for.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(600);
-
-/// A name from the network, cut short for a status message (which travels as a header).
-pub(crate) fn shown(name: &str) -> String {
-    match name.char_indices().nth(64) {
-        Some((at, _)) => format!("{}...", &name[..at]),
-        None => name.to_owned(),
-    }
-}
 
 /// One event on its way to one member of a group.
 #[derive(Debug)]
@@ -88,6 +81,8 @@ pub(crate) struct Join {
     pub(crate) lease: Duration,
     /// The last event the member handled, when it resumes in the same epoch: acknowledged.
     pub(crate) handled: Option<u64>,
+    /// Who joins: only it may take the member over, acknowledge or leave.
+    pub(crate) identity: Option<PeerIdentity>,
 }
 
 /// A member's connection, as the hub hands it to the member's stream.
@@ -106,6 +101,8 @@ pub(crate) struct Joined {
 pub(crate) enum AckError {
     UnknownGroup,
     UnknownMember,
+    /// The member was joined by another identity.
+    NotYours,
 }
 
 /// Why a member could not join.
@@ -113,6 +110,8 @@ pub(crate) enum AckError {
 pub(crate) enum JoinError {
     TooManyGroups,
     TooManyMembers,
+    /// The member exists, joined by another identity.
+    NotYours,
 }
 
 #[derive(Debug)]
@@ -157,6 +156,7 @@ struct Group {
 #[derive(Debug)]
 struct Member {
     id: String,
+    identity: Option<PeerIdentity>,
     window: usize,
     lease: Duration,
     /// Delivered and not acknowledged, in delivery order.
@@ -268,7 +268,7 @@ impl Groups {
 
     fn forget(&mut self, name: &str, why: &str) {
         if self.by_name.remove(name).is_some() {
-            tracing::info!(group = %shown(name), why, "consumer group without members forgotten; what it had yet to deliver is lost");
+            tracing::info!(group = %crate::text::shown(name), why, "consumer group without members forgotten; what it had yet to deliver is lost");
         }
     }
 
@@ -284,6 +284,9 @@ impl Groups {
         if existing.is_none() && group.members.len() >= MAX_MEMBERS {
             return Err(JoinError::TooManyMembers);
         }
+        if existing.is_some_and(|key| group.members[&key].identity != join.identity) {
+            return Err(JoinError::NotYours);
+        }
         self.connections = connection;
         let (sender, deliveries) = mpsc::unbounded_channel();
         let superseded = Arc::new(AtomicBool::new(false));
@@ -295,6 +298,7 @@ impl Groups {
                 key,
                 Member {
                     id: join.member.clone(),
+                    identity: join.identity.clone(),
                     window: join.window,
                     lease: join.lease,
                     unacked: VecDeque::new(),
@@ -367,10 +371,14 @@ impl Groups {
         member: &str,
         handled: Option<u64>,
         leave: bool,
+        identity: Option<&PeerIdentity>,
         log: &dyn EventLog,
     ) -> Result<u64, AckError> {
         let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
         let key = *group.names.get(member).ok_or(AckError::UnknownMember)?;
+        if group.members[&key].identity.as_ref() != identity {
+            return Err(AckError::NotYours);
+        }
         if let Some(handled) = handled {
             let member = group.members.get_mut(&key).expect("named members exist");
             group.in_flight -= member.acknowledge(handled);

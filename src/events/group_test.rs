@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::events::group;
 use crate::events::stream::EventStream;
+use crate::server::PeerIdentity;
 use crate::v1::Cursor as WireCursor;
 use crate::v1::{Acknowledgement, StartPosition, Subscribe};
 
@@ -92,7 +93,7 @@ fn each_event_goes_to_one_member_the_least_loaded_first() {
     assert_eq!(got_b, [2, 4]);
 
     // `a` acknowledges both of its events: the next ones go to it until loads are even again.
-    hub.acknowledge(&ack("g", "a", 3)).unwrap();
+    hub.acknowledge(&ack("g", "a", 3), None).unwrap();
     publish(&hub, 2);
     assert_eq!(sequences(&mut a), [5, 6]);
     assert!(sequences(&mut b).is_empty());
@@ -106,10 +107,10 @@ fn a_full_window_holds_events_back_until_acknowledged() {
     publish(&hub, 5);
     assert_eq!(sequences(&mut a), [1, 2]);
     // Cumulative: acknowledging 2 acknowledges 1 too.
-    let response = hub.acknowledge(&ack("g", "a", 2)).unwrap();
+    let response = hub.acknowledge(&ack("g", "a", 2), None).unwrap();
     assert_eq!(response.unacknowledged, 2);
     assert_eq!(sequences(&mut a), [3, 4]);
-    hub.acknowledge(&ack("g", "a", 4)).unwrap();
+    hub.acknowledge(&ack("g", "a", 4), None).unwrap();
     assert_eq!(received(&mut a), [(5, 1, 0)]);
 }
 
@@ -198,7 +199,7 @@ async fn a_member_that_stays_away_past_its_lease_has_its_events_redelivered() {
     tokio::time::sleep(Duration::from_millis(2)).await;
     assert_eq!(received(&mut b), [(1, 2, 0), (2, 2, 0)]);
     assert_eq!(
-        hub.acknowledge(&ack("g", "a", 1)).unwrap_err().code(),
+        hub.acknowledge(&ack("g", "a", 1), None).unwrap_err().code(),
         tonic::Code::NotFound
     );
 }
@@ -234,10 +235,13 @@ fn a_member_that_leaves_hands_its_events_over_at_once() {
     publish(&hub, 4);
     assert_eq!(sequences(&mut a), [1, 3, 4]);
     assert_eq!(sequences(&mut b), [2]);
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        ..ack("g", "a", 1)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            ..ack("g", "a", 1)
+        },
+        None,
+    )
     .unwrap();
     // `a`'s stream ends; 3 and 4 wait for room at `b`.
     assert!(matches!(
@@ -245,9 +249,9 @@ fn a_member_that_leaves_hands_its_events_over_at_once() {
         Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
     ));
     assert!(sequences(&mut b).is_empty());
-    hub.acknowledge(&ack("g", "b", 2)).unwrap();
+    hub.acknowledge(&ack("g", "b", 2), None).unwrap();
     assert_eq!(received(&mut b), [(3, 2, 0)]);
-    hub.acknowledge(&ack("g", "b", 3)).unwrap();
+    hub.acknowledge(&ack("g", "b", 3), None).unwrap();
     assert_eq!(received(&mut b), [(4, 2, 0)]);
 }
 
@@ -255,11 +259,14 @@ fn a_member_that_leaves_hands_its_events_over_at_once() {
 fn a_group_without_members_keeps_what_is_retained_and_reports_the_rest() {
     let hub = hub(10);
     let a = hub.join_as(&member("g", "a", 10)).unwrap();
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        handled: None,
-        ..ack("g", "a", 0)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("g", "a", 0)
+        },
+        None,
+    )
     .unwrap();
     drop(a);
     publish(&hub, 15);
@@ -305,12 +312,12 @@ fn bad_acknowledgements_are_refused_and_change_nothing() {
         ),
     ];
     for (bad, code) in cases {
-        let error = hub.acknowledge(&bad).unwrap_err();
+        let error = hub.acknowledge(&bad, None).unwrap_err();
         assert_eq!(error.code(), code, "{bad:?}: {}", error.message());
         assert!(!error.message().is_empty());
     }
     // Acknowledging an event delivered to the other member is no acknowledgement at all.
-    hub.acknowledge(&ack("g", "a", got_b[1])).unwrap();
+    hub.acknowledge(&ack("g", "a", got_b[1]), None).unwrap();
     assert_eq!(hub.unacked("g", "a"), got_a);
     assert_eq!(hub.unacked("g", "b"), got_b);
     // Both members still get events.
@@ -360,7 +367,7 @@ fn drained_once_every_member_has_acknowledged() {
     assert!(hub.drained());
     publish(&hub, 3);
     assert!(!hub.drained());
-    hub.acknowledge(&ack("g", "a", 3)).unwrap();
+    hub.acknowledge(&ack("g", "a", 3), None).unwrap();
     assert!(hub.drained());
 }
 
@@ -404,7 +411,7 @@ fn a_group_holds_at_most_retain_events_unacknowledged() {
     // Acknowledging makes room again: the group goes on from what the log still holds
     // (9 to 12), reporting the 4 that left it (5 to 8) as missed.
     let acked = *hub.unacked("g", "a").last().unwrap();
-    hub.acknowledge(&ack("g", "a", acked)).unwrap();
+    hub.acknowledge(&ack("g", "a", acked), None).unwrap();
     let next: Vec<_> = received(&mut a)
         .into_iter()
         .chain(received(&mut b))
@@ -419,11 +426,14 @@ fn a_leaving_member_hands_its_events_to_one_with_room() {
     publish(&hub, 5);
     assert_eq!(sequences(&mut a).len(), 5);
     let mut b = hub.join_as(&member("g", "b", 10)).unwrap();
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        handled: None,
-        ..ack("g", "a", 0)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("g", "a", 0)
+        },
+        None,
+    )
     .unwrap();
     assert_eq!(
         received(&mut b),
@@ -461,11 +471,14 @@ fn a_stream_taken_over_by_the_same_member_ends_without_sending_its_backlog() {
 fn a_gap_report_survives_the_member_it_was_given_to() {
     let hub = hub(2);
     let a = hub.join_as(&member("g", "a", 10)).unwrap();
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        handled: None,
-        ..ack("g", "a", 0)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("g", "a", 0)
+        },
+        None,
+    )
     .unwrap();
     drop(a);
     publish(&hub, 5);
@@ -473,11 +486,14 @@ fn a_gap_report_survives_the_member_it_was_given_to() {
     assert_eq!(received(&mut b)[0], (4, 1, 3));
     // `b` dies before acknowledging: `c` is told of the gap again.
     let mut c = hub.join_as(&member("g", "c", 10)).unwrap();
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        handled: None,
-        ..ack("g", "b", 0)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("g", "b", 0)
+        },
+        None,
+    )
     .unwrap();
     assert_eq!(received(&mut c), [(4, 2, 3), (5, 2, 0)]);
 }
@@ -487,11 +503,14 @@ fn fill_with_groups_left_by_their_members(hub: &Hub) {
     for i in 0..group::MAX_GROUPS {
         let name = format!("g{i}");
         hub.join_as(&member(&name, "a", 1)).unwrap();
-        hub.acknowledge(&Acknowledgement {
-            leave: true,
-            handled: None,
-            ..ack(&name, "a", 0)
-        })
+        hub.acknowledge(
+            &Acknowledgement {
+                leave: true,
+                handled: None,
+                ..ack(&name, "a", 0)
+            },
+            None,
+        )
         .unwrap();
     }
 }
@@ -558,11 +577,14 @@ async fn no_lease_timer_outlives_a_closed_hub() {
 async fn a_group_without_members_for_an_hour_is_forgotten() {
     let hub = hub(100);
     hub.join_as(&member("gone", "a", 1)).unwrap();
-    hub.acknowledge(&Acknowledgement {
-        leave: true,
-        handled: None,
-        ..ack("gone", "a", 0)
-    })
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("gone", "a", 0)
+        },
+        None,
+    )
     .unwrap();
     hub.join_as(&member("kept", "a", 1)).unwrap();
     tokio::time::advance(group::IDLE_GROUP_TTL - Duration::from_secs(1)).await;
@@ -578,4 +600,58 @@ async fn a_group_without_members_for_an_hour_is_forgotten() {
         hub.has_group("kept"),
         "a group with a member is never forgotten"
     );
+}
+
+#[test]
+fn a_member_belongs_to_the_identity_that_joined_it() {
+    let hub = hub(100);
+    let alice = PeerIdentity::new("alice");
+    let mallory = PeerIdentity::new("mallory");
+    let join = |name: &str, identity: Option<&PeerIdentity>| {
+        let subscription = parsed(&member("g", name, 10));
+        let mut membership = subscription.membership.clone().unwrap();
+        membership.identity = identity.cloned();
+        hub.join(&subscription, &membership)
+    };
+    let mut a = join("a", Some(&alice)).unwrap();
+    publish(&hub, 2);
+    assert_eq!(sequences(&mut a), [1, 2]);
+
+    // Another identity, or none, may neither take `a` over nor acknowledge or leave for it.
+    for other in [Some(&mallory), None] {
+        let refused = join("a", other).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("another identity"),
+            "{refused:?}"
+        );
+        let ack_refused = hub.acknowledge(&ack("g", "a", 2), other).unwrap_err();
+        assert_eq!(ack_refused.code(), tonic::Code::PermissionDenied);
+        let leave = Acknowledgement {
+            leave: true,
+            ..ack("g", "a", 1)
+        };
+        assert_eq!(
+            hub.acknowledge(&leave, other).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+    assert_eq!(
+        hub.unacked("g", "a"),
+        [1, 2],
+        "nothing acknowledged by others"
+    );
+    assert!(!a.superseded.load(std::sync::atomic::Ordering::Acquire));
+
+    // Its own identity may, and other identities join under other names.
+    assert_eq!(
+        hub.acknowledge(&ack("g", "a", 1), Some(&alice))
+            .unwrap()
+            .unacknowledged,
+        1
+    );
+    join("m", Some(&mallory)).unwrap();
+    let again = join("a", Some(&alice)).unwrap();
+    assert!(a.superseded.load(std::sync::atomic::Ordering::Acquire));
+    drop(again);
 }

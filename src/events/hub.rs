@@ -19,6 +19,7 @@ use super::group::{Groups, Join, Joined};
 use super::log::{EventLog, MemoryLog, Read, Stored};
 use super::protocol::{self, Membership, Refusal, Subscription};
 use super::wire;
+use crate::server::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
 /// How many events a plain stream takes from the log at a time.
@@ -359,6 +360,7 @@ impl Hub {
                     window: membership.window.min(self.buffer),
                     lease: membership.lease,
                     handled,
+                    identity: membership.identity.clone(),
                 },
                 log.as_ref(),
             )
@@ -423,11 +425,19 @@ impl Hub {
     pub(crate) fn acknowledge(
         &self,
         ack: &Acknowledgement,
+        identity: Option<&PeerIdentity>,
     ) -> Result<AcknowledgeResponse, tonic::Status> {
         let handled = protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
         let mut state = self.lock();
         let State { groups, log, .. } = &mut *state;
-        let result = groups.acknowledge(&ack.group, &ack.member, handled, ack.leave, log.as_ref());
+        let result = groups.acknowledge(
+            &ack.group,
+            &ack.member,
+            handled,
+            ack.leave,
+            identity,
+            log.as_ref(),
+        );
         self.count_redeliveries(&mut state);
         drop(state);
         match result {

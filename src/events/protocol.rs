@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::group::{self, AckError, JoinError};
+use crate::server::PeerIdentity;
 use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
 
 /// The shortest heartbeat interval a subscriber may ask for: faster is a mistake (or an
@@ -30,6 +31,8 @@ pub(crate) struct Membership {
     /// Not yet capped by the hub's buffer.
     pub(crate) window: usize,
     pub(crate) lease: Duration,
+    /// Who joins: the member is bound to it.
+    pub(crate) identity: Option<PeerIdentity>,
 }
 
 /// Why a subscription or a join was refused.
@@ -65,7 +68,7 @@ impl Subscription {
                 return Err(tonic::Status::invalid_argument(format!(
                     "a member of consumer group `{}` needs a name (`Subscribe.member`), unique in \
                      the group and kept across reconnections, to acknowledge what it handles",
-                    group::shown(&request.group)
+                    crate::text::shown(&request.group)
                 )));
             }
             Some(Membership {
@@ -79,6 +82,7 @@ impl Subscription {
                     0 => group::DEFAULT_LEASE,
                     ms => Duration::from_millis(u64::from(ms)).min(group::MAX_LEASE),
                 },
+                identity: None,
             })
         };
         Ok(Self {
@@ -99,7 +103,7 @@ pub(crate) fn refused(
     refusal: &Refusal,
     membership: Option<&Membership>,
 ) -> tonic::Status {
-    let group = || membership.map_or_else(String::new, |m| group::shown(&m.group));
+    let group = || membership.map_or_else(String::new, |m| crate::text::shown(&m.group));
     match refusal {
         Refusal::CursorAhead { cursor, latest } => tonic::Status::invalid_argument(format!(
             "cursor (epoch {:#x}, sequence {}) is ahead of {method}'s latest event ({latest}); \
@@ -121,6 +125,11 @@ pub(crate) fn refused(
             group(),
             group::MAX_MEMBERS
         )),
+        Refusal::Join(JoinError::NotYours) => not_yours(
+            method,
+            membership.map_or("", |m| &m.group),
+            membership.map_or("", |m| &m.member),
+        ),
     }
 }
 
@@ -160,15 +169,26 @@ pub(crate) fn ack_refused(method: &str, error: &AckError, ack: &Acknowledgement)
     match error {
         AckError::UnknownGroup => tonic::Status::not_found(format!(
             "no consumer group `{}` on this instance of {method}",
-            group::shown(&ack.group),
+            crate::text::shown(&ack.group),
         )),
         AckError::UnknownMember => tonic::Status::not_found(format!(
             "no member `{}` in consumer group `{}` on this instance of {method} (its lease ran \
              out, or it left); resubscribe to rejoin",
-            group::shown(&ack.member),
-            group::shown(&ack.group),
+            crate::text::shown(&ack.member),
+            crate::text::shown(&ack.group),
         )),
+        AckError::NotYours => not_yours(method, &ack.group, &ack.member),
     }
+}
+
+/// A member's name used by an identity other than the one that joined it.
+fn not_yours(method: &str, group: &str, member: &str) -> tonic::Status {
+    tonic::Status::permission_denied(format!(
+        "member `{}` of consumer group `{}` on {method} was joined by another identity; only \
+         it may take the member over, acknowledge for it or leave",
+        crate::text::shown(member),
+        crate::text::shown(group),
+    ))
 }
 
 #[cfg(test)]

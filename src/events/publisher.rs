@@ -9,6 +9,7 @@ use super::hub::{Hub, PublishError};
 use super::protocol::Subscription;
 use super::stream::EventStream;
 use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
+use crate::server::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.
@@ -174,10 +175,11 @@ impl Publisher {
     pub(crate) fn acknowledge(
         &self,
         ack: &Acknowledgement,
+        identity: Option<&PeerIdentity>,
     ) -> Option<Result<AcknowledgeResponse, tonic::Status>> {
         let method = ack.rpc.strip_prefix('/').unwrap_or(&ack.rpc);
         let hub = self.hubs.iter().find(|hub| hub.method == method)?;
-        Some(hub.acknowledge(ack))
+        Some(hub.acknowledge(ack, identity))
     }
 
     #[doc(hidden)]
@@ -192,7 +194,10 @@ impl Publisher {
         request: tonic::Request<Subscribe>,
     ) -> Result<tonic::Response<EventStream<T>>, tonic::Status> {
         let hub = &self.hubs[rpc];
-        let subscription = Subscription::parse(request.get_ref())?;
+        let mut subscription = Subscription::parse(request.get_ref())?;
+        if let Some(membership) = &mut subscription.membership {
+            membership.identity = PeerIdentity::of(request.extensions());
+        }
         let stream = EventStream::open(hub, &subscription)?;
         let start_after = stream.start_after();
         let mut response = tonic::Response::new(stream);

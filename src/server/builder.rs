@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::accept::{Accepting, Limits};
 use super::gate::Gate;
+use super::layers::{Routes, UserLayers};
 use super::DescribedService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
@@ -62,6 +63,7 @@ pub struct Server {
     limits: Limits,
     max_connection_age: Option<Duration>,
     keepalive: (Duration, Duration),
+    layers: UserLayers,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
 }
@@ -89,6 +91,7 @@ impl std::fmt::Debug for Server {
             .field("grace_period", &self.grace_period)
             .field("health", &self.health)
             .field("reflection", &self.reflection)
+            .field("layers", &self.layers)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +119,7 @@ impl Server {
                 crate::client::DEFAULT_KEEPALIVE_INTERVAL,
                 crate::client::DEFAULT_KEEPALIVE_TIMEOUT,
             ),
+            layers: UserLayers::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -198,6 +202,53 @@ impl Server {
     /// services and messages served to any client. Default: off.
     pub fn reflection(mut self, enable: bool) -> Self {
         self.reflection = enable;
+        self
+    }
+
+    /// Wraps everything the server serves in a tower layer: the generated services and any
+    /// added with [`add_tonic_service`](Self::add_tonic_service), the event RPCs,
+    /// `meshless.v1.EventGroups/Acknowledge`, health and reflection. The place for
+    /// authentication and authorization: a layer that refuses a call answers with a status of
+    /// its own (`tonic::Status::unauthenticated(..).into_http()`), one that admits it may say who
+    /// the caller is by inserting a [`PeerIdentity`](crate::PeerIdentity) into the request's
+    /// extensions (consumer group members are bound to it).
+    /// [`InterceptorLayer`](crate::server::InterceptorLayer) (tonic's) turns a plain function
+    /// into such a layer.
+    ///
+    /// Layers run in the order added, the first outermost, all inside the server's own: the
+    /// caller's deadline is already recorded, and a call a layer refuses is counted in the
+    /// server's metrics and refused during shutdown like any other. An error a layer's service
+    /// returns becomes a status as tonic makes it (`Status::from_error`).
+    ///
+    /// ```
+    /// use meshless::{PeerIdentity, Request, Status};
+    ///
+    /// fn bearer_token(mut request: Request<()>) -> Result<Request<()>, Status> {
+    ///     let caller = match request.metadata().get("authorization").map(|v| v.to_str()) {
+    ///         Some(Ok("Bearer billing-secret")) => "billing",
+    ///         _ => return Err(Status::unauthenticated("a valid bearer token is required")),
+    ///     };
+    ///     request.extensions_mut().insert(PeerIdentity::new(caller));
+    ///     Ok(request)
+    /// }
+    ///
+    /// let server = meshless::Server::builder()
+    ///     .layer(meshless::server::InterceptorLayer::new(bearer_token));
+    /// ```
+    pub fn layer<L, S, ResBody>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<Routes, Service = S> + Send + Sync + 'static,
+        S: Service<http::Request<Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.layers.push(layer);
         self
     }
 
@@ -343,13 +394,16 @@ impl Server {
                 .map_err(|e| {
                     Error::invalid_input(format!(
                         "TLS configuration: {}",
-                        crate::balance::error_chain(&e)
+                        crate::text::error_chain(&e)
                     ))
                 })?,
             None => builder,
         };
         let serving = builder
             .layer(gate.clone())
+            .layer(tower::util::option_layer(
+                (!self.layers.is_empty()).then(|| self.layers.clone()),
+            ))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;

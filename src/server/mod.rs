@@ -4,9 +4,17 @@
 mod accept;
 mod builder;
 mod gate;
+mod layers;
 mod linger;
+mod peer;
 
 pub(crate) use gate::REFUSED_HEADER;
+
+pub use peer::PeerIdentity;
+/// tonic's interceptor as a tower layer, for [`Server::layer`]: a function from
+/// `Request<()>` to `Result<Request<()>, Status>` that sees each call's metadata and
+/// extensions before the service does.
+pub use tonic::service::{Interceptor, InterceptorLayer};
 
 pub use builder::{
     Server, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,

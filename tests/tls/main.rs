@@ -218,3 +218,84 @@ async fn observers_subscribe_over_mutual_tls() {
     observer.stop().await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_group_member_belongs_to_the_client_certificate_that_joined_it() {
+    use meshless::v1::{Acknowledgement, Cursor, EventGroupsClient, Subscribe};
+    use tokio_stream::StreamExt;
+
+    let authority = Authority::new();
+    let publisher = EchoPublisher::new();
+    let server = Running::start(
+        Server::builder()
+            .tls(
+                ServerTlsConfig::new()
+                    .identity(authority.identity("echo.service.test"))
+                    .client_ca_root(authority.certificate()),
+            )
+            .add_service(EchoService::with_publisher(
+                Echo::default(),
+                publisher.clone(),
+            )),
+    )
+    .await;
+    let channel_of = |name: &str| {
+        let tls = authority
+            .client()
+            .identity(authority.identity(name))
+            .server_name("echo.service.test");
+        let target = server.target();
+        async move {
+            Channel::builder()
+                .tls(tls)
+                .wait_timeout(Duration::from_secs(3))
+                .connect(&target)
+                .await
+                .unwrap()
+        }
+    };
+    let (alice, mallory) = (
+        channel_of("alice.test").await,
+        channel_of("mallory.test").await,
+    );
+    let mut stream = EchoClient::new(alice.clone())
+        .into_tonic()
+        .echoed(Subscribe {
+            group: "workers".into(),
+            member: "worker-1".into(),
+            lease_ms: 100,
+            ..Subscribe::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let published = publisher
+        .publish_echoed(EchoedEvent {
+            message: "work".into(),
+        })
+        .unwrap();
+    let delivered = tokio::time::timeout(support::PATIENCE, stream.next()).await;
+    assert!(matches!(delivered, Ok(Some(Ok(_)))), "{delivered:?}");
+    let ack = Acknowledgement {
+        rpc: "/testing.v1.Echo/Echoed".into(),
+        group: "workers".into(),
+        member: "worker-1".into(),
+        handled: Some(Cursor {
+            epoch: published.epoch,
+            sequence: published.sequence,
+        }),
+        leave: true,
+    };
+    let refused = EventGroupsClient::new(mallory)
+        .acknowledge(ack.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let left = EventGroupsClient::new(alice)
+        .acknowledge(ack)
+        .await
+        .unwrap();
+    assert_eq!(left.into_inner().unacknowledged, 0);
+    drop(stream);
+    server.stop().await.unwrap();
+}

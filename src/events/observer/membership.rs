@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::backoff::Backoff;
+use crate::extra_metadata::ExtraMetadata;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
 const ACKNOWLEDGE_PATH: &str = "/meshless.v1.EventGroups/Acknowledge";
@@ -23,17 +24,24 @@ const ACKNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Membership {
     channel: Channel,
     base: Acknowledgement,
+    metadata: ExtraMetadata,
     handled: watch::Sender<Option<Cursor>>,
     task: JoinHandle<()>,
 }
 
 impl Membership {
-    pub(crate) fn start(channel: Channel, base: Acknowledgement) -> Self {
+    pub(crate) fn start(channel: Channel, base: Acknowledgement, metadata: ExtraMetadata) -> Self {
         let (handled, updates) = watch::channel(None);
-        let task = tokio::spawn(acknowledge_loop(channel.clone(), base.clone(), updates));
+        let task = tokio::spawn(acknowledge_loop(
+            channel.clone(),
+            base.clone(),
+            metadata.clone(),
+            updates,
+        ));
         Self {
             channel,
             base,
+            metadata,
             handled,
             task,
         }
@@ -49,7 +57,14 @@ impl Membership {
     pub(crate) async fn leave(self, timeout: Duration) {
         self.task.abort();
         let handled = *self.handled.borrow();
-        leave(self.channel.clone(), self.base.clone(), handled, timeout).await;
+        leave(
+            self.channel.clone(),
+            self.base.clone(),
+            &self.metadata,
+            handled,
+            timeout,
+        )
+        .await;
     }
 }
 
@@ -58,6 +73,7 @@ impl Membership {
 pub(crate) async fn leave(
     channel: Channel,
     base: Acknowledgement,
+    metadata: &ExtraMetadata,
     handled: Option<Cursor>,
     timeout: Duration,
 ) {
@@ -67,7 +83,7 @@ pub(crate) async fn leave(
         ..base
     };
     let rpc = ack.rpc.clone();
-    match tokio::time::timeout(timeout, acknowledge(channel, ack)).await {
+    match tokio::time::timeout(timeout, acknowledge(channel, ack, metadata)).await {
         Ok(Ok(_)) => tracing::debug!(rpc, "left the consumer group"),
         Ok(Err(status)) => tracing::info!(rpc, code = ?status.code(), message = status.message(), "leaving the consumer group failed; the producer lets the member go when its lease runs out"),
         Err(_) => tracing::info!(rpc, "leaving the consumer group timed out; the producer lets the member go when its lease runs out"),
@@ -83,6 +99,7 @@ impl Drop for Membership {
 async fn acknowledge_loop(
     channel: Channel,
     base: Acknowledgement,
+    metadata: ExtraMetadata,
     mut updates: watch::Receiver<Option<Cursor>>,
 ) {
     let mut backoff = Backoff::new(RETRY_PAUSE.0, RETRY_PAUSE.1);
@@ -92,7 +109,7 @@ async fn acknowledge_loop(
             handled,
             ..base.clone()
         };
-        match acknowledge(channel.clone(), ack).await {
+        match acknowledge(channel.clone(), ack, &metadata).await {
             Ok(_) => backoff.reset(),
             // The producer will not take it: the member is gone there (its lease ran out, or
             // the producer restarted), or it serves no acknowledgements. The stream ends or
@@ -120,6 +137,7 @@ async fn acknowledge_loop(
 async fn acknowledge(
     channel: Channel,
     ack: Acknowledgement,
+    metadata: &ExtraMetadata,
 ) -> Result<AcknowledgeResponse, tonic::Status> {
     let call = async {
         let mut grpc = tonic::client::Grpc::new(channel);
@@ -130,6 +148,7 @@ async fn acknowledge(
         let path = http::uri::PathAndQuery::from_static(ACKNOWLEDGE_PATH);
         let mut request = tonic::Request::new(ack);
         request.set_timeout(ACKNOWLEDGE_TIMEOUT);
+        metadata.add_to(request.metadata_mut().as_mut());
         grpc.unary(request, path, codec)
             .await
             .map(tonic::Response::into_inner)

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::event::{DeadLetter, Gap};
 use crate::discovery::DnsSettings;
+use crate::extra_metadata::ExtraMetadata;
 use crate::v1::StartPosition;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
 type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
@@ -25,6 +27,7 @@ pub struct ObserverOptions {
     pub(crate) max_concurrent_handlers: Option<usize>,
     pub(crate) dns: DnsSettings,
     pub(crate) group: Option<String>,
+    pub(crate) metadata: ExtraMetadata,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
     /// Zero: the producer's default.
@@ -46,6 +49,7 @@ impl fmt::Debug for ObserverOptions {
             .field("start", &self.start)
             .field("max_concurrent_handlers", &self.max_concurrent_handlers)
             .field("group", &self.group)
+            .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +68,7 @@ impl Default for ObserverOptions {
             max_concurrent_handlers: None,
             dns: DnsSettings::default(),
             group: None,
+            metadata: ExtraMetadata::default(),
             #[cfg(feature = "tls")]
             tls: None,
             member_lease: Duration::ZERO,
@@ -164,6 +169,13 @@ impl ObserverOptions {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `key: value` with every subscription and acknowledgement (a bearer token, say).
+    /// May be called for several keys; the last value of a key wins.
+    pub fn metadata(mut self, key: AsciiMetadataKey, value: AsciiMetadataValue) -> Self {
+        self.metadata.insert(key, value);
         self
     }
 

@@ -258,6 +258,7 @@ where
                 membership::leave(
                     channel,
                     self.acknowledgement(group),
+                    &options.metadata,
                     self.cursor,
                     options.connect_timeout,
                 )
@@ -328,8 +329,7 @@ where
             connected = Box::pin(self.endpoint.connect()) => connected,
             _ = control.wait_for(|state| *state == Instance::Stopped) => return Err(Ended::Stopped),
         };
-        let channel =
-            connected.map_err(|error| Ended::Failed(crate::balance::error_chain(&error)))?;
+        let channel = connected.map_err(|error| Ended::Failed(crate::text::error_chain(&error)))?;
         let request = Subscribe {
             after: self.cursor,
             start: options.start as i32,
@@ -343,10 +343,13 @@ where
             lease_ms: u32::try_from(options.member_lease.as_millis()).unwrap_or(u32::MAX),
             max_unacknowledged: options.max_unacknowledged,
         };
-        let membership = options
-            .group
-            .as_ref()
-            .map(|group| Membership::start(channel.clone(), self.acknowledgement(group)));
+        let membership = options.group.as_ref().map(|group| {
+            Membership::start(
+                channel.clone(),
+                self.acknowledgement(group),
+                options.metadata.clone(),
+            )
+        });
         let mut grpc = tonic::client::Grpc::new(channel);
         let path = http::uri::PathAndQuery::from_static(self.rpc);
         let codec = EventCodec::<T>::default();
@@ -354,8 +357,9 @@ where
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            grpc.server_streaming(tonic::Request::new(request), path, codec)
-                .await
+            let mut request = tonic::Request::new(request);
+            options.metadata.add_to(request.metadata_mut().as_mut());
+            grpc.server_streaming(request, path, codec).await
         });
         let response = tokio::select! {
             response = subscribed => response.map_err(|status| Ended::Failed(format!("{:?}: {}", status.code(), status.message())))?,
