@@ -2,6 +2,13 @@
 //! another gRPC implementation, and checks the answers. Exits 0 when they are as expected.
 //!
 //! Run with: cargo run --example interop-client -- --target ipv4:127.0.0.1:PORT
+//!
+//! With `--keepalive-interval-ms N` it checks keepalive instead: one server-streaming call
+//! (`ServerStream` with the message `"10"`, which the server answers after 10 s of silence)
+//! on a channel that pings every N ms while the call is open, then a unary call after the
+//! connection sat idle. The server's ping policy decides whether that passes.
+
+use std::time::Duration;
 
 use meshless::metadata::MetadataValue;
 use meshless::{Code, Request};
@@ -12,6 +19,7 @@ mod proto {
 }
 
 use proto::testing::v1::{EchoClient, EchoRequest};
+use tokio_stream::StreamExt;
 
 #[tokio::main]
 async fn main() {
@@ -26,10 +34,21 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
+    let usage = "usage: interop-client --target TARGET [--keepalive-interval-ms N]";
     let target = match (args.next().as_deref(), args.next()) {
         (Some("--target"), Some(target)) => target,
-        _ => return Err("usage: interop-client --target TARGET".into()),
+        _ => return Err(usage.into()),
     };
+    match (
+        args.next().as_deref(),
+        args.next().map(|n| n.parse::<u64>()),
+    ) {
+        (None, _) => {}
+        (Some("--keepalive-interval-ms"), Some(Ok(interval))) => {
+            return keepalive(&target, Duration::from_millis(interval)).await;
+        }
+        _ => return Err(usage.into()),
+    }
     let client = EchoClient::connect(&target).await?;
 
     let mut request = Request::new(EchoRequest {
@@ -89,6 +108,44 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         unimplemented.code() == Code::Unimplemented,
         format!("OldUnary: {unimplemented:?}"),
     )?;
+    Ok(())
+}
+
+/// A call that stays silent for 10 s with keepalive pings every `interval`, then a call after
+/// as long idle (no pings then: a connection without calls is never pinged).
+async fn keepalive(target: &str, interval: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    let timeout = meshless::DEFAULT_KEEPALIVE_TIMEOUT
+        .mul_f64(interval.as_secs_f64() / meshless::DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64());
+    let channel = meshless::Channel::builder()
+        .keepalive(interval, timeout)
+        .connect(target)
+        .await?;
+    let client = EchoClient::new(channel);
+    let mut stream = client
+        .server_stream(EchoRequest {
+            message: "10".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| format!("the silent call failed: {status:?}"))?
+        .into_inner();
+    let mut replies = 0;
+    while let Some(reply) = stream.next().await {
+        reply.map_err(|status| format!("the silent call failed: {status:?}"))?;
+        replies += 1;
+    }
+    check(
+        replies == 1,
+        format!("{replies} replies to the silent call"),
+    )?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    client
+        .unary(EchoRequest {
+            message: "after idling".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| format!("the call after idling failed: {status:?}"))?;
     Ok(())
 }
 

@@ -73,7 +73,10 @@ pub mod v1;
 #[doc(hidden)]
 pub mod codegen;
 
-pub use client::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
+pub use client::{
+    Channel, ChannelBuilder, ResponseFuture, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_TIMEOUT,
+};
 pub use deadline::Deadline;
 pub use error::Error;
 pub use server::{PeerIdentity, Server};

@@ -7,16 +7,12 @@ use tonic::transport::Endpoint;
 
 use crate::Error;
 
-/// How often a server pings a quiet connection.
-pub(crate) const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a keepalive ping may go unanswered before the connection is taken for dead.
-pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a client pings a quiet connection that has calls or streams open, and never one
 /// without: gRPC servers (C-core, Go, Java) by default refuse pings more often than every 5
 /// minutes, and any without calls, with GOAWAY `too_many_pings` (the gRPC keepalive guide).
-pub(crate) const DEFAULT_CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a client's keepalive ping may go unanswered.
-pub(crate) const DEFAULT_CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Turns an instance's address into a configured endpoint.
 #[derive(Clone)]
@@ -46,8 +42,8 @@ impl Default for Connector {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
-            keepalive_interval: DEFAULT_CLIENT_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -7,4 +7,4 @@ mod deadline_body;
 
 pub use channel::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
 pub(crate) use connection::Connector;
-pub(crate) use connection::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};
+pub use connection::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};

@@ -79,6 +79,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 512;
 /// handshake), by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a server pings a quiet connection, by default.
+pub const DEFAULT_SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a server's keepalive ping may go unanswered before the connection is closed, by
+/// default.
+pub const DEFAULT_SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many streams a client may make the server reset (with protocol errors of its making)
 /// on one connection before it is sent GOAWAY, by default: hyper's limit against the
 /// "MadeYouReset" attack (CVE-2025-8671).
@@ -116,8 +122,8 @@ impl Server {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             },
             keepalive: (
-                crate::client::DEFAULT_KEEPALIVE_INTERVAL,
-                crate::client::DEFAULT_KEEPALIVE_TIMEOUT,
+                DEFAULT_SERVER_KEEPALIVE_INTERVAL,
+                DEFAULT_SERVER_KEEPALIVE_TIMEOUT,
             ),
             layers: UserLayers::default(),
             #[cfg(feature = "tls")]
@@ -158,6 +164,12 @@ impl Server {
         self.limits.handshake_timeout = timeout;
         self
     }
+
+    /// How often a server pings a quiet connection, by default.
+    pub const DEFAULT_SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    /// How long a server's keepalive ping may go unanswered before the connection is closed, by
+    /// default.
+    pub const DEFAULT_SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// How many streams a client may make the server reset on one connection (by sending
     /// frames that are errors on those streams) before the connection is closed with GOAWAY

@@ -9,6 +9,7 @@ starts `examples/interop-server.rs`, and sets:
 
 import os
 import subprocess
+import time
 import uuid
 from concurrent import futures
 
@@ -216,3 +217,60 @@ def test_the_meshless_client_calls_a_grpcio_server():
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         server.stop(grace=None)
+
+
+class SilentEcho(PythonEcho):
+    """Answers `ServerStream` after as many seconds of silence as its message says."""
+
+    def ServerStream(self, request, context):
+        time.sleep(float(request.message))
+        yield echo_pb2.EchoReply(message="done")
+
+
+# The ping policy of every gRPC server by default (C-core, Go, Java): at most one ping per
+# 5 minutes while calls are open, none without calls, GOAWAY `too_many_pings` after 2 strikes.
+# Scaled down 100 times, as are the client's intervals below.
+SCALE = 100
+DEFAULT_MIN_PING_INTERVAL_MS = 300_000
+MESHLESS_DEFAULT_KEEPALIVE_MS = 300_000
+
+
+def run_keepalive_client(interval_ms):
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[
+            ("grpc.http2.min_ping_interval_without_data_ms", DEFAULT_MIN_PING_INTERVAL_MS // SCALE),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_ping_strikes", 2),
+        ],
+    )
+    echo_pb2_grpc.add_EchoServicer_to_server(SilentEcho(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        return subprocess.run(
+            [
+                os.environ["MESHLESS_INTEROP_CLIENT"],
+                "--target",
+                f"ipv4:127.0.0.1:{port}",
+                "--keepalive-interval-ms",
+                str(interval_ms),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop(grace=None)
+
+
+def test_the_meshless_client_s_default_keepalive_is_within_a_grpc_server_s_ping_policy():
+    result = run_keepalive_client(MESHLESS_DEFAULT_KEEPALIVE_MS // SCALE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_client_pinging_too_often_is_sent_away_by_that_policy():
+    # The control: the policy is in force. 30 s, the old default, scaled the same way.
+    result = run_keepalive_client(30_000 // SCALE)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "the silent call failed" in result.stderr, result.stderr
