@@ -57,9 +57,12 @@ mod balance;
 mod client;
 mod deadline;
 pub mod discovery;
+mod endpoint;
 mod error;
 pub mod events;
 mod extra_metadata;
+mod peer;
+mod refused;
 pub mod server;
 pub mod target;
 pub mod telemetry;
@@ -79,7 +82,8 @@ pub use client::{
 };
 pub use deadline::Deadline;
 pub use error::Error;
-pub use server::{PeerIdentity, Server};
+pub use peer::PeerIdentity;
+pub use server::Server;
 pub use target::{Target, TargetError};
 
 pub use tonic::metadata;

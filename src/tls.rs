@@ -109,7 +109,7 @@ mod test {
         let builder = crate::Channel::builder().tls(tls.clone());
         let shown = format!("{builder:?}");
         assert!(!leaks(&shown), "{shown}");
-        let connector = crate::client::Connector::default().with_tls(Some(&tls), None);
+        let connector = crate::endpoint::Connector::default().with_tls(Some(&tls), None);
         let shown = format!("{connector:?}");
         assert!(!leaks(&shown), "{shown}");
         // The test would catch a leak: tonic's own configuration prints the key.

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tonic::transport::{Channel as TonicChannel, Endpoint};
 
 use super::latency::{now_nanos, ResponseTime};
+use crate::discovery::Placement;
 
 /// How many failures in a row eject an instance (gRFC A50's consecutive-failure default).
 pub(crate) const EJECT_AFTER_FAILURES: u32 = 5;
@@ -264,22 +265,6 @@ impl Instance {
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone(), Instant::now(), false)
-    }
-}
-
-/// Where an instance stands among the others: SRV priority (lower first) and weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Placement {
-    pub(crate) priority: u16,
-    pub(crate) weight: u16,
-}
-
-impl Default for Placement {
-    fn default() -> Self {
-        Self {
-            priority: 0,
-            weight: 1,
-        }
     }
 }
 

@@ -18,5 +18,5 @@ mod latency;
 mod ready;
 mod set;
 
-pub(crate) use instance::{counts_against, Instance, Placement};
+pub(crate) use instance::{counts_against, Instance};
 pub(crate) use set::{InstanceSet, Settings};

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::instance::{Instance, Placement, State};
+use super::instance::{Instance, State};
+use crate::discovery::Placement;
 
 /// The ready instances of the lowest priority that has any, with their weights summed for
 /// weighted draws. Built when instances change, read lock-free by every call.

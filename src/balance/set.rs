@@ -1,7 +1,6 @@
 //! The set of instances behind one target: membership, what discovery said, and picking.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -9,15 +8,16 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::connect::keep_connected;
-use super::instance::{InFlight, Instance, Placement, State};
+use super::instance::{InFlight, Instance, State};
 use super::ready::Ready;
 use crate::discovery::DiscoveryStatus;
+use crate::discovery::Placement;
 
 /// Connection and waiting settings shared by the instances of a set.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// How each instance is connected to.
-    pub(crate) connector: crate::client::Connector,
+    pub(crate) connector: crate::endpoint::Connector,
     pub(crate) wait_timeout: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) reconnect_backoff_max: Duration,
@@ -35,9 +35,9 @@ pub(crate) struct InstanceSet {
     changed: Notify,
     discovery: watch::Sender<DiscoveryStatus>,
     /// Asks discovery to look again, when a connection fails.
-    refresh: OnceLock<Arc<Notify>>,
+    refresh: Arc<Notify>,
     /// Dropped with the set, which stops the task that applies discovery's updates.
-    stop_discovery: OnceLock<tokio::sync::oneshot::Sender<()>>,
+    _stop_discovery: tokio::sync::oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for InstanceSet {
@@ -56,17 +56,26 @@ struct Unavailable {
 }
 
 impl InstanceSet {
-    pub(crate) fn new(target: String, settings: Settings, status: DiscoveryStatus) -> Arc<Self> {
-        Arc::new(Self {
+    /// An empty set, whose discovery is still pending. Connection failures notify `refresh`
+    /// (discovery looks again); the receiver returned is told when the set is dropped, for the
+    /// task that applies discovery's updates to it.
+    pub(crate) fn new(
+        target: String,
+        settings: Settings,
+        refresh: Arc<Notify>,
+    ) -> (Arc<Self>, tokio::sync::oneshot::Receiver<()>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let set = Arc::new(Self {
             target: target.into(),
             settings,
             all: Mutex::new(Vec::new()),
             ready: ArcSwap::from_pointee(Ready::default()),
             changed: Notify::new(),
-            discovery: watch::Sender::new(status),
-            refresh: OnceLock::new(),
-            stop_discovery: OnceLock::new(),
-        })
+            discovery: watch::Sender::new(DiscoveryStatus::Pending),
+            refresh,
+            _stop_discovery: stop,
+        });
+        (set, stopped)
     }
 
     /// The target, shared (for metric labels).
@@ -82,9 +91,8 @@ impl InstanceSet {
         &self.settings
     }
 
-    /// Adds the instance at `authority` (`host:port`) and starts connecting to it. Must be
-    /// called within a Tokio runtime.
-    pub(crate) fn insert(
+    /// Adds the instance at `authority` (`host:port`) and starts connecting to it.
+    fn insert(
         self: &Arc<Self>,
         authority: String,
         placement: Placement,
@@ -96,31 +104,30 @@ impl InstanceSet {
         Ok(())
     }
 
-    /// Adds the instance at `addr`, or updates its placement if it is known.
+    /// Adds the instance at `authority` (`host:port`), or updates its placement if it is
+    /// known. Must be called within a Tokio runtime.
     pub(crate) fn upsert(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        authority: String,
         placement: Placement,
     ) -> Result<(), crate::Error> {
-        let key = addr.to_string();
-        let known = self.lock_all().iter().find(|i| i.key == key).cloned();
+        let known = self.lock_all().iter().find(|i| i.key == authority).cloned();
         match known {
             Some(instance) => {
                 if instance.set_placement(placement) {
                     self.rebuild_ready();
                 }
             }
-            None => self.insert(key, placement)?,
+            None => self.insert(authority, placement)?,
         }
         Ok(())
     }
 
-    /// Removes the instance at `addr`; calls in flight on it finish.
-    pub(crate) fn remove(&self, addr: SocketAddr) {
-        let key = addr.to_string();
+    /// Removes the instance at `authority`; calls in flight on it finish.
+    pub(crate) fn remove(&self, authority: &str) {
         let removed: Vec<_> = {
             let mut all = self.lock_all();
-            let (gone, kept) = all.drain(..).partition(|i| i.key == key);
+            let (gone, kept) = all.drain(..).partition(|i| i.key == authority);
             *all = kept;
             gone
         };
@@ -137,16 +144,6 @@ impl InstanceSet {
 
     pub(crate) fn discovery_status(&self) -> watch::Receiver<DiscoveryStatus> {
         self.discovery.subscribe()
-    }
-
-    /// Connection failures will ask discovery to look again through `refresh`.
-    pub(crate) fn on_failure_refresh(&self, refresh: Arc<Notify>) {
-        let _ = self.refresh.set(refresh);
-    }
-
-    /// `stop` is dropped when the set is, telling discovery's task to end.
-    pub(crate) fn stop_discovery_on_drop(&self, stop: tokio::sync::oneshot::Sender<()>) {
-        let _ = self.stop_discovery.set(stop);
     }
 
     fn lock_all(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
@@ -210,9 +207,7 @@ impl InstanceSet {
         if instance.report_failure(error) {
             tracing::warn!(target = %self.target, instance = %instance.key, "connection failed; instance not picked until it reconnects");
             self.rebuild_ready();
-            if let Some(refresh) = self.refresh.get() {
-                refresh.notify_one();
-            }
+            self.refresh.notify_one();
         }
     }
 
@@ -316,12 +311,12 @@ mod test {
         wait_timeout: Duration,
     ) -> (Arc<InstanceSet>, Arc<Instance>) {
         let settings = Settings {
-            connector: crate::client::Connector::default(),
+            connector: crate::endpoint::Connector::default(),
             wait_timeout,
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(1),
         };
-        let set = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, DiscoveryStatus::Static);
+        let (set, _) = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, Arc::default());
         // No connection task: the test decides when the instance connects.
         let instance = Arc::new(Instance::new(
             "127.0.0.1:1".into(),

@@ -28,7 +28,7 @@ use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout};
 use crate::extra_metadata::ExtraMetadata;
-use crate::server::REFUSED_HEADER;
+use crate::refused::REFUSED_HEADER;
 use crate::telemetry::{CallMetrics, CallReport, Side};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

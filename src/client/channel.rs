@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::call::CallPolicy;
-use super::Connector;
-use tokio::sync::{mpsc, oneshot, watch};
+use crate::endpoint::Connector;
+use tokio::sync::{oneshot, watch};
 use tonic::body::Body;
 
-use crate::balance::{InstanceSet, Placement, Settings};
-use crate::discovery::{self, DiscoveryStatus, DnsSettings, Update};
+use crate::balance::{InstanceSet, Settings};
+use crate::discovery::{self, DiscoveryStatus, DnsSettings, InstanceUpdate, Resolution};
 use crate::extra_metadata::ExtraMetadata;
 use crate::{Error, Target};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -219,59 +219,30 @@ impl ChannelBuilder {
             reconnect_backoff: self.reconnect_backoff,
             reconnect_backoff_max: self.reconnect_backoff_max,
         };
-        let static_set =
-            |settings| InstanceSet::new(target.to_owned(), settings, DiscoveryStatus::Static);
-        let instances = match parsed {
-            Target::Static(addrs) => {
-                let instances = static_set(settings);
-                for addr in addrs {
-                    instances.insert(addr.to_string(), Placement::default())?;
-                }
-                instances
-            }
-            Target::Http { host, port } => {
-                let instances = static_set(settings);
-                instances.insert(format!("{host}:{port}"), Placement::default())?;
-                instances
-            }
-            Target::Dns { .. } | Target::DnsSrv { .. } => {
-                let (mut updates, refresh) = discovery::spawn(&parsed, &self.dns)?;
-                let instances =
-                    InstanceSet::new(target.to_owned(), settings, DiscoveryStatus::Pending);
-                instances.on_failure_refresh(refresh);
-                // The first answer is applied before the channel is handed out, if it comes
-                // in time.
-                let first_answer = async {
-                    while let Some(update) = updates.recv().await {
-                        let first_status = matches!(update, Update::Status(_));
-                        apply(&instances, update);
-                        if first_status {
-                            break;
-                        }
-                    }
-                };
-                let waited = self.dns.first_answer_timeout;
-                if tokio::time::timeout(waited, first_answer).await.is_err() {
-                    tracing::warn!(
-                        target,
-                        ?waited,
-                        "no answer from DNS yet; calls fail until one comes"
-                    );
-                    instances.set_discovery_status(DiscoveryStatus::Failing {
-                        error: format!("no answer from DNS within {waited:?}"),
-                        instances: 0,
-                    });
-                }
-                let (stop, stopped) = oneshot::channel();
-                instances.stop_discovery_on_drop(stop);
-                tokio::spawn(follow_discovery(
-                    updates,
-                    Arc::downgrade(&instances),
-                    stopped,
-                ));
-                instances
-            }
-        };
+        let mut resolution = discovery::resolve(&parsed, &self.dns)?;
+        let (instances, stopped) =
+            InstanceSet::new(target.to_owned(), settings, resolution.refresh());
+        // The first answer is applied before the channel is handed out, if it comes in time.
+        if !resolution
+            .first_answer(|update| apply(&instances, update))
+            .await
+        {
+            let waited = self.dns.first_answer_timeout;
+            tracing::warn!(
+                target,
+                ?waited,
+                "no answer from DNS yet; calls fail until one comes"
+            );
+            instances.set_discovery_status(DiscoveryStatus::Failing {
+                error: format!("no answer from DNS within {waited:?}"),
+                instances: 0,
+            });
+        }
+        tokio::spawn(follow_discovery(
+            resolution,
+            Arc::downgrade(&instances),
+            stopped,
+        ));
         let policy = Arc::new(CallPolicy::new(
             instances.target_name(),
             self.timeout,
@@ -284,13 +255,13 @@ impl ChannelBuilder {
 
 /// Applies discovery's updates to the instances until the channel is gone.
 async fn follow_discovery(
-    mut updates: mpsc::Receiver<Update>,
+    mut resolution: Resolution,
     instances: std::sync::Weak<InstanceSet>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     loop {
         tokio::select! {
-            update = updates.recv() => {
+            update = resolution.next() => {
                 let (Some(update), Some(instances)) = (update, instances.upgrade()) else { return };
                 apply(&instances, update);
             }
@@ -299,15 +270,15 @@ async fn follow_discovery(
     }
 }
 
-fn apply(instances: &Arc<InstanceSet>, update: Update) {
+fn apply(instances: &Arc<InstanceSet>, update: InstanceUpdate) {
     match update {
-        Update::Insert(addr, placement) => {
-            if let Err(error) = instances.upsert(addr, placement) {
-                tracing::warn!(target = %instances.target(), %addr, %error, "instance not added");
+        InstanceUpdate::Insert(authority, placement) => {
+            if let Err(error) = instances.upsert(authority.clone(), placement) {
+                tracing::warn!(target = %instances.target(), instance = %authority, %error, "instance not added");
             }
         }
-        Update::Remove(addr) => instances.remove(addr),
-        Update::Status(status) => {
+        InstanceUpdate::Remove(authority) => instances.remove(&authority),
+        InstanceUpdate::Status(status) => {
             match &status {
                 DiscoveryStatus::Failing {
                     error,

@@ -2,9 +2,7 @@
 
 mod call;
 mod channel;
-mod connection;
 mod deadline_body;
 
+pub use crate::endpoint::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};
 pub use channel::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
-pub(crate) use connection::Connector;
-pub use connection::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};

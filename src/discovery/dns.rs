@@ -21,7 +21,7 @@ use tower::discover::Change;
 
 use super::refresh::{self, Answer, Lookup, Schedule, Update};
 use super::DiscoveryStatus;
-use crate::balance::Placement;
+use super::Placement;
 use crate::{Error, Target};
 
 /// Which address records a `dns:` target looks up.

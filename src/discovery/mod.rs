@@ -1,4 +1,7 @@
-//! Discovery: finding the instances of a target through DNS.
+//! Discovery: finding the instances of a target, through DNS or from a fixed list.
+//!
+//! [`resolve`] turns any target into one stream of instance updates (a fixed list is a single
+//! answer), which the channel and the observer both follow.
 //!
 //! `dns:` targets look up A and AAAA records (Kubernetes headless Services, Consul, plain DNS);
 //! `dns+srv:` targets look up SRV records, which carry each instance's port, priority and
@@ -23,10 +26,10 @@
 
 mod dns;
 mod refresh;
+mod resolve;
 mod status;
 
 pub use dns::{DiscoveredInstance, DnsDiscover, DnsSettings, IpFamily};
 pub use status::DiscoveryStatus;
 
-pub(crate) use dns::spawn;
-pub(crate) use refresh::Update;
+pub(crate) use resolve::{resolve, InstanceUpdate, Placement, Resolution};

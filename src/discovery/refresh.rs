@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::DiscoveryStatus;
-use crate::balance::Placement;
+use super::Placement;
 
 /// One answer of a lookup that did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]

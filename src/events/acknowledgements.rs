@@ -2,7 +2,7 @@
 //! acknowledgement to the event RPC it names.
 
 use super::publisher::Publisher;
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, EventGroupsHandler, EventGroupsService};
 
 /// Serves `meshless.v1.EventGroups/Acknowledge` for the event RPCs of some publishers, so that

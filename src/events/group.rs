@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::log::{EventLog, Stored};
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::events::group;
 use crate::events::stream::EventStream;
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 use crate::v1::Cursor as WireCursor;
 use crate::v1::{Acknowledgement, StartPosition, Subscribe};
 

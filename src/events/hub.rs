@@ -19,7 +19,7 @@ use super::group::{Groups, Join, Joined};
 use super::log::{EventLog, MemoryLog, Read, Stored};
 use super::protocol::{self, Membership, Refusal, Subscription};
 use super::wire;
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
 /// How many events a plain stream takes from the log at a time.

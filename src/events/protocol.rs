@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::group::{self, AckError, JoinError};
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
 
 /// The shortest heartbeat interval a subscriber may ask for: faster is a mistake (or an

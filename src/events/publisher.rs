@@ -9,7 +9,7 @@ use super::hub::{Hub, PublishError};
 use super::protocol::Subscription;
 use super::stream::EventStream;
 use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
-use crate::server::PeerIdentity;
+use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.

@@ -20,12 +20,10 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::refused::REFUSED_HEADER;
 use crate::telemetry::{CallMetrics, CallReport, Reported, Side};
 use tower::Layer;
 use tower_service::Service;
-
-/// Marks a response to a call the server refused without processing it.
-pub(crate) const REFUSED_HEADER: &str = "meshless-refused";
 
 /// Paths served while draining, besides the event RPCs.
 const ALWAYS_OPEN: [&str; 3] = [

@@ -6,11 +6,8 @@ mod builder;
 mod gate;
 mod layers;
 mod linger;
-mod peer;
 
-pub(crate) use gate::REFUSED_HEADER;
-
-pub use peer::PeerIdentity;
+pub use crate::peer::PeerIdentity;
 /// tonic's interceptor as a tower layer, for [`Server::layer`]: a function from
 /// `Request<()>` to `Result<Request<()>, Status>` that sees each call's metadata and
 /// extensions before the service does.

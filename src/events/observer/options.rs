@@ -21,6 +21,7 @@ pub struct ObserverOptions {
     pub(crate) reconnect_backoff: Duration,
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive: (Duration, Duration),
     pub(crate) heartbeat: Duration,
     pub(crate) removal_grace: Duration,
     pub(crate) start: StartPosition,
@@ -62,6 +63,10 @@ impl Default for ObserverOptions {
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            keepalive: (
+                crate::DEFAULT_KEEPALIVE_INTERVAL,
+                crate::DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
             heartbeat: Duration::from_secs(5),
             removal_grace: Duration::from_secs(30),
             start: StartPosition::Oldest,
@@ -188,6 +193,16 @@ impl ObserverOptions {
     /// How long one connection attempt may take. Default: 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive of the connections to producers, as for a channel
+    /// ([`ChannelBuilder::keepalive`](crate::ChannelBuilder::keepalive)): a connection with
+    /// streams open that has been quiet for `interval` is pinged, and taken for dead when the
+    /// ping goes unanswered for `timeout`. Default: 5 minutes and 20 s, within what gRPC servers
+    /// allow; heartbeats ([`heartbeat`](Self::heartbeat)) notice a dead producer sooner.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive = (interval, timeout);
         self
     }
 

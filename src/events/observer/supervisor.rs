@@ -6,15 +6,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::book::Book;
 use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
 use super::run::{Instance, Shared, Subscription, Typed};
-use crate::client::Connector;
-use crate::discovery::{self, Update};
+use crate::discovery::{self, InstanceUpdate, Resolution};
+use crate::endpoint::Connector;
 use crate::{Error, Target};
 
 /// Collects the event handlers of an observer, then starts it. The generated
@@ -80,6 +80,8 @@ impl ObserverBuilder {
         let parsed: Target = target.parse()?;
         let connector = Connector {
             connect_timeout: self.options.connect_timeout,
+            keepalive_interval: self.options.keepalive.0,
+            keepalive_timeout: self.options.keepalive.1,
             ..Connector::default()
         };
         #[cfg(feature = "tls")]
@@ -104,40 +106,18 @@ impl ObserverBuilder {
             running: HashMap::new(),
             listed: listed.clone(),
         };
-        let task = match parsed {
-            Target::Static(addrs) => {
-                for addr in addrs {
-                    instances.add(addr.to_string())?;
-                }
-                tokio::spawn(instances.run_static())
-            }
-            Target::Http { host, port } => {
-                instances.add(format!("{host}:{port}"))?;
-                tokio::spawn(instances.run_static())
-            }
-            Target::Dns { .. } | Target::DnsSrv { .. } => {
-                let (mut updates, _refresh) =
-                    discovery::spawn(&parsed, &instances.shared.options.dns)?;
-                let waited = instances.shared.options.dns.first_answer_timeout;
-                let first_answer = async {
-                    while let Some(update) = updates.recv().await {
-                        let first_answer = matches!(update, Update::Status(_));
-                        instances.apply(update);
-                        if first_answer {
-                            break;
-                        }
-                    }
-                };
-                if tokio::time::timeout(waited, first_answer).await.is_err() {
-                    tracing::warn!(
-                        target,
-                        ?waited,
-                        "no answer from DNS yet; observing the instances as they come"
-                    );
-                }
-                tokio::spawn(instances.run_discovered(updates))
-            }
-        };
+        let mut resolution = discovery::resolve(&parsed, &instances.shared.options.dns)?;
+        if !resolution
+            .first_answer(|update| instances.apply(update))
+            .await
+        {
+            tracing::warn!(
+                target,
+                waited = ?instances.shared.options.dns.first_answer_timeout,
+                "no answer from DNS yet; observing the instances as they come"
+            );
+        }
+        let task = tokio::spawn(instances.run(resolution));
         Ok(ObserverHandle {
             target: target.to_owned(),
             stop,
@@ -259,34 +239,32 @@ impl Instances {
         self.running.retain(|_, running| !running.finished());
     }
 
-    fn apply(&mut self, update: Update) {
+    fn apply(&mut self, update: InstanceUpdate) {
         match update {
-            Update::Insert(addr, _) => {
-                if let Err(error) = self.add(addr.to_string()) {
-                    tracing::warn!(%addr, %error, "instance not observed");
+            InstanceUpdate::Insert(authority, _) => {
+                if let Err(error) = self.add(authority.clone()) {
+                    tracing::warn!(instance = %authority, %error, "instance not observed");
                 }
             }
-            Update::Remove(addr) => self.remove(&addr.to_string()),
-            Update::Status(_) => {}
+            InstanceUpdate::Remove(authority) => self.remove(&authority),
+            InstanceUpdate::Status(_) => {}
         }
     }
 
-    async fn run_static(mut self) {
-        let _ = self.stop.wait_for(|stop| *stop).await;
-        self.finish().await;
-    }
-
-    async fn run_discovered(mut self, mut updates: mpsc::Receiver<Update>) {
+    /// Follows the target's instances until the observer stops.
+    async fn run(mut self, mut resolution: Resolution) {
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
-                update = updates.recv() => match update {
+                update = resolution.next() => match update {
                     Some(update) => self.apply(update),
+                    // No more changes (a fixed list): observe what there is until stopped.
                     None => break,
                 },
                 _ = stop.wait_for(|stop| *stop) => break,
             }
         }
+        let _ = stop.wait_for(|stop| *stop).await;
         self.finish().await;
     }
 

@@ -1,5 +1,6 @@
 //! [`Connector`]: how a client or an observer connects to one instance: timeouts, HTTP/2
-//! keepalive, message limits and TLS, shared by [`Channel`](super::Channel) and observers.
+//! keepalive and TLS, shared by [`Channel`](crate::Channel) (through the balancer) and
+//! observers.
 
 use std::time::Duration;
 
