@@ -9,13 +9,16 @@ use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower_service::Service;
 
 use super::accept::{Accepting, Limits};
-use super::gate::Gate;
-use super::layers::{Routes, UserLayers};
+use super::layers::deadline::RecordDeadline;
+use super::layers::drain::Drain;
+use super::layers::observe::Observe;
+use super::layers::status;
+use super::layers::user::{Routes, UserLayers};
+use super::shutdown::{set_status, Shutdown};
 use super::DescribedService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
@@ -378,16 +381,13 @@ impl Server {
 
         let local_addr = listener.local_addr().ok();
         let incoming = Accepting::new(listener, self.limits);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut served = self.service_names.clone();
         served.extend([
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
         ]);
-        let gate = Gate::new(
-            self.publishers.iter().flat_map(Publisher::paths).collect(),
-            &served,
-        );
+        let drain = Drain::new(self.publishers.iter().flat_map(Publisher::paths).collect());
         let builder = tonic::transport::Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(self.max_local_error_resets))
@@ -412,7 +412,10 @@ impl Server {
             None => builder,
         };
         let serving = builder
-            .layer(gate.clone())
+            .layer(Observe::new(&served))
+            .layer(status::layer())
+            .layer(RecordDeadline)
+            .layer(drain.clone())
             .layer(tower::util::option_layer(
                 (!self.layers.is_empty()).then(|| self.layers.clone()),
             ))
@@ -428,58 +431,16 @@ impl Server {
             result = &mut serving => return result.map_err(Error::transport),
             () = &mut signal => {}
         }
-
-        tracing::info!(addr = ?local_addr, grace_period = ?self.grace_period, "shutting down");
-        let deadline = tokio::time::Instant::now() + self.grace_period;
-        if !self.publishers.is_empty() {
-            // Before health says so: whoever sees NOT_SERVING finds new calls refused.
-            gate.close();
+        Shutdown {
+            grace_period: self.grace_period,
+            publishers: self.publishers,
+            drain,
+            health: reporter,
+            services: self.service_names,
+            stop_serving,
+            addr: local_addr,
         }
-        set_status(
-            reporter.as_ref(),
-            &self.service_names,
-            ServingStatus::NotServing,
-        )
-        .await;
-        if !self.publishers.is_empty() {
-            // Serving goes on meanwhile: event streams and acknowledgements need it.
-            let drained = async {
-                let calls_returned = gate.wait_idle(deadline).await;
-                let mut events_drained = true;
-                for publisher in &self.publishers {
-                    events_drained &= publisher.drain(deadline).await;
-                }
-                (calls_returned, events_drained)
-            };
-            tokio::select! {
-                result = &mut serving => return result.map_err(Error::transport),
-                (calls_returned, events_drained) = drained => {
-                    if calls_returned && events_drained {
-                        tracing::info!(addr = ?local_addr, "events drained");
-                    } else {
-                        tracing::warn!(addr = ?local_addr, calls_returned, events_drained, "events not fully drained: the grace period ran out, or consumer groups were left without members");
-                    }
-                }
-            }
-            for publisher in &self.publishers {
-                publisher.close();
-            }
-        }
-        let _ = stop.send(());
-        match tokio::time::timeout_at(deadline, serving).await {
-            Ok(result) => result.map_err(Error::transport),
-            Err(_) => {
-                tracing::warn!(addr = ?local_addr, "grace period over with calls still in flight");
-                Ok(())
-            }
-        }
-    }
-}
-
-async fn set_status(reporter: Option<&HealthReporter>, services: &[&str], status: ServingStatus) {
-    let Some(reporter) = reporter else { return };
-    reporter.set_service_status("", status).await;
-    for service in services {
-        reporter.set_service_status(*service, status).await;
+        .run(serving)
+        .await
     }
 }

@@ -3,9 +3,9 @@
 
 mod accept;
 mod builder;
-mod gate;
 mod layers;
 mod linger;
+mod shutdown;
 
 pub use crate::peer::PeerIdentity;
 /// tonic's interceptor as a tower layer, for [`Server::layer`]: a function from
