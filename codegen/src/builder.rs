@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::compile::{compile, Compiled};
-use crate::generator::Generator;
+use crate::generator::{DescriptorSetPath, Generator};
 use crate::validate::validate;
 use crate::Error;
 
@@ -172,6 +172,14 @@ impl Builder {
     }
 
     fn generate(self, compiled: Compiled) -> Result<(), Error> {
+        let descriptor_file = match self.include_file.strip_suffix(".rs") {
+            Some(stem) => format!("{stem}.descriptors.bin"),
+            None => format!("{}.descriptors.bin", self.include_file),
+        };
+        let descriptor_set = match self.out_dir {
+            Some(_) => DescriptorSetPath::BesideCode(descriptor_file.clone()),
+            None => DescriptorSetPath::InOutDir(descriptor_file.clone()),
+        };
         let out_dir = match self.out_dir {
             Some(dir) => dir,
             None => std::env::var_os("OUT_DIR")
@@ -186,6 +194,11 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format_args!("creating {}", out_dir.display()), e))?;
+        if self.build_server {
+            let path = out_dir.join(&descriptor_file);
+            write_if_changed(&path, &compiled.encoded_for_reflection)
+                .map_err(|e| Error::io(format_args!("writing {}", path.display()), e))?;
+        }
 
         let mut to_generate = compiled.to_generate.clone();
         if !self.generate_meshless_proto {
@@ -215,6 +228,7 @@ impl Builder {
                 Rc::new(compiled),
                 self.build_client,
                 self.build_server,
+                descriptor_set,
             )));
         if !self.generate_meshless_proto {
             config.extern_path(format!(".{}", MESHLESS_PACKAGE), "::meshless::v1");
@@ -241,3 +255,12 @@ impl Builder {
 }
 
 const MESHLESS_PACKAGE: &str = "meshless.v1";
+
+/// Writes `bytes` to `path` unless it holds them already, so that an unchanged build does not
+/// make cargo rebuild what includes the file.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    std::fs::write(path, bytes)
+}

@@ -18,6 +18,16 @@ pub(crate) struct Generator {
     build_server: bool,
     /// Packages whose module already holds `FILE_DESCRIPTOR_SET`.
     packages_with_descriptors: BTreeSet<String>,
+    /// Where the generated code finds the encoded descriptor set, written once per build.
+    descriptor_set: DescriptorSetPath,
+}
+
+/// The path `include_bytes!` takes to the build's encoded descriptor set.
+pub(crate) enum DescriptorSetPath {
+    /// A file in `OUT_DIR`, named so.
+    InOutDir(String),
+    /// A file beside the generated code (an explicit output directory), named so.
+    BesideCode(String),
 }
 
 impl Generator {
@@ -26,6 +36,7 @@ impl Generator {
         compiled: Rc<Compiled>,
         build_client: bool,
         build_server: bool,
+        descriptor_set: DescriptorSetPath,
     ) -> Self {
         Self {
             tonic,
@@ -33,6 +44,7 @@ impl Generator {
             build_client,
             build_server,
             packages_with_descriptors: BTreeSet::new(),
+            descriptor_set,
         }
     }
 }
@@ -86,10 +98,20 @@ impl prost_build::ServiceGenerator for Generator {
     fn finalize_package(&mut self, package: &str, buf: &mut String) {
         self.tonic.finalize_package(package, buf);
         if self.build_server && self.packages_with_descriptors.insert(package.to_owned()) {
-            let bytes = Literal::byte_string(&self.compiled.encoded_for_reflection);
+            let bytes = match &self.descriptor_set {
+                DescriptorSetPath::InOutDir(name) => {
+                    let name = Literal::string(&format!("/{name}"));
+                    quote! { ::core::include_bytes!(::core::concat!(::core::env!("OUT_DIR"), #name)) }
+                }
+                DescriptorSetPath::BesideCode(name) => {
+                    let name = Literal::string(name);
+                    quote! { ::core::include_bytes!(#name) }
+                }
+            };
             let tokens = quote! {
                 /// The encoded `FileDescriptorSet` of the `.proto` files this package was
-                /// generated from, and their imports: served by gRPC server reflection.
+                /// generated from, and their imports: served by gRPC server reflection. One
+                /// file per build, shared by its packages.
                 pub const FILE_DESCRIPTOR_SET: &[u8] = #bytes;
             };
             buf.push_str(&tokens.to_string());

@@ -279,10 +279,11 @@ impl Server {
         S::Future: Send + 'static,
     {
         let descriptors = S::file_descriptor_set();
+        // Packages of one build share one descriptor set: registered once.
         if !self
             .descriptor_sets
             .iter()
-            .any(|known| std::ptr::eq(*known, descriptors))
+            .any(|known| *known == descriptors)
         {
             self.descriptor_sets.push(descriptors);
         }
