@@ -280,11 +280,7 @@ impl Server {
     {
         let descriptors = S::file_descriptor_set();
         // Packages of one build share one descriptor set: registered once.
-        if !self
-            .descriptor_sets
-            .iter()
-            .any(|known| *known == descriptors)
-        {
+        if !self.descriptor_sets.contains(&descriptors) {
             self.descriptor_sets.push(descriptors);
         }
         self.publishers.extend(service.publisher().cloned());
