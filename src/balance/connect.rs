@@ -4,6 +4,7 @@ use std::sync::{Arc, Weak};
 
 use super::instance::Instance;
 use super::set::InstanceSet;
+use super::watched::WatchedConnector;
 use crate::backoff::Backoff;
 
 use std::time::Duration;
@@ -22,7 +23,10 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     let mut backoff = Backoff::new(settings.reconnect_backoff, settings.reconnect_backoff_max);
     let answer_within = settings.connector.connect_timeout;
     loop {
-        let result = match instance.endpoint.connect().await {
+        // Per attempt, so that the end of an earlier connection is not taken for this one's.
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let connector = WatchedConnector::new(closed.clone());
+        let result = match instance.endpoint.connect_with_connector(connector).await {
             Ok(channel) => answers(&channel, answer_within).await.map(|()| channel),
             Err(error) => Err(crate::text::error_chain(&error)),
         };
@@ -35,10 +39,19 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 tracing::debug!(target = %set.target(), instance = %instance.key, "connected");
                 instance.connected(channel);
                 set.rebuild_ready();
-                drop(set);
                 backoff.reset();
-                // Sleep until a call reports a failure, or the instance is removed.
-                instance.wake.notified().await;
+                // Sleep until the connection ends, a call reports a failure, or the instance
+                // is removed. The set is not held meanwhile: dropping it ends this task.
+                let set = Arc::downgrade(&set);
+                tokio::select! {
+                    () = instance.wake.notified() => {}
+                    () = closed.notified() => {
+                        if let (true, Some(set)) = (instance.connection_ended(), set.upgrade()) {
+                            tracing::debug!(target = %set.target(), instance = %instance.key, "connection ended; connecting again");
+                            set.rebuild_ready();
+                        }
+                    }
+                }
             }
             Err(error) => {
                 tracing::debug!(target = %set.target(), instance = %instance.key, %error, "connect failed");

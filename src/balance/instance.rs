@@ -230,6 +230,16 @@ impl Instance {
     /// it is connected again at once, and calls wait for that instead of failing. Returns
     /// whether this call made the change.
     pub(crate) fn report_closed(&self) -> bool {
+        let changed = self.connection_ended();
+        if changed {
+            self.wake.notify_one();
+        }
+        changed
+    }
+
+    /// The connection ended: the instance is connecting again (its connection task, which
+    /// noticed, does so at once). Returns whether this changed the state.
+    pub(crate) fn connection_ended(&self) -> bool {
         let changed = self
             .state
             .compare_exchange(
@@ -241,7 +251,6 @@ impl Instance {
             .is_ok();
         if changed {
             self.channel.store(None);
-            self.wake.notify_one();
         }
         changed
     }

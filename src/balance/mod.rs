@@ -17,6 +17,7 @@ mod instance;
 mod latency;
 mod ready;
 mod set;
+mod watched;
 
 pub(crate) use instance::{counts_against, Instance};
 pub(crate) use set::{InstanceSet, Settings};

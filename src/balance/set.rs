@@ -154,6 +154,11 @@ impl InstanceSet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// How many instances calls can go to now.
+    pub(crate) fn ready_count(&self) -> usize {
+        self.ready.load().len()
+    }
+
     pub(super) fn rebuild_ready(&self) {
         let ready = Ready::build(&self.lock_all());
         metrics::gauge!("meshless_client_ready_instances", "target" => self.target.to_string())

@@ -77,6 +77,13 @@ impl Channel {
     pub fn discovery_status(&self) -> watch::Receiver<DiscoveryStatus> {
         self.instances.discovery_status()
     }
+
+    /// How many instances calls can be sent to now: connected, answering, not ejected, and
+    /// of the lowest SRV priority that has any (as the `meshless_client_ready_instances`
+    /// gauge).
+    pub fn ready_instances(&self) -> usize {
+        self.instances.ready_count()
+    }
 }
 
 /// The timeout of unary calls that set none, by default.

@@ -448,3 +448,25 @@ async fn an_instance_that_accepts_tcp_but_never_speaks_http2_is_not_picked() {
     held.abort();
     healthy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn ready_instances_counts_the_instances_calls_can_go_to() {
+    let one = Running::echo(Echo::named("one")).await;
+    let two = Running::echo(Echo::named("two")).await;
+    let channel = Channel::connect(&format!("ipv4:{},{}", one.addr, two.addr))
+        .await
+        .unwrap();
+    support::eventually("both instances are ready", || {
+        channel.ready_instances() == 2
+    })
+    .await;
+    two.stop().await.unwrap();
+    support::eventually("the stopped instance is not ready", || {
+        channel.ready_instances() == 1
+    })
+    .await;
+    let client = EchoClient::new(channel.clone());
+    let reply = client.unary(request("hi")).await.unwrap();
+    assert_eq!(support::served_by(reply.get_ref()), "one");
+    one.stop().await.unwrap();
+}

@@ -472,4 +472,80 @@ async fn discovery_section(bench: &Bench) {
         changed.elapsed().as_secs_f64() * 1000.0
     );
     bench.on_server(async move { dns.stop().await }).await;
+    large_srv_answer(bench).await;
+}
+
+/// What an SRV answer of 1,000 instances costs a client: the time from `connect` to the first
+/// call's reply, until every instance is ready, and the client thread's CPU per refresh while
+/// idle (each refresh looks up the SRV name and the instances' 1,000 target names, 16 at a
+/// time, and diffs the answer).
+async fn large_srv_answer(bench: &Bench) {
+    const INSTANCES: usize = 1000;
+    let dns = bench
+        .on_server(async { TestDns::start("bench.test").await.expect("dns") })
+        .await;
+    let addrs = bench
+        .on_server(async move {
+            let mut addrs = Vec::with_capacity(INSTANCES);
+            for _ in 0..INSTANCES {
+                let echo = Echo {
+                    name: "many",
+                    delay: Duration::ZERO,
+                };
+                addrs.push(start_echo(echo, mesh::EchoPublisher::new()).await);
+            }
+            addrs
+        })
+        .await;
+    for (i, addr) in addrs.iter().enumerate() {
+        let host = format!("n{i}.bench.test");
+        dns.add_ip(&host, addr.ip()).await.expect("dns");
+        dns.add_srv("many.bench.test", 1, 1, addr.port(), &host)
+            .await
+            .expect("dns");
+    }
+    let started = Instant::now();
+    let channel = meshless::Channel::connect(&dns.srv_target("many.bench.test"))
+        .await
+        .expect("channel");
+    let client = mesh::EchoClient::new(channel.clone());
+    client
+        .unary(mesh::EchoRequest::default())
+        .await
+        .expect("call");
+    let first_call = started.elapsed();
+    let status = channel.discovery_status().borrow().clone();
+    // Every instance answered a call: each is connected (the picks are random, so this takes
+    // a few thousand calls).
+    let mut calls = 0u64;
+    while started.elapsed() < Duration::from_secs(60) {
+        let ready = channel.ready_instances();
+        if ready >= INSTANCES {
+            break;
+        }
+        client
+            .unary(mesh::EchoRequest::default())
+            .await
+            .expect("call");
+        calls += 1;
+    }
+    let all_ready = started.elapsed();
+    let window = if bench.quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(10)
+    };
+    let cpu_before = stats::thread_cpu_time();
+    tokio::time::sleep(window).await;
+    let cpu = stats::thread_cpu_time().saturating_sub(cpu_before);
+    // The refresh floor is 1 s and TestDns answers with TTL 0: one refresh per second.
+    let refreshes = window.as_secs().max(1);
+    println!(
+        "Discovery of one SRV answer of {INSTANCES} instances (distinct target names): first call {:.0} ms after connect ({status:?}); every instance ready after {:.1} s ({calls} calls); client CPU per refresh while idle {:.1} ms ({refreshes} refreshes)",
+        first_call.as_secs_f64() * 1000.0,
+        all_ready.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0 / refreshes as f64
+    );
+    drop((client, channel));
+    bench.on_server(async move { dns.stop().await }).await;
 }
