@@ -47,6 +47,7 @@ pub fn producer_main() {
             Echo {
                 name: "bounds",
                 delay: Duration::ZERO,
+                broken: false,
             },
             publisher,
         )
@@ -230,6 +231,7 @@ pub async fn groups_section(bench: &Bench) {
                     Echo {
                         name: "groups",
                         delay: Duration::ZERO,
+                        broken: false,
                     },
                     publisher,
                 )

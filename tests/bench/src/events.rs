@@ -253,6 +253,7 @@ pub async fn producers(
     let echo = Echo {
         name: "events",
         delay: Duration::ZERO,
+        broken: false,
     };
     let mesh_addr = bench
         .on_server({

@@ -119,12 +119,12 @@ async fn run(bench: &Bench, cores: usize) {
     if wanted("unary") {
         let healthy = unary_section(
             bench,
-            Duration::ZERO,
+            Third::Slow(Duration::ZERO),
             "Unary, 100 B, 64 in flight, 3 instances",
         )
         .await;
         let slow = "Unary, one of the 3 instances slowed by 1 ms (10x its unloaded service time)";
-        unary_section(bench, Duration::from_millis(1), slow).await;
+        unary_section(bench, Third::Slow(Duration::from_millis(1)), slow).await;
         // Slower by 10x what a healthy instance takes at this load: 9x balance_list's p50
         // above, added.
         let p50_us = healthy.get(1).map_or(600.0, |r| r.p50_us);
@@ -134,7 +134,9 @@ async fn run(bench: &Bench, cores: usize) {
              ({:.1} ms added: 9x balance_list's p50 above)",
             added.as_secs_f64() * 1000.0
         );
-        unary_section(bench, added, &slow).await;
+        unary_section(bench, Third::Slow(added), &slow).await;
+        let broken = "Unary, one of the 3 instances answering INTERNAL at once (failed calls after the first second of the run)";
+        unary_section(bench, Third::Broken, broken).await;
     }
     if wanted("events") {
         events_section(bench).await;
@@ -148,17 +150,35 @@ async fn run(bench: &Bench, cores: usize) {
     }
 }
 
-async fn unary_section(bench: &Bench, slow: Duration, title: &str) -> Vec<unary::Report> {
+/// What the third of the 3 instances does differently.
+#[derive(Clone, Copy)]
+enum Third {
+    /// Answers after this delay (zero: like the others).
+    Slow(Duration),
+    /// Answers `INTERNAL` at once.
+    Broken,
+}
+
+async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::Report> {
     let dns = bench
         .on_server(async { TestDns::start("bench.test").await.expect("dns") })
         .await;
     let mut instances = Vec::new();
     for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
-        let delay = if i == 2 { slow } else { Duration::ZERO };
+        let (delay, broken) = match (i, third) {
+            (2, Third::Slow(delay)) => (delay, false),
+            (2, Third::Broken) => (Duration::ZERO, true),
+            _ => (Duration::ZERO, false),
+        };
         let addr = bench
-            .on_server(
-                async move { start_echo(Echo { name, delay }, mesh::EchoPublisher::new()).await },
-            )
+            .on_server(async move {
+                let echo = Echo {
+                    name,
+                    delay,
+                    broken,
+                };
+                start_echo(echo, mesh::EchoPublisher::new()).await
+            })
             .await;
         let host = format!("{name}.bench.test");
         dns.add_ip(&host, addr.ip()).await.expect("dns");
@@ -170,20 +190,20 @@ async fn unary_section(bench: &Bench, slow: Duration, title: &str) -> Vec<unary:
     let reports = unary::run(bench, &instances, &dns, 64).await;
     println!("{title}");
     println!(
-        "  {:<32} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7}",
-        "", "req/s", "p50 us", "p99 us", "x req/s", "x p99", "errors"
+        "  {:<32} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}",
+        "", "req/s", "p50 us", "p99 us", "x req/s", "x p99", "failed %"
     );
     let (base_rate, base_p99) = (reports[0].per_second, reports[0].p99_us);
     for r in &reports {
         println!(
-            "  {:<32} {:>10.0} {:>9.0} {:>9.0} {:>8.2} {:>8.2} {:>7}",
+            "  {:<32} {:>10.0} {:>9.0} {:>9.0} {:>8.2} {:>8.2} {:>9.2}",
             r.name,
             r.per_second,
             r.p50_us,
             r.p99_us,
             r.per_second / base_rate,
             r.p99_us / base_p99,
-            r.errors
+            100.0 * r.errors as f64 / r.calls.max(1) as f64
         );
     }
     println!();
@@ -420,6 +440,7 @@ async fn discovery_section(bench: &Bench) {
                 Echo {
                     name: "first",
                     delay: Duration::ZERO,
+                    broken: false,
                 },
                 mesh::EchoPublisher::new(),
             )
@@ -432,6 +453,7 @@ async fn discovery_section(bench: &Bench) {
                 Echo {
                     name: "second",
                     delay: Duration::ZERO,
+                    broken: false,
                 },
                 mesh::EchoPublisher::new(),
             )
@@ -491,6 +513,7 @@ async fn large_srv_answer(bench: &Bench) {
                 let echo = Echo {
                     name: "many",
                     delay: Duration::ZERO,
+                    broken: false,
                 };
                 addrs.push(start_echo(echo, mesh::EchoPublisher::new()).await);
             }

@@ -12,11 +12,12 @@ use crate::proto::mesh::testing::v1::{
 };
 
 /// Answers `Unary` with its name and the request's payload, after `delay` (to make an
-/// instance slow).
+/// instance slow); when `broken`, with `INTERNAL` at once.
 #[derive(Clone)]
 pub struct Echo {
     pub name: &'static str,
     pub delay: Duration,
+    pub broken: bool,
 }
 
 type Replies =
@@ -24,6 +25,9 @@ type Replies =
 
 impl EchoHandler for Echo {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if self.broken {
+            return Err(Status::internal("broken"));
+        }
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }

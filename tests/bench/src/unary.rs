@@ -16,6 +16,8 @@ pub struct Report {
     pub p50_us: f64,
     pub p99_us: f64,
     pub errors: usize,
+    /// Calls made after the warm-up, failed ones included.
+    pub calls: usize,
 }
 
 /// Runs `call` from `concurrency` tasks for `duration` (after a short warm-up).
@@ -62,6 +64,7 @@ where
         p50_us: latencies.quantile(0.5),
         p99_us: latencies.quantile(0.99),
         errors,
+        calls: latencies.len(),
     }
 }
 
