@@ -2,7 +2,7 @@
 //! `testing.v1.Echo` (echoing metadata, failing on request, replying with payloads of a given
 //! size) and publishes every unary message as an `Echoed` event.
 //!
-//! Run with: cargo run --example interop-server -- --listen 127.0.0.1:0
+//! Run with: cargo run --example interop-server -- --listen 127.0.0.1:0 [--data-dir DIR]
 //! It prints `listening on ADDR` once it serves, and stops on Ctrl-C or SIGTERM.
 
 use std::pin::Pin;
@@ -129,14 +129,20 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: interop-server --listen ADDR:PORT [--data-dir DIR]";
     let mut args = std::env::args().skip(1);
     let listen = match (args.next().as_deref(), args.next()) {
         (Some("--listen"), Some(addr)) => addr,
-        _ => return Err("usage: interop-server --listen ADDR:PORT".into()),
+        _ => return Err(usage.into()),
+    };
+    // With a data directory, the events survive a crash or restart of this process.
+    let publisher = match (args.next().as_deref(), args.next()) {
+        (None, _) => EchoPublisher::new(),
+        (Some("--data-dir"), Some(dir)) => EchoPublisher::open(dir)?,
+        _ => return Err(usage.into()),
     };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let publisher = EchoPublisher::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Server::builder()
         .reflection(true)

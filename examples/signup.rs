@@ -4,7 +4,10 @@
 //! instances. WelcomeEmail runs two instances in one consumer group: each sign-up sends one
 //! welcome e-mail, from one of them. No broker, no load balancer.
 //!
-//! Run with: cargo run --example signup
+//! Run with: cargo run --example signup [-- --data-dir DIR]
+//!
+//! With `--data-dir`, each Users instance keeps its events in files under DIR (a folder per
+//! instance): run it twice and the second run's producers continue the first run's epochs.
 
 #[path = "shared/observers.rs"]
 mod observers;
@@ -29,6 +32,11 @@ const USERS: &str = "users.service.consul";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Consul's DNS interface, in process: `users.service.consul` lists the instances.
+    let data_dir = match (std::env::args().nth(1).as_deref(), std::env::args().nth(2)) {
+        (Some("--data-dir"), Some(dir)) => Some(std::path::PathBuf::from(dir)),
+        (None, _) => None,
+        _ => return Err("usage: signup [--data-dir DIR]".into()),
+    };
     let dns = TestDns::start("service.consul").await?;
     println!("DNS for service.consul on {}", dns.addr());
 
@@ -41,7 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
-        let publisher = UsersPublisher::new();
+        let publisher = match &data_dir {
+            Some(dir) => UsersPublisher::open(dir.join(name))?,
+            None => UsersPublisher::new(),
+        };
         let handler = Users::new(name, store.clone(), publisher.clone());
         servers.push(tokio::spawn(
             Server::builder()
@@ -65,12 +76,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         WelcomeEmail::named("welcome-email-1", &sent),
         WelcomeEmail::named("welcome-email-2", &sent),
     ];
+    // With a data directory the producers keep the earlier runs' events, which these new
+    // observers (without stored cursors) would handle again: they start at the live end.
+    let start = if data_dir.is_some() {
+        meshless::v1::StartPosition::Live
+    } else {
+        meshless::v1::StartPosition::Oldest
+    };
     let mut observers = Vec::new();
     for instance in &welcome {
         observers.push(
             UsersObserver::new()
                 .user_signed_up(instance.clone())
-                .options(ObserverOptions::default().consumer_group(WelcomeEmail::GROUP))
+                .options(
+                    ObserverOptions::default()
+                        .start(start)
+                        .consumer_group(WelcomeEmail::GROUP),
+                )
                 .start(&target)
                 .await?,
         );
@@ -79,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     observers.push(
         UsersObserver::new()
             .user_signed_up(feed.clone())
+            .options(ObserverOptions::default().start(start))
             .start(&target)
             .await?,
     );

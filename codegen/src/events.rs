@@ -54,10 +54,22 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             }
         ));
         let doc = docs::lines(&lines);
+        let publish_durable = format_ident!("publish_{}_durable", method.name);
+        let durable_doc = docs::lines(&[
+            format!("Publishes one `{}` event as [`{publish}`](Self::{publish}) does, and returns once it is", method.proto_name),
+            "on stable storage (`fdatasync`; publishes waiting at once share one), for a handler that must".to_owned(),
+            "not answer before the event is safe from a crash of the machine. A publisher without a".to_owned(),
+            "directory (`new`) has no storage: it returns at once.".to_owned(),
+        ]);
         quote! {
             #doc
             pub fn #publish(&self, event: #event) -> ::core::result::Result<::meshless::v1::Cursor, ::meshless::events::PublishError> {
                 self.inner.publish(#index, &event)
+            }
+
+            #durable_doc
+            pub async fn #publish_durable(&self, event: #event) -> ::core::result::Result<::meshless::v1::Cursor, ::meshless::events::PublishError> {
+                self.inner.publish_durable(#index, &event).await
             }
         }
     });
@@ -86,6 +98,24 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             /// A publisher with a new epoch and these settings (subscriber buffer, retention).
             pub fn with_settings(settings: ::meshless::events::PublisherSettings) -> Self {
                 Self { inner: ::meshless::events::Publisher::new(#full_name, Self::EVENT_RPCS, settings) }
+            }
+
+            /// A publisher whose events are kept in files under `dir` (one folder per event
+            /// RPC), so that they survive a crash or restart of the process: reopening the
+            /// directory continues the epoch and the sequences, and observers resume exactly.
+            /// `publish_*` returns once the event is written to its file; `publish_*_durable`
+            /// once it is on stable storage. Fails when the directory cannot be read or written.
+            pub fn open(dir: impl ::core::convert::AsRef<::std::path::Path>) -> ::core::result::Result<Self, ::meshless::Error> {
+                Self::open_with_settings(dir, ::core::default::Default::default())
+            }
+
+            /// [`open`](Self::open), with these settings.
+            pub fn open_with_settings(
+                dir: impl ::core::convert::AsRef<::std::path::Path>,
+                settings: ::meshless::events::PublisherSettings,
+            ) -> ::core::result::Result<Self, ::meshless::Error> {
+                ::meshless::events::Publisher::open(#full_name, Self::EVENT_RPCS, settings, dir.as_ref())
+                    .map(|inner| Self { inner })
             }
 
             /// The untyped publisher underneath: epoch and counters.

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::Notify;
 
+use super::disk::Syncer;
 use super::fanout::{self, Waiters};
 use super::group::{Groups, Join, Joined};
 use super::log::{EventLog, MemoryLog, Read, Stored};
@@ -41,12 +42,27 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// The event could not be written to the event log's files (a full disk, an I/O error),
+    /// or, for a durable publish, synced to stable storage. Not kept when it could not be
+    /// written; when only the sync failed, it was published but may not survive a crash of
+    /// the machine.
+    #[error("the {rpc} event log: {reason}")]
+    Io {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl From<PublishError> for tonic::Status {
-    /// `RESOURCE_EXHAUSTED`, as for any message over the size limit.
+    /// `RESOURCE_EXHAUSTED` for an event over the size limit, as for any message over it;
+    /// `UNAVAILABLE` when the event log failed (another instance may take the call).
     fn from(error: PublishError) -> Self {
-        tonic::Status::resource_exhausted(error.to_string())
+        match error {
+            PublishError::TooLarge { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            PublishError::Io { .. } => tonic::Status::unavailable(error.to_string()),
+        }
     }
 }
 
@@ -78,6 +94,9 @@ pub(crate) struct Hub {
     subscribers: metrics::Gauge,
     redeliveries: metrics::Counter,
     refused: metrics::Counter,
+    write_errors: metrics::Counter,
+    /// Durable publishes wait on it; `None` for a log in memory.
+    syncer: Option<Syncer>,
 }
 
 struct State {
@@ -131,20 +150,40 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
+        Self::with_log(
+            method,
+            epoch,
+            Box::new(MemoryLog::new(retain)),
+            None,
+            retain,
+            buffer,
+        )
+    }
+
+    /// A hub over `log`, which may hold events already (a log reopened from disk).
+    pub(crate) fn with_log(
+        method: String,
+        epoch: u64,
+        log: Box<dyn EventLog>,
+        syncer: Option<Syncer>,
+        retain: usize,
+        buffer: usize,
+    ) -> Self {
         let buffer = buffer.max(1);
+        let latest = log.latest();
         Self {
             epoch,
             buffer,
             max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             state: Mutex::new(State {
-                log: Box::new(MemoryLog::new(retain)),
+                log,
                 waiters: Waiters::default(),
                 live: true,
                 groups: Groups::new(retain),
                 draining: false,
                 closed: false,
             }),
-            latest: AtomicU64::new(0),
+            latest: AtomicU64::new(latest),
             cut_off: AtomicU64::new(0),
             plain_streams: AtomicUsize::new(0),
             max_subscribers: usize::MAX,
@@ -154,6 +193,8 @@ impl Hub {
             subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
             redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
             refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
+            write_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => method.clone()),
+            syncer,
             method,
         }
     }
@@ -167,6 +208,29 @@ impl Hub {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until the event at `cursor` is on stable storage: at once for a log in memory,
+    /// which has none.
+    pub(crate) async fn synced(&self, cursor: Cursor) -> Result<Cursor, PublishError> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(cursor);
+        };
+        match syncer.wait(cursor.sequence).await {
+            Ok(()) => Ok(cursor),
+            Err(reason) => {
+                self.write_errors.increment(1);
+                Err(PublishError::Io {
+                    rpc: self.method.clone(),
+                    reason: reason.to_string(),
+                })
+            }
+        }
+    }
+
+    /// How many syncs the log ran (0 in memory).
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncer.as_ref().map_or(0, Syncer::syncs)
     }
 
     /// Publishes an event: never waits for subscribers. An event too large for the stream's
@@ -194,7 +258,15 @@ impl Hub {
             sequence,
             bytes: bytes.freeze(),
         };
-        state.log.append(stored.clone());
+        if let Err(error) = state.log.append(stored.clone()) {
+            drop(state);
+            self.write_errors.increment(1);
+            tracing::error!(rpc = %self.method, %error, "writing an event to the event log failed; publish_* returns the error");
+            return Err(PublishError::Io {
+                rpc: self.method.clone(),
+                reason: format!("writing the event: {error}"),
+            });
+        }
         // First deliveries only: a group that cannot take the event now reads it from the
         // log later.
         state.groups.offer(&stored);

@@ -2,7 +2,8 @@
 //!
 //! This is the seam between the hub (fan-out, groups, drain) and where events are kept.
 //! [`MemoryLog`] keeps the last `retain` events in a ring; every subscriber reads from it by
-//! sequence, so a subscription costs a cursor, never a copy of the ring.
+//! sequence, so a subscription costs a cursor, never a copy of the ring. The disk log
+//! (`disk::DiskLog`) keeps them in files too, and reads from such a ring.
 
 use std::collections::VecDeque;
 
@@ -35,8 +36,8 @@ pub(crate) trait EventLog: Send + 'static {
     fn oldest(&self) -> u64;
 
     /// Appends an event whose sequence is [`next_sequence`](Self::next_sequence), dropping the
-    /// oldest events beyond retention.
-    fn append(&mut self, event: Stored);
+    /// oldest events beyond retention. On error the event is not in the log.
+    fn append(&mut self, event: Stored) -> std::io::Result<()>;
 
     /// Appends to `out` up to `max` events from sequence `from` on.
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read;
@@ -63,6 +64,27 @@ impl MemoryLog {
             next: 1,
         }
     }
+
+    /// Puts back an event read from disk, the oldest first, before any append.
+    pub(crate) fn restore(&mut self, event: Stored) {
+        self.next = event.sequence + 1;
+        self.push(event);
+    }
+
+    /// The sequence the next event gets, after a restore.
+    pub(crate) fn set_next(&mut self, next: u64) {
+        self.next = next;
+    }
+
+    fn push(&mut self, event: Stored) {
+        if self.retain == 0 {
+            return;
+        }
+        if self.ring.len() == self.retain {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(event);
+    }
 }
 
 impl EventLog for MemoryLog {
@@ -74,16 +96,11 @@ impl EventLog for MemoryLog {
         self.ring.front().map_or(self.next, |e| e.sequence)
     }
 
-    fn append(&mut self, event: Stored) {
+    fn append(&mut self, event: Stored) -> std::io::Result<()> {
         debug_assert_eq!(event.sequence, self.next);
         self.next = event.sequence + 1;
-        if self.retain == 0 {
-            return;
-        }
-        if self.ring.len() == self.retain {
-            self.ring.pop_front();
-        }
-        self.ring.push_back(event);
+        self.push(event);
+        Ok(())
     }
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
@@ -112,7 +129,8 @@ mod test {
             log.append(Stored {
                 sequence,
                 bytes: Bytes::new(),
-            });
+            })
+            .unwrap();
         }
         log
     }

@@ -23,6 +23,7 @@
 //!   unacknowledged events handed to the others (see `meshless/v1/meshless.proto`).
 
 mod acknowledgements;
+mod disk;
 mod fanout;
 mod group;
 mod hub;

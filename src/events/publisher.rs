@@ -1,16 +1,19 @@
 //! [`Publisher`]: the untyped core of the generated `{Service}Publisher`s.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prost::Message;
 
+use super::disk;
 use super::hub::{Hub, PublishError};
 use super::protocol::Subscription;
 use super::stream::EventStream;
 use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
 use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
+use crate::Error;
 
 /// How many events an event RPC keeps when its proto option leaves `retain` at 0.
 pub const DEFAULT_RETAIN: usize = 1024;
@@ -50,6 +53,35 @@ impl Default for PublisherSettings {
 }
 
 impl PublisherSettings {
+    /// How many events `rpc` keeps: as set here, else its proto option, else the default.
+    fn retain_of(&self, rpc: &EventRpc) -> usize {
+        self.retain
+            .iter()
+            .rev()
+            .find(|(name, _)| name == rpc.name)
+            .map(|(_, events)| *events)
+            .unwrap_or(match rpc.retain {
+                0 => DEFAULT_RETAIN,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            })
+    }
+
+    /// Warns of retention set for event RPCs `service` does not have.
+    fn check_retain(&self, service: &str, rpcs: &[EventRpc]) {
+        for (name, _) in &self.retain {
+            if !rpcs.iter().any(|rpc| rpc.name == name) {
+                tracing::warn!(service, rpc = %name, "retain set for an event RPC the service does not have");
+            }
+        }
+    }
+
+    /// Applies the settings every hub takes.
+    fn configure(&self, mut hub: Hub) -> Hub {
+        hub.max_subscribers = self.max_subscribers;
+        hub.max_event_size = self.max_event_size;
+        hub
+    }
+
     /// Keeps the last `events` events of the event RPC named `rpc` (its name in the proto,
     /// such as `UserSignedUp`), instead of its proto option's `retain`.
     #[must_use]
@@ -79,43 +111,83 @@ pub struct Publisher {
 impl Publisher {
     #[doc(hidden)]
     pub fn new(service: &str, rpcs: &[EventRpc], settings: PublisherSettings) -> Self {
-        // Zero is "no cursor" on the wire, so an epoch is never zero.
-        let epoch = loop {
-            let epoch = fastrand::u64(..);
-            if epoch != 0 {
-                break epoch;
-            }
-        };
-        for (name, _) in &settings.retain {
-            if !rpcs.iter().any(|rpc| rpc.name == name) {
-                tracing::warn!(service, rpc = %name, "retain set for an event RPC the service does not have");
-            }
-        }
+        settings.check_retain(service, rpcs);
+        let epoch = new_epoch();
         let hubs = rpcs
             .iter()
             .map(|rpc| {
-                let retain = settings
-                    .retain
-                    .iter()
-                    .rev()
-                    .find(|(name, _)| name == rpc.name)
-                    .map(|(_, events)| *events)
-                    .unwrap_or(match rpc.retain {
-                        0 => DEFAULT_RETAIN,
-                        n => usize::try_from(n).unwrap_or(usize::MAX),
-                    });
-                let mut hub = Hub::new(
+                let retain = settings.retain_of(rpc);
+                Arc::new(settings.configure(Hub::new(
                     format!("{service}/{}", rpc.name),
                     epoch,
                     retain,
                     settings.subscriber_buffer,
-                );
-                hub.max_subscribers = settings.max_subscribers;
-                hub.max_event_size = settings.max_event_size;
-                Arc::new(hub)
+                )))
             })
             .collect();
         Self { hubs }
+    }
+
+    /// A publisher whose events are kept in files under `dir`, one folder per event RPC, and
+    /// survive a crash or restart of the process: reopening the directory continues the
+    /// epoch and the sequences, so observers resume exactly. A torn or corrupt record (left by
+    /// a crash of the machine, or a disk fault) is reported in the log and starts a new epoch,
+    /// which observers are told of as a gap. One process at a time may open a directory.
+    #[doc(hidden)]
+    pub fn open(
+        service: &str,
+        rpcs: &[EventRpc],
+        settings: PublisherSettings,
+        dir: &Path,
+    ) -> Result<Self, Error> {
+        let io = |what: &str| {
+            let what = format!("{what} ({})", dir.display());
+            move |error| Error::io(what, error)
+        };
+        settings.check_retain(service, rpcs);
+        std::fs::create_dir_all(dir).map_err(io("creating the event directory"))?;
+        let kept_epoch = disk::epoch::load(dir).map_err(io("reading the epoch"))?;
+        let mut logs = Vec::with_capacity(rpcs.len());
+        for rpc in rpcs {
+            let retain = settings.retain_of(rpc);
+            let recovered = disk::recover(&dir.join(rpc.name), retain)
+                .map_err(io("reading the event log back"))?;
+            logs.push(recovered);
+        }
+        let torn: Vec<String> = logs.iter().filter_map(|log| log.torn.clone()).collect();
+        let epoch = match kept_epoch {
+            Some(epoch) if torn.is_empty() => epoch,
+            _ => {
+                if !torn.is_empty() {
+                    tracing::error!(dir = %dir.display(), torn = ?torn, "the event log is torn or corrupt (a crash of the machine, or a disk fault); its events are dropped and a new epoch starts, which observers see as a gap");
+                } else if logs.iter().any(|log| !log.is_empty()) {
+                    tracing::error!(dir = %dir.display(), "events without their epoch file; they are dropped and a new epoch starts, which observers see as a gap");
+                }
+                for log in &mut logs {
+                    log.discard().map_err(io("discarding the torn event log"))?;
+                }
+                let epoch = new_epoch();
+                disk::epoch::store(dir, epoch).map_err(io("writing the epoch"))?;
+                epoch
+            }
+        };
+        let mut hubs = Vec::with_capacity(rpcs.len());
+        for (rpc, recovered) in rpcs.iter().zip(logs) {
+            let retain = settings.retain_of(rpc);
+            let method = format!("{service}/{}", rpc.name);
+            let log =
+                disk::DiskLog::open(recovered, &method).map_err(io("opening the event log"))?;
+            let syncer = log.syncer();
+            hubs.push(Arc::new(settings.configure(Hub::with_log(
+                method,
+                epoch,
+                Box::new(log),
+                Some(syncer),
+                retain,
+                settings.subscriber_buffer,
+            ))));
+        }
+        Ok(Self { hubs: hubs.into() })
     }
 
     /// The epoch of this publisher: random, drawn when it was created (at process start).
@@ -188,6 +260,23 @@ impl Publisher {
     }
 
     #[doc(hidden)]
+    pub async fn publish_durable<T: Message>(
+        &self,
+        rpc: usize,
+        event: &T,
+    ) -> Result<Cursor, PublishError> {
+        let hub = &self.hubs[rpc];
+        let cursor = hub.publish(event)?;
+        hub.synced(cursor).await
+    }
+
+    /// How many times the event logs were synced to stable storage (`fdatasync`), over all
+    /// event RPCs; 0 for a publisher in memory. Durable publishes share syncs.
+    pub fn syncs(&self) -> u64 {
+        self.hubs.iter().map(|hub| hub.syncs()).sum()
+    }
+
+    #[doc(hidden)]
     pub fn subscribe<T>(
         &self,
         rpc: usize,
@@ -209,5 +298,15 @@ impl Publisher {
             headers.insert(START_AFTER_HEADER, value);
         }
         Ok(response)
+    }
+}
+
+/// A random epoch: zero is "no cursor" on the wire, so an epoch is never zero.
+fn new_epoch() -> u64 {
+    loop {
+        let epoch = fastrand::u64(..);
+        if epoch != 0 {
+            return epoch;
+        }
     }
 }

@@ -1,0 +1,118 @@
+//! One record on disk: `[body length: u32][CRC-32C of the body: u32][body]`, little-endian,
+//! where the body is `[sequence: u64][the event, encoded with its metadata]`. A record whose
+//! length or checksum does not hold, or that the file ends inside, is a torn or corrupt tail.
+
+use bytes::Bytes;
+
+use super::crc;
+
+/// Length and checksum.
+pub(super) const HEADER: usize = 8;
+const SEQUENCE: usize = 8;
+/// No body is longer: a length past it is garbage, not a record.
+pub(super) const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Appends the record of event `sequence` to `out`.
+pub(super) fn encode(sequence: u64, event: &[u8], out: &mut Vec<u8>) {
+    let sequence = sequence.to_le_bytes();
+    let length = u32::try_from(SEQUENCE + event.len()).unwrap_or(u32::MAX);
+    let checksum = crc::update(crc::update(0, &sequence), event);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&checksum.to_le_bytes());
+    out.extend_from_slice(&sequence);
+    out.extend_from_slice(event);
+}
+
+/// What lies at an offset of a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Scanned {
+    /// A whole record; the next one starts at `end`.
+    Record {
+        sequence: u64,
+        event: Bytes,
+        end: usize,
+    },
+    /// The end of the data.
+    End,
+    /// Not a whole, valid record: the segment is cut here.
+    Torn,
+}
+
+/// Reads the record at `at` of `data`.
+pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
+    let rest = &data[at.min(data.len())..];
+    if rest.is_empty() {
+        return Scanned::End;
+    }
+    if rest.len() < HEADER + SEQUENCE {
+        return Scanned::Torn;
+    }
+    let length = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
+    let checksum = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+    if !(SEQUENCE..=MAX_BODY).contains(&length) || rest.len() < HEADER + length {
+        return Scanned::Torn;
+    }
+    let body = &rest[HEADER..HEADER + length];
+    if crc::update(0, body) != checksum {
+        return Scanned::Torn;
+    }
+    let sequence = u64::from_le_bytes(body[..SEQUENCE].try_into().unwrap_or_default());
+    let start = at + HEADER + SEQUENCE;
+    Scanned::Record {
+        sequence,
+        event: data.slice(start..at + HEADER + length),
+        end: at + HEADER + length,
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn two_records() -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(7, b"first", &mut out);
+        encode(8, b"second event", &mut out);
+        out
+    }
+
+    #[test]
+    fn records_read_back_in_order() {
+        let data = Bytes::from(two_records());
+        let Scanned::Record {
+            sequence,
+            event,
+            end,
+        } = scan(&data, 0)
+        else {
+            panic!("a record");
+        };
+        assert_eq!((sequence, &event[..]), (7, &b"first"[..]));
+        let Scanned::Record {
+            sequence,
+            event,
+            end,
+        } = scan(&data, end)
+        else {
+            panic!("a record");
+        };
+        assert_eq!((sequence, &event[..]), (8, &b"second event"[..]));
+        assert_eq!(scan(&data, end), Scanned::End);
+    }
+
+    #[test]
+    fn a_cut_or_flipped_record_is_torn() {
+        let whole = two_records();
+        let first_end = HEADER + SEQUENCE + 5;
+        for cut in first_end + 1..whole.len() {
+            let data = Bytes::from(whole[..cut].to_vec());
+            assert_eq!(scan(&data, first_end), Scanned::Torn, "cut at {cut}");
+        }
+        for flip in first_end..whole.len() {
+            let mut bad = whole.clone();
+            bad[flip] ^= 0x40;
+            let data = Bytes::from(bad);
+            assert_eq!(scan(&data, first_end), Scanned::Torn, "flipped byte {flip}");
+        }
+    }
+}

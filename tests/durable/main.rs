@@ -1,0 +1,398 @@
+//! Durable events with producers as separate processes (the `interop-server` example with
+//! `--data-dir`): a producer killed with SIGKILL in the middle of a burst, again and again,
+//! loses no event whose publish returned, and an observer that stays subscribed through the
+//! kills handles every one exactly once, in order, without a gap.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshless::events::{Event, HandlerError, ObserverOptions};
+use meshless::Channel;
+use support::testing::v1::EchoObserver;
+use support::{request, EchoClient, EchoedEvent, EchoedObserver, PATIENCE};
+use tokio::sync::Notify;
+
+/// A producer process on a fixed port, keeping its events in `dir`; killed by its PID when
+/// the test ends however it ends.
+struct Producer {
+    child: Child,
+}
+
+impl Producer {
+    fn start(port: u16, dir: &Path) -> Self {
+        let exe = std::env::current_exe().expect("the test's path");
+        // target/debug/deps/durable-HASH -> target/debug/examples/interop-server
+        let server = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("examples").join("interop-server"))
+            .expect("the target directory");
+        assert!(
+            server.exists(),
+            "{} is missing: `cargo test` builds the examples",
+            server.display()
+        );
+        let mut child = Command::new(&server)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start interop-server");
+        let stdout = child.stdout.take().expect("its stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("its first line");
+        assert!(
+            line.starts_with("listening on 127.0.0.1:"),
+            "interop-server said {line:?}"
+        );
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the killed producer's status");
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of its own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// (epoch, sequence) of each handling of each message.
+type Handlings = HashMap<String, Vec<(u64, u64)>>;
+
+/// Every event handled.
+#[derive(Clone, Default)]
+struct Handled {
+    by_message: Arc<Mutex<Handlings>>,
+    changed: Arc<Notify>,
+}
+
+impl EchoedObserver for Handled {
+    async fn echoed(&self, event: Event<EchoedEvent>) -> Result<(), HandlerError> {
+        let cursor = event.cursor();
+        self.by_message
+            .lock()
+            .unwrap()
+            .entry(event.message().message.clone())
+            .or_default()
+            .push((cursor.epoch, cursor.sequence));
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+impl Handled {
+    async fn until_all(&self, messages: &[String]) {
+        let all_in = || {
+            let handled = self.by_message.lock().unwrap();
+            messages.iter().all(|m| handled.contains_key(m))
+        };
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if all_in() {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        let missing = {
+            let handled = self.by_message.lock().unwrap();
+            messages
+                .iter()
+                .filter(|m| !handled.contains_key(*m))
+                .count()
+        };
+        assert!(
+            waited.is_ok(),
+            "{missing} acknowledged events never handled"
+        );
+    }
+}
+
+/// Sends calls from 16 tasks until `stop`; every call answered OK (its event published) is
+/// recorded in `acknowledged`.
+fn burst(
+    client: &EchoClient,
+    cycle: usize,
+    acknowledged: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..16)
+        .map(|task| {
+            let (client, acknowledged, stop) = (client.clone(), acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let message = format!("c{cycle}-t{task}-{n}");
+                    n += 1;
+                    let mut call = meshless::Request::new(request(&message));
+                    call.set_timeout(Duration::from_secs(2));
+                    if client.unary(call).await.is_ok() {
+                        acknowledged.lock().unwrap().push(message);
+                    } else {
+                        // The producer is down: wait for it to be back.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
+    const CYCLES: usize = 4;
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("meshless-durable-{:016x}", fastrand::u64(..))));
+    let port = free_port();
+    let target = format!("ipv4:127.0.0.1:{port}");
+    let mut producer = Producer::start(port, &dir.0);
+
+    let handled = Handled::default();
+    let gaps = Arc::new(AtomicU64::new(0));
+    let observer = EchoObserver::new()
+        .echoed(handled.clone())
+        .options(
+            ObserverOptions::default()
+                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+                .on_gap({
+                    let gaps = gaps.clone();
+                    move |_| {
+                        gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                }),
+        )
+        .start(&target)
+        .await
+        .unwrap();
+    let channel = Channel::builder()
+        .attempts(1)
+        .wait_timeout(Duration::from_secs(2))
+        .connect(&target)
+        .await
+        .unwrap();
+    let client = EchoClient::new(channel);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+
+    for cycle in 0..CYCLES {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = burst(&client, cycle, &acknowledged, &stop);
+        // Killed mid-burst: once this cycle has 100 more events published, calls in flight.
+        let goal = acknowledged.lock().unwrap().len() + 100;
+        support::eventually("100 more events published", || {
+            acknowledged.lock().unwrap().len() >= goal
+        })
+        .await;
+        producer.kill();
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("the burst's tasks end")
+                .unwrap();
+        }
+        producer = Producer::start(port, &dir.0);
+    }
+
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    handled.until_all(&acknowledged).await;
+    // One more event after the last restart: everything before it has been handled once it is.
+    let last = format!("last-{}", fastrand::u64(..));
+    // Sent until the restarted producer takes it (the channel reconnects with backoff).
+    tokio::time::timeout(PATIENCE, async {
+        while client.unary(request(&last)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the restarted producer takes calls");
+    handled.until_all(std::slice::from_ref(&last)).await;
+    observer.stop().await;
+    drop(producer);
+
+    let handled = handled.by_message.lock().unwrap();
+    let twice: Vec<_> = handled.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    let epochs: std::collections::BTreeSet<u64> = handled
+        .values()
+        .flatten()
+        .map(|(epoch, _)| *epoch)
+        .collect();
+    assert_eq!(epochs.len(), 1, "the epoch survived every restart");
+    let mut sequences: Vec<u64> = handled.values().flatten().map(|(_, s)| *s).collect();
+    sequences.sort_unstable();
+    let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+    assert_eq!(sequences, expected, "every sequence once, none skipped");
+    assert_eq!(gaps.load(Ordering::Relaxed), 0, "no gap was reported");
+    assert!(acknowledged.len() >= CYCLES * 100);
+    eprintln!(
+        "{} events acknowledged over {CYCLES} SIGKILLs, {} handled, each once",
+        acknowledged.len(),
+        sequences.len()
+    );
+}
+
+fn scratch() -> Scratch {
+    Scratch(std::env::temp_dir().join(format!("meshless-durable-{:016x}", fastrand::u64(..))))
+}
+
+fn echoed(message: &str) -> EchoedEvent {
+    EchoedEvent {
+        message: message.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_publisher_keeps_its_epoch_and_a_durable_publish_waits_for_a_sync() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(&dir.0).unwrap();
+    let first = publisher.publish_echoed(echoed("one")).unwrap();
+    assert_eq!(publisher.as_publisher().syncs(), 0, "publish does not sync");
+    let second = publisher
+        .publish_echoed_durable(echoed("two"))
+        .await
+        .unwrap();
+    assert!(
+        publisher.as_publisher().syncs() >= 1,
+        "durable publish syncs"
+    );
+    assert_eq!(second.sequence, first.sequence + 1);
+    drop(publisher);
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    assert_eq!(reopened.as_publisher().epoch(), first.epoch);
+    let third = reopened.publish_echoed(echoed("three")).unwrap();
+    assert_eq!((third.epoch, third.sequence), (first.epoch, 3));
+
+    // A subscriber reads the three from the oldest, across the reopening.
+    let producer = support::Running::publishing(reopened.clone()).await;
+    let mut stream = EchoClient::connect(producer.target())
+        .await
+        .unwrap()
+        .into_tonic()
+        .echoed(meshless::v1::Subscribe::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut read = Vec::new();
+    while read.len() < 3 {
+        let next = tokio::time::timeout(PATIENCE, tokio_stream::StreamExt::next(&mut stream))
+            .await
+            .expect("an event within the patience")
+            .unwrap()
+            .unwrap();
+        read.push(next.into_parts().unwrap().0.message);
+    }
+    assert_eq!(read, ["one", "two", "three"]);
+    drop(stream);
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_log_starts_a_new_epoch_which_observers_see_as_a_gap() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(&dir.0).unwrap();
+    for n in 0..5 {
+        publisher
+            .publish_echoed(echoed(&format!("old {n}")))
+            .unwrap();
+    }
+    let old_epoch = publisher.as_publisher().epoch();
+    drop(publisher);
+    // A flipped byte in the last record, as a disk fault leaves it.
+    let rpc_dir = dir.0.join("Echoed");
+    let mut segments: Vec<_> = std::fs::read_dir(&rpc_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    segments.sort();
+    let last = segments.pop().expect("a segment with events");
+    let mut data = std::fs::read(&last).unwrap();
+    let at = data.len() - 2;
+    data[at] ^= 0xFF;
+    std::fs::write(&last, data).unwrap();
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    let new_epoch = reopened.as_publisher().epoch();
+    assert_ne!(new_epoch, old_epoch, "a torn log starts a new epoch");
+    let producer = support::Running::publishing(reopened.clone()).await;
+    // A subscriber that had handled event 3 of the old epoch is told the rest is lost.
+    let mut stream = EchoClient::connect(producer.target())
+        .await
+        .unwrap()
+        .into_tonic()
+        .echoed(meshless::v1::Subscribe {
+            after: Some(meshless::v1::Cursor {
+                epoch: old_epoch,
+                sequence: 3,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reopened.publish_echoed(echoed("new")).unwrap();
+    let (event, metadata) =
+        tokio::time::timeout(PATIENCE, tokio_stream::StreamExt::next(&mut stream))
+            .await
+            .expect("an event within the patience")
+            .unwrap()
+            .unwrap()
+            .into_parts()
+            .unwrap();
+    assert_eq!(event.message, "new");
+    assert_eq!(metadata.epoch, new_epoch);
+    assert_eq!(
+        metadata.previous_epoch, old_epoch,
+        "the gap names the lost epoch"
+    );
+    drop(stream);
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_directory_that_cannot_be_written_is_an_error_not_a_panic() {
+    let dir = scratch();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // A file where the event RPC's folder belongs.
+    std::fs::write(dir.0.join("Echoed"), b"not a folder").unwrap();
+    let error = support::EchoPublisher::open(&dir.0).unwrap_err();
+    assert!(error.to_string().contains("event log"), "{error}");
+}
