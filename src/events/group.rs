@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::log::{EventLog, Stored};
+use super::log::{EventLog, GroupChange, SavedGroup, Stored};
 use crate::peer::PeerIdentity;
 
 /// The longest a member name or group name may be, in bytes.
@@ -28,6 +28,10 @@ pub(crate) const MAX_NAME_LEN: usize = 256;
 pub(crate) const MAX_GROUPS: usize = 256;
 /// How long a group without members keeps its place (and its events) for the next member.
 pub(crate) const IDLE_GROUP_TTL: Duration = Duration::from_secs(3600);
+/// How far ahead of the events handed out a log that keeps groups records that they may have
+/// been: after a crash, at most this many events go out marked as redeliveries that were not.
+const MARK_AHEAD: u64 = 16;
+
 /// How many members one group may have, connected or within their lease.
 pub(crate) const MAX_MEMBERS: usize = 1024;
 /// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
@@ -124,12 +128,20 @@ pub(crate) struct Groups {
     connections: u64,
     /// Where one event read from the log lands on its way to a member.
     scratch: VecDeque<Stored>,
+    /// Whether changes are recorded (for a log that keeps groups).
+    journaling: bool,
+    /// Changes not yet handed to the log.
+    changes: Vec<GroupChange>,
 }
 
 #[derive(Debug)]
 struct Group {
+    name: String,
     /// The sequence of the next event in the log this group has not handed out.
     next: u64,
+    /// Events up to this one may have been handed out, as far as the log knows (see
+    /// [`Group::announce`]).
+    handed_out: u64,
     /// Events members gave back (they left, or their lease ran out), handed out again
     /// before the log's, in order.
     again: VecDeque<Unacked>,
@@ -191,6 +203,8 @@ impl Groups {
             capacity: capacity.max(1),
             connections: 0,
             scratch: VecDeque::with_capacity(1),
+            journaling: false,
+            changes: Vec::new(),
         }
     }
 
@@ -234,6 +248,8 @@ impl Groups {
         self.by_name.insert(
             group.to_owned(),
             Group {
+                name: group.to_owned(),
+                handed_out: 0,
                 next,
                 again: VecDeque::new(),
                 members: HashMap::new(),
@@ -247,7 +263,70 @@ impl Groups {
                 redelivered: 0,
             },
         );
+        if self.journaling {
+            self.changes.push(GroupChange::Created {
+                group: group.to_owned(),
+                start: next,
+            });
+        }
         Ok(())
+    }
+
+    /// Records changes from now on, for a log that keeps groups.
+    pub(crate) fn journal(&mut self) {
+        self.journaling = true;
+    }
+
+    /// The changes since the last call, for the log.
+    pub(crate) fn take_changes(&mut self) -> Vec<GroupChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Forms again, without members, the groups a log kept: each is owed the events of the log
+    /// from its start that it did not acknowledge (those no longer retained are reported
+    /// missed). Those it may have handed out already go out again marked as redeliveries.
+    pub(crate) fn restore(&mut self, saved: Vec<(String, SavedGroup)>, log: &dyn EventLog) {
+        let now = Instant::now();
+        for (name, saved) in saved.into_iter().take(MAX_GROUPS) {
+            let from = saved.start.max(log.oldest());
+            let mut owed = VecDeque::new();
+            let mut next = from;
+            while next <= log.latest() {
+                let read = log.read(next, 256, &mut self.scratch);
+                if read.next == next {
+                    break;
+                }
+                next = read.next;
+                for event in self.scratch.drain(..) {
+                    if !saved.acked.contains(&event.sequence) {
+                        let mut unacked = Unacked::new(event);
+                        if unacked.event.sequence <= saved.handed_out {
+                            unacked.deliveries = 1;
+                        }
+                        owed.push_back(unacked);
+                    }
+                }
+            }
+            tracing::info!(group = %crate::text::shown(&name), owed = owed.len(), "consumer group restored from the event log");
+            self.by_name.insert(
+                name.clone(),
+                Group {
+                    name,
+                    handed_out: saved.handed_out,
+                    next: log.latest() + 1,
+                    again: owed,
+                    members: HashMap::new(),
+                    names: HashMap::new(),
+                    ready: BTreeSet::new(),
+                    counter: 0,
+                    missed: saved.missed + (from - saved.start.min(from)),
+                    previous_epoch: 0,
+                    in_flight: 0,
+                    idle_since: Some(now),
+                    redelivered: 0,
+                },
+            );
+        }
     }
 
     /// Forgets the groups that have had no member for longer than [`IDLE_GROUP_TTL`].
@@ -268,13 +347,18 @@ impl Groups {
 
     fn forget(&mut self, name: &str, why: &str) {
         if self.by_name.remove(name).is_some() {
+            if self.journaling {
+                self.changes.push(GroupChange::Forgotten {
+                    group: name.to_owned(),
+                });
+            }
             tracing::info!(group = %crate::text::shown(name), why, "consumer group without members forgotten; what it had yet to deliver is lost");
         }
     }
 
     /// Joins (or rejoins) a member to an existing group: a rejoining member gets its
     /// unacknowledged events again, after those it says it handled.
-    pub(crate) fn join(&mut self, join: Join, log: &dyn EventLog) -> Result<Joined, JoinError> {
+    pub(crate) fn join(&mut self, join: Join, log: &mut dyn EventLog) -> Result<Joined, JoinError> {
         let connection = self.connections + 1;
         let Some(group) = self.by_name.get_mut(&join.group) else {
             // The hub creates a group before joining it.
@@ -327,9 +411,16 @@ impl Groups {
         if let Some(timer) = member.lease_timer.take() {
             timer.abort();
         }
+        let mut acked = Vec::new();
         let handled = join
             .handled
-            .map_or(0, |handled| member.acknowledge(handled));
+            .map_or(0, |handled| member.acknowledge(handled, &mut acked));
+        if self.journaling && !acked.is_empty() {
+            self.changes.push(GroupChange::Acked {
+                group: join.group.clone(),
+                sequences: acked,
+            });
+        }
         let again: Vec<Unacked> = member.unacked.drain(..).collect();
         group.in_flight -= handled + again.len();
         for unacked in again {
@@ -348,7 +439,7 @@ impl Groups {
     /// Hands a newly published event (already in `log`) to every group that can take it
     /// now: a group whose members have no room, or that is still behind, gets it later from
     /// the log, so that it costs `publish` nothing.
-    pub(crate) fn offer(&mut self, event: &Stored) {
+    pub(crate) fn offer(&mut self, event: &Stored, log: &mut dyn EventLog) {
         for group in self.by_name.values_mut() {
             if group.next == event.sequence
                 && group.again.is_empty()
@@ -356,6 +447,7 @@ impl Groups {
             {
                 if let Some(&(_, _, key)) = group.ready.first() {
                     group.next += 1;
+                    group.announce(event.sequence, log);
                     group.deliver(key, Unacked::new(event.clone()));
                 }
             }
@@ -372,8 +464,9 @@ impl Groups {
         handled: Option<u64>,
         leave: bool,
         identity: Option<&PeerIdentity>,
-        log: &dyn EventLog,
+        log: &mut dyn EventLog,
     ) -> Result<u64, AckError> {
+        let group_name = group;
         let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
         let key = *group.names.get(member).ok_or(AckError::UnknownMember)?;
         if group.members[&key].identity.as_ref() != identity {
@@ -381,7 +474,14 @@ impl Groups {
         }
         if let Some(handled) = handled {
             let member = group.members.get_mut(&key).expect("named members exist");
-            group.in_flight -= member.acknowledge(handled);
+            let mut acked = Vec::new();
+            group.in_flight -= member.acknowledge(handled, &mut acked);
+            if self.journaling && !acked.is_empty() {
+                self.changes.push(GroupChange::Acked {
+                    group: group_name.to_owned(),
+                    sequences: acked,
+                });
+            }
             group.reindex(key);
         }
         if leave {
@@ -452,7 +552,7 @@ impl Groups {
         group: &str,
         member: &str,
         connection: u64,
-        log: &dyn EventLog,
+        log: &mut dyn EventLog,
     ) -> bool {
         if self.away(group, member, connection).is_none() {
             return false;
@@ -519,13 +619,18 @@ impl Member {
     /// Drops `handled`, and everything delivered before it, from the unacknowledged events.
     /// An event not delivered to this member (or already acknowledged) changes nothing.
     /// Returns how many were acknowledged.
-    fn acknowledge(&mut self, handled: u64) -> usize {
+    /// Acknowledges `handled` and everything delivered before it; their sequences are added
+    /// to `acked`. Returns how many.
+    fn acknowledge(&mut self, handled: u64, acked: &mut Vec<u64>) -> usize {
         match self
             .unacked
             .iter()
             .position(|u| u.event.sequence == handled)
         {
-            Some(at) => self.unacked.drain(..=at).count(),
+            Some(at) => {
+                acked.extend(self.unacked.drain(..=at).map(|u| u.event.sequence));
+                at + 1
+            }
             None => 0,
         }
     }
@@ -541,7 +646,12 @@ impl Group {
     /// Hands out what the group owes to members with room, the least loaded first, while it
     /// holds fewer than `capacity` events unacknowledged. Events that left the log before the
     /// group got to them are reported missed with the next delivery.
-    fn dispatch(&mut self, log: &dyn EventLog, capacity: usize, scratch: &mut VecDeque<Stored>) {
+    fn dispatch(
+        &mut self,
+        log: &mut dyn EventLog,
+        capacity: usize,
+        scratch: &mut VecDeque<Stored>,
+    ) {
         while self.in_flight < capacity {
             let Some(&(_, _, key)) = self.ready.first() else {
                 return;
@@ -561,7 +671,24 @@ impl Group {
                     }
                 }
             };
+            if unacked.deliveries == 0 {
+                self.announce(unacked.event.sequence, log);
+            }
             self.deliver(key, unacked);
+        }
+    }
+
+    /// Before event `sequence` is first handed to a member, makes sure a log that keeps
+    /// groups has recorded that it may have been: after a restart it then goes out again
+    /// marked as a redelivery. Recorded [`MARK_AHEAD`] events ahead, so that one record covers
+    /// many deliveries.
+    fn announce(&mut self, sequence: u64, log: &mut dyn EventLog) {
+        if sequence > self.handed_out && log.keeps_groups() {
+            self.handed_out = sequence + MARK_AHEAD;
+            log.record_groups(&[GroupChange::HandedOut {
+                group: self.name.clone(),
+                through: self.handed_out,
+            }]);
         }
     }
 

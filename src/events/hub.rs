@@ -171,6 +171,12 @@ impl Hub {
     ) -> Self {
         let buffer = buffer.max(1);
         let latest = log.latest();
+        let mut log = log;
+        let mut groups = Groups::new(retain);
+        if log.keeps_groups() {
+            groups.restore(log.take_saved_groups(), log.as_ref());
+            groups.journal();
+        }
         Self {
             epoch,
             buffer,
@@ -179,7 +185,7 @@ impl Hub {
                 log,
                 waiters: Waiters::default(),
                 live: true,
-                groups: Groups::new(retain),
+                groups,
                 draining: false,
                 closed: false,
             }),
@@ -269,7 +275,8 @@ impl Hub {
         }
         // First deliveries only: a group that cannot take the event now reads it from the
         // log later.
-        state.groups.offer(&stored);
+        let State { groups, log, .. } = &mut *state;
+        groups.offer(&stored, log.as_mut());
         self.latest.store(sequence, Ordering::Release);
         let woken = state.waiters.take();
         drop(state);
@@ -434,10 +441,10 @@ impl Hub {
                     handled,
                     identity: membership.identity.clone(),
                 },
-                log.as_ref(),
+                log.as_mut(),
             )
             .map_err(Refusal::Join);
-        self.count_redeliveries(&mut state);
+        self.after_group_change(&mut state);
         joined
     }
 
@@ -470,8 +477,8 @@ impl Hub {
                 let Some(hub) = hub.upgrade() else { return };
                 let mut state = hub.lock();
                 let State { groups, log, .. } = &mut *state;
-                let expired = groups.expire(&group, &member, connection, log.as_ref());
-                hub.count_redeliveries(&mut state);
+                let expired = groups.expire(&group, &member, connection, log.as_mut());
+                hub.after_group_change(&mut state);
                 if expired {
                     drop(state);
                     tracing::debug!(rpc = %hub.method, group, member, "member's lease ran out; its events go to the rest of the group");
@@ -508,9 +515,9 @@ impl Hub {
             handled,
             ack.leave,
             identity,
-            log.as_ref(),
+            log.as_mut(),
         );
-        self.count_redeliveries(&mut state);
+        self.after_group_change(&mut state);
         drop(state);
         match result {
             Ok(unacknowledged) => {
@@ -569,11 +576,16 @@ impl Hub {
         self.changed.notify_waiters();
     }
 
-    /// Counts the deliveries to groups beyond the first made by the last operation.
-    fn count_redeliveries(&self, state: &mut State) {
+    /// After an operation on groups: counts the deliveries beyond the first it made, and hands
+    /// its changes to the log (which keeps them if it keeps groups).
+    fn after_group_change(&self, state: &mut State) {
         let redelivered = state.groups.take_redelivered();
         if redelivered > 0 {
             self.redeliveries.increment(redelivered);
+        }
+        let changes = state.groups.take_changes();
+        if !changes.is_empty() {
+            state.log.record_groups(&changes);
         }
     }
 

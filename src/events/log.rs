@@ -27,6 +27,34 @@ pub(crate) struct Read {
     pub(crate) next: u64,
 }
 
+/// A change to a consumer group that a log keeping groups records, so that the group's
+/// progress survives a restart of the producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupChange {
+    /// The group was formed, its first event being `start`.
+    Created { group: String, start: u64 },
+    /// Its members acknowledged these events.
+    Acked { group: String, sequences: Vec<u64> },
+    /// Events up to `through` may have been handed to members.
+    HandedOut { group: String, through: u64 },
+    /// Events owed to the group left the log before they were acknowledged.
+    Missed { group: String, events: u64 },
+    /// The group was forgotten (without members for too long, or to make room).
+    Forgotten { group: String },
+}
+
+/// A consumer group as a log kept it: the events from `start` on, less those acknowledged,
+/// are still owed to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SavedGroup {
+    pub(crate) start: u64,
+    pub(crate) acked: std::collections::BTreeSet<u64>,
+    /// Events owed to it that left the log before it acknowledged them.
+    pub(crate) missed: u64,
+    /// Events up to this one may have been handed to members.
+    pub(crate) handed_out: u64,
+}
+
 /// Where the events of one event RPC are kept.
 pub(crate) trait EventLog: Send + 'static {
     /// The sequence the next event gets; the first event is 1.
@@ -45,6 +73,20 @@ pub(crate) trait EventLog: Send + 'static {
     /// The latest sequence published; 0 before the first event.
     fn latest(&self) -> u64 {
         self.next_sequence() - 1
+    }
+
+    /// Whether the log keeps consumer groups (then the hub records their changes).
+    fn keeps_groups(&self) -> bool {
+        false
+    }
+
+    /// Records changes to consumer groups. A failure is the log's to report: the changes are
+    /// in effect either way, and at worst events are delivered again after a restart.
+    fn record_groups(&mut self, _changes: &[GroupChange]) {}
+
+    /// The groups the log kept from before, by name, handed over once.
+    fn take_saved_groups(&mut self) -> Vec<(String, SavedGroup)> {
+        Vec::new()
     }
 }
 

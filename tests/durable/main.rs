@@ -89,8 +89,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// (epoch, sequence) of each handling of each message.
-type Handlings = HashMap<String, Vec<(u64, u64)>>;
+/// (epoch, sequence, delivery count) of each handling of each message.
+type Handlings = HashMap<String, Vec<(u64, u64, u32)>>;
 
 /// Every event handled.
 #[derive(Clone, Default)]
@@ -107,7 +107,7 @@ impl EchoedObserver for Handled {
             .unwrap()
             .entry(event.message().message.clone())
             .or_default()
-            .push((cursor.epoch, cursor.sequence));
+            .push((cursor.epoch, cursor.sequence, event.delivery_count()));
         self.changed.notify_waiters();
         Ok(())
     }
@@ -201,6 +201,19 @@ async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
         .start(&target)
         .await
         .unwrap();
+    // A consumer group member too: it may see an event again after a kill (delivered, not yet
+    // acknowledged), but then marked as a redelivery, and it never misses one.
+    let in_group = Handled::default();
+    let member = EchoObserver::new()
+        .echoed(in_group.clone())
+        .options(
+            ObserverOptions::default()
+                .consumer_group("g")
+                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100)),
+        )
+        .start(&target)
+        .await
+        .unwrap();
     let channel = Channel::builder()
         .attempts(1)
         .wait_timeout(Duration::from_secs(2))
@@ -243,8 +256,22 @@ async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
     .await
     .expect("the restarted producer takes calls");
     handled.until_all(std::slice::from_ref(&last)).await;
+    in_group.until_all(&acknowledged).await;
     observer.stop().await;
+    member.stop().await;
     drop(producer);
+
+    let group = in_group.by_message.lock().unwrap();
+    let repeated: Vec<_> = group
+        .iter()
+        .filter(|(_, h)| h.len() > 1 && h[1..].iter().any(|(_, _, count)| *count < 2))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "handled again without being marked: {repeated:?}"
+    );
+    let again = group.values().filter(|h| h.len() > 1).count();
+    drop(group);
 
     let handled = handled.by_message.lock().unwrap();
     let twice: Vec<_> = handled.iter().filter(|(_, h)| h.len() > 1).collect();
@@ -252,17 +279,18 @@ async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
     let epochs: std::collections::BTreeSet<u64> = handled
         .values()
         .flatten()
-        .map(|(epoch, _)| *epoch)
+        .map(|(epoch, _, _)| *epoch)
         .collect();
     assert_eq!(epochs.len(), 1, "the epoch survived every restart");
-    let mut sequences: Vec<u64> = handled.values().flatten().map(|(_, s)| *s).collect();
+    let mut sequences: Vec<u64> = handled.values().flatten().map(|(_, s, _)| *s).collect();
     sequences.sort_unstable();
     let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
     assert_eq!(sequences, expected, "every sequence once, none skipped");
     assert_eq!(gaps.load(Ordering::Relaxed), 0, "no gap was reported");
     assert!(acknowledged.len() >= CYCLES * 100);
     eprintln!(
-        "{} events acknowledged over {CYCLES} SIGKILLs, {} handled, each once",
+        "{} events acknowledged over {CYCLES} SIGKILLs, {} handled, each once; the group member \
+         handled {again} again (marked)",
         acknowledged.len(),
         sequences.len()
     );
@@ -395,4 +423,103 @@ async fn a_directory_that_cannot_be_written_is_an_error_not_a_panic() {
     std::fs::write(dir.0.join("Echoed"), b"not a folder").unwrap();
     let error = support::EchoPublisher::open(&dir.0).unwrap_err();
     assert!(error.to_string().contains("event log"), "{error}");
+}
+
+/// Starts a member of consumer group `mailers` on `target`.
+async fn mailer(handled: &Handled, target: &str) -> meshless::events::ObserverHandle {
+    EchoObserver::new()
+        .echoed(handled.clone())
+        .options(
+            ObserverOptions::default()
+                .consumer_group("mailers")
+                .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100)),
+        )
+        .start(target)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_gets_what_was_published_while_it_was_away_across_producer_restarts() {
+    let dirs = [scratch(), scratch()];
+    let open = || {
+        dirs.iter()
+            .map(|dir| support::EchoPublisher::open(&dir.0).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let targets = |producers: &[support::Running]| {
+        let addrs: Vec<String> = producers.iter().map(|p| p.addr.to_string()).collect();
+        format!("ipv4:{}", addrs.join(","))
+    };
+
+    // Two producers and a group of two members, which handles the first 20 events.
+    let publishers = open();
+    let mut producers = Vec::new();
+    for publisher in &publishers {
+        producers.push(support::Running::publishing(publisher.clone()).await);
+    }
+    let before = Handled::default();
+    let members = [
+        mailer(&before, &targets(&producers)).await,
+        mailer(&before, &targets(&producers)).await,
+    ];
+    let mut first = Vec::new();
+    for n in 0..20 {
+        let message = format!("before {n}");
+        publishers[n % 2].publish_echoed(echoed(&message)).unwrap();
+        first.push(message);
+    }
+    before.until_all(&first).await;
+
+    // The group's service is deployed: its members stop. 200 orders are placed meanwhile.
+    for member in members {
+        member.stop().await;
+    }
+    let mut meanwhile = Vec::new();
+    for n in 0..200 {
+        let message = format!("meanwhile {n}");
+        publishers[n % 2].publish_echoed(echoed(&message)).unwrap();
+        meanwhile.push(message);
+    }
+
+    // Then the producers are deployed: stopped, and started again on their directories.
+    for producer in producers {
+        producer.stop().await.unwrap();
+    }
+    drop(publishers);
+    let publishers = open();
+    let mut producers = Vec::new();
+    for publisher in &publishers {
+        producers.push(support::Running::publishing(publisher.clone()).await);
+    }
+
+    // The group comes back, as new processes: every order placed meanwhile, exactly once.
+    let after = Handled::default();
+    let members = [
+        mailer(&after, &targets(&producers)).await,
+        mailer(&after, &targets(&producers)).await,
+    ];
+    after.until_all(&meanwhile).await;
+    // One more through each producer: once it is handled, nothing else is on its way.
+    let last: Vec<String> = (0..2).map(|n| format!("last {n}")).collect();
+    for (n, message) in last.iter().enumerate() {
+        publishers[n].publish_echoed(echoed(message)).unwrap();
+    }
+    after.until_all(&last).await;
+    for member in members {
+        member.stop().await;
+    }
+    let handled = after.by_message.lock().unwrap();
+    assert_eq!(
+        handled.len(),
+        202,
+        "only what was published meanwhile, and the last two"
+    );
+    let twice: Vec<_> = handled.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    assert!(first.iter().all(|m| !handled.contains_key(m)));
+    drop(handled);
+    for producer in producers {
+        producer.stop().await.unwrap();
+    }
 }

@@ -15,6 +15,7 @@
 
 mod crc;
 pub(crate) mod epoch;
+mod groups;
 mod record;
 mod sync;
 
@@ -26,7 +27,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::log::{EventLog, MemoryLog, Read, Stored};
+use std::collections::BTreeMap;
+
+use super::log::{EventLog, GroupChange, MemoryLog, Read, SavedGroup, Stored};
 use record::Scanned;
 pub(crate) use sync::Syncer;
 
@@ -45,8 +48,10 @@ pub(crate) struct Recovered {
     events: Vec<Stored>,
     /// The sequence the next event gets.
     next: u64,
-    /// Where records stopped being valid, if they did: (segment, valid length, why).
+    /// Where records stopped being valid, if they did.
     pub(crate) torn: Option<String>,
+    /// The consumer groups, from their journal.
+    groups: BTreeMap<String, SavedGroup>,
 }
 
 /// Reads the log in `dir` back (creating the directory if need be), checking every record.
@@ -118,6 +123,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
         }
     }
     segments.truncate(kept);
+    let groups = groups::read(dir)?;
     Ok(Recovered {
         dir: dir.to_owned(),
         retain,
@@ -125,6 +131,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
         events: events.into(),
         next,
         torn,
+        groups,
     })
 }
 
@@ -133,7 +140,10 @@ impl Recovered {
     pub(crate) fn discard(&mut self) -> std::io::Result<()> {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "log") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "log" || e == "journal")
+            {
                 std::fs::remove_file(path)?;
             }
         }
@@ -142,6 +152,7 @@ impl Recovered {
         self.events.clear();
         self.next = 1;
         self.torn = None;
+        self.groups.clear();
         Ok(())
     }
 
@@ -166,6 +177,9 @@ pub(crate) struct DiskLog {
     scratch: Vec<u8>,
     /// Why appending is impossible: a failed write that could not be undone.
     broken: Option<String>,
+    journal: groups::Journal,
+    /// The groups read back, until the hub takes them.
+    saved_groups: Vec<(String, SavedGroup)>,
 }
 
 impl DiskLog {
@@ -178,6 +192,7 @@ impl DiskLog {
             events,
             next,
             torn,
+            groups,
         } = recovered;
         debug_assert!(
             torn.is_none(),
@@ -202,6 +217,8 @@ impl DiskLog {
             File::open(path)?.sync_all()?;
         }
         let syncer = Syncer::start(name, current.clone(), next - 1)?;
+        let journal = groups::Journal::open(&dir, groups, memory.oldest())?;
+        let saved_groups = journal.groups();
         let mut log = Self {
             memory,
             dir,
@@ -213,6 +230,8 @@ impl DiskLog {
             syncer,
             scratch: Vec::new(),
             broken: None,
+            journal,
+            saved_groups,
         };
         log.remove_old_segments()?;
         Ok(log)
@@ -308,6 +327,20 @@ impl EventLog for DiskLog {
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
         self.memory.read(from, max, out)
+    }
+
+    fn keeps_groups(&self) -> bool {
+        true
+    }
+
+    fn record_groups(&mut self, changes: &[GroupChange]) {
+        if let Err(error) = self.journal.record(changes, self.memory.oldest()) {
+            tracing::error!(dir = %self.dir.display(), %error, "recording consumer group progress failed; after a restart, their events may be delivered again");
+        }
+    }
+
+    fn take_saved_groups(&mut self) -> Vec<(String, SavedGroup)> {
+        std::mem::take(&mut self.saved_groups)
     }
 }
 
