@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery|bounds] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|discovery|durable|bounds] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -10,6 +10,7 @@
 //! (Debian: `apt-get install nats-server`); without it they are skipped.
 
 mod bounds;
+mod durable;
 mod events;
 mod ginepro;
 mod proto;
@@ -143,6 +144,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("discovery") {
         discovery_section(bench).await;
+    }
+    if wanted("durable") {
+        durable::section(bench).await;
     }
     if wanted("bounds") {
         bounds::subscribers_section().await;
