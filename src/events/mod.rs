@@ -37,7 +37,8 @@ mod wire;
 pub use acknowledgements::Acknowledgements;
 pub use hub::PublishError;
 pub use observer::{
-    DeadLetter, Event, Gap, HandlerError, ObserverBuilder, ObserverHandle, ObserverOptions,
+    CursorStore, DeadLetter, Event, FileCursors, Gap, HandlerError, ObserverBuilder,
+    ObserverHandle, ObserverOptions,
 };
 pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;

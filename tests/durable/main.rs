@@ -522,3 +522,57 @@ async fn a_consumer_group_gets_what_was_published_while_it_was_away_across_produ
         producer.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_observer_with_a_cursor_file_resumes_after_its_restart() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(dir.0.join("events")).unwrap();
+    let producer = support::Running::publishing(publisher.clone()).await;
+    let cursors = dir.0.join("cursors");
+    let observe = |handled: &Handled| {
+        let handled = handled.clone();
+        let target = producer.target();
+        let store = meshless::events::FileCursors::open(&cursors).unwrap();
+        async move {
+            EchoObserver::new()
+                .echoed(handled)
+                .options(ObserverOptions::default().cursor_store(store))
+                .start(&target)
+                .await
+                .unwrap()
+        }
+    };
+
+    let first: Vec<String> = (0..10).map(|n| format!("first {n}")).collect();
+    for message in &first {
+        publisher.publish_echoed(echoed(message)).unwrap();
+    }
+    let before = Handled::default();
+    let observer = observe(&before).await;
+    before.until_all(&first).await;
+    // The observer process stops (a deploy); events go on meanwhile.
+    observer.stop().await;
+    let meanwhile: Vec<String> = (0..10).map(|n| format!("meanwhile {n}")).collect();
+    for message in &meanwhile {
+        publisher.publish_echoed(echoed(message)).unwrap();
+    }
+
+    // A new observer with the same cursor file: what was published meanwhile, and nothing
+    // handled before (its start position, the oldest, would replay all 20).
+    let after = Handled::default();
+    let observer = observe(&after).await;
+    after.until_all(&meanwhile).await;
+    let last = ["last".to_owned()];
+    publisher.publish_echoed(echoed(&last[0])).unwrap();
+    after.until_all(&last).await;
+    observer.stop().await;
+    let handled = after.by_message.lock().unwrap().clone();
+    assert_eq!(
+        handled.len(),
+        11,
+        "{:?}",
+        handled.keys().collect::<Vec<_>>()
+    );
+    assert!(handled.values().all(|h| h.len() == 1));
+    producer.stop().await.unwrap();
+}

@@ -61,6 +61,18 @@ impl Book {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Remembers that events of producer `cursor.epoch` up to `cursor.sequence` were handled
+    /// (by this observer before it restarted): a stream that reaches that producer resumes
+    /// after it.
+    pub(crate) fn preload(&self, rpc: &'static str, cursor: Cursor) {
+        let mut inner = self.lock();
+        if inner.producers.len() >= MAX_PRODUCERS {
+            return;
+        }
+        let producer = inner.producers.entry((rpc, cursor.epoch)).or_default();
+        producer.after = producer.after.max(Some(cursor.sequence));
+    }
+
     /// Where to resume at `address`: after the last event handled of the producer last met
     /// there.
     pub(crate) fn resume_after(&self, rpc: &'static str, address: &Arc<str>) -> Option<Cursor> {

@@ -14,12 +14,14 @@
 //! acknowledges what it handled (see `membership`), and leaves the group when it stops.
 
 mod book;
+mod cursors;
 mod event;
 mod membership;
 mod options;
 mod run;
 mod supervisor;
 
+pub use cursors::{CursorStore, FileCursors};
 pub use event::{DeadLetter, Event, Gap, HandlerError};
 pub use options::ObserverOptions;
 pub use supervisor::{ObserverBuilder, ObserverHandle};

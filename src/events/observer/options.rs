@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cursors::CursorStore;
 use super::event::{DeadLetter, Gap};
 use crate::discovery::DnsSettings;
 use crate::extra_metadata::ExtraMetadata;
@@ -29,6 +30,7 @@ pub struct ObserverOptions {
     pub(crate) dns: DnsSettings,
     pub(crate) group: Option<String>,
     pub(crate) metadata: ExtraMetadata,
+    pub(crate) cursor_store: Option<Arc<dyn CursorStore>>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
     /// Zero: the producer's default.
@@ -51,6 +53,7 @@ impl fmt::Debug for ObserverOptions {
             .field("max_concurrent_handlers", &self.max_concurrent_handlers)
             .field("group", &self.group)
             .field("metadata", &self.metadata)
+            .field("cursor_store", &self.cursor_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +77,7 @@ impl Default for ObserverOptions {
             dns: DnsSettings::default(),
             group: None,
             metadata: ExtraMetadata::default(),
+            cursor_store: None,
             #[cfg(feature = "tls")]
             tls: None,
             member_lease: Duration::ZERO,
@@ -181,6 +185,16 @@ impl ObserverOptions {
     /// May be called for several keys; the last value of a key wins.
     pub fn metadata(mut self, key: AsciiMetadataKey, value: AsciiMetadataValue) -> Self {
         self.metadata.insert(key, value);
+        self
+    }
+
+    /// Keeps the last event handled of each producer in `store` (for example
+    /// [`FileCursors`](super::FileCursors)), and starts from what it holds: an observer process
+    /// that restarts resumes right after the last event it handled, from producers whose epoch
+    /// survived too (opened on a directory). Plain observers only: a consumer group's position
+    /// is kept by the producer. Default: none (a new observer starts at its start position).
+    pub fn cursor_store(mut self, store: impl CursorStore) -> Self {
+        self.cursor_store = Some(Arc::new(store));
         self
     }
 

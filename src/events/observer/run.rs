@@ -593,6 +593,11 @@ where
             .await?;
         lag.handled(published_at, &self.metrics.lag);
         self.cursor = Some(cursor);
+        if in_order {
+            if let Some(store) = &self.shared.options.cursor_store {
+                store.handled(self.rpc, cursor);
+            }
+        }
         Ok(Some(cursor))
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::book::Book;
+use super::cursors::CursorStore;
 use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
 use super::run::{Instance, Shared, Subscription, Typed};
@@ -86,6 +87,20 @@ impl ObserverBuilder {
         };
         #[cfg(feature = "tls")]
         let connector = connector.with_tls(self.options.tls.as_ref(), parsed.server_name());
+        let book = Book::default();
+        let cursor_store = self
+            .options
+            .cursor_store
+            .clone()
+            .filter(|_| self.options.group.is_none());
+        if let Some(store) = &cursor_store {
+            for (rpc, cursor) in store.load()? {
+                match self.rpcs.iter().find(|known| **known == rpc) {
+                    Some(known) => book.preload(known, cursor),
+                    None => tracing::debug!(rpc, "a stored cursor of an event RPC not observed"),
+                }
+            }
+        }
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
             handlers: self
@@ -95,7 +110,7 @@ impl ObserverBuilder {
             options: self.options,
             // Random, so that two observers never take each other for the same member.
             member: format!("{:016x}", fastrand::u64(..)),
-            book: Book::default(),
+            book,
         });
         let listed = Arc::new(Mutex::new(BTreeSet::new()));
         let mut instances = Instances {
@@ -120,6 +135,7 @@ impl ObserverBuilder {
         let task = tokio::spawn(instances.run(resolution));
         Ok(ObserverHandle {
             target: target.to_owned(),
+            cursor_store,
             stop,
             task: Some(task),
             listed,
@@ -129,12 +145,21 @@ impl ObserverBuilder {
 
 /// A running observer. [`stop`](Self::stop) it to finish gracefully; dropping it stops it
 /// too, without waiting.
-#[derive(Debug)]
 pub struct ObserverHandle {
     target: String,
+    cursor_store: Option<Arc<dyn CursorStore>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     listed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl std::fmt::Debug for ObserverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserverHandle")
+            .field("target", &self.target)
+            .field("cursor_store", &self.cursor_store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObserverHandle {
@@ -158,12 +183,18 @@ impl ObserverHandle {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        if let Some(store) = &self.cursor_store {
+            store.flush();
+        }
     }
 }
 
 impl Drop for ObserverHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(store) = &self.cursor_store {
+            store.flush();
+        }
     }
 }
 

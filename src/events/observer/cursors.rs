@@ -1,0 +1,186 @@
+//! [`CursorStore`]: where a plain observer keeps the last event it handled of each producer,
+//! so that an observer process that restarts resumes where it stopped, and [`FileCursors`],
+//! the file-backed one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::v1::Cursor;
+use crate::Error;
+
+/// Where a plain observer (one without a consumer group) keeps its cursors: the last event
+/// handled per event RPC and producer epoch. An observer given one
+/// ([`ObserverOptions::cursor_store`](super::ObserverOptions::cursor_store)) starts from the
+/// stored cursors, so that after a restart it resumes right after the last event it handled
+/// of each producer (whose epoch must have survived too: a producer opened on a directory).
+///
+/// Implement it to keep cursors where the handler keeps its own data: a handler that writes
+/// its effects and its cursor in one database transaction handles each event exactly once,
+/// even across crashes; `handled` can then do nothing, and `load` read the cursors back.
+/// Consumer group members do not use it: their group's position is kept by the producer.
+pub trait CursorStore: Send + Sync + 'static {
+    /// The cursors stored, by event RPC path (`/package.Service/Method`).
+    fn load(&self) -> Result<Vec<(String, Cursor)>, Error>;
+
+    /// Event `cursor` of event RPC `rpc` was handled. Called after each event, in order for
+    /// each producer; it must not block for long.
+    fn handled(&self, rpc: &str, cursor: Cursor);
+
+    /// The observer is stopping: make what was handled durable.
+    fn flush(&self) {}
+}
+
+/// Cursors in a file: written (aside, then renamed over the old one) at most every 50 ms while
+/// events are handled, and when the observer stops. A stopped observer resumes exactly; one
+/// that crashed handles again the events of its last 50 ms at most.
+#[derive(Debug)]
+pub struct FileCursors {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    cursors: BTreeMap<(String, u64), u64>,
+    written: Instant,
+    dirty: bool,
+}
+
+/// How often the file is written while events are handled.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
+
+impl FileCursors {
+    /// The cursors in `path`, which is created on the first write if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_owned();
+        let cursors = match std::fs::read_to_string(&path) {
+            Ok(text) => parse(&text).ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "{} is not a cursor file (lines of `rpc epoch sequence`)",
+                    path.display()
+                ))
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(Error::io(format!("reading {}", path.display()), error)),
+        };
+        Ok(Self {
+            path,
+            state: Mutex::new(State {
+                cursors,
+                written: Instant::now(),
+                dirty: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, state: &mut State) {
+        let mut text = String::new();
+        for ((rpc, epoch), sequence) in &state.cursors {
+            text.push_str(&format!("{rpc} {epoch:#x} {sequence}\n"));
+        }
+        let aside = self.path.with_extension("new");
+        let written = std::fs::File::create(&aside)
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&aside, &self.path));
+        match written {
+            Ok(()) => state.dirty = false,
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "writing the cursor file failed; a restarted observer may handle events again");
+            }
+        }
+        state.written = Instant::now();
+    }
+}
+
+impl CursorStore for FileCursors {
+    fn load(&self) -> Result<Vec<(String, Cursor)>, Error> {
+        Ok(self
+            .lock()
+            .cursors
+            .iter()
+            .map(|((rpc, epoch), sequence)| {
+                (
+                    rpc.clone(),
+                    Cursor {
+                        epoch: *epoch,
+                        sequence: *sequence,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn handled(&self, rpc: &str, cursor: Cursor) {
+        let mut state = self.lock();
+        let stored = state
+            .cursors
+            .entry((rpc.to_owned(), cursor.epoch))
+            .or_default();
+        *stored = (*stored).max(cursor.sequence);
+        state.dirty = true;
+        if state.written.elapsed() >= WRITE_EVERY {
+            self.write(&mut state);
+        }
+    }
+
+    fn flush(&self) {
+        let mut state = self.lock();
+        if state.dirty {
+            self.write(&mut state);
+        }
+    }
+}
+
+fn parse(text: &str) -> Option<BTreeMap<(String, u64), u64>> {
+    let mut cursors = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        let rpc = fields.next()?.to_owned();
+        let epoch = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+        let sequence = fields.next()?.parse().ok()?;
+        if fields.next().is_some() {
+            return None;
+        }
+        cursors.insert((rpc, epoch), sequence);
+    }
+    Some(cursors)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn cursors_written_on_flush_read_back() {
+        let path =
+            std::env::temp_dir().join(format!("meshless-cursors-{:016x}", fastrand::u64(..)));
+        let store = FileCursors::open(&path).unwrap();
+        assert!(store.load().unwrap().is_empty());
+        let cursor = |epoch, sequence| Cursor { epoch, sequence };
+        store.handled("/a.v1.S/E", cursor(7, 3));
+        store.handled("/a.v1.S/E", cursor(7, 2));
+        store.handled("/a.v1.S/E", cursor(9, 1));
+        store.flush();
+        let reopened = FileCursors::open(&path).unwrap();
+        assert_eq!(
+            reopened.load().unwrap(),
+            [
+                ("/a.v1.S/E".to_owned(), cursor(7, 3)),
+                ("/a.v1.S/E".to_owned(), cursor(9, 1))
+            ]
+        );
+        std::fs::write(&path, "not cursors").unwrap();
+        assert!(FileCursors::open(&path).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}
