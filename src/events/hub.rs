@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::disk::Syncer;
 use super::fanout::{self, Waiters};
 use super::group::{Groups, Join, Joined};
-use super::log::{EventLog, MemoryLog, Read, Stored};
+use super::log::{EventLog, Read, Stored};
 use super::protocol::{self, Membership, Refusal, Subscription};
 use super::wire;
 use crate::peer::PeerIdentity;
@@ -149,11 +149,12 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    #[cfg(test)]
     pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
         Self::with_log(
             method,
             epoch,
-            Box::new(MemoryLog::new(retain)),
+            Box::new(super::log::MemoryLog::new(retain)),
             None,
             retain,
             buffer,
@@ -262,6 +263,7 @@ impl Hub {
         wire::append_published(&mut bytes, self.epoch, sequence, published_at);
         let stored = Stored {
             sequence,
+            published_at: u64::try_from(published_at).unwrap_or(0),
             bytes: bytes.freeze(),
         };
         if let Err(error) = state.log.append(stored.clone()) {
@@ -350,10 +352,13 @@ impl Hub {
 
     /// Where a plain subscription starts.
     pub(crate) fn start(&self, subscription: &Subscription) -> Result<Position, Refusal> {
-        let state = self.lock();
+        let mut state = self.lock();
         if state.closed {
             return Err(Refusal::ShuttingDown);
         }
+        state
+            .log
+            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
         self.position(state.log.as_ref(), subscription)
     }
 
@@ -370,6 +375,9 @@ impl Hub {
         waker: &Waker,
     ) -> Fetched {
         let mut state = self.lock();
+        state
+            .log
+            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
         let latest = state.log.latest();
         if *next > latest {
             if !state.live {

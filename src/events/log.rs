@@ -14,7 +14,17 @@ use bytes::Bytes;
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) sequence: u64,
+    /// When it was published, in microseconds since the Unix epoch.
+    pub(crate) published_at: u64,
     pub(crate) bytes: Bytes,
+}
+
+/// How much a log retains besides its count (`retain`): at most this many bytes of events,
+/// and events no older than this.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age: Option<std::time::Duration>,
 }
 
 /// What a read found: the events from the first retained sequence at or after the one asked
@@ -67,6 +77,10 @@ pub(crate) trait EventLog: Send + 'static {
     /// oldest events beyond retention. On error the event is not in the log.
     fn append(&mut self, event: Stored) -> std::io::Result<()>;
 
+    /// Drops the events older than the log's age limit at `now` (microseconds since the Unix
+    /// epoch), if it has one.
+    fn expire(&mut self, _now: u64) {}
+
     /// Appends to `out` up to `max` events from sequence `from` on.
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read;
 
@@ -90,20 +104,46 @@ pub(crate) trait EventLog: Send + 'static {
     }
 }
 
-/// The last `retain` events, in memory.
+/// The last `retain` events, in memory, within the byte and age limits.
 #[derive(Debug)]
 pub(crate) struct MemoryLog {
     ring: VecDeque<Stored>,
     retain: usize,
+    limits: Limits,
+    /// The size of the events in the ring.
+    bytes: u64,
     next: u64,
 }
 
 impl MemoryLog {
+    #[cfg(test)]
     pub(crate) fn new(retain: usize) -> Self {
+        Self::with_limits(retain, Limits::default())
+    }
+
+    pub(crate) fn with_limits(retain: usize, limits: Limits) -> Self {
         Self {
             ring: VecDeque::with_capacity(retain.min(4096)),
             retain,
+            limits,
+            bytes: 0,
             next: 1,
+        }
+    }
+
+    /// Drops the oldest events past the byte limit, and those older than the age limit at
+    /// `now` (microseconds since the Unix epoch).
+    fn trim(&mut self, now: u64) {
+        let too_old = self.limits.max_age.map_or(0, |age| {
+            now.saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX))
+        });
+        while let Some(front) = self.ring.front() {
+            let over_bytes = self.limits.max_bytes.is_some_and(|max| self.bytes > max);
+            if !over_bytes && front.published_at >= too_old {
+                break;
+            }
+            self.bytes -= front.bytes.len() as u64;
+            self.ring.pop_front();
         }
     }
 
@@ -123,9 +163,16 @@ impl MemoryLog {
             return;
         }
         if self.ring.len() == self.retain {
-            self.ring.pop_front();
+            if let Some(dropped) = self.ring.pop_front() {
+                self.bytes -= dropped.bytes.len() as u64;
+            }
         }
+        let now = event.published_at;
+        self.bytes += event.bytes.len() as u64;
         self.ring.push_back(event);
+        if self.limits.max_bytes.is_some() || self.limits.max_age.is_some() {
+            self.trim(now);
+        }
     }
 }
 
@@ -143,6 +190,12 @@ impl EventLog for MemoryLog {
         self.next = event.sequence + 1;
         self.push(event);
         Ok(())
+    }
+
+    fn expire(&mut self, now: u64) {
+        if self.limits.max_age.is_some() {
+            self.trim(now);
+        }
     }
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
@@ -170,6 +223,7 @@ mod test {
         for sequence in 1..=events {
             log.append(Stored {
                 sequence,
+                published_at: 0,
                 bytes: Bytes::new(),
             })
             .unwrap();
@@ -214,5 +268,51 @@ mod test {
         let mut out = VecDeque::new();
         assert_eq!(log.read(2, 10, &mut out), Read { missed: 2, next: 4 });
         assert!(out.is_empty());
+    }
+
+    fn sized(sequence: u64, published_at: u64, size: usize) -> Stored {
+        Stored {
+            sequence,
+            published_at,
+            bytes: Bytes::from(vec![0; size]),
+        }
+    }
+
+    #[test]
+    fn bytes_and_age_limit_what_is_retained() {
+        let limits = Limits {
+            max_bytes: Some(35),
+            max_age: None,
+        };
+        let mut log = MemoryLog::with_limits(100, limits);
+        for sequence in 1..=5 {
+            log.append(sized(sequence, 0, 10)).unwrap();
+        }
+        assert_eq!(
+            (log.oldest(), log.latest()),
+            (3, 5),
+            "three events of 10 bytes fit in 35"
+        );
+
+        let second = 1_000_000;
+        let limits = Limits {
+            max_bytes: None,
+            max_age: Some(std::time::Duration::from_secs(1)),
+        };
+        let mut log = MemoryLog::with_limits(100, limits);
+        log.append(sized(1, 0, 1)).unwrap();
+        log.append(sized(2, second / 2, 1)).unwrap();
+        log.append(sized(3, 2 * second, 1)).unwrap();
+        assert_eq!(
+            log.oldest(),
+            3,
+            "older than a second when event 3 was published"
+        );
+        log.expire(3 * second + 1);
+        assert_eq!(
+            (log.oldest(), log.latest()),
+            (4, 3),
+            "nothing left, the sequence kept"
+        );
     }
 }

@@ -8,6 +8,7 @@ use prost::Message;
 
 use super::disk;
 use super::hub::{Hub, PublishError};
+use super::log::{Limits, MemoryLog};
 use super::protocol::Subscription;
 use super::stream::EventStream;
 use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
@@ -35,6 +36,12 @@ pub struct PublisherSettings {
     /// metadata, which fits the event RPC's default message limit. Raise it together with the
     /// service's `max_encoding_message_size` and the observers' limits.
     pub max_event_size: usize,
+    /// At most this many bytes of events are retained per event RPC (encoded, metadata
+    /// included), on top of the count: the oldest give way first. Default: none.
+    pub max_retained_bytes: Option<u64>,
+    /// Events older than this are not retained (checked as events are published and read).
+    /// Default: none.
+    pub max_retained_age: Option<std::time::Duration>,
     retain: Vec<(String, usize)>,
 }
 
@@ -47,6 +54,8 @@ impl Default for PublisherSettings {
             subscriber_buffer: 4096,
             max_subscribers: 10_000,
             max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE - METADATA_ROOM,
+            max_retained_bytes: None,
+            max_retained_age: None,
             retain: Vec::new(),
         }
     }
@@ -80,6 +89,14 @@ impl PublisherSettings {
         hub.max_subscribers = self.max_subscribers;
         hub.max_event_size = self.max_event_size;
         hub
+    }
+
+    /// The log limits every event RPC of the publisher takes.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_retained_bytes,
+            max_age: self.max_retained_age,
+        }
     }
 
     /// Keeps the last `events` events of the event RPC named `rpc` (its name in the proto,
@@ -117,9 +134,11 @@ impl Publisher {
             .iter()
             .map(|rpc| {
                 let retain = settings.retain_of(rpc);
-                Arc::new(settings.configure(Hub::new(
+                Arc::new(settings.configure(Hub::with_log(
                     format!("{service}/{}", rpc.name),
                     epoch,
+                    Box::new(MemoryLog::with_limits(retain, settings.limits())),
+                    None,
                     retain,
                     settings.subscriber_buffer,
                 )))
@@ -175,8 +194,8 @@ impl Publisher {
         for (rpc, recovered) in rpcs.iter().zip(logs) {
             let retain = settings.retain_of(rpc);
             let method = format!("{service}/{}", rpc.name);
-            let log =
-                disk::DiskLog::open(recovered, &method).map_err(io("opening the event log"))?;
+            let log = disk::DiskLog::open(recovered, &method, settings.limits())
+                .map_err(io("opening the event log"))?;
             let syncer = log.syncer();
             hubs.push(Arc::new(settings.configure(Hub::with_log(
                 method,

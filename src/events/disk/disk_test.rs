@@ -25,6 +25,7 @@ impl Drop for Scratch {
 fn event(sequence: u64) -> Stored {
     Stored {
         sequence,
+        published_at: 0,
         bytes: Bytes::from(format!("event {sequence}")),
     }
 }
@@ -32,7 +33,7 @@ fn event(sequence: u64) -> Stored {
 fn open(dir: &Path, retain: usize) -> DiskLog {
     let recovered = recover(dir, retain).unwrap();
     assert_eq!(recovered.torn, None);
-    DiskLog::open(recovered, "test.v1.S/E").unwrap()
+    DiskLog::open(recovered, "test.v1.S/E", Limits::default()).unwrap()
 }
 
 fn append(log: &mut DiskLog, count: u64) {

@@ -93,7 +93,7 @@ impl Journal {
     pub(super) fn record(&mut self, changes: &[GroupChange], oldest: u64) -> std::io::Result<()> {
         self.scratch.clear();
         for change in changes {
-            record::encode(0, &encode(change), &mut self.scratch);
+            record::encode(0, 0, &encode(change), &mut self.scratch);
             apply(&mut self.groups, change.clone());
         }
         self.file.write_all(&self.scratch)?;
@@ -118,27 +118,27 @@ fn rewrite(path: &Path, groups: &BTreeMap<String, SavedGroup>) -> std::io::Resul
             group: name.clone(),
             start: group.start,
         };
-        record::encode(0, &encode(&created), &mut data);
+        record::encode(0, 0, &encode(&created), &mut data);
         if group.handed_out > 0 {
             let handed_out = GroupChange::HandedOut {
                 group: name.clone(),
                 through: group.handed_out,
             };
-            record::encode(0, &encode(&handed_out), &mut data);
+            record::encode(0, 0, &encode(&handed_out), &mut data);
         }
         if group.missed > 0 {
             let missed = GroupChange::Missed {
                 group: name.clone(),
                 events: group.missed,
             };
-            record::encode(0, &encode(&missed), &mut data);
+            record::encode(0, 0, &encode(&missed), &mut data);
         }
         if !group.acked.is_empty() {
             let acked = GroupChange::Acked {
                 group: name.clone(),
                 sequences: group.acked.iter().copied().collect(),
             };
-            record::encode(0, &encode(&acked), &mut data);
+            record::encode(0, 0, &encode(&acked), &mut data);
         }
     }
     let aside = path.with_extension("journal.new");

@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use std::collections::BTreeMap;
 
-use super::log::{EventLog, GroupChange, MemoryLog, Read, SavedGroup, Stored};
+use super::log::{EventLog, GroupChange, Limits, MemoryLog, Read, SavedGroup, Stored};
 use record::Scanned;
 pub(crate) use sync::Syncer;
 
@@ -84,6 +84,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
             match record::scan(&data, at) {
                 Scanned::Record {
                     sequence,
+                    published_at,
                     event,
                     end,
                 } if sequence == next => {
@@ -93,6 +94,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
                         }
                         events.push_back(Stored {
                             sequence,
+                            published_at,
                             bytes: event,
                         });
                     }
@@ -184,7 +186,7 @@ pub(crate) struct DiskLog {
 
 impl DiskLog {
     /// Opens a recovered log for appending, `name` being its event RPC (for the sync thread).
-    pub(crate) fn open(recovered: Recovered, name: &str) -> std::io::Result<Self> {
+    pub(crate) fn open(recovered: Recovered, name: &str, limits: Limits) -> std::io::Result<Self> {
         let Recovered {
             dir,
             retain,
@@ -205,7 +207,7 @@ impl DiskLog {
         segments.push((next, dir.join(segment_name(next))));
         let current = create_segment(&dir, &segments[segments.len() - 1].1)?;
         let current = Arc::new(current);
-        let mut memory = MemoryLog::new(retain);
+        let mut memory = MemoryLog::with_limits(retain, limits);
         for event in events {
             memory.restore(event);
         }
@@ -290,7 +292,12 @@ impl EventLog for DiskLog {
             return Err(std::io::Error::other(why.clone()));
         }
         self.scratch.clear();
-        record::encode(event.sequence, &event.bytes, &mut self.scratch);
+        record::encode(
+            event.sequence,
+            event.published_at,
+            &event.bytes,
+            &mut self.scratch,
+        );
         if let Err(error) = (&*self.current).write_all(&self.scratch) {
             // Cut a partly written record off, so that the next one follows a whole record.
             let untouched = self
@@ -327,6 +334,10 @@ impl EventLog for DiskLog {
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
         self.memory.read(from, max, out)
+    }
+
+    fn expire(&mut self, now: u64) {
+        self.memory.expire(now);
     }
 
     fn keeps_groups(&self) -> bool {

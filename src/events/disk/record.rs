@@ -1,5 +1,6 @@
 //! One record on disk: `[body length: u32][CRC-32C of the body: u32][body]`, little-endian,
-//! where the body is `[sequence: u64][the event, encoded with its metadata]`. A record whose
+//! where the body is `[sequence: u64][publish time: u64][the event, encoded with its
+//! metadata]`. A record whose
 //! length or checksum does not hold, or that the file ends inside, is a torn or corrupt tail.
 
 use bytes::Bytes;
@@ -8,18 +9,21 @@ use super::crc;
 
 /// Length and checksum.
 pub(super) const HEADER: usize = 8;
-const SEQUENCE: usize = 8;
+/// Sequence and publish time.
+const SEQUENCE: usize = 16;
 /// No body is longer: a length past it is garbage, not a record.
 pub(super) const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Appends the record of event `sequence` to `out`.
-pub(super) fn encode(sequence: u64, event: &[u8], out: &mut Vec<u8>) {
-    let sequence = sequence.to_le_bytes();
+pub(super) fn encode(sequence: u64, published_at: u64, event: &[u8], out: &mut Vec<u8>) {
+    let mut prefix = [0u8; SEQUENCE];
+    prefix[..8].copy_from_slice(&sequence.to_le_bytes());
+    prefix[8..].copy_from_slice(&published_at.to_le_bytes());
     let length = u32::try_from(SEQUENCE + event.len()).unwrap_or(u32::MAX);
-    let checksum = crc::update(crc::update(0, &sequence), event);
+    let checksum = crc::update(crc::update(0, &prefix), event);
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&checksum.to_le_bytes());
-    out.extend_from_slice(&sequence);
+    out.extend_from_slice(&prefix);
     out.extend_from_slice(event);
 }
 
@@ -29,6 +33,7 @@ pub(super) enum Scanned {
     /// A whole record; the next one starts at `end`.
     Record {
         sequence: u64,
+        published_at: u64,
         event: Bytes,
         end: usize,
     },
@@ -56,10 +61,12 @@ pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
     if crc::update(0, body) != checksum {
         return Scanned::Torn;
     }
-    let sequence = u64::from_le_bytes(body[..SEQUENCE].try_into().unwrap_or_default());
+    let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+    let published_at = u64::from_le_bytes(body[8..SEQUENCE].try_into().unwrap_or_default());
     let start = at + HEADER + SEQUENCE;
     Scanned::Record {
         sequence,
+        published_at,
         event: data.slice(start..at + HEADER + length),
         end: at + HEADER + length,
     }
@@ -71,8 +78,8 @@ mod test {
 
     fn two_records() -> Vec<u8> {
         let mut out = Vec::new();
-        encode(7, b"first", &mut out);
-        encode(8, b"second event", &mut out);
+        encode(7, 70, b"first", &mut out);
+        encode(8, 80, b"second event", &mut out);
         out
     }
 
@@ -81,17 +88,19 @@ mod test {
         let data = Bytes::from(two_records());
         let Scanned::Record {
             sequence,
+            published_at,
             event,
             end,
         } = scan(&data, 0)
         else {
             panic!("a record");
         };
-        assert_eq!((sequence, &event[..]), (7, &b"first"[..]));
+        assert_eq!((sequence, published_at, &event[..]), (7, 70, &b"first"[..]));
         let Scanned::Record {
             sequence,
             event,
             end,
+            ..
         } = scan(&data, end)
         else {
             panic!("a record");
