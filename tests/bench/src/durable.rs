@@ -123,6 +123,8 @@ pub async fn section(bench: &Bench) {
     );
     drop(disk);
 
+    jetstream(bench).await;
+
     // Reopening a directory of 1,000,000 retained events: every record is read and checked.
     let big = if bench.quick { 100_000 } else { 1_000_000 };
     let scratch = Scratch::new();
@@ -139,4 +141,85 @@ pub async fn section(bench: &Bench) {
         recovery.as_secs_f64(),
         recovery.as_nanos() as f64 / big as f64
     );
+}
+
+/// NATS JetStream with file storage, publishing with an acknowledgement (the publisher waits
+/// for the server to have stored the message), one at a time and 64 at once. Its default sync
+/// policy: stored messages are synced every 2 minutes, so its acknowledgement matches
+/// meshless's `publish_*` (written, not synced), not `publish_*_durable`.
+async fn jetstream(bench: &Bench) {
+    let store = Scratch::new();
+    let Some((mut server, url)) =
+        crate::start_nats_with(&["-js", "-sd", &store.0.to_string_lossy()])
+    else {
+        println!("  (nats-server not found: JetStream rows skipped)");
+        return;
+    };
+    let client = async_nats::connect(url.as_str())
+        .await
+        .expect("nats connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        max_messages: 10_000,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let payload = bytes::Bytes::from("x".repeat(60));
+
+    let alone = if bench.quick { 500 } else { 5_000 };
+    let mut latencies = Latencies::default();
+    let started = Instant::now();
+    for _ in 0..alone {
+        let sent = Instant::now();
+        js.publish("bench", payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        latencies.record(sent.elapsed());
+    }
+    println!(
+        "  JetStream (file storage) publish with ack, one at a time: {:.0} events/s, p50 {:.0} us, p99 {:.0} us",
+        alone as f64 / started.elapsed().as_secs_f64(),
+        latencies.quantile(0.5),
+        latencies.quantile(0.99)
+    );
+
+    let tasks = 64;
+    let each = if bench.quick { 50 } else { 300 };
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (js, payload) = (js.clone(), payload.clone());
+            tokio::spawn(async move {
+                let mut latencies = Latencies::default();
+                for _ in 0..each {
+                    let sent = Instant::now();
+                    js.publish("bench", payload.clone())
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("ack");
+                    latencies.record(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Latencies::default();
+    for handle in handles {
+        latencies.merge(handle.await.expect("publisher task"));
+    }
+    println!(
+        "  JetStream (file storage) publish with ack, {tasks} at once: {:.0} events/s, p50 {:.0} us, p99 {:.0} us",
+        (tasks * each) as f64 / started.elapsed().as_secs_f64(),
+        latencies.quantile(0.5),
+        latencies.quantile(0.99)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -216,6 +216,12 @@ async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::R
 }
 
 fn start_nats() -> Option<(std::process::Child, String)> {
+    start_nats_with(&[])
+}
+
+/// Starts `nats-server` on a free port of 127.0.0.1 with `extra` arguments; `None` without
+/// one on the PATH.
+fn start_nats_with(extra: &[&str]) -> Option<(std::process::Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
@@ -223,6 +229,7 @@ fn start_nats() -> Option<(std::process::Child, String)> {
         .port();
     let child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
