@@ -64,6 +64,27 @@ impl Producer {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("the killed producer's status");
     }
+
+    /// Sends SIGTERM, as an orchestrator does, and waits for the graceful shutdown.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the producer's status") {
+                assert!(status.success(), "the producer exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the producer did not stop within the patience"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Producer {
@@ -575,4 +596,123 @@ async fn an_observer_with_a_cursor_file_resumes_after_its_restart() {
     );
     assert!(handled.values().all(|h| h.len() == 1));
     producer.stop().await.unwrap();
+}
+
+/// Sends `message` to the producers of `client` until one takes it (publishes it).
+async fn place(client: &EchoClient, message: &str) {
+    tokio::time::timeout(PATIENCE, async {
+        while client.unary(request(message)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a producer takes the call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_of_every_service_loses_no_order_and_repeats_none() {
+    let dirs = [scratch(), scratch()];
+    let ports = [free_port(), free_port()];
+    let target = format!("ipv4:127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let start = || -> Vec<Producer> {
+        ports
+            .iter()
+            .zip(&dirs)
+            .map(|(port, dir)| Producer::start(*port, &dir.0))
+            .collect()
+    };
+    let producers = start();
+    let cursors = dirs[0].0.join("observer-cursors");
+    let plain = |handled: &Handled| {
+        let (handled, target) = (handled.clone(), target.clone());
+        let store = meshless::events::FileCursors::open(&cursors).unwrap();
+        async move {
+            EchoObserver::new()
+                .echoed(handled)
+                .options(
+                    ObserverOptions::default()
+                        .cursor_store(store)
+                        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100)),
+                )
+                .start(&target)
+                .await
+                .unwrap()
+        }
+    };
+    let channel = Channel::builder()
+        .wait_timeout(Duration::from_secs(2))
+        .connect(&target)
+        .await
+        .unwrap();
+    let client = EchoClient::new(channel);
+
+    // A consumer group of two and a plain observer with a cursor file handle the first orders.
+    let (group_before, plain_before) = (Handled::default(), Handled::default());
+    let members = [
+        mailer(&group_before, &target).await,
+        mailer(&group_before, &target).await,
+    ];
+    let observer = plain(&plain_before).await;
+    let first: Vec<String> = (0..20).map(|n| format!("first {n}")).collect();
+    for message in &first {
+        place(&client, message).await;
+    }
+    group_before.until_all(&first).await;
+    plain_before.until_all(&first).await;
+
+    // The observing services are deployed: stopped. 200 orders are placed meanwhile.
+    for member in members {
+        member.stop().await;
+    }
+    observer.stop().await;
+    let meanwhile: Vec<String> = (0..200).map(|n| format!("meanwhile {n}")).collect();
+    for message in &meanwhile {
+        place(&client, message).await;
+    }
+
+    // Then the producers are deployed: SIGTERM, and started again on their directories.
+    for producer in producers {
+        producer.terminate();
+    }
+    let producers = start();
+
+    // The observing services come back, as new processes.
+    let (group_after, plain_after) = (Handled::default(), Handled::default());
+    let members = [
+        mailer(&group_after, &target).await,
+        mailer(&group_after, &target).await,
+    ];
+    let observer = plain(&plain_after).await;
+    let last: Vec<String> = (0..4).map(|n| format!("last {n}")).collect();
+    for message in &last {
+        place(&client, message).await;
+    }
+    for handled in [&group_after, &plain_after] {
+        handled.until_all(&meanwhile).await;
+        handled.until_all(&last).await;
+    }
+    for member in members {
+        member.stop().await;
+    }
+    observer.stop().await;
+    for (who, handled) in [
+        ("the group", &group_after),
+        ("the plain observer", &plain_after),
+    ] {
+        let handled = handled.by_message.lock().unwrap().clone();
+        let twice: Vec<_> = handled.iter().filter(|(_, h)| h.len() > 1).collect();
+        assert!(twice.is_empty(), "{who} handled twice: {twice:?}");
+        assert!(
+            first.iter().all(|m| !handled.contains_key(m)),
+            "{who} handled an order from before again"
+        );
+        assert_eq!(
+            handled.len(),
+            204,
+            "{who}: every order placed meanwhile, and the last four"
+        );
+    }
+    for producer in producers {
+        producer.terminate();
+    }
 }
