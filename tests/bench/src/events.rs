@@ -240,6 +240,11 @@ pub enum Contender {
     Nats(String),
 }
 
+/// Where the producer with its log in files keeps it: removed by the events section.
+pub fn durable_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("meshless-bench-events-{}", std::process::id()))
+}
+
 /// Starts a producer of each kind on the server runtime.
 pub async fn producers(
     bench: &Bench,
@@ -249,6 +254,8 @@ pub async fn producers(
     let settings = PublisherSettings::default().retain("Echoed", capacity);
     let mut settings = settings;
     settings.subscriber_buffer = capacity;
+    let durable = mesh::EchoPublisher::open_with_settings(durable_dir(), settings.clone())
+        .expect("an event directory");
     let publisher = mesh::EchoPublisher::with_settings(settings);
     let echo = Echo {
         name: "events",
@@ -259,6 +266,17 @@ pub async fn producers(
         .on_server({
             let publisher = publisher.clone();
             async move { start_echo(echo, publisher).await }
+        })
+        .await;
+    let durable_addr = bench
+        .on_server({
+            let durable = durable.clone();
+            let echo = Echo {
+                name: "events",
+                delay: Duration::ZERO,
+                broken: false,
+            };
+            async move { start_echo(echo, durable).await }
         })
         .await;
     let (raw_addr, sender) = bench
@@ -274,6 +292,11 @@ pub async fn producers(
             "meshless",
             Contender::Meshless(mesh_addr),
             Producer::Meshless(publisher),
+        ),
+        (
+            "meshless, log in files",
+            Contender::Meshless(durable_addr),
+            Producer::Meshless(durable),
         ),
     ];
     if let Some(url) = nats {

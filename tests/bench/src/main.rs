@@ -253,6 +253,7 @@ async fn events_section(bench: &Bench) {
     let count_64: u64 = if bench.quick { 20_000 } else { 200_000 };
     let count_1k: u64 = if bench.quick { 5_000 } else { 50_000 };
     let capacity = (count_64 + 16) as usize;
+    let _ = std::fs::remove_dir_all(events::durable_dir());
     let producers =
         events::producers(bench, capacity, nats.as_ref().map(|(_, url)| url.as_str())).await;
 
@@ -360,6 +361,8 @@ async fn events_section(bench: &Bench) {
     }
     println!();
     stop_nats(nats);
+    drop(producers);
+    let _ = std::fs::remove_dir_all(events::durable_dir());
 }
 
 fn stop_nats(nats: Option<(std::process::Child, String)>) {
