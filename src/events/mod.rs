@@ -9,8 +9,9 @@
 //!   cursor is (epoch, sequence).
 //! - An event is encoded once, whatever the number of subscribers; `publish` never waits on
 //!   them, and refuses an event too large for the streams. Events are kept in an event log
-//!   (`log`: the last `retain`, in memory) that every subscriber and consumer group reads by
-//!   cursor.
+//!   (`log`: the last `retain`, in memory; `disk`: in files too, for a publisher opened on a
+//!   directory, with its epoch and consumer groups) that every subscriber and consumer group
+//!   reads by cursor.
 //! - A subscriber resuming inside the retained window loses nothing and sees nothing twice;
 //!   outside it, the first event it gets says how many it missed, and after a restart (a new
 //!   epoch) also that the old epoch's unseen tail is lost. Never a silent gap.
