@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery|durable|bounds] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|discovery|durable|bounds|stores] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -16,6 +16,7 @@ mod ginepro;
 mod proto;
 mod servers;
 mod stats;
+mod stores;
 mod unary;
 
 use std::future::Future;
@@ -147,6 +148,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("durable") {
         durable::section(bench).await;
+    }
+    if only.as_deref() == Some("stores") {
+        stores::section(bench).await;
     }
     if wanted("bounds") {
         bounds::subscribers_section().await;
