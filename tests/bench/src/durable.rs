@@ -143,18 +143,28 @@ pub async fn section(bench: &Bench) {
     );
 }
 
+/// A nats-server process, killed by its PID when dropped (however the section ends).
+struct Nats(std::process::Child);
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// NATS JetStream with file storage, publishing with an acknowledgement (the publisher waits
 /// for the server to have stored the message), one at a time and 64 at once. Its default sync
 /// policy: stored messages are synced every 2 minutes, so its acknowledgement matches
 /// meshless's `publish_*` (written, not synced), not `publish_*_durable`.
 async fn jetstream(bench: &Bench) {
     let store = Scratch::new();
-    let Some((mut server, url)) =
-        crate::start_nats_with(&["-js", "-sd", &store.0.to_string_lossy()])
+    let Some((server, url)) = crate::start_nats_with(&["-js", "-sd", &store.0.to_string_lossy()])
     else {
         println!("  (nats-server not found: JetStream rows skipped)");
         return;
     };
+    let server = Nats(server);
     let client = async_nats::connect(url.as_str())
         .await
         .expect("nats connect");
@@ -220,6 +230,138 @@ async fn jetstream(bench: &Bench) {
         latencies.quantile(0.5),
         latencies.quantile(0.99)
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    jetstream_latency(bench, &js).await;
+    drop(server);
+    jetstream_recovery(bench, &store).await;
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Publish-to-handler latency at 10,000 events/s through JetStream (file storage) to an
+/// ordered consumer, as the events section measures meshless.
+async fn jetstream_latency(bench: &Bench, js: &async_nats::jetstream::Context) {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use tokio_stream::StreamExt;
+
+    let stream = js.get_stream("BENCH").await.expect("stream");
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let seconds = if bench.quick { 1 } else { 3 };
+    let count = 10_000 * seconds;
+    let receiver = tokio::spawn(async move {
+        let mut latencies = Latencies::default();
+        while latencies.len() < count {
+            let Some(Ok(message)) = messages.next().await else {
+                break;
+            };
+            let sent = message
+                .payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            latencies.record(std::time::Duration::from_micros(
+                unix_micros().saturating_sub(sent),
+            ));
+        }
+        latencies
+    });
+    // Acknowledgements are awaited as they come, a few hundred outstanding at most (the
+    // client bounds how many it keeps).
+    let mut acks = std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
+    for _ in 0..count / 10 {
+        tick.tick().await;
+        for _ in 0..10 {
+            let mut payload = unix_micros().to_le_bytes().to_vec();
+            payload.resize(64, b'x');
+            acks.push_back(js.publish("bench", payload.into()).await.expect("publish"));
+        }
+        while acks.len() > 256 {
+            if let Some(ack) = acks.pop_front() {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    let mut latencies = tokio::time::timeout(std::time::Duration::from_secs(30), receiver)
+        .await
+        .expect("every message within 30 s")
+        .expect("receiver");
+    println!(
+        "  JetStream (file storage), 10000 events/s to an ordered consumer: publish-to-handler p50 {:.0} us, p99 {:.0} us ({} received)",
+        latencies.quantile(0.5),
+        latencies.quantile(0.99),
+        latencies.len()
+    );
+}
+
+/// How long a restarted JetStream server takes to serve a stream of 1,000,000 stored messages.
+async fn jetstream_recovery(bench: &Bench, store: &Scratch) {
+    let big: u64 = if bench.quick { 100_000 } else { 1_000_000 };
+    let Some((server, url)) = crate::start_nats_with(&["-js", "-sd", &store.0.to_string_lossy()])
+    else {
+        return;
+    };
+    let server = Nats(server);
+    let client = async_nats::connect(url.as_str())
+        .await
+        .expect("nats connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BIG".into(),
+        subjects: vec!["big".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let payload = bytes::Bytes::from("x".repeat(64));
+    let mut acks = std::collections::VecDeque::new();
+    for _ in 0..big {
+        acks.push_back(js.publish("big", payload.clone()).await.expect("publish"));
+        while acks.len() > 256 {
+            if let Some(ack) = acks.pop_front() {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    drop(server);
+    let started = Instant::now();
+    let Some((server, url)) = crate::start_nats_with(&["-js", "-sd", &store.0.to_string_lossy()])
+    else {
+        return;
+    };
+    let server = Nats(server);
+    let client = async_nats::connect(url.as_str())
+        .await
+        .expect("nats connect");
+    let js = async_nats::jetstream::new(client);
+    let messages = loop {
+        if let Ok(stream) = js.get_stream("BIG").await {
+            if let Ok(info) = stream.get_info().await {
+                break info.state.messages;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    println!(
+        "  JetStream (file storage) killed and restarted with {messages} messages: serving the stream after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(server);
 }
