@@ -9,9 +9,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,79 +17,13 @@ use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions};
 use meshless::testing::TestDns;
 use meshless::Channel;
 use support::testing::v1::EchoObserver;
-use support::{eventually, quick_dns, request, EchoClient, EchoedEvent, EchoedObserver, PATIENCE};
+use support::{
+    eventually, quick_dns, request, EchoClient, EchoedEvent, EchoedObserver, ProducerProcess,
+};
 use tokio::sync::watch;
 
 const ZONE: &str = "service.test";
 const NAME: &str = "echo.service.test";
-/// A producer process, killed by its PID when the test ends however it ends.
-struct Producer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Producer {
-    fn start() -> Self {
-        let exe = std::env::current_exe().expect("the test's path");
-        // target/debug/deps/deploys-HASH -> target/debug/examples/interop-server
-        let server = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("examples").join("interop-server"))
-            .expect("the target directory");
-        assert!(
-            server.exists(),
-            "{} is missing: `cargo test` builds the examples",
-            server.display()
-        );
-        let mut child = Command::new(&server)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start interop-server");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("its first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("interop-server said {line:?}"));
-        Self { child, addr }
-    }
-
-    /// Sends SIGTERM, as an orchestrator does, and waits for the drain to end the process.
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the producer's status") {
-                assert!(status.success(), "the producer exited with {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the producer did not exit within {PATIENCE:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What an observer handled: message -> times.
 #[derive(Clone, Default)]
 struct Tally {
@@ -181,8 +112,8 @@ async fn a_planned_scale_in_under_load_loses_no_event_and_handles_none_twice() {
     dns.add_ip(NAME, "127.0.0.1".parse().unwrap())
         .await
         .unwrap();
-    let mut leaving = Producer::start();
-    let staying = Producer::start();
+    let mut leaving = ProducerProcess::start("127.0.0.1:0", None);
+    let staying = ProducerProcess::start("127.0.0.1:0", None);
     for producer in [&leaving, &staying] {
         dns.add_srv(NAME, 1, 1, producer.addr.port(), NAME)
             .await

@@ -7,9 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,81 +15,12 @@ use std::time::Duration;
 use meshless::events::{Event, HandlerError, ObserverOptions};
 use meshless::Channel;
 use support::testing::v1::EchoObserver;
-use support::{request, EchoClient, EchoedEvent, EchoedObserver, PATIENCE};
+use support::{request, EchoClient, EchoedEvent, EchoedObserver, ProducerProcess, PATIENCE};
 use tokio::sync::Notify;
 
-/// A producer process on a fixed port, keeping its events in `dir`; killed by its PID when
-/// the test ends however it ends.
-struct Producer {
-    child: Child,
-}
-
-impl Producer {
-    fn start(port: u16, dir: &Path) -> Self {
-        let exe = std::env::current_exe().expect("the test's path");
-        // target/debug/deps/durable-HASH -> target/debug/examples/interop-server
-        let server = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("examples").join("interop-server"))
-            .expect("the target directory");
-        assert!(
-            server.exists(),
-            "{} is missing: `cargo test` builds the examples",
-            server.display()
-        );
-        let mut child = Command::new(&server)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start interop-server");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("its first line");
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "interop-server said {line:?}"
-        );
-        Self { child }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("the killed producer's status");
-    }
-
-    /// Sends SIGTERM, as an orchestrator does, and waits for the graceful shutdown.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the producer's status") {
-                assert!(status.success(), "the producer exited with {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the producer did not stop within the patience"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A producer process on a fixed port, keeping its events in `dir`.
+fn start_producer(port: u16, dir: &Path) -> ProducerProcess {
+    ProducerProcess::start(&format!("127.0.0.1:{port}"), Some(dir))
 }
 
 /// A directory of its own, removed when dropped.
@@ -203,7 +132,7 @@ async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
         Scratch(std::env::temp_dir().join(format!("meshless-durable-{:016x}", fastrand::u64(..))));
     let port = free_port();
     let target = format!("ipv4:127.0.0.1:{port}");
-    let mut producer = Producer::start(port, &dir.0);
+    let mut producer = start_producer(port, &dir.0);
 
     let handled = Handled::default();
     let gaps = Arc::new(AtomicU64::new(0));
@@ -261,7 +190,7 @@ async fn sigkill_mid_burst_loses_no_published_event_and_repeats_none() {
                 .expect("the burst's tasks end")
                 .unwrap();
         }
-        producer = Producer::start(port, &dir.0);
+        producer = start_producer(port, &dir.0);
     }
 
     let acknowledged = acknowledged.lock().unwrap().clone();
@@ -614,11 +543,11 @@ async fn a_deploy_of_every_service_loses_no_order_and_repeats_none() {
     let dirs = [scratch(), scratch()];
     let ports = [free_port(), free_port()];
     let target = format!("ipv4:127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
-    let start = || -> Vec<Producer> {
+    let start = || -> Vec<ProducerProcess> {
         ports
             .iter()
             .zip(&dirs)
-            .map(|(port, dir)| Producer::start(*port, &dir.0))
+            .map(|(port, dir)| start_producer(*port, &dir.0))
             .collect()
     };
     let producers = start();
@@ -671,7 +600,7 @@ async fn a_deploy_of_every_service_loses_no_order_and_repeats_none() {
     }
 
     // Then the producers are deployed: SIGTERM, and started again on their directories.
-    for producer in producers {
+    for mut producer in producers {
         producer.terminate();
     }
     let producers = start();
@@ -712,7 +641,7 @@ async fn a_deploy_of_every_service_loses_no_order_and_repeats_none() {
             "{who}: every order placed meanwhile, and the last four"
         );
     }
-    for producer in producers {
+    for mut producer in producers {
         producer.terminate();
     }
 }

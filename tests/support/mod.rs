@@ -402,3 +402,86 @@ impl Drop for Proxy {
         self.connections.lock().unwrap().abort_all();
     }
 }
+
+/// A producer as a separate process: the `interop-server` example (built by `cargo test` with
+/// the other examples), which publishes every unary message as an `Echoed` event and drains
+/// on SIGTERM. Killed by its PID when dropped, however the test ends.
+pub struct ProducerProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ProducerProcess {
+    /// Starts one listening on `listen` (`127.0.0.1:0` for a free port), keeping its events
+    /// in `data_dir` if given.
+    pub fn start(listen: &str, data_dir: Option<&std::path::Path>) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("the test's path");
+        // target/debug/deps/TEST-HASH -> target/debug/examples/interop-server
+        let server = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("examples").join("interop-server"))
+            .expect("the target directory");
+        assert!(
+            server.exists(),
+            "{} is missing: `cargo test` builds the examples",
+            server.display()
+        );
+        let mut command = std::process::Command::new(&server);
+        command.args(["--listen", listen]);
+        if let Some(dir) = data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start interop-server");
+        let stdout = child.stdout.take().expect("its stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("its first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("interop-server said {line:?}"));
+        Self { child, addr }
+    }
+
+    /// Sends SIGTERM, as an orchestrator does, and waits for the drain to end the process.
+    pub fn terminate(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the producer's status") {
+                assert!(status.success(), "the producer exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the producer did not exit within {PATIENCE:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the killed producer's status");
+    }
+}
+
+impl Drop for ProducerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
