@@ -212,9 +212,8 @@ impl DiskLog {
             memory.restore(event);
         }
         memory.set_next(next);
-        // Everything read back was on disk; what the earlier run had not synced is synced by
-        // the first durable publish's sync, which covers the directory's earlier segments
-        // only if they were synced before: sync them now.
+        // A durable publish syncs only the segment being written: the earlier run's segments,
+        // whose tail it may not have synced, are synced now.
         for (_, path) in &segments[..segments.len() - 1] {
             File::open(path)?.sync_all()?;
         }

@@ -90,27 +90,18 @@ pub async fn section(bench: &Bench) {
     let tasks = 64;
     let each = if bench.quick { 20 } else { 100 };
     let syncs_before = disk.as_publisher().syncs();
+    let disk_for_tasks = disk.clone();
     let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let disk = disk.clone();
-            tokio::spawn(async move {
-                let mut latencies = Latencies::default();
-                for _ in 0..each {
-                    let started = Instant::now();
-                    disk.publish_echoed_durable(event())
-                        .await
-                        .expect("durable publish");
-                    latencies.record(started.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Latencies::default();
-    for handle in handles {
-        latencies.merge(handle.await.expect("publisher task"));
-    }
+    let latencies = at_once(tasks, each, move || {
+        let disk = disk_for_tasks.clone();
+        async move {
+            disk.publish_echoed_durable(event())
+                .await
+                .expect("durable publish");
+        }
+    })
+    .await;
+    let mut latencies = latencies;
     let elapsed = started.elapsed();
     let published = tasks * each;
     let syncs = disk.as_publisher().syncs() - syncs_before;
@@ -201,29 +192,19 @@ async fn jetstream(bench: &Bench) {
 
     let tasks = 64;
     let each = if bench.quick { 50 } else { 300 };
+    let (js_for_tasks, payload_for_tasks) = (js.clone(), payload.clone());
     let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (js, payload) = (js.clone(), payload.clone());
-            tokio::spawn(async move {
-                let mut latencies = Latencies::default();
-                for _ in 0..each {
-                    let sent = Instant::now();
-                    js.publish("bench", payload.clone())
-                        .await
-                        .expect("publish")
-                        .await
-                        .expect("ack");
-                    latencies.record(sent.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Latencies::default();
-    for handle in handles {
-        latencies.merge(handle.await.expect("publisher task"));
-    }
+    let mut latencies = at_once(tasks, each, move || {
+        let (js, payload) = (js_for_tasks.clone(), payload_for_tasks.clone());
+        async move {
+            js.publish("bench", payload)
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    })
+    .await;
     println!(
         "  JetStream (file storage) publish with ack, {tasks} at once: {:.0} events/s, p50 {:.0} us, p99 {:.0} us",
         (tasks * each) as f64 / started.elapsed().as_secs_f64(),
@@ -364,4 +345,31 @@ async fn jetstream_recovery(bench: &Bench, store: &Scratch) {
         started.elapsed().as_secs_f64()
     );
     drop(server);
+}
+
+/// Runs `call` `each` times from each of `tasks` tasks at once; the latency of every call.
+async fn at_once<F, Fut>(tasks: usize, each: usize, call: F) -> Latencies
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Latencies::default();
+                for _ in 0..each {
+                    let started = Instant::now();
+                    call().await;
+                    latencies.record(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Latencies::default();
+    for handle in handles {
+        latencies.merge(handle.await.expect("publisher task"));
+    }
+    latencies
 }
