@@ -70,9 +70,12 @@ impl Deadline {
     }
 }
 
+/// The header that carries a call's timeout.
+pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The timeout a gRPC request carries (`grpc-timeout: 250m`), if any.
 pub(crate) fn grpc_timeout<B>(request: &http::Request<B>) -> Option<Duration> {
-    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
+    let value = request.headers().get(GRPC_TIMEOUT)?.to_str().ok()?;
     parse(value)
 }
 

@@ -60,9 +60,12 @@ pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The header (or trailer) that carries a call's status.
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let status = headers
-        .get("grpc-status")?
+        .get(GRPC_STATUS)?
         .to_str()
         .ok()?
         .parse::<i32>()

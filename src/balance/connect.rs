@@ -2,14 +2,12 @@
 
 use std::sync::{Arc, Weak};
 
-use super::instance::Instance;
-use super::set::InstanceSet;
-use super::watched::WatchedConnector;
-use crate::backoff::Backoff;
-
 use std::time::Duration;
 
-use tower::ServiceExt;
+use super::connection::Connection;
+use super::instance::Instance;
+use super::set::InstanceSet;
+use crate::backoff::Backoff;
 
 /// Connects to an instance and reconnects it, with exponential backoff and jitter, whenever a
 /// call reports its connection failed; ends when the instance is removed or the set is dropped.
@@ -25,19 +23,26 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     loop {
         // Per attempt, so that the end of an earlier connection is not taken for this one's.
         let closed = Arc::new(tokio::sync::Notify::new());
-        let connector = WatchedConnector::new(closed.clone());
-        let result = match instance.endpoint.connect_with_connector(connector).await {
-            Ok(channel) => answers(&channel, answer_within).await.map(|()| channel),
-            Err(error) => Err(crate::text::error_chain(&error)),
+        let connecting = Connection::connect(
+            &instance.key,
+            &instance.endpoint,
+            &settings.connector,
+            closed.clone(),
+        );
+        let result = match connecting.await {
+            Ok(connection) => answers(&connection, answer_within)
+                .await
+                .map(|()| connection),
+            Err(error) => Err(error),
         };
         if instance.is_removed() {
             return;
         }
         let Some(set) = set.upgrade() else { return };
         match result {
-            Ok(channel) => {
+            Ok(connection) => {
                 tracing::debug!(target = %set.target(), instance = %instance.key, "connected");
-                instance.connected(channel);
+                instance.connected(connection);
                 set.rebuild_ready();
                 backoff.reset();
                 // Sleep until the connection ends, a call reports a failure, or the instance
@@ -70,10 +75,10 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
     }
 }
 
-/// Whether the server at the other end of `channel` answers an HTTP/2 request within `within`:
+/// Whether the server at the other end of `connection` answers an HTTP/2 request within `within`:
 /// a health check with an empty request. Any answer will do (`UNIMPLEMENTED` from a server
 /// without the health service included): the point is that the server reads and writes HTTP/2.
-async fn answers(channel: &tonic::transport::Channel, within: Duration) -> Result<(), String> {
+async fn answers(connection: &Connection, within: Duration) -> Result<(), String> {
     // One gRPC message: uncompressed, 0 bytes long (an empty `HealthCheckRequest`).
     let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from_static(
         &[0; 5],
@@ -85,9 +90,9 @@ async fn answers(channel: &tonic::transport::Channel, within: Duration) -> Resul
         .header("te", "trailers")
         .body(body)
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(within, channel.clone().oneshot(request)).await {
+    match tokio::time::timeout(within, connection.call(request)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(crate::text::error_chain(&error)),
+        Ok(Err(error)) => Err(crate::text::error_chain(&*error)),
         Err(_) => Err(format!(
             "connected, but no HTTP/2 answer within {within:?}: not a gRPC server, or a stuck one"
         )),

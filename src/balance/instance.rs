@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
-use tonic::transport::{Channel as TonicChannel, Endpoint};
+use tonic::transport::Endpoint;
+
+use super::connection::Connection;
 
 use super::latency::{now_nanos, ResponseTime};
 use crate::discovery::Placement;
@@ -57,7 +59,7 @@ pub(crate) struct Instance {
     pub(crate) key: String,
     pub(crate) endpoint: Endpoint,
     state: AtomicU8,
-    channel: ArcSwapOption<TonicChannel>,
+    connection: ArcSwapOption<Connection>,
     in_flight: AtomicUsize,
     /// Response times, for the load signal.
     latency: ResponseTime,
@@ -95,7 +97,7 @@ impl Instance {
             key,
             endpoint,
             state: AtomicU8::new(State::Connecting as u8),
-            channel: ArcSwapOption::empty(),
+            connection: ArcSwapOption::empty(),
             in_flight: AtomicUsize::new(0),
             latency: ResponseTime::default(),
             priority: AtomicU32::new(placement.priority.into()),
@@ -161,9 +163,10 @@ impl Instance {
         self.in_flight() as f64 / f64::from(self.placement().weight.max(1))
     }
 
-    /// The response time the balancer expects, in nanoseconds (an EWMA).
-    pub(crate) fn latency_nanos(&self) -> f64 {
-        self.latency.nanos()
+    /// The response time the balancer expects at `now` (by [`now_nanos`]), in nanoseconds (an
+    /// EWMA).
+    pub(crate) fn latency_nanos_at(&self, now: u64) -> f64 {
+        self.latency.nanos_at(now)
     }
 
     pub(crate) fn placement(&self) -> Placement {
@@ -184,21 +187,21 @@ impl Instance {
     }
 
     /// The connection, when the instance is ready.
-    pub(crate) fn channel(&self) -> Option<TonicChannel> {
-        self.channel.load().as_deref().cloned()
+    pub(crate) fn connection(&self) -> Option<Arc<Connection>> {
+        self.connection.load_full()
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    pub(crate) fn connected(&self, channel: TonicChannel) {
-        self.channel.store(Some(Arc::new(channel)));
+    pub(crate) fn connected(&self, connection: Connection) {
+        self.connection.store(Some(Arc::new(connection)));
         self.state.store(State::Ready as u8, Ordering::Release);
     }
 
     pub(crate) fn connect_failed(&self, error: String) {
-        self.channel.store(None);
+        self.connection.store(None);
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(error);
         }
@@ -250,7 +253,7 @@ impl Instance {
             )
             .is_ok();
         if changed {
-            self.channel.store(None);
+            self.connection.store(None);
         }
         changed
     }

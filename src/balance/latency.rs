@@ -50,11 +50,13 @@ impl Default for ResponseTime {
 
 impl ResponseTime {
     /// The estimate now, in nanoseconds.
-    pub(crate) fn nanos(&self) -> f64 {
+    #[cfg(test)]
+    fn nanos(&self) -> f64 {
         self.nanos_at(now_nanos())
     }
 
-    fn nanos_at(&self, now: u64) -> f64 {
+    /// The estimate at `now` (by [`now_nanos`]), in nanoseconds.
+    pub(crate) fn nanos_at(&self, now: u64) -> f64 {
         match f64::from_bits(self.estimate.load(Ordering::Relaxed)) {
             0.0 => UNMEASURED.as_nanos() as f64,
             estimate => {

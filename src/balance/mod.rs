@@ -13,6 +13,7 @@
 //! chosen instance's counters; connection upkeep and membership changes happen elsewhere.
 
 mod connect;
+mod connection;
 mod instance;
 mod latency;
 mod ready;

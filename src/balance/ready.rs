@@ -113,7 +113,8 @@ const SLOWER: f64 = 4.0;
 /// An avoided instance's response time decays while it gets no calls, so it is tried again
 /// within a second or two, and back in favour if it answers quickly.
 fn less_loaded(a: &Instance, b: &Instance) -> bool {
-    let (rtt_a, rtt_b) = (a.latency_nanos(), b.latency_nanos());
+    let now = super::latency::now_nanos();
+    let (rtt_a, rtt_b) = (a.latency_nanos_at(now), b.latency_nanos_at(now));
     if rtt_a <= rtt_b * SLOWER && rtt_b <= rtt_a * SLOWER {
         a.in_flight_per_weight() <= b.in_flight_per_weight()
     } else {
@@ -133,7 +134,8 @@ mod test {
             Endpoint::from_static("http://127.0.0.1:1"),
             Placement { priority, weight },
         );
-        instance.connected(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
+        let lazy = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        instance.connected(crate::balance::connection::Connection::Tonic(lazy));
         Arc::new(instance)
     }
 
@@ -156,7 +158,9 @@ mod test {
                 let mut turn = 0u16;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     instance.report_failure("flap".into());
-                    instance.connected(channel.clone());
+                    instance.connected(crate::balance::connection::Connection::Tonic(
+                        channel.clone(),
+                    ));
                     instance.set_placement(Placement {
                         priority: turn % 2,
                         weight: 1,

@@ -372,7 +372,9 @@ mod test {
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        instance.connected(instance.endpoint.connect_lazy());
+        instance.connected(crate::balance::connection::Connection::Tonic(
+            instance.endpoint.connect_lazy(),
+        ));
         set.rebuild_ready();
         assert_eq!(waiting.await.unwrap().unwrap(), "127.0.0.1:1");
         assert_eq!(started.elapsed(), Duration::from_secs(1));
@@ -381,7 +383,9 @@ mod test {
     #[tokio::test]
     async fn failed_instances_are_not_picked_and_fail_fast() {
         let (set, instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
-        instance.connected(instance.endpoint.connect_lazy());
+        instance.connected(crate::balance::connection::Connection::Tonic(
+            instance.endpoint.connect_lazy(),
+        ));
         set.rebuild_ready();
         assert!(set.pick(None, &[]).await.is_ok());
         set.report_failure(&instance, "connection refused".into());

@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
 use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
-use crate::deadline::{encode, grpc_timeout};
+use crate::deadline::{encode, grpc_timeout, GRPC_TIMEOUT};
 use crate::extra_metadata::ExtraMetadata;
 use crate::refused::REFUSED_HEADER;
+use crate::telemetry::GRPC_STATUS;
 use crate::telemetry::{CallMetrics, CallReport, Side};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,8 +37,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How calls are timed and retried, shared by the clones of a channel.
 #[derive(Debug)]
 pub(crate) struct CallPolicy {
-    /// The timeout of calls with a single response that set none.
-    pub(crate) default_timeout: Option<Duration>,
+    /// The timeout of calls with a single response that set none, and its `grpc-timeout`
+    /// header, encoded once.
+    pub(crate) default_timeout: Option<(Duration, HeaderValue)>,
     /// Attempts per call, the first included.
     pub(crate) attempts: u32,
     pub(crate) budget: TpsBudget,
@@ -55,7 +57,7 @@ impl CallPolicy {
     ) -> Self {
         Self {
             metadata,
-            default_timeout,
+            default_timeout: default_timeout.map(|timeout| (timeout, encode(timeout))),
             attempts: attempts.max(1),
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
             metrics: CallMetrics::new(Side::Client { target }),
@@ -124,20 +126,19 @@ async fn timed_call(
     instances: &Arc<InstanceSet>,
     policy: &CallPolicy,
     mut request: http::Request<Body>,
-) -> Result<http::Response<Body>, BoxError> {
+) -> Result<http::Response<Deadlined>, BoxError> {
     policy.metadata.add_to(request.headers_mut());
-    let info = request.extensions().get::<Call>().copied();
-    let timeout = grpc_timeout(&request).or_else(|| {
-        info.filter(|call| call.single_response)
-            .and(policy.default_timeout)
-    });
-    if let Some(timeout) = timeout {
-        if !request.headers().contains_key("grpc-timeout") {
-            request
-                .headers_mut()
-                .insert("grpc-timeout", encode(timeout));
-        }
-    }
+    let info = request.extensions_mut().remove::<Call>();
+    let timeout = match grpc_timeout(&request) {
+        Some(timeout) => Some(timeout),
+        None => match (&policy.default_timeout, info) {
+            (Some((timeout, header)), Some(call)) if call.single_response => {
+                request.headers_mut().insert(GRPC_TIMEOUT, header.clone());
+                Some(*timeout)
+            }
+            _ => None,
+        },
+    };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     policy.budget.deposit();
 
@@ -161,7 +162,7 @@ async fn timed_call(
         }
     };
     let Some(deadline) = deadline else {
-        return calling.await;
+        return Ok(calling.await?.map(Deadlined::unbounded));
     };
     // One timer for the whole call: first for the response headers, then for the body.
     let mut expiry = Box::pin(tokio::time::sleep_until(deadline));
@@ -182,7 +183,7 @@ async fn timed_call(
         }
     };
     let instances = instances.clone();
-    Ok(response.map(|body| Body::new(Deadlined::new(body, expiry, instances, timeout))))
+    Ok(response.map(|body| Deadlined::new(body, expiry, instances, timeout)))
 }
 
 async fn with_retries(
@@ -194,11 +195,15 @@ async fn with_retries(
     tried: &mut Vec<Arc<Instance>>,
 ) -> Result<http::Response<Body>, BoxError> {
     let (parts, body) = request.into_parts();
-    // A single message: kept whole so that it can be sent again.
-    let body: Bytes = body.collect().await?.to_bytes();
+    // A single message: kept whole so that it can be sent again. Each attempt gets the method,
+    // the path and the headers; the extensions stay here (nothing past this point reads them).
+    let body = whole(body).await?;
     let mut attempt_number = 1;
     loop {
-        let request = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
+        let mut request = http::Request::new(Body::new(Full::new(body.clone())));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
         let outcome = attempt(instances, request, deadline, tried).await;
         let retry = match &outcome {
             Attempt::Answered(_) => false,
@@ -219,6 +224,32 @@ async fn with_retries(
     }
 }
 
+/// The whole of a request body: without a copy when it is one chunk, as a single encoded
+/// message is.
+async fn whole(mut body: Body) -> Result<Bytes, BoxError> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(first), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match more {
+        Some(joined) => joined.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
 /// Sends the call to one instance, another than those `tried` when there is one.
 async fn attempt(
     instances: &Arc<InstanceSet>,
@@ -233,21 +264,21 @@ async fn attempt(
     };
     tried.push(instance.clone());
     tracing::Span::current().record("instance", instance.key.as_str());
-    let Some(channel) = instance.channel() else {
+    let Some(connection) = instance.connection() else {
         return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
             "instance {} of `{}` lost its connection",
             instance.key,
             instances.target()
         ))));
     };
-    let outcome = channel.oneshot(request).await;
+    let outcome = connection.call(request).await;
     // How the call went, as far as the response head tells (a failure answered at once comes
     // as a head with its status): failures count against the instance, and never as fast.
     let failed = match &outcome {
         Ok(response) if response.headers().contains_key(REFUSED_HEADER) => None,
         Ok(response) => Some(status_of(response).is_some_and(counts_against)),
         // Sent away before the call began (GOAWAY, a closed connection): no failure.
-        Err(error) if refused_stream(error) => None,
+        Err(error) if refused_stream(&**error) => None,
         Err(_) => Some(true),
     };
     if let Some(failed) = failed {
@@ -267,7 +298,7 @@ async fn attempt(
                 Attempt::Answered(response)
             }
         }
-        Err(error) if timed_out(&error) => {
+        Err(error) if timed_out(&*error) => {
             // tonic's channel enforces the `grpc-timeout` this call carries, too, and its timer
             // can fire just before the call's own: the same deadline, not a broken instance.
             Attempt::Answered(
@@ -280,8 +311,8 @@ async fn attempt(
             )
         }
         Err(error) => {
-            let text = crate::text::error_chain(&error);
-            if refused_stream(&error) {
+            let text = crate::text::error_chain(&*error);
+            if refused_stream(&*error) {
                 instances.report_closed(&instance);
             } else {
                 instances.report_failure(&instance, text.clone());
@@ -293,7 +324,7 @@ async fn attempt(
                 instance.key,
                 instances.target()
             ));
-            if refused_stream(&error) {
+            if refused_stream(&*error) {
                 Attempt::NotProcessed(Response::Status(status))
             } else {
                 Attempt::Unavailable(Response::Status(status))
@@ -304,7 +335,7 @@ async fn attempt(
 
 /// The status of a response whose head carries it (a response with no messages).
 fn status_of<B>(response: &http::Response<B>) -> Option<tonic::Code> {
-    let status = response.headers().get("grpc-status")?.to_str().ok()?;
+    let status = response.headers().get(GRPC_STATUS)?.to_str().ok()?;
     status.parse::<i32>().ok().map(tonic::Code::from)
 }
 

@@ -1,5 +1,5 @@
 //! [`Deadlined`]: a response body that ends with `DEADLINE_EXCEEDED` once its call's deadline
-//! passes, so that the deadline covers the whole call (headers, messages and trailers), not
+//! passes (when the call has one), so that the deadline covers the whole call (headers, messages and trailers), not
 //! only the wait for the response headers. A server that sends headers and then stalls, while
 //! answering pings, would otherwise hold the call forever.
 
@@ -15,29 +15,44 @@ use tonic::body::Body;
 
 use crate::balance::InstanceSet;
 
-/// A response body bounded by its call's deadline.
+/// A response body bounded by its call's deadline, if it has one.
 pub(crate) struct Deadlined {
     inner: Body,
+    deadline: Option<Deadline>,
+    expired: bool,
+}
+
+struct Deadline {
     /// Fires at the deadline; polled only while the body has nothing to give.
-    deadline: Pin<Box<Sleep>>,
+    expiry: Pin<Box<Sleep>>,
     /// For the status, made only when the deadline passes: the target and the timeout.
     instances: Arc<InstanceSet>,
     timeout: Duration,
-    expired: bool,
 }
 
 impl Deadlined {
     pub(crate) fn new(
         inner: Body,
-        deadline: Pin<Box<Sleep>>,
+        expiry: Pin<Box<Sleep>>,
         instances: Arc<InstanceSet>,
         timeout: Duration,
     ) -> Self {
         Self {
             inner,
-            deadline,
-            instances,
-            timeout,
+            deadline: Some(Deadline {
+                expiry,
+                instances,
+                timeout,
+            }),
+            expired: false,
+        }
+    }
+
+    /// The body of a call without a deadline.
+    pub(crate) fn unbounded(inner: Body) -> Self {
+        Self {
+            inner,
+            deadline: None,
             expired: false,
         }
     }
@@ -58,12 +73,15 @@ impl HttpBody for Deadlined {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let Some(deadline) = &mut this.deadline else {
+            return Poll::Pending;
+        };
+        if deadline.expiry.as_mut().poll(cx).is_ready() {
             this.expired = true;
             return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
                 "the answer from `{}` did not end within the call's {:?} deadline",
-                this.instances.target(),
-                this.timeout
+                deadline.instances.target(),
+                deadline.timeout
             )))));
         }
         Poll::Pending

@@ -215,10 +215,12 @@ async fn subscribe(
                 });
                 stops.push(Box::new(move || task.abort()));
             }
-            Contender::Nats(url) => {
-                let client = async_nats::connect(url.as_str())
-                    .await
-                    .expect("nats connect");
+            Contender::Nats { url, capacity } => {
+                let mut options = async_nats::ConnectOptions::new();
+                if let Some(capacity) = capacity {
+                    options = options.subscription_capacity(*capacity);
+                }
+                let client = options.connect(url.as_str()).await.expect("nats connect");
                 let mut subscriber = client.subscribe("bench").await.expect("nats subscribe");
                 client.flush().await.expect("nats flush");
                 let counter = counter.clone();
@@ -237,7 +239,12 @@ async fn subscribe(
 pub enum Contender {
     Meshless(SocketAddr),
     Raw(SocketAddr),
-    Nats(String),
+    /// A NATS core subscriber; with a `capacity`, its client's pending-message limit raised
+    /// to that (the default, 65,536 messages, is what makes it drop a burst as a slow consumer).
+    Nats {
+        url: String,
+        capacity: Option<usize>,
+    },
 }
 
 /// Where the producer with its log in files keeps it: removed by the events section.
@@ -311,7 +318,18 @@ pub async fn producers(
                 }
             })
             .await;
-        all.push(("NATS core", Contender::Nats(url), Producer::Nats(client)));
+        let flood = Contender::Nats {
+            url: url.clone(),
+            capacity: None,
+        };
+        all.push(("NATS core, flood", flood, Producer::Nats(client.clone())));
+        // What a user would configure to take a burst: the subscriber's pending limit raised
+        // to hold all of it, so that nothing is dropped as a slow consumer.
+        let kept_up = Contender::Nats {
+            url,
+            capacity: Some(capacity),
+        };
+        all.push(("NATS core, limit raised", kept_up, Producer::Nats(client)));
     }
     all
 }

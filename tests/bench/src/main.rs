@@ -129,7 +129,10 @@ async fn run(bench: &Bench, cores: usize) {
         unary_section(bench, Third::Slow(Duration::from_millis(1)), slow).await;
         // Slower by 10x what a healthy instance takes at this load: 9x balance_list's p50
         // above, added.
-        let p50_us = healthy.get(1).map_or(600.0, |r| r.p50_us);
+        let p50_us = healthy
+            .iter()
+            .find(|r| r.name == unary::BALANCE_LIST)
+            .map_or(600.0, |r| r.p50_us);
         let added = Duration::from_micros((9.0 * p50_us) as u64);
         let slow = format!(
             "Unary, one of the 3 instances answering 10x slower than the others at this load \
@@ -201,7 +204,9 @@ async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::R
         "  {:<32} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}",
         "", "req/s", "p50 us", "p99 us", "x req/s", "x p99", "failed %"
     );
-    let (base_rate, base_p99) = (reports[0].per_second, reports[0].p99_us);
+    let (base_rate, base_p99) = reports
+        .first()
+        .map_or((1.0, 1.0), |r| (r.per_second, r.p99_us));
     for r in &reports {
         println!(
             "  {:<32} {:>10.0} {:>9.0} {:>9.0} {:>8.2} {:>8.2} {:>9.2}",
@@ -408,7 +413,7 @@ async fn memory_section(bench: &Bench) {
     for (name, contender, _) in &producers {
         let addr = match contender {
             events::Contender::Meshless(addr) | events::Contender::Raw(addr) => *addr,
-            events::Contender::Nats(_) => continue,
+            events::Contender::Nats { .. } => continue,
         };
         let mut channels = Vec::new();
         for _ in 0..CONNECTIONS {

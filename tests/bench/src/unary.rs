@@ -20,6 +20,9 @@ pub struct Report {
     pub calls: usize,
 }
 
+pub const RAW: &str = "raw tonic Channel, 1 instance";
+pub const BALANCE_LIST: &str = "tonic balance_list, 3";
+
 /// Runs `call` from `concurrency` tasks for `duration` (after a short warm-up).
 async fn drive<F, Fut>(
     name: &'static str,
@@ -84,67 +87,60 @@ pub async fn run(
 ) -> Vec<Report> {
     let duration = bench.duration;
     let mut reports = Vec::new();
+    // `--contender raw|tonic|ginepro|meshless` leaves the others out, for profiling one (the
+    // ratios are then to the first left).
+    let wanted = |first_word| crate::wanted_contender(first_word);
 
-    let raw = tonic::transport::Endpoint::from_shared(format!("http://{}", instances[0]))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let raw = plain::testing::v1::echo_client::EchoClient::new(raw);
-    reports.push(
-        drive(
-            "raw tonic Channel, 1 instance",
-            concurrency,
-            duration,
-            move || {
-                let mut client = raw.clone();
-                async move { client.unary(request()).await.is_ok() }
-            },
-        )
-        .await,
-    );
+    if wanted("raw") {
+        let raw = tonic::transport::Endpoint::from_shared(format!("http://{}", instances[0]))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let raw = plain::testing::v1::echo_client::EchoClient::new(raw);
+        let report = drive(RAW, concurrency, duration, move || {
+            let mut client = raw.clone();
+            async move { client.unary(request()).await.is_ok() }
+        });
+        reports.push(report.await);
+    }
 
-    let endpoints = instances.iter().map(|addr| {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
-    });
-    let balanced = plain::testing::v1::echo_client::EchoClient::new(
-        tonic::transport::Channel::balance_list(endpoints),
-    );
-    reports.push(
-        drive("tonic balance_list, 3", concurrency, duration, move || {
+    if wanted("tonic") {
+        let endpoints = instances.iter().map(|addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
+        });
+        let balanced = plain::testing::v1::echo_client::EchoClient::new(
+            tonic::transport::Channel::balance_list(endpoints),
+        );
+        let report = drive(BALANCE_LIST, concurrency, duration, move || {
             let mut client = balanced.clone();
             async move { client.unary(request()).await.is_ok() }
-        })
-        .await,
-    );
+        });
+        reports.push(report.await);
+    }
 
-    let ginepro = crate::ginepro::channel(instances).await;
-    reports.push(
-        drive("ginepro, 3", concurrency, duration, move || {
+    if wanted("ginepro") {
+        let ginepro = crate::ginepro::channel(instances).await;
+        let report = drive("ginepro, 3", concurrency, duration, move || {
             let channel = ginepro.clone();
             async move { crate::ginepro::unary(channel, &request()).await }
-        })
-        .await,
-    );
+        });
+        reports.push(report.await);
+    }
 
-    let meshless = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
-        .await
-        .expect("meshless client");
-    let mesh_request = || mesh::testing::v1::EchoRequest {
-        payload: vec![7; 100],
-        ..Default::default()
-    };
-    reports.push(
-        drive(
-            "meshless dns+srv + p2c, 3",
-            concurrency,
-            duration,
-            move || {
-                let client = meshless.clone();
-                async move { client.unary(mesh_request()).await.is_ok() }
-            },
-        )
-        .await,
-    );
+    if wanted("meshless") {
+        let meshless = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
+            .await
+            .expect("meshless client");
+        let mesh_request = || mesh::testing::v1::EchoRequest {
+            payload: vec![7; 100],
+            ..Default::default()
+        };
+        let report = drive("meshless dns+srv + p2c, 3", concurrency, duration, move || {
+            let client = meshless.clone();
+            async move { client.unary(mesh_request()).await.is_ok() }
+        });
+        reports.push(report.await);
+    }
     reports
 }
