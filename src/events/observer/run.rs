@@ -1,6 +1,7 @@
 //! One subscription: one event RPC on one producer instance, from connect to stop.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,11 +25,25 @@ use crate::events::wire::{parse_epoch_header, EventCodec, EPOCH_HEADER, START_AF
 use crate::events::Envelope;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
 
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A typed handler: what the generated observer registers per event RPC. Kept in its own
+/// type (not boxed), so that calling it allocates nothing per event.
+pub(crate) trait Handler<T>: Send + Sync + 'static {
+    type Handled: Future<Output = Result<(), HandlerError>> + Send + 'static;
 
-/// A typed handler, erased: what the generated observer registers per event RPC.
-pub(crate) type Handler<T> =
-    Arc<dyn Fn(Event<T>) -> BoxFuture<Result<(), HandlerError>> + Send + Sync>;
+    fn handle(&self, event: Event<T>) -> Self::Handled;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: Fn(Event<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    type Handled = Fut;
+
+    fn handle(&self, event: Event<T>) -> Fut {
+        self(event)
+    }
+}
 
 /// What one subscription needs, shared by its instances.
 pub(crate) struct Shared {
@@ -63,14 +78,16 @@ pub(crate) trait Subscription: Send + Sync {
     ) -> tokio::task::JoinHandle<()>;
 }
 
-pub(crate) struct Typed<T> {
+pub(crate) struct Typed<T, H> {
     pub(crate) rpc: &'static str,
-    pub(crate) handler: Handler<T>,
+    pub(crate) handler: Arc<H>,
+    pub(crate) event: PhantomData<fn() -> T>,
 }
 
-impl<T> Subscription for Typed<T>
+impl<T, H> Subscription for Typed<T, H>
 where
     T: Message + Default + Clone + Send + Sync + 'static,
+    H: Handler<T>,
 {
     fn spawn(
         &self,
@@ -82,6 +99,7 @@ where
         static STREAMS: AtomicU64 = AtomicU64::new(1);
         let metrics = StreamMetrics::new(self.rpc);
         let stream = InstanceStream {
+            event: PhantomData,
             rpc: self.rpc,
             handler: self.handler.clone(),
             instance: instance.into(),
@@ -120,9 +138,10 @@ impl StreamMetrics {
     }
 }
 
-struct InstanceStream<T> {
+struct InstanceStream<T, H> {
     rpc: &'static str,
-    handler: Handler<T>,
+    handler: Arc<H>,
+    event: PhantomData<fn() -> T>,
     /// Shared with every event from this instance, so no event copies it.
     instance: Arc<str>,
     /// Tells this stream apart from the others of the observer in the [`Book`].
@@ -210,9 +229,10 @@ struct Subscribed<T> {
     membership: Option<Membership>,
 }
 
-impl<T> InstanceStream<T>
+impl<T, H> InstanceStream<T, H>
 where
     T: Message + Default + Clone + Send + Sync + 'static,
+    H: Handler<T>,
 {
     async fn run(mut self) {
         let options = self.shared.options.clone();
@@ -616,48 +636,68 @@ where
             sequence = event.metadata().sequence,
             delivery_count = event.delivery_count(),
         );
-        self.handle_with_retries(&event).instrument(span).await
+        if span.is_disabled() {
+            self.handle_with_retries(&event).await
+        } else {
+            self.handle_with_retries(&event).instrument(span).await
+        }
     }
 
     async fn handle_with_retries(&self, event: &Event<T>) -> Result<(), Abandoned> {
-        let options = &self.shared.options;
         let _permit = match &self.shared.handlers {
             Some(limit) => limit.clone().acquire_owned().await.ok(),
             None => None,
         };
+        match self.handler.handle(event.clone()).await {
+            Ok(()) => {
+                self.metrics.handled.increment(1);
+                Ok(())
+            }
+            // The rare path, kept out of this future, which every event makes.
+            Err(error) => Box::pin(self.after_failure(event, error)).await,
+        }
+    }
+
+    /// Retries a handler that failed on its first attempt, with backoff, then dead-letters the
+    /// event.
+    async fn after_failure(
+        &self,
+        event: &Event<T>,
+        mut error: HandlerError,
+    ) -> Result<(), Abandoned> {
+        let options = &self.shared.options;
         // Handler retries double without jitter: they are one observer's own.
         let mut backoff = Backoff::exact(options.retry_backoff, Duration::MAX);
         let mut attempt = 1;
         loop {
-            match (self.handler)(event.clone()).await {
+            if attempt >= options.handler_attempts {
+                let dead = DeadLetter {
+                    instance: self.instance.to_string(),
+                    rpc: self.rpc,
+                    cursor: event.cursor(),
+                    attempts: attempt,
+                    error: error.to_string(),
+                };
+                self.metrics.dead_letters.increment(1);
+                (options.on_dead_letter)(&dead);
+                return Ok(());
+            }
+            tracing::debug!(instance = %self.instance, rpc = self.rpc, attempt, %error, "handler failed; retrying");
+            let mut control = self.control.clone();
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_pause()) => {}
+                _ = control.wait_for(|state| *state == Instance::Stopped) => {
+                    tracing::debug!(instance = %self.instance, rpc = self.rpc, "stopped while retrying a handler; the event is left for whoever comes next");
+                    return Err(Abandoned);
+                }
+            }
+            attempt += 1;
+            match self.handler.handle(event.clone()).await {
                 Ok(()) => {
                     self.metrics.handled.increment(1);
                     return Ok(());
                 }
-                Err(error) if attempt >= options.handler_attempts => {
-                    let dead = DeadLetter {
-                        instance: self.instance.to_string(),
-                        rpc: self.rpc,
-                        cursor: event.cursor(),
-                        attempts: attempt,
-                        error: error.to_string(),
-                    };
-                    self.metrics.dead_letters.increment(1);
-                    (options.on_dead_letter)(&dead);
-                    return Ok(());
-                }
-                Err(error) => {
-                    tracing::debug!(instance = %self.instance, rpc = self.rpc, attempt, %error, "handler failed; retrying");
-                    let mut control = self.control.clone();
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next_pause()) => {}
-                        _ = control.wait_for(|state| *state == Instance::Stopped) => {
-                            tracing::debug!(instance = %self.instance, rpc = self.rpc, "stopped while retrying a handler; the event is left for whoever comes next");
-                            return Err(Abandoned);
-                        }
-                    }
-                    attempt += 1;
-                }
+                Err(failed) => error = failed,
             }
         }
     }

@@ -56,8 +56,12 @@ impl ObserverBuilder {
         F: Fn(Event<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let handler = Arc::new(move |event| Box::pin(handler(event)) as super::run::BoxFuture<_>);
-        self.subscriptions.push(Arc::new(Typed { rpc, handler }));
+        let handler = Arc::new(handler);
+        self.subscriptions.push(Arc::new(Typed {
+            rpc,
+            handler,
+            event: std::marker::PhantomData,
+        }));
         self.rpcs.push(rpc);
         self
     }
