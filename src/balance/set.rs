@@ -226,6 +226,11 @@ impl InstanceSet {
         deadline: Option<Instant>,
         tried: &[Arc<Instance>],
     ) -> Result<(Arc<Instance>, InFlight), tonic::Status> {
+        // The common case: an instance is ready, and nothing needs to wait for a change.
+        if let Some(instance) = self.ready.load().pick_avoiding(tried) {
+            let in_flight = instance.start_call();
+            return Ok((instance.clone(), in_flight));
+        }
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
         loop {
