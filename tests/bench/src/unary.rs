@@ -119,6 +119,32 @@ pub async fn run(
         reports.push(report.await);
     }
 
+    if wanted("tonic") {
+        // The same, with the deadline every meshless call carries (its default, 30 s): sent as
+        // `grpc-timeout`, timed by tonic's channel and by the server. What deadlines cost,
+        // apart from the rest of meshless.
+        let endpoints = instances.iter().map(|addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
+        });
+        let balanced = plain::testing::v1::echo_client::EchoClient::new(
+            tonic::transport::Channel::balance_list(endpoints),
+        );
+        let report = drive(
+            "tonic balance_list, deadline",
+            concurrency,
+            duration,
+            move || {
+                let mut client = balanced.clone();
+                async move {
+                    let mut request = tonic::Request::new(request());
+                    request.set_timeout(Duration::from_secs(30));
+                    client.unary(request).await.is_ok()
+                }
+            },
+        );
+        reports.push(report.await);
+    }
+
     if wanted("ginepro") {
         let ginepro = crate::ginepro::channel(instances).await;
         let report = drive("ginepro, 3", concurrency, duration, move || {
@@ -136,10 +162,15 @@ pub async fn run(
             payload: vec![7; 100],
             ..Default::default()
         };
-        let report = drive("meshless dns+srv + p2c, 3", concurrency, duration, move || {
-            let client = meshless.clone();
-            async move { client.unary(mesh_request()).await.is_ok() }
-        });
+        let report = drive(
+            "meshless dns+srv + p2c, 3",
+            concurrency,
+            duration,
+            move || {
+                let client = meshless.clone();
+                async move { client.unary(mesh_request()).await.is_ok() }
+            },
+        );
         reports.push(report.await);
     }
     reports
