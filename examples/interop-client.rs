@@ -7,6 +7,10 @@
 //! (`ServerStream` with the message `"10"`, which the server answers after 10 s of silence)
 //! on a channel that pings every N ms while the call is open, then a unary call after the
 //! connection sat idle. The server's ping policy decides whether that passes.
+//!
+//! With `--traced-call` it makes one unary call, with the message `trace-id?`, within a span
+//! of its own (an OpenTelemetry span), and checks that the server answers with that span's
+//! trace id: the server's span continued the client's trace.
 
 use std::time::Duration;
 
@@ -34,7 +38,7 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: interop-client --target TARGET [--keepalive-interval-ms N]";
+    let usage = "usage: interop-client --target TARGET [--keepalive-interval-ms N | --traced-call]";
     let target = match (args.next().as_deref(), args.next()) {
         (Some("--target"), Some(target)) => target,
         _ => return Err(usage.into()),
@@ -47,6 +51,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         (Some("--keepalive-interval-ms"), Some(Ok(interval))) => {
             return keepalive(&target, Duration::from_millis(interval)).await;
         }
+        (Some("--traced-call"), None) => return traced_call(&target).await,
         _ => return Err(usage.into()),
     }
     let client = EchoClient::connect(&target).await?;
@@ -155,4 +160,33 @@ fn check(ok: bool, what: String) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Err(format!("unexpected {what}").into())
     }
+}
+
+/// One call within an OpenTelemetry span; the server answers with the trace id it saw.
+async fn traced_call(target: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("interop-client"));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+
+    let client = EchoClient::connect(target).await?;
+    let span = tracing::info_span!("interop-client");
+    let ours = span.context().span().span_context().trace_id().to_string();
+    let reply = client
+        .unary(EchoRequest {
+            message: "trace-id?".into(),
+            ..Default::default()
+        })
+        .instrument(span)
+        .await?;
+    let theirs = &reply.get_ref().message;
+    println!("client trace {ours}, server trace {theirs}");
+    check(
+        *theirs == ours,
+        format!("the server's span is in trace {theirs}, not the client's {ours}"),
+    )
 }

@@ -4,6 +4,10 @@
 //!
 //! Run with: cargo run --example interop-server -- --listen 127.0.0.1:0 [--data-dir DIR]
 //! It prints `listening on ADDR` once it serves, and stops on Ctrl-C or SIGTERM.
+//!
+//! Its spans are OpenTelemetry spans (not exported): a unary call with the message
+//! `trace-id?` is answered with the trace id of the span that served it, so that a caller can
+//! check that its trace context (W3C `traceparent`) went through.
 
 use std::pin::Pin;
 
@@ -39,8 +43,29 @@ fn reply(request: &EchoRequest) -> Result<EchoReply, Status> {
     })
 }
 
+/// Asked for with the message `trace-id?`.
+const TRACE_ID_QUESTION: &str = "trace-id?";
+
+/// The trace id of the span this runs in, as 32 hexadecimal digits.
+fn current_trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
+}
+
 impl EchoHandler for Echo {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if request.get_ref().message == TRACE_ID_QUESTION {
+            return Ok(Response::new(EchoReply {
+                message: current_trace_id(),
+                ..EchoReply::default()
+            }));
+        }
         let mut response = Response::new(reply(request.get_ref())?);
         // Custom metadata comes back as it came, ASCII and binary alike.
         for entry in request.metadata().iter() {
@@ -141,6 +166,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         (Some("--data-dir"), Some(dir)) => EchoPublisher::open(dir)?,
         _ => return Err(usage.into()),
     };
+    // Spans become OpenTelemetry spans, children of the caller's when it sent its context.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("interop-server"));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -8,6 +8,10 @@
 //!
 //! With `--data-dir`, each Users instance keeps its events in files under DIR (a folder per
 //! instance): run it twice and the second run's producers continue the first run's epochs.
+//!
+//! At the end it prints the trace of one sign-up: the client's call, the Users handler that
+//! served it, and the observers' handling of the event it published (linked to it), as
+//! OpenTelemetry spans exported in process (meshless's `opentelemetry` feature).
 
 #[path = "shared/observers.rs"]
 mod observers;
@@ -21,7 +25,11 @@ use meshless::events::ObserverOptions;
 use meshless::testing::TestDns;
 use meshless::{Code, Server};
 use observers::{Feed, Log, WelcomeEmail};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tokio::net::TcpListener;
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
 use users::proto::{
     GetUserRequest, SignUpRequest, UsersClient, UsersObserver, UsersPublisher, UsersService,
 };
@@ -37,6 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (None, _) => None,
         _ => return Err("usage: signup [--data-dir DIR]".into()),
     };
+    let (provider, exported) = trace_in_process()?;
     let dns = TestDns::start("service.consul").await?;
     println!("DNS for service.consul on {}", dns.addr());
 
@@ -120,11 +129,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("barbara@example.com", "Barbara"),
     ];
     for (email, name) in people {
+        // Each sign-up is a trace: the client's span, and everything it leads to.
+        let span = tracing::info_span!("sign up", email);
         let reply = client
             .sign_up(SignUpRequest {
                 email: email.into(),
                 name: name.into(),
             })
+            .instrument(span)
             .await?;
         println!(
             "signed up {name:<7} as id {} (served by {})",
@@ -205,7 +217,75 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sent_by(&format!("{} ", welcome[1].name)),
         feed.entries.len()
     );
+    provider.force_flush()?;
+    print_trace(&exported.get_finished_spans()?, "ada@example.com");
     Ok(())
+}
+
+/// Turns this process's `tracing` spans into OpenTelemetry spans, kept in memory to be
+/// printed. A service would export them instead (OTLP to a collector; see the README).
+fn trace_in_process(
+) -> Result<(SdkTracerProvider, InMemorySpanExporter), Box<dyn std::error::Error>> {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("signup"));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    Ok((provider, exporter))
+}
+
+/// Prints the trace of the sign-up of `email`, and the spans linked to it (the observers'
+/// handling of the event the sign-up published), as trees.
+fn print_trace(spans: &[SpanData], email: &str) {
+    let Some(root) = spans
+        .iter()
+        .find(|span| span.name == "sign up" && attribute(span, "email") == Some(email.into()))
+    else {
+        println!("no trace of the sign-up of {email}");
+        return;
+    };
+    let trace = root.span_context.trace_id();
+    println!("the trace of one sign-up ({email}), trace id {trace}:");
+    print_tree(spans, root, 1);
+    for linked in spans.iter().filter(|span| {
+        span.links
+            .iter()
+            .any(|link| link.span_context.trace_id() == trace)
+    }) {
+        println!(
+            "  linked to it, in trace {}:",
+            linked.span_context.trace_id()
+        );
+        print_tree(spans, linked, 2);
+    }
+}
+
+fn print_tree(spans: &[SpanData], span: &SpanData, depth: usize) {
+    let details: Vec<String> = ["email", "method", "instance", "rpc", "delivery_count"]
+        .into_iter()
+        .filter_map(|key| attribute(span, key).map(|value| format!("{key}={value}")))
+        .collect();
+    println!(
+        "{:indent$}{} {}",
+        "",
+        span.name,
+        details.join(" "),
+        indent = depth * 2
+    );
+    for child in spans
+        .iter()
+        .filter(|child| child.parent_span_id == span.span_context.span_id())
+    {
+        print_tree(spans, child, depth + 1);
+    }
+}
+
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
 }
 
 fn served_by<T>(response: &meshless::Response<T>) -> &str {

@@ -41,17 +41,25 @@ impl std::fmt::Debug for Connector {
 
 impl Default for Connector {
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
+        Self::new(
+            Duration::from_secs(5),
+            (DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT),
+        )
     }
 }
 
 impl Connector {
+    /// Plaintext connections with these timeouts and keepalive (interval, timeout).
+    pub(crate) fn new(connect_timeout: Duration, keepalive: (Duration, Duration)) -> Self {
+        Self {
+            connect_timeout,
+            keepalive_interval: keepalive.0,
+            keepalive_timeout: keepalive.1,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
     /// Uses TLS, verifying servers' certificates for the name `tls` sets, else for
     /// `target_name`: instances found through DNS are dialled by IP address, so the name to
     /// verify comes from the target, not from the address.

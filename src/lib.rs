@@ -71,6 +71,7 @@ pub mod testing;
 mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod trace_context;
 pub mod v1;
 
 #[doc(hidden)]

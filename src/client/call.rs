@@ -105,6 +105,8 @@ pub(crate) async fn call(
         method,
         instance = tracing::field::Empty,
         status = tracing::field::Empty,
+        deadline_ms = tracing::field::Empty,
+        attempts = tracing::field::Empty,
     );
     let report = CallReport::new(&policy.metrics, method, span.clone());
     match timed_call(&instances, &policy, request)
@@ -140,6 +142,9 @@ async fn timed_call(
         },
     };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    if let Some(timeout) = timeout {
+        tracing::Span::current().record("deadline_ms", timeout.as_millis() as u64);
+    }
     policy.budget.deposit();
 
     let mut tried = Vec::new();
@@ -263,7 +268,14 @@ async fn attempt(
         Err(status) => return Attempt::Answered(status.into_http()),
     };
     tried.push(instance.clone());
-    tracing::Span::current().record("instance", instance.key.as_str());
+    let call_span = tracing::Span::current();
+    call_span.record("instance", instance.key.as_str());
+    call_span.record("attempts", tried.len());
+    // Each attempt is a span of its own, the parent of the server's.
+    let span =
+        tracing::debug_span!("meshless.attempt", instance = %instance.key, attempt = tried.len());
+    let mut request = request;
+    crate::trace_context::inject(&span, request.headers_mut());
     let Some(connection) = instance.connection() else {
         return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
             "instance {} of `{}` lost its connection",
@@ -271,7 +283,11 @@ async fn attempt(
             instances.target()
         ))));
     };
-    let outcome = connection.call(request).await;
+    let outcome = if span.is_disabled() {
+        connection.call(request).await
+    } else {
+        connection.call(request).instrument(span).await
+    };
     // How the call went, as far as the response head tells (a failure answered at once comes
     // as a head with its status): failures count against the instance, and never as fast.
     let failed = match &outcome {

@@ -252,15 +252,27 @@ impl Hub {
                 limit: self.max_event_size,
             });
         }
+        // The publisher's span, for the observers' spans to link to (`opentelemetry` feature).
+        let (traceparent, tracestate) = crate::trace_context::of_current_span();
         // Encoded once, outside the lock; only the small metadata is added under it.
-        let mut bytes = BytesMut::with_capacity(size + 32);
+        let mut bytes =
+            BytesMut::with_capacity(size + 32 + traceparent.len() + tracestate.len() + 8);
         event.encode_raw(&mut bytes);
         let published_at = wire::now_unix_micros();
 
         let mut state = self.lock();
         let sequence = state.log.next_sequence();
         // Straight into the event's buffer, which has room for it.
-        wire::append_published(&mut bytes, self.epoch, sequence, published_at);
+        wire::append_published(
+            &mut bytes,
+            wire::Published {
+                epoch: self.epoch,
+                sequence,
+                published_at,
+                traceparent,
+                tracestate,
+            },
+        );
         let stored = Stored {
             sequence,
             published_at: u64::try_from(published_at).unwrap_or(0),

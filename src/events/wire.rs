@@ -100,18 +100,25 @@ pub(crate) fn now_unix_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// What every subscriber learns of a newly published event.
+pub(crate) struct Published {
+    pub(crate) epoch: u64,
+    pub(crate) sequence: u64,
+    pub(crate) published_at: i64,
+    /// The publisher's span (W3C trace context), empty without one.
+    pub(crate) traceparent: String,
+    pub(crate) tracestate: String,
+}
+
 /// Appends the metadata of a newly published event to the event's encoded message (which
-/// should have room for it: about 32 bytes).
-pub(crate) fn append_published(
-    bytes: &mut impl BufMut,
-    epoch: u64,
-    sequence: u64,
-    published_at: i64,
-) {
+/// should have room for it: about 32 bytes, and the trace context).
+pub(crate) fn append_published(bytes: &mut impl BufMut, published: Published) {
     let metadata = EventMetadata {
-        epoch,
-        sequence,
-        published_at_unix_micros: published_at,
+        epoch: published.epoch,
+        sequence: published.sequence,
+        published_at_unix_micros: published.published_at,
+        traceparent: published.traceparent,
+        tracestate: published.tracestate,
         ..EventMetadata::default()
     };
     encoding::message::encode(EVENT_METADATA_FIELD, &metadata, bytes);

@@ -470,3 +470,43 @@ async fn ready_instances_counts_the_instances_calls_can_go_to() {
     assert_eq!(support::served_by(reply.get_ref()), "one");
     one.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn calls_say_who_they_are_unless_they_say_it_themselves() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = {
+        let seen = seen.clone();
+        move |request: tonic::Request<()>| {
+            let agent = request
+                .metadata()
+                .get("user-agent")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            seen.lock().unwrap().push(agent);
+            Ok(request)
+        }
+    };
+    let server = Server::builder()
+        .layer(meshless::server::InterceptorLayer::new(record))
+        .add_service(EchoService::new(Echo::named("echo")));
+    let running = Running::start(server).await;
+    let channel = Channel::connect(&format!("ipv4:{}", running.addr))
+        .await
+        .unwrap();
+    let client = EchoClient::new(channel);
+    client.unary(request("default")).await.unwrap();
+    let mut own = Request::new(request("own"));
+    own.metadata_mut()
+        .insert("user-agent", "signup-service/2.1".parse().unwrap());
+    client.unary(own).await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<&String> = seen.iter().rev().take(2).collect();
+    assert_eq!(calls[0], "signup-service/2.1", "{seen:?}");
+    assert!(
+        calls[1].starts_with("grpc-rust-meshless/"),
+        "the default names meshless: {seen:?}"
+    );
+    running.stop().await.unwrap();
+}

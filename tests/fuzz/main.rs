@@ -21,6 +21,9 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
         any::<u32>(),
         any::<bool>(),
         any::<u64>(),
+        // Trace context, well formed or not: the observer takes what the propagator accepts.
+        "(00-[0-9a-f]{32}-[0-9a-f]{16}-0[01])?|.{0,60}",
+        ".{0,40}",
     )
         .prop_map(
             |(
@@ -31,6 +34,8 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                 delivery_count,
                 heartbeat,
                 previous_epoch,
+                traceparent,
+                tracestate,
             )| {
                 EventMetadata {
                     epoch,
@@ -40,6 +45,8 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                     delivery_count,
                     heartbeat,
                     previous_epoch,
+                    traceparent,
+                    tracestate,
                 }
             },
         )

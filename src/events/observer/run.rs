@@ -636,6 +636,10 @@ where
             sequence = event.metadata().sequence,
             delivery_count = event.delivery_count(),
         );
+        // A link to the publisher's span (`opentelemetry` feature): one publish is handled by
+        // many observers, maybe much later, so it is not this span's parent.
+        let metadata = event.metadata();
+        crate::trace_context::link(&span, &metadata.traceparent, &metadata.tracestate);
         if span.is_disabled() {
             self.handle_with_retries(&event).await
         } else {
@@ -671,6 +675,7 @@ where
         let mut attempt = 1;
         loop {
             if attempt >= options.handler_attempts {
+                tracing::warn!(instance = %self.instance, rpc = self.rpc, attempts = attempt, %error, "handler failed on every attempt; event dead-lettered");
                 let dead = DeadLetter {
                     instance: self.instance.to_string(),
                     rpc: self.rpc,

@@ -83,12 +83,7 @@ impl ObserverBuilder {
             )));
         }
         let parsed: Target = target.parse()?;
-        let connector = Connector {
-            connect_timeout: self.options.connect_timeout,
-            keepalive_interval: self.options.keepalive.0,
-            keepalive_timeout: self.options.keepalive.1,
-            ..Connector::default()
-        };
+        let connector = Connector::new(self.options.connect_timeout, self.options.keepalive);
         #[cfg(feature = "tls")]
         let connector = connector.with_tls(self.options.tls.as_ref(), parsed.server_name());
         let book = Book::default();

@@ -82,6 +82,8 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let method = request.uri().path();
         let span = tracing::debug_span!("meshless.serve", method, status = tracing::field::Empty);
+        // The caller's span (W3C `traceparent`), when it sent one, is this one's parent.
+        crate::trace_context::adopt_parent(&span, request.headers());
         let report = CallReport::new(
             &self.state.metrics,
             self.state.method_label(method),
