@@ -268,6 +268,56 @@ mod test {
     }
 
     #[test]
+    fn published_metadata_carries_the_trace_context_and_plain_decoders_skip_it() {
+        let event = Cursor {
+            epoch: 7,
+            sequence: 9,
+        };
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut bytes = event.encode_to_vec();
+        append_published(
+            &mut bytes,
+            Published {
+                epoch: 1,
+                sequence: 2,
+                published_at: 3,
+                traceparent: traceparent.into(),
+                tracestate: "vendor=x".into(),
+            },
+        );
+        assert_eq!(Cursor::decode(bytes.as_slice()).unwrap(), event);
+        let (decoded, metadata) = Envelope::<Cursor>::decode(bytes.as_slice())
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        assert_eq!(decoded, event);
+        assert_eq!(
+            (
+                metadata.epoch,
+                metadata.sequence,
+                metadata.published_at_unix_micros
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!(metadata.traceparent, traceparent);
+        assert_eq!(metadata.tracestate, "vendor=x");
+
+        // Without a span, nothing is added: the metadata is as small as before.
+        let mut without = Vec::new();
+        append_published(
+            &mut without,
+            Published {
+                epoch: 1,
+                sequence: 2,
+                published_at: 3,
+                traceparent: String::new(),
+                tracestate: String::new(),
+            },
+        );
+        assert!(without.len() < 40, "{} bytes", without.len());
+    }
+
+    #[test]
     fn plain_decoders_see_the_declared_message() {
         // Any message stands in for an event here.
         let event = Cursor {

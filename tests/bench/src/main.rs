@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery|durable|bounds|stores] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|discovery|durable|bounds|tracing|stores] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -159,6 +159,91 @@ async fn run(bench: &Bench, cores: usize) {
         bounds::subscribers_section().await;
         bounds::groups_section(bench).await;
     }
+    // Last: it installs a tracing subscriber for the rest of the process.
+    if wanted("tracing") {
+        tracing_section(bench).await;
+    }
+}
+
+/// The meshless unary and event rows without a tracing subscriber (what the default build,
+/// without the `opentelemetry` feature, does), then with every span an OpenTelemetry span
+/// (the `opentelemetry` feature, `tracing-opentelemetry`, a provider without an exporter).
+async fn tracing_section(bench: &Bench) {
+    let (dns, _instances) = three_instances(bench, Third::Slow(Duration::ZERO)).await;
+    let count: u64 = if bench.quick { 20_000 } else { 200_000 };
+    let capacity = (count + 16) as usize;
+    let producers = events::producers(bench, capacity, None).await;
+    let (_, contender, producer) = producers
+        .iter()
+        .find(|(name, _, _)| *name == "meshless")
+        .expect("the meshless producer");
+    let measure = || async {
+        let unary = unary::meshless(bench, &dns, 64).await;
+        let events = events::throughput(bench, "meshless", contender, producer, 4, 64, count).await;
+        (unary, events)
+    };
+    let (unary_off, events_off) = measure().await;
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::{Layer as _, SubscriberExt};
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        // As the README says to: meshless's spans (DEBUG), and INFO from the rest (h2 and hyper
+        // log every frame at TRACE).
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_target("meshless", tracing::Level::DEBUG)
+            .with_default(tracing::Level::INFO);
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bench"))
+            .with_filter(filter);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("the first tracing subscriber of the process");
+    }
+    let (unary_on, events_on) = measure().await;
+    println!("Tracing: meshless rows without a tracing subscriber, and with every span an OpenTelemetry span (no exporter)");
+    println!(
+        "  {:<44} {:>10} {:>9} {:>9} {:>8}",
+        "", "per second", "p50 us", "p99 us", "x off"
+    );
+    for (name, report, base) in [
+        (
+            "unary, 3 instances, 64 in flight: off",
+            &unary_off,
+            &unary_off,
+        ),
+        (
+            "unary, 3 instances, 64 in flight: on",
+            &unary_on,
+            &unary_off,
+        ),
+    ] {
+        println!(
+            "  {:<44} {:>10.0} {:>9.0} {:>9.0} {:>8.2}",
+            name,
+            report.per_second,
+            report.p50_us,
+            report.p99_us,
+            report.per_second / base.per_second
+        );
+    }
+    for (name, report) in [
+        ("events, 4 observers, 64 B: off", &events_off),
+        ("events, 4 observers, 64 B: on", &events_on),
+    ] {
+        println!(
+            "  {:<44} {:>10.0} {:>9} {:>9} {:>8.2}   {}, producer cpu/ev {} ns",
+            name,
+            report.per_second,
+            "-",
+            "-",
+            report.per_second / events_off.per_second,
+            percent(report.delivered, report.expected),
+            report.producer_cpu_per_event.as_nanos()
+        );
+    }
+    println!();
+    drop(producers);
+    bench.on_server(async move { dns.stop().await }).await;
+    let _ = std::fs::remove_dir_all(events::durable_dir());
 }
 
 /// What the third of the 3 instances does differently.
@@ -170,7 +255,9 @@ enum Third {
     Broken,
 }
 
-async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::Report> {
+/// Three Echo instances on the server runtime, registered in a DNS server of their own; the
+/// third behaves as `third` says.
+async fn three_instances(bench: &Bench, third: Third) -> (TestDns, Vec<std::net::SocketAddr>) {
     let dns = bench
         .on_server(async { TestDns::start("bench.test").await.expect("dns") })
         .await;
@@ -198,6 +285,11 @@ async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::R
             .expect("dns");
         instances.push(addr);
     }
+    (dns, instances)
+}
+
+async fn unary_section(bench: &Bench, third: Third, title: &str) -> Vec<unary::Report> {
+    let (dns, instances) = three_instances(bench, third).await;
     let reports = unary::run(bench, &instances, &dns, 64).await;
     println!("{title}");
     println!(

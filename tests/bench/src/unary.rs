@@ -175,3 +175,28 @@ pub async fn run(
     }
     reports
 }
+
+/// The meshless row alone.
+pub async fn meshless(bench: &Bench, dns: &TestDns, concurrency: usize) -> Report {
+    let client = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
+        .await
+        .expect("meshless client");
+    drive(
+        "meshless dns+srv + p2c, 3",
+        concurrency,
+        bench.duration,
+        move || {
+            let client = client.clone();
+            async move {
+                client
+                    .unary(mesh::testing::v1::EchoRequest {
+                        payload: vec![7; 100],
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
