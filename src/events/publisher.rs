@@ -151,7 +151,8 @@ impl Publisher {
     /// survive a crash or restart of the process: reopening the directory continues the
     /// epoch and the sequences, so observers resume exactly. A torn or corrupt record (left by
     /// a crash of the machine, or a disk fault) is reported in the log and starts a new epoch,
-    /// which observers are told of as a gap. One process at a time may open a directory.
+    /// which observers are told of as a gap. One publisher at a time may open a directory: a
+    /// second is refused with an error while the first (or anything serving its events) lives.
     #[doc(hidden)]
     pub fn open(
         service: &str,
@@ -165,6 +166,10 @@ impl Publisher {
         };
         settings.check_retain(service, rpcs);
         std::fs::create_dir_all(dir).map_err(io("creating the event directory"))?;
+        // Before anything is read: another publisher may be writing.
+        let lock = Arc::new(
+            disk::lock::DirectoryLock::take(dir).map_err(io("locking the event directory"))?,
+        );
         let kept_epoch = disk::epoch::load(dir).map_err(io("reading the epoch"))?;
         let mut logs = Vec::with_capacity(rpcs.len());
         for rpc in rpcs {
@@ -194,7 +199,7 @@ impl Publisher {
         for (rpc, recovered) in rpcs.iter().zip(logs) {
             let retain = settings.retain_of(rpc);
             let method = format!("{service}/{}", rpc.name);
-            let log = disk::DiskLog::open(recovered, &method, settings.limits())
+            let log = disk::DiskLog::open(recovered, &method, settings.limits(), lock.clone())
                 .map_err(io("opening the event log"))?;
             let syncer = log.syncer();
             hubs.push(Arc::new(settings.configure(Hub::with_log(

@@ -375,6 +375,25 @@ async fn a_directory_that_cannot_be_written_is_an_error_not_a_panic() {
     assert!(error.to_string().contains("event log"), "{error}");
 }
 
+#[tokio::test]
+async fn a_second_publisher_on_a_directory_is_refused_until_the_first_is_gone() {
+    let dir = scratch();
+    let first = support::EchoPublisher::open(&dir.0).unwrap();
+    first.publish_echoed(echoed("one")).unwrap();
+    let error = support::EchoPublisher::open(&dir.0).unwrap_err();
+    assert!(
+        error.to_string().contains("another publisher has it open"),
+        "{error}"
+    );
+    // The first was not disturbed.
+    first.publish_echoed(echoed("two")).unwrap();
+    drop(first);
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    let cursor = reopened.publish_echoed(echoed("three")).unwrap();
+    assert_eq!(cursor.sequence, 3, "the two events before it were kept");
+}
+
 /// Starts a member of consumer group `mailers` on `target`.
 async fn mailer(handled: &Handled, target: &str) -> meshless::events::ObserverHandle {
     EchoObserver::new()

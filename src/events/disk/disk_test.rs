@@ -33,7 +33,8 @@ fn event(sequence: u64) -> Stored {
 fn open(dir: &Path, retain: usize) -> DiskLog {
     let recovered = recover(dir, retain).unwrap();
     assert_eq!(recovered.torn, None);
-    DiskLog::open(recovered, "test.v1.S/E", Limits::default()).unwrap()
+    let lock = std::sync::Arc::new(super::lock::DirectoryLock::take(dir).unwrap());
+    DiskLog::open(recovered, "test.v1.S/E", Limits::default(), lock).unwrap()
 }
 
 fn append(log: &mut DiskLog, count: u64) {

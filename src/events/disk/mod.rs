@@ -16,6 +16,7 @@
 mod crc;
 pub(crate) mod epoch;
 mod groups;
+pub(crate) mod lock;
 mod record;
 mod sync;
 
@@ -182,11 +183,18 @@ pub(crate) struct DiskLog {
     journal: groups::Journal,
     /// The groups read back, until the hub takes them.
     saved_groups: Vec<(String, SavedGroup)>,
+    /// The publisher's hold on the directory, shared by its event RPCs' logs.
+    _lock: Arc<lock::DirectoryLock>,
 }
 
 impl DiskLog {
     /// Opens a recovered log for appending, `name` being its event RPC (for the sync thread).
-    pub(crate) fn open(recovered: Recovered, name: &str, limits: Limits) -> std::io::Result<Self> {
+    pub(crate) fn open(
+        recovered: Recovered,
+        name: &str,
+        limits: Limits,
+        lock: Arc<lock::DirectoryLock>,
+    ) -> std::io::Result<Self> {
         let Recovered {
             dir,
             retain,
@@ -233,6 +241,7 @@ impl DiskLog {
             broken: None,
             journal,
             saved_groups,
+            _lock: lock,
         };
         log.remove_old_segments()?;
         Ok(log)
