@@ -106,12 +106,7 @@ pub async fn run(
     }
 
     if wanted("tonic") {
-        let endpoints = instances.iter().map(|addr| {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
-        });
-        let balanced = plain::testing::v1::echo_client::EchoClient::new(
-            tonic::transport::Channel::balance_list(endpoints),
-        );
+        let balanced = balance_list(instances);
         let report = drive(BALANCE_LIST, concurrency, duration, move || {
             let mut client = balanced.clone();
             async move { client.unary(request()).await.is_ok() }
@@ -123,12 +118,7 @@ pub async fn run(
         // The same, with the deadline every meshless call carries (its default, 30 s): sent as
         // `grpc-timeout`, timed by tonic's channel and by the server. What deadlines cost,
         // apart from the rest of meshless.
-        let endpoints = instances.iter().map(|addr| {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
-        });
-        let balanced = plain::testing::v1::echo_client::EchoClient::new(
-            tonic::transport::Channel::balance_list(endpoints),
-        );
+        let balanced = balance_list(instances);
         let report = drive(
             "tonic balance_list, deadline",
             concurrency,
@@ -155,28 +145,24 @@ pub async fn run(
     }
 
     if wanted("meshless") {
-        let meshless = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
-            .await
-            .expect("meshless client");
-        let mesh_request = || mesh::testing::v1::EchoRequest {
-            payload: vec![7; 100],
-            ..Default::default()
-        };
-        let report = drive(
-            "meshless dns+srv + p2c, 3",
-            concurrency,
-            duration,
-            move || {
-                let client = meshless.clone();
-                async move { client.unary(mesh_request()).await.is_ok() }
-            },
-        );
-        reports.push(report.await);
+        reports.push(meshless(bench, dns, concurrency).await);
     }
     reports
 }
 
-/// The meshless row alone.
+/// tonic's balanced channel over `instances`.
+fn balance_list(
+    instances: &[SocketAddr],
+) -> plain::testing::v1::echo_client::EchoClient<tonic::transport::Channel> {
+    let endpoints = instances.iter().map(|addr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri")
+    });
+    plain::testing::v1::echo_client::EchoClient::new(tonic::transport::Channel::balance_list(
+        endpoints,
+    ))
+}
+
+/// The meshless row alone: the generated client on the `dns+srv` target.
 pub async fn meshless(bench: &Bench, dns: &TestDns, concurrency: usize) -> Report {
     let client = mesh::testing::v1::EchoClient::connect(dns.srv_target(crate::SERVICE))
         .await
