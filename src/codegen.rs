@@ -6,10 +6,14 @@ pub use prost_types;
 pub use tonic;
 pub use tonic_prost;
 
+pub use crate::keys::{KeyKind, KeyPath};
+
 /// What a generated client tells its [`Channel`](crate::Channel) about a call, in the
 /// request's extensions: whether the request and the response are single messages (a single
 /// request can be sent again; a single response gets the default timeout), and whether the
 /// method is idempotent (`option idempotency_level`).
+/// A call of a method with a routing key (`option (meshless.v1.routing)`) carries where the
+/// key is in its request, and the channel sends calls with the same key to the same instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
     /// One request message (unary and server-streaming calls).
@@ -18,6 +22,8 @@ pub struct Call {
     pub single_response: bool,
     /// Declared `IDEMPOTENT` or `NO_SIDE_EFFECTS`.
     pub idempotent: bool,
+    /// The request's routing key, when the method declares one.
+    pub routing: Option<KeyPath>,
 }
 
 /// Refuses a request message over `limit` bytes with `RESOURCE_EXHAUSTED`, before it is sent.

@@ -63,6 +63,7 @@ mod endpoint;
 mod error;
 pub mod events;
 mod extra_metadata;
+mod keys;
 mod peer;
 mod refused;
 pub mod server;

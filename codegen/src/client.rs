@@ -45,20 +45,22 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
         // Requests of known size are checked before they are sent: tonic would abort the
         // HTTP/2 stream mid-way, which reaches the caller as a transport error.
         let idempotent = method.idempotent;
-        let (single_request, single_response) = match method.shape {
+        let (single_request, single_response) = match &method.shape {
             Shape::Unary => (true, true),
             Shape::ServerStreaming => (true, false),
             Shape::ClientStreaming => (false, true),
             _ => (false, false),
         };
+        let routing = crate::events::key_path(method);
         let call = quote! {
             ::meshless::codegen::Call {
                 single_request: #single_request,
                 single_response: #single_response,
                 idempotent: #idempotent,
+                routing: #routing,
             }
         };
-        let check_size = match method.shape {
+        let check_size = match &method.shape {
             Shape::Unary | Shape::ServerStreaming => quote! {
                 let mut request = ::meshless::IntoRequest::into_request(request);
                 ::meshless::codegen::check_request_size(request.get_ref(), self.max_request_size)?;
@@ -69,7 +71,7 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
                 request.extensions_mut().insert(#call);
             },
         };
-        let (request, response) = match method.shape {
+        let (request, response) = match &method.shape {
             Shape::Event(_) => return quote! {},
             Shape::Unary => (
                 quote! { impl ::meshless::IntoRequest<#input> },

@@ -13,7 +13,7 @@ use crate::model::{Method, Service, Shape};
 use crate::server::{event_index, rust_type};
 
 fn event_methods(service: &Service) -> impl Iterator<Item = (&Method, u64)> {
-    service.methods.iter().filter_map(|m| match m.shape {
+    service.methods.iter().filter_map(|m| match &m.shape {
         Shape::Event(options) => Some((m, options.retain)),
         _ => None,
     })
@@ -33,7 +33,8 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
     ]);
     let rpcs = event_methods(service).map(|(method, retain)| {
         let name = &method.proto_name;
-        quote! { ::meshless::events::EventRpc { name: #name, retain: #retain } }
+        let key = key_path(method);
+        quote! { ::meshless::events::EventRpc { name: #name, retain: #retain, key: #key } }
     });
     let methods = event_methods(service).map(|(method, retain)| {
         let publish = format_ident!("publish_{}", method.name);
@@ -219,5 +220,23 @@ pub(crate) fn observer(service: &Service) -> TokenStream {
                 self.inner.start(target.as_ref()).await
             }
         }
+    }
+}
+
+/// `Some(KeyPath { .. })` for a method with a key (an event's, or a call's routing key);
+/// `None` otherwise.
+pub(crate) fn key_path(method: &Method) -> TokenStream {
+    match &method.key {
+        Some(key) => {
+            let numbers = &key.numbers;
+            let kind = format_ident!("{}", key.kind);
+            quote! {
+                ::core::option::Option::Some(::meshless::codegen::KeyPath {
+                    fields: &[#(#numbers),*],
+                    kind: ::meshless::codegen::KeyKind::#kind,
+                })
+            }
+        }
+        None => quote! { ::core::option::Option::None },
     }
 }

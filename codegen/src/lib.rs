@@ -55,6 +55,7 @@ mod docs;
 mod error;
 mod events;
 mod generator;
+mod keys;
 mod model;
 mod rewrite;
 mod server;

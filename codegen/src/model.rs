@@ -4,19 +4,24 @@
 use prost_reflect::{MethodDescriptor, Value};
 
 use crate::compile::Compiled;
+use crate::keys::{self, KeyField};
 
 /// Full name of the request message of every event RPC.
 pub(crate) const SUBSCRIBE_MESSAGE: &str = "meshless.v1.Subscribe";
 /// Full name of the method option that marks event RPCs.
 pub(crate) const EVENT_EXTENSION: &str = "meshless.v1.event";
+/// Full name of the method option that routes calls by a key of the request.
+pub(crate) const ROUTING_EXTENSION: &str = "meshless.v1.routing";
 /// Field number that carries event metadata in every event message.
 pub(crate) const EVENT_METADATA_FIELD: u32 = 536_870_000;
 
 /// The options of an event RPC, read from `option (meshless.v1.event)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EventOptions {
     /// `retain`, 0 when unset (the runtime's default applies).
     pub(crate) retain: u64,
+    /// `key`, as written; empty when unset.
+    pub(crate) key: String,
 }
 
 /// The event options of `method`, or `None` when it is not an event RPC.
@@ -29,18 +34,41 @@ pub(crate) fn event_options(
     if !options.has_extension(&extension) {
         return None;
     }
-    let retain = match &*options.get_extension(&extension) {
-        Value::Message(message) => message
-            .get_field_by_name("retain")
-            .and_then(|value| value.as_u64())
-            .unwrap_or(0),
-        _ => 0,
+    let (retain, key) = match &*options.get_extension(&extension) {
+        Value::Message(message) => (
+            message
+                .get_field_by_name("retain")
+                .and_then(|value| value.as_u64())
+                .unwrap_or(0),
+            message
+                .get_field_by_name("key")
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
+        _ => (0, String::new()),
     };
-    Some(EventOptions { retain })
+    Some(EventOptions { retain, key })
+}
+
+/// The routing key of `method` as written in `option (meshless.v1.routing)`, or `None` when it
+/// has none (or an empty one).
+pub(crate) fn routing_key(compiled: &Compiled, method: &MethodDescriptor) -> Option<String> {
+    let extension = compiled.pool.get_extension_by_name(ROUTING_EXTENSION)?;
+    let options = method.options();
+    if !options.has_extension(&extension) {
+        return None;
+    }
+    match &*options.get_extension(&extension) {
+        Value::Message(message) => message
+            .get_field_by_name("key")
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .filter(|key| !key.is_empty()),
+        _ => None,
+    }
 }
 
 /// How a method is called and served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Shape {
     Unary,
     ServerStreaming,
@@ -66,6 +94,8 @@ pub(crate) struct Method {
     pub(crate) deprecated: bool,
     /// `option idempotency_level = IDEMPOTENT` (or `NO_SIDE_EFFECTS`): safe to call again.
     pub(crate) idempotent: bool,
+    /// An event RPC's key in the event message, or a unary RPC's routing key in the request.
+    pub(crate) key: Option<KeyField>,
 }
 
 /// One service, as the generators see it.
@@ -95,10 +125,19 @@ impl Service {
             .methods
             .iter()
             .map(|method| {
-                let event = descriptor
+                let reflected = descriptor
                     .as_ref()
-                    .and_then(|d| d.methods().find(|m| m.name() == method.proto_name))
-                    .and_then(|m| event_options(compiled, &m));
+                    .and_then(|d| d.methods().find(|m| m.name() == method.proto_name));
+                let event = reflected.as_ref().and_then(|m| event_options(compiled, m));
+                // Checked by `validate` before anything is generated.
+                let key = reflected.as_ref().and_then(|m| match &event {
+                    Some(options) if !options.key.is_empty() => {
+                        keys::resolve(&m.output(), &options.key).ok()
+                    }
+                    Some(_) => None,
+                    None => routing_key(compiled, m)
+                        .and_then(|key| keys::resolve(&m.input(), &key).ok()),
+                });
                 let shape = match (event, method.client_streaming, method.server_streaming) {
                     (Some(options), false, true) => Shape::Event(options),
                     (_, false, false) => Shape::Unary,
@@ -116,6 +155,7 @@ impl Service {
                     deprecated: method.options.deprecated(),
                     idempotent: method.options.idempotency_level()
                         != prost_types::method_options::IdempotencyLevel::IdempotencyUnknown,
+                    key,
                 }
             })
             .collect();

@@ -98,7 +98,7 @@ fn handler_trait(service: &Service, names: &Names) -> TokenStream {
                 Item = ::core::result::Result<#output, ::meshless::Status>,
             > + ::core::marker::Send + 'static;
         };
-        match method.shape {
+        match &method.shape {
             Shape::Event(_) => quote! {},
             Shape::Unary => {
                 let result = result(quote! { #output });
@@ -158,7 +158,7 @@ fn adapter(service: &Service, names: &Names) -> TokenStream {
         let result = |response: TokenStream| {
             quote! { ::core::result::Result<::meshless::Response<#response>, ::meshless::Status> }
         };
-        match method.shape {
+        match &method.shape {
             Shape::Unary => {
                 let result = result(quote! { #output });
                 quote! {

@@ -5,7 +5,8 @@
 use prost_reflect::{MethodDescriptor, ServiceDescriptor};
 
 use crate::compile::{place, source_text, Compiled};
-use crate::model::{event_options, EVENT_METADATA_FIELD, SUBSCRIBE_MESSAGE};
+use crate::keys;
+use crate::model::{event_options, routing_key, EVENT_METADATA_FIELD, SUBSCRIBE_MESSAGE};
 use crate::{Error, ErrorKind};
 
 // Field numbers in descriptor.proto, for source locations.
@@ -13,6 +14,9 @@ const FILE_SERVICE: i32 = 6;
 const SERVICE_METHOD: i32 = 2;
 const METHOD_INPUT_TYPE: i32 = 2;
 const METHOD_OUTPUT_TYPE: i32 = 3;
+const METHOD_OPTIONS: i32 = 4;
+const EVENT_OPTION: i32 = 50901;
+const ROUTING_OPTION: i32 = 50902;
 
 /// Checks every service of the files that code is generated for; all problems are reported
 /// together, one per line.
@@ -63,10 +67,50 @@ fn check_service(
             }
         }
 
-        let Some(_) = event_options(compiled, &method) else {
-            continue;
+        // Where an option is written: the option itself when the source says, else the rpc.
+        let option_place = |option: i32| {
+            let option_path = [&method_path[..], &[METHOD_OPTIONS, option]].concat();
+            let at = place(compiled, &file, &option_path);
+            if at.contains(':') {
+                at
+            } else {
+                here.clone()
+            }
         };
         let name = method.name();
+
+        if let Some(key) = routing_key(compiled, &method) {
+            if event_options(compiled, &method).is_some() || method.is_client_streaming() {
+                problems.push(format!(
+                    "{}: rpc `{name}` has `option (meshless.v1.routing)`, which only unary and \
+                     server-streaming RPCs may have (a routing key is read from the one request)\n  \
+                     help: remove the option; event RPCs declare a key with \
+                     `option (meshless.v1.event) = {{ key: \"...\" }}`",
+                    option_place(ROUTING_OPTION)
+                ));
+            } else if let Err(problem) = keys::resolve(&method.input(), &key) {
+                problems.push(format!(
+                    "{}: rpc `{name}`: routing {problem}\n  help: name a field of `{}`, \
+                     with dots for fields of its message fields",
+                    option_place(ROUTING_OPTION),
+                    method.input().full_name()
+                ));
+            }
+        }
+
+        let Some(options) = event_options(compiled, &method) else {
+            continue;
+        };
+        if !options.key.is_empty() {
+            if let Err(problem) = keys::resolve(&method.output(), &options.key) {
+                problems.push(format!(
+                    "{}: event rpc `{name}`: {problem}\n  help: name a field of `{}`, with dots \
+                     for fields of its message fields",
+                    option_place(EVENT_OPTION),
+                    method.output().full_name()
+                ));
+            }
+        }
         if method.is_client_streaming() || !method.is_server_streaming() {
             problems.push(format!(
                 "{here}: rpc `{name}` has `option (meshless.v1.event)` but is not a server-streaming RPC\n  \

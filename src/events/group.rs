@@ -9,6 +9,12 @@
 //! unacknowledged at once. Members with room are kept in an index ordered by load, so that
 //! handing out an event costs the same whatever the number of members, and a group that cannot
 //! take an event costs `publish` nothing.
+//!
+//! Events with a key go by key instead: to the live member that scores highest for the key by
+//! rendezvous hashing, one event per key at a time. An event whose key has an event out, or whose
+//! member has no room, is held (per key, in order) until the previous one is acknowledged or
+//! given back; it then goes to whichever member the key belongs to at that time, so a key
+//! changes hands only between two events, never with one out.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::log::{EventLog, GroupChange, SavedGroup, Stored};
+use crate::keys;
 use crate::peer::PeerIdentity;
 
 /// The longest a member name or group name may be, in bytes.
@@ -163,11 +170,32 @@ struct Group {
     idle_since: Option<Instant>,
     /// Deliveries beyond the first, for metrics.
     redelivered: u64,
+    /// The keys handled one event at a time.
+    keyed: Keyed,
+}
+
+/// What a group keeps to hand out events with keys.
+#[derive(Debug, Default)]
+struct Keyed {
+    /// Keys with an event out (delivered, not acknowledged), and the member that has it.
+    busy: HashMap<u64, u64>,
+    /// Events waiting for their key's turn, per key in order: their key has an event out, or
+    /// its member has no room.
+    held: HashMap<u64, VecDeque<Unacked>>,
+    /// Events in `held`.
+    held_count: usize,
+    /// Keys with events held and none out, by the sequence of the first held: they wait only
+    /// for their member to have room.
+    runnable: BTreeSet<(u64, u64)>,
+    /// Connected members, as (hash of the name, key): the candidates for owning a key.
+    live: Vec<(u64, u64)>,
 }
 
 #[derive(Debug)]
 struct Member {
     id: String,
+    /// The hash of `id`, for rendezvous hashing.
+    id_hash: u64,
     identity: Option<PeerIdentity>,
     window: usize,
     lease: Duration,
@@ -261,6 +289,7 @@ impl Groups {
                 in_flight: 0,
                 idle_since: Some(now),
                 redelivered: 0,
+                keyed: Keyed::default(),
             },
         );
         if self.journaling {
@@ -324,6 +353,7 @@ impl Groups {
                     in_flight: 0,
                     idle_since: Some(now),
                     redelivered: 0,
+                    keyed: Keyed::default(),
                 },
             );
         }
@@ -381,6 +411,7 @@ impl Groups {
             group.members.insert(
                 key,
                 Member {
+                    id_hash: keys::hash(join.member.as_bytes()),
                     id: join.member.clone(),
                     identity: join.identity.clone(),
                     window: join.window,
@@ -411,18 +442,14 @@ impl Groups {
         if let Some(timer) = member.lease_timer.take() {
             timer.abort();
         }
-        let mut acked = Vec::new();
-        let handled = join
+        let acked = join
             .handled
-            .map_or(0, |handled| member.acknowledge(handled, &mut acked));
-        if self.journaling && !acked.is_empty() {
-            self.changes.push(GroupChange::Acked {
-                group: join.group.clone(),
-                sequences: acked,
-            });
-        }
+            .map(|handled| member.take_through(handled))
+            .unwrap_or_default();
         let again: Vec<Unacked> = member.unacked.drain(..).collect();
-        group.in_flight -= handled + again.len();
+        group.settle(key, acked, self.journaling.then_some(&mut self.changes));
+        group.in_flight -= again.len();
+        group.rebuild_live();
         for unacked in again {
             group.deliver(key, unacked);
         }
@@ -441,15 +468,25 @@ impl Groups {
     /// the log, so that it costs `publish` nothing.
     pub(crate) fn offer(&mut self, event: &Stored, log: &mut dyn EventLog) {
         for group in self.by_name.values_mut() {
-            if group.next == event.sequence
+            let in_turn = group.next == event.sequence
                 && group.again.is_empty()
-                && group.in_flight < self.capacity
-            {
-                if let Some(&(_, _, key)) = group.ready.first() {
+                && group.in_flight < self.capacity;
+            let to = match event.key {
+                None => group.ready.first().map(|&(_, _, member)| member),
+                Some(key) => group.free_owner(key),
+            };
+            match (in_turn, to) {
+                (true, Some(member)) => {
                     group.next += 1;
                     group.announce(event.sequence, log);
-                    group.deliver(key, Unacked::new(event.clone()));
+                    group.deliver(member, Unacked::new(event.clone()));
                 }
+                // An event with a key waits for nobody's acknowledgement but its key's:
+                // behind others that wait, it is read into the held ones now.
+                _ if event.key.is_some() => {
+                    group.dispatch(log, self.capacity, &mut self.scratch);
+                }
+                _ => {}
             }
         }
     }
@@ -457,31 +494,33 @@ impl Groups {
     /// Acknowledges `handled` (and every event delivered to the member before it); with
     /// `leave`, then removes the member and hands its other events to the rest of the group.
     /// Returns how many events the member still has unacknowledged.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn acknowledge(
         &mut self,
         group: &str,
         member: &str,
         handled: Option<u64>,
+        handled_each: &[u64],
         leave: bool,
         identity: Option<&PeerIdentity>,
         log: &mut dyn EventLog,
     ) -> Result<u64, AckError> {
-        let group_name = group;
         let group = self.by_name.get_mut(group).ok_or(AckError::UnknownGroup)?;
         let key = *group.names.get(member).ok_or(AckError::UnknownMember)?;
         if group.members[&key].identity.as_ref() != identity {
             return Err(AckError::NotYours);
         }
-        if let Some(handled) = handled {
-            let member = group.members.get_mut(&key).expect("named members exist");
-            let mut acked = Vec::new();
-            group.in_flight -= member.acknowledge(handled, &mut acked);
-            if self.journaling && !acked.is_empty() {
-                self.changes.push(GroupChange::Acked {
-                    group: group_name.to_owned(),
-                    sequences: acked,
-                });
-            }
+        let member = group.members.get_mut(&key).expect("named members exist");
+        let mut acked = handled
+            .map(|handled| member.take_through(handled))
+            .unwrap_or_default();
+        acked.extend(
+            handled_each
+                .iter()
+                .filter_map(|sequence| member.take_one(*sequence)),
+        );
+        if !acked.is_empty() {
+            group.settle(key, acked, self.journaling.then_some(&mut self.changes));
             group.reindex(key);
         }
         if leave {
@@ -502,6 +541,7 @@ impl Groups {
         group: &str,
         member: &str,
         connection: u64,
+        log: &mut dyn EventLog,
     ) -> Option<Duration> {
         let group = self.by_name.get_mut(group)?;
         let key = *group.names.get(member)?;
@@ -512,6 +552,9 @@ impl Groups {
         member.sender = None;
         let lease = member.lease;
         group.reindex(key);
+        // Its keys without an event out belong to the others now.
+        group.rebuild_live();
+        group.dispatch(log, self.capacity, &mut self.scratch);
         Some(lease)
     }
 
@@ -569,6 +612,7 @@ impl Groups {
     pub(crate) fn close(&mut self) {
         for group in self.by_name.values_mut() {
             group.ready.clear();
+            group.keyed.live.clear();
             for member in group.members.values_mut() {
                 member.sender = None;
                 member.ready_as = None;
@@ -616,23 +660,30 @@ impl Groups {
 }
 
 impl Member {
-    /// Drops `handled`, and everything delivered before it, from the unacknowledged events.
-    /// An event not delivered to this member (or already acknowledged) changes nothing.
-    /// Returns how many were acknowledged.
-    /// Acknowledges `handled` and everything delivered before it; their sequences are added
-    /// to `acked`. Returns how many.
-    fn acknowledge(&mut self, handled: u64, acked: &mut Vec<u64>) -> usize {
+    /// Takes `handled`, and everything delivered before it, out of the unacknowledged events.
+    /// An event not delivered to this member (or already acknowledged) takes nothing.
+    fn take_through(&mut self, handled: u64) -> Vec<Unacked> {
         match self
             .unacked
             .iter()
             .position(|u| u.event.sequence == handled)
         {
-            Some(at) => {
-                acked.extend(self.unacked.drain(..=at).map(|u| u.event.sequence));
-                at + 1
-            }
-            None => 0,
+            Some(at) => self.unacked.drain(..=at).collect(),
+            None => Vec::new(),
         }
+    }
+
+    /// Takes event `sequence` alone out of the unacknowledged events, if it is there.
+    fn take_one(&mut self, sequence: u64) -> Option<Unacked> {
+        let at = self
+            .unacked
+            .iter()
+            .position(|u| u.event.sequence == sequence)?;
+        self.unacked.remove(at)
+    }
+
+    fn has_room(&self) -> bool {
+        self.sender.is_some() && self.unacked.len() < self.window
     }
 }
 
@@ -640,7 +691,7 @@ impl Group {
     /// Events the group has yet to hand out: given back, and still in the log.
     fn owed(&self, log: &dyn EventLog) -> u64 {
         let unread = (log.latest() + 1).saturating_sub(self.next.max(log.oldest()));
-        self.again.len() as u64 + unread
+        (self.again.len() + self.keyed.held_count) as u64 + unread
     }
 
     /// Hands out what the group owes to members with room, the least loaded first, while it
@@ -652,14 +703,16 @@ impl Group {
         capacity: usize,
         scratch: &mut VecDeque<Stored>,
     ) {
+        self.dispatch_held(log, capacity);
         while self.in_flight < capacity {
-            let Some(&(_, _, key)) = self.ready.first() else {
+            if self.ready.is_empty() {
                 return;
-            };
+            }
             let unacked = match self.again.pop_front() {
                 Some(unacked) => unacked,
                 None => {
-                    if self.next > log.latest() {
+                    // Held events are read from the log and kept: as many as may be out.
+                    if self.next > log.latest() || self.keyed.held_count >= capacity {
                         return;
                     }
                     let read = log.read(self.next, 1, scratch);
@@ -671,11 +724,150 @@ impl Group {
                     }
                 }
             };
+            let to = match unacked.event.key {
+                None => self.ready.first().map(|&(_, _, member)| member),
+                Some(key) => {
+                    if self.keyed.busy.contains_key(&key) || self.keyed.held.contains_key(&key) {
+                        self.hold(key, unacked, false);
+                        continue;
+                    }
+                    match self.owner(key) {
+                        Some(owner) if self.members[&owner].has_room() => Some(owner),
+                        Some(_) => {
+                            self.hold(key, unacked, false);
+                            continue;
+                        }
+                        None => None,
+                    }
+                }
+            };
+            let Some(member) = to else {
+                self.again.push_front(unacked);
+                return;
+            };
             if unacked.deliveries == 0 {
                 self.announce(unacked.event.sequence, log);
             }
-            self.deliver(key, unacked);
+            self.deliver(member, unacked);
         }
+    }
+
+    /// Hands out the held events whose key has none out, to their key's member if it has room,
+    /// the longest held first.
+    fn dispatch_held(&mut self, log: &mut dyn EventLog, capacity: usize) {
+        if self.keyed.runnable.is_empty() || self.ready.is_empty() {
+            return;
+        }
+        let runnable: Vec<(u64, u64)> = self.keyed.runnable.iter().copied().collect();
+        for (sequence, key) in runnable {
+            if self.in_flight >= capacity || self.ready.is_empty() {
+                return;
+            }
+            let Some(owner) = self.owner(key) else {
+                return;
+            };
+            if !self.members[&owner].has_room() {
+                continue;
+            }
+            self.keyed.runnable.remove(&(sequence, key));
+            let Some(held) = self.keyed.held.get_mut(&key) else {
+                continue;
+            };
+            let Some(unacked) = held.pop_front() else {
+                continue;
+            };
+            if held.is_empty() {
+                self.keyed.held.remove(&key);
+            }
+            self.keyed.held_count -= 1;
+            if unacked.deliveries == 0 {
+                self.announce(unacked.event.sequence, log);
+            }
+            // Marks the key busy: it is runnable again once this event is acknowledged.
+            self.deliver(owner, unacked);
+        }
+    }
+
+    /// The live member that owns `key`: the highest rendezvous score of the key and its name.
+    fn owner(&self, key: u64) -> Option<u64> {
+        self.keyed
+            .live
+            .iter()
+            .max_by_key(|(name, member)| (keys::score(key, *name), *member))
+            .map(|&(_, member)| member)
+    }
+
+    /// The member a new event of `key` may go to now: its owner, when the key has no event
+    /// out or held and the owner has room.
+    fn free_owner(&self, key: u64) -> Option<u64> {
+        if self.keyed.busy.contains_key(&key) || self.keyed.held.contains_key(&key) {
+            return None;
+        }
+        self.owner(key)
+            .filter(|owner| self.members[owner].has_room())
+    }
+
+    /// Holds an event of `key` until its turn: behind the key's other held events, or before
+    /// them for one given back.
+    fn hold(&mut self, key: u64, unacked: Unacked, front: bool) {
+        self.unmark_runnable(key);
+        let held = self.keyed.held.entry(key).or_default();
+        if front {
+            held.push_front(unacked);
+        } else {
+            held.push_back(unacked);
+        }
+        self.keyed.held_count += 1;
+        self.mark_runnable(key);
+    }
+
+    /// Takes `key` out of the runnable keys.
+    fn unmark_runnable(&mut self, key: u64) {
+        if let Some(first) = self.keyed.held.get(&key).and_then(VecDeque::front) {
+            self.keyed.runnable.remove(&(first.event.sequence, key));
+        }
+    }
+
+    /// Puts `key` in the runnable keys when it has events held and none out.
+    fn mark_runnable(&mut self, key: u64) {
+        if self.keyed.busy.contains_key(&key) {
+            return;
+        }
+        if let Some(first) = self.keyed.held.get(&key).and_then(VecDeque::front) {
+            self.keyed.runnable.insert((first.event.sequence, key));
+        }
+    }
+
+    /// Events `member` acknowledged: no longer in flight, and their keys free for their next.
+    fn settle(&mut self, member: u64, acked: Vec<Unacked>, journal: Option<&mut Vec<GroupChange>>) {
+        self.in_flight -= acked.len();
+        for unacked in &acked {
+            if let Some(key) = unacked.event.key {
+                if self.keyed.busy.get(&key) == Some(&member) {
+                    self.keyed.busy.remove(&key);
+                    self.mark_runnable(key);
+                }
+            }
+        }
+        if let Some(changes) = journal {
+            if !acked.is_empty() {
+                changes.push(GroupChange::Acked {
+                    group: self.name.clone(),
+                    sequences: acked.iter().map(|u| u.event.sequence).collect(),
+                });
+            }
+        }
+    }
+
+    /// The connected members, the candidates for owning keys, after a member came or went.
+    fn rebuild_live(&mut self) {
+        self.keyed.live.clear();
+        self.keyed.live.extend(
+            self.members
+                .iter()
+                .filter(|(_, member)| member.sender.is_some())
+                .map(|(key, member)| (member.id_hash, *key)),
+        );
     }
 
     /// Before event `sequence` is first handed to a member, makes sure a log that keeps
@@ -703,6 +895,9 @@ impl Group {
         }
         self.in_flight += 1;
         self.counter += 1;
+        if let Some(event_key) = unacked.event.key {
+            self.keyed.busy.insert(event_key, key);
+        }
         let member = self.members.get_mut(&key).expect("delivering to a member");
         member.turn = self.counter;
         if let Some(sender) = &member.sender {
@@ -716,6 +911,10 @@ impl Group {
                 // The stream is gone and its disconnect is on its way; the event stays
                 // unacknowledged with the member, like any other in flight.
                 member.sender = None;
+                member.unacked.push_back(unacked);
+                self.reindex(key);
+                self.rebuild_live();
+                return;
             }
         }
         member.unacked.push_back(unacked);
@@ -750,8 +949,16 @@ impl Group {
         let unacked = std::mem::take(&mut member.unacked);
         self.in_flight -= unacked.len();
         for unacked in unacked.into_iter().rev() {
-            self.again.push_front(unacked);
+            match unacked.event.key {
+                // Its key's first: the key had no other event out.
+                Some(key) => {
+                    self.keyed.busy.remove(&key);
+                    self.hold(key, unacked, true);
+                }
+                None => self.again.push_front(unacked),
+            }
         }
+        self.rebuild_live();
         if self.members.is_empty() {
             self.idle_since = Some(Instant::now());
         }

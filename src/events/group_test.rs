@@ -78,6 +78,7 @@ fn ack(group: &str, member: &str, sequence: u64) -> Acknowledgement {
             sequence,
         }),
         leave: false,
+        handled_each: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ use super::group::{Groups, Join, Joined};
 use super::log::{EventLog, Read, Stored};
 use super::protocol::{self, Membership, Refusal, Subscription};
 use super::wire;
+use crate::keys::KeyPath;
 use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
@@ -97,6 +98,8 @@ pub(crate) struct Hub {
     write_errors: metrics::Counter,
     /// Durable publishes wait on it; `None` for a log in memory.
     syncer: Option<Syncer>,
+    /// Where each event's key is, for an event RPC with keys.
+    pub(crate) key: Option<KeyPath>,
 }
 
 struct State {
@@ -202,6 +205,7 @@ impl Hub {
             refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
             write_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => method.clone()),
             syncer,
+            key: None,
             method,
         }
     }
@@ -258,6 +262,12 @@ impl Hub {
         let mut bytes =
             BytesMut::with_capacity(size + 32 + traceparent.len() + tracestate.len() + 8);
         event.encode_raw(&mut bytes);
+        let key = self.key.map(|path| path.key_of(&bytes));
+        // An empty key (a string or bytes key left unset) is no key.
+        let key_hash = key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+            .map(crate::keys::hash);
         let published_at = wire::now_unix_micros();
 
         let mut state = self.lock();
@@ -271,12 +281,14 @@ impl Hub {
                 published_at,
                 traceparent,
                 tracestate,
+                key: key.unwrap_or_default(),
             },
         );
         let stored = Stored {
             sequence,
             published_at: u64::try_from(published_at).unwrap_or(0),
             bytes: bytes.freeze(),
+            key: key_hash,
         };
         if let Err(error) = state.log.append(stored.clone()) {
             drop(state);
@@ -478,10 +490,10 @@ impl Hub {
     ) {
         let (lease, closed) = {
             let mut state = self.lock();
-            (
-                state.groups.disconnect(group, member, connection),
-                state.closed,
-            )
+            let State { groups, log, .. } = &mut *state;
+            let lease = groups.disconnect(group, member, connection, log.as_mut());
+            self.after_group_change(&mut state);
+            (lease, state.closed)
         };
         self.changed.notify_waiters();
         let Some(lease) = lease else { return };
@@ -526,13 +538,15 @@ impl Hub {
         ack: &Acknowledgement,
         identity: Option<&PeerIdentity>,
     ) -> Result<AcknowledgeResponse, tonic::Status> {
-        let handled = protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
+        let (handled, handled_each) =
+            protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
         let mut state = self.lock();
         let State { groups, log, .. } = &mut *state;
         let result = groups.acknowledge(
             &ack.group,
             &ack.member,
             handled,
+            &handled_each,
             ack.leave,
             identity,
             log.as_mut(),
@@ -648,3 +662,7 @@ mod test;
 #[cfg(test)]
 #[path = "group_test.rs"]
 mod group_test;
+
+#[cfg(test)]
+#[path = "keyed_group_test.rs"]
+mod keyed_group_test;

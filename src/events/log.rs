@@ -17,6 +17,8 @@ pub(crate) struct Stored {
     /// When it was published, in microseconds since the Unix epoch.
     pub(crate) published_at: u64,
     pub(crate) bytes: Bytes,
+    /// The hash of the event's key, for an event RPC with keys.
+    pub(crate) key: Option<u64>,
 }
 
 /// How much a log retains besides its count (`retain`): at most this many bytes of events,
@@ -225,6 +227,7 @@ mod test {
                 sequence,
                 published_at: 0,
                 bytes: Bytes::new(),
+                key: None,
             })
             .unwrap();
         }
@@ -275,6 +278,7 @@ mod test {
             sequence,
             published_at,
             bytes: Bytes::from(vec![0; size]),
+            key: None,
         }
     }
 

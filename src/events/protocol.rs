@@ -143,25 +143,43 @@ pub(crate) fn handled(
     epoch: u64,
     latest: u64,
     ack: &Acknowledgement,
-) -> Result<Option<u64>, tonic::Status> {
+) -> Result<(Option<u64>, Vec<u64>), tonic::Status> {
+    let each = ack
+        .handled_each
+        .iter()
+        .map(|cursor| sequence_of(method, epoch, latest, cursor))
+        .collect::<Result<Vec<u64>, _>>()?;
     match ack.handled {
-        Some(cursor) if cursor.epoch != epoch => Err(tonic::Status::failed_precondition(format!(
+        Some(cursor) => Ok((Some(sequence_of(method, epoch, latest, &cursor)?), each)),
+        None if ack.leave || !each.is_empty() => Ok((None, each)),
+        None => Err(tonic::Status::invalid_argument(
+            "an acknowledgement names the last event handled (`handled`), or events handled \
+             (`handled_each`), or leaves",
+        )),
+    }
+}
+
+/// The sequence an acknowledged cursor names, if it names an event of this epoch.
+fn sequence_of(
+    method: &str,
+    epoch: u64,
+    latest: u64,
+    cursor: &crate::v1::Cursor,
+) -> Result<u64, tonic::Status> {
+    if cursor.epoch != epoch {
+        return Err(tonic::Status::failed_precondition(format!(
             "cursor of epoch {:#x}, but this instance of {method} publishes epoch {epoch:#x}: it \
              restarted, and what the earlier run delivered cannot be acknowledged here",
             cursor.epoch
-        ))),
-        Some(cursor) if cursor.sequence == 0 || cursor.sequence > latest => {
-            Err(tonic::Status::invalid_argument(format!(
-                "no event {} was published on {method} (latest: {latest})",
-                cursor.sequence
-            )))
-        }
-        Some(cursor) => Ok(Some(cursor.sequence)),
-        None if ack.leave => Ok(None),
-        None => Err(tonic::Status::invalid_argument(
-            "an acknowledgement names the last event handled (`handled`), or leaves",
-        )),
+        )));
     }
+    if cursor.sequence == 0 || cursor.sequence > latest {
+        return Err(tonic::Status::invalid_argument(format!(
+            "no event {} was published on {method} (latest: {latest})",
+            cursor.sequence
+        )));
+    }
+    Ok(cursor.sequence)
 }
 
 /// The status of a refused acknowledgement.

@@ -85,7 +85,8 @@ impl PublisherSettings {
     }
 
     /// Applies the settings every hub takes.
-    fn configure(&self, mut hub: Hub) -> Hub {
+    fn configure(&self, rpc: &EventRpc, mut hub: Hub) -> Hub {
+        hub.key = rpc.key;
         hub.max_subscribers = self.max_subscribers;
         hub.max_event_size = self.max_event_size;
         hub
@@ -116,6 +117,8 @@ pub struct EventRpc {
     pub name: &'static str,
     /// `retain` from its proto option; 0 for the default.
     pub retain: u64,
+    /// Where the event's key is (`key` of its proto option), if it has one.
+    pub key: Option<crate::codegen::KeyPath>,
 }
 
 /// Publishes the events of one service instance: per event RPC, a sequence, the retained
@@ -134,14 +137,17 @@ impl Publisher {
             .iter()
             .map(|rpc| {
                 let retain = settings.retain_of(rpc);
-                Arc::new(settings.configure(Hub::with_log(
-                    format!("{service}/{}", rpc.name),
-                    epoch,
-                    Box::new(MemoryLog::with_limits(retain, settings.limits())),
-                    None,
-                    retain,
-                    settings.subscriber_buffer,
-                )))
+                Arc::new(settings.configure(
+                    rpc,
+                    Hub::with_log(
+                        format!("{service}/{}", rpc.name),
+                        epoch,
+                        Box::new(MemoryLog::with_limits(retain, settings.limits())),
+                        None,
+                        retain,
+                        settings.subscriber_buffer,
+                    ),
+                ))
             })
             .collect();
         Self { hubs }
@@ -202,14 +208,17 @@ impl Publisher {
             let log = disk::DiskLog::open(recovered, &method, settings.limits(), lock.clone())
                 .map_err(io("opening the event log"))?;
             let syncer = log.syncer();
-            hubs.push(Arc::new(settings.configure(Hub::with_log(
-                method,
-                epoch,
-                Box::new(log),
-                Some(syncer),
-                retain,
-                settings.subscriber_buffer,
-            ))));
+            hubs.push(Arc::new(settings.configure(
+                rpc,
+                Hub::with_log(
+                    method,
+                    epoch,
+                    Box::new(log),
+                    Some(syncer),
+                    retain,
+                    settings.subscriber_buffer,
+                ),
+            )));
         }
         Ok(Self { hubs: hubs.into() })
     }

@@ -108,6 +108,8 @@ pub(crate) struct Published {
     /// The publisher's span (W3C trace context), empty without one.
     pub(crate) traceparent: String,
     pub(crate) tracestate: String,
+    /// The event's key; empty without one.
+    pub(crate) key: Vec<u8>,
 }
 
 /// Appends the metadata of a newly published event to the event's encoded message (which
@@ -119,9 +121,17 @@ pub(crate) fn append_published(bytes: &mut impl BufMut, published: Published) {
         published_at_unix_micros: published.published_at,
         traceparent: published.traceparent,
         tracestate: published.tracestate,
+        key: published.key,
         ..EventMetadata::default()
     };
     encoding::message::encode(EVENT_METADATA_FIELD, &metadata, bytes);
+}
+
+/// The hash of the key in a stored event's metadata, for an event published with a key: what
+/// a log read back from disk knows of keys.
+pub(crate) fn key_hash_of(stored: &[u8]) -> Option<u64> {
+    let (_, metadata) = Envelope::<()>::decode(stored).ok()?.into_parts()?;
+    (!metadata.key.is_empty()).then(|| crate::keys::hash(&metadata.key))
 }
 
 /// What one subscriber gets with an event beyond its shared metadata: a group's delivery
@@ -268,7 +278,7 @@ mod test {
     }
 
     #[test]
-    fn published_metadata_carries_the_trace_context_and_plain_decoders_skip_it() {
+    fn published_metadata_carries_the_trace_context_and_key_and_plain_decoders_skip_them() {
         let event = Cursor {
             epoch: 7,
             sequence: 9,
@@ -283,6 +293,7 @@ mod test {
                 published_at: 3,
                 traceparent: traceparent.into(),
                 tracestate: "vendor=x".into(),
+                key: b"order-1".to_vec(),
             },
         );
         assert_eq!(Cursor::decode(bytes.as_slice()).unwrap(), event);
@@ -301,6 +312,9 @@ mod test {
         );
         assert_eq!(metadata.traceparent, traceparent);
         assert_eq!(metadata.tracestate, "vendor=x");
+        assert_eq!(metadata.key, b"order-1");
+        // What a log read back from disk finds of the key.
+        assert_eq!(key_hash_of(&bytes), Some(crate::keys::hash(b"order-1")));
 
         // Without a span, nothing is added: the metadata is as small as before.
         let mut without = Vec::new();
@@ -312,6 +326,7 @@ mod test {
                 published_at: 3,
                 traceparent: String::new(),
                 tracestate: String::new(),
+                key: Vec::new(),
             },
         );
         assert!(without.len() < 40, "{} bytes", without.len());

@@ -216,6 +216,7 @@ async fn a_member_belongs_to_the_identity_that_joined_it() {
             sequence: published.sequence,
         }),
         leave: false,
+        ..Acknowledgement::default()
     };
 
     // Another identity can neither take the member over, nor acknowledge or leave for it.

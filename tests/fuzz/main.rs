@@ -24,6 +24,7 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
         // Trace context, well formed or not: the observer takes what the propagator accepts.
         "(00-[0-9a-f]{32}-[0-9a-f]{16}-0[01])?|.{0,60}",
         ".{0,40}",
+        proptest::collection::vec(any::<u8>(), 0..24),
     )
         .prop_map(
             |(
@@ -36,6 +37,7 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                 previous_epoch,
                 traceparent,
                 tracestate,
+                key,
             )| {
                 EventMetadata {
                     epoch,
@@ -47,6 +49,7 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                     previous_epoch,
                     traceparent,
                     tracestate,
+                    key,
                 }
             },
         )

@@ -506,6 +506,7 @@ async fn bad_acknowledgements_get_clear_statuses_and_leave_members_alone() {
         member: member.into(),
         handled: Some(Cursor { epoch, sequence }),
         leave: false,
+        ..Acknowledgement::default()
     };
     let cases = [
         (
@@ -529,6 +530,28 @@ async fn bad_acknowledgements_get_clear_statuses_and_leave_members_alone() {
         ),
         (
             ack("workers", "raw", last.epoch, last.sequence + 1),
+            Code::InvalidArgument,
+        ),
+        // Events acknowledged alone are checked as `handled` is.
+        (
+            Acknowledgement {
+                handled: None,
+                handled_each: vec![Cursor {
+                    epoch: last.epoch ^ 1,
+                    sequence: metadata.sequence,
+                }],
+                ..ack("workers", "raw", last.epoch, metadata.sequence)
+            },
+            Code::FailedPrecondition,
+        ),
+        (
+            Acknowledgement {
+                handled_each: vec![Cursor {
+                    epoch: last.epoch,
+                    sequence: 0,
+                }],
+                ..ack("workers", "raw", last.epoch, metadata.sequence)
+            },
             Code::InvalidArgument,
         ),
     ];

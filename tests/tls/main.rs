@@ -285,6 +285,7 @@ async fn a_group_member_belongs_to_the_client_certificate_that_joined_it() {
             sequence: published.sequence,
         }),
         leave: true,
+        ..Acknowledgement::default()
     };
     let refused = EventGroupsClient::new(mallory)
         .acknowledge(ack.clone())

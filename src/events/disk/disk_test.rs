@@ -27,6 +27,7 @@ fn event(sequence: u64) -> Stored {
         sequence,
         published_at: 0,
         bytes: Bytes::from(format!("event {sequence}")),
+        key: None,
     }
 }
 

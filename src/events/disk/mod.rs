@@ -96,6 +96,7 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
                         events.push_back(Stored {
                             sequence,
                             published_at,
+                            key: crate::events::wire::key_hash_of(&event),
                             bytes: event,
                         });
                     }

@@ -1,0 +1,192 @@
+//! Consumer groups with keys: one event per key out, keys owned by rendezvous hashing, and
+//! hand-over only between two events of a key.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::keys::{self, KeyKind};
+use crate::v1::Cursor as Keyed;
+use crate::v1::{Acknowledgement, Subscribe};
+
+const EPOCH: u64 = 91;
+
+/// A hub whose events are `Cursor` messages keyed by their `sequence` field.
+fn hub() -> Arc<Hub> {
+    let mut hub = Hub::new("test.v1.S/K".into(), EPOCH, 1000, 1000);
+    hub.key = Some(KeyPath {
+        fields: &[2],
+        kind: KeyKind::Uint64,
+    });
+    Arc::new(hub)
+}
+
+fn publish(hub: &Hub, key: u64) -> u64 {
+    hub.publish(&Keyed {
+        epoch: 0,
+        sequence: key,
+    })
+    .unwrap()
+    .sequence
+}
+
+fn join(hub: &Hub, member: &str) -> Joined {
+    let request = Subscribe {
+        group: "g".into(),
+        member: member.into(),
+        max_unacknowledged: 100,
+        ..Subscribe::default()
+    };
+    let subscription = Subscription::parse(&request).unwrap();
+    let membership = subscription.membership.clone().unwrap();
+    hub.join(&subscription, &membership).unwrap()
+}
+
+/// (sequence, delivery count) of everything delivered so far.
+fn received(joined: &mut Joined) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    while let Ok(delivery) = joined.deliveries.try_recv() {
+        out.push((delivery.event.sequence, delivery.delivery_count));
+    }
+    out
+}
+
+fn sequences(joined: &mut Joined) -> Vec<u64> {
+    received(joined).into_iter().map(|(s, _)| s).collect()
+}
+
+fn ack(member: &str, handled: Option<u64>, each: &[u64], leave: bool) -> Acknowledgement {
+    let cursor = |sequence| Keyed {
+        epoch: EPOCH,
+        sequence,
+    };
+    Acknowledgement {
+        rpc: "/test.v1.S/K".into(),
+        group: "g".into(),
+        member: member.into(),
+        handled: handled.map(cursor),
+        leave,
+        handled_each: each.iter().map(|s| cursor(*s)).collect(),
+    }
+}
+
+/// Which of `members` owns `key` by rendezvous hashing.
+fn owner<'a>(key: u64, members: &[&'a str]) -> &'a str {
+    let key = keys::hash(key.to_string().as_bytes());
+    members
+        .iter()
+        .max_by_key(|m| keys::score(key, keys::hash(m.as_bytes())))
+        .unwrap()
+}
+
+/// A key that `members` give to `wanted`.
+fn key_owned_by(wanted: &str, members: &[&str]) -> u64 {
+    (1..).find(|k| owner(*k, members) == wanted).unwrap()
+}
+
+#[test]
+fn a_key_has_one_event_out_while_the_other_keys_flow() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let first = publish(&hub, 7);
+    let second = publish(&hub, 7);
+    let other = publish(&hub, 8);
+    // The second event of key 7 waits for the first; key 8 does not wait.
+    assert_eq!(sequences(&mut a), [first, other]);
+    hub.acknowledge(&ack("a", None, &[first], false), None)
+        .unwrap();
+    assert_eq!(sequences(&mut a), [second]);
+}
+
+#[test]
+fn every_key_goes_to_the_member_rendezvous_hashing_names() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let mut b = join(&hub, "b");
+    let mut expected = (Vec::new(), Vec::new());
+    for key in 1..=40 {
+        let sequence = publish(&hub, key);
+        match owner(key, &["a", "b"]) {
+            "a" => expected.0.push(sequence),
+            _ => expected.1.push(sequence),
+        }
+    }
+    assert!(!expected.0.is_empty() && !expected.1.is_empty());
+    assert_eq!(sequences(&mut a), expected.0);
+    assert_eq!(sequences(&mut b), expected.1);
+}
+
+#[test]
+fn a_key_changes_hands_only_after_its_event_is_acknowledged() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let key = key_owned_by("b", &["a", "b"]);
+    let first = publish(&hub, key);
+    assert_eq!(sequences(&mut a), [first]);
+
+    // `b` joins and now owns the key, but `a` still has its event out.
+    let mut b = join(&hub, "b");
+    let second = publish(&hub, key);
+    assert!(sequences(&mut a).is_empty());
+    assert!(sequences(&mut b).is_empty(), "not before `a` acknowledged");
+
+    hub.acknowledge(&ack("a", Some(first), &[], false), None)
+        .unwrap();
+    assert_eq!(sequences(&mut b), [second]);
+    assert!(sequences(&mut a).is_empty());
+}
+
+#[test]
+fn a_member_that_leaves_gives_its_keys_back_first_and_in_order() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let key = key_owned_by("a", &["a", "b"]);
+    let first = publish(&hub, key);
+    let second = publish(&hub, key);
+    assert_eq!(sequences(&mut a), [first]);
+    let mut b = join(&hub, "b");
+    assert!(sequences(&mut b).is_empty());
+
+    // `a` leaves without handling: `b` gets the key's first event again, then the second.
+    hub.acknowledge(&ack("a", None, &[], true), None).unwrap();
+    assert_eq!(received(&mut b), [(first, 2)]);
+    hub.acknowledge(&ack("b", None, &[first], false), None)
+        .unwrap();
+    assert_eq!(received(&mut b), [(second, 1)]);
+}
+
+#[test]
+fn acknowledging_one_event_alone_frees_only_its_key() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let (k1, k2) = (publish(&hub, 1), publish(&hub, 2));
+    let (k1_next, k2_next) = (publish(&hub, 1), publish(&hub, 2));
+    assert_eq!(sequences(&mut a), [k1, k2]);
+
+    // The second delivered is acknowledged alone: the first stays out, its key waits.
+    let response = hub
+        .acknowledge(&ack("a", None, &[k2], false), None)
+        .unwrap();
+    assert_eq!(response.unacknowledged, 2, "k1's first and k2's next");
+    assert_eq!(sequences(&mut a), [k2_next]);
+    hub.acknowledge(&ack("a", None, &[k1], false), None)
+        .unwrap();
+    assert_eq!(sequences(&mut a), [k1_next]);
+}
+
+#[test]
+fn a_disconnected_member_keeps_its_keys_out_until_its_lease_and_loses_the_rest() {
+    let hub = hub();
+    let mut a = join(&hub, "a");
+    let mut b = join(&hub, "b");
+    let held_by_a = key_owned_by("a", &["a", "b"]);
+    let out = publish(&hub, held_by_a);
+    assert_eq!(sequences(&mut a), [out]);
+
+    // `a`'s stream ends (no runtime: its lease runs out at once, its event goes to `b`).
+    hub.member_disconnected("g", "a", a.connection);
+    assert_eq!(received(&mut b), [(out, 2)]);
+    let next = publish(&hub, held_by_a);
+    hub.acknowledge(&ack("b", None, &[out], false), None)
+        .unwrap();
+    assert_eq!(sequences(&mut b), [next]);
+}
