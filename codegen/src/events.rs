@@ -164,13 +164,14 @@ pub(crate) fn observer(service: &Service) -> TokenStream {
         let name = format_ident!("{}", method.name);
         let event = rust_type(&method.output_type);
         let path = format!("/{full_name}/{}", method.proto_name);
+        let keyed = method.key.is_some();
         let doc = format!(" Subscribes to `{}` and hands its events to `observer`.", method.proto_name);
         quote! {
             #[doc = #doc]
             pub fn #name<O: #trait_name>(self, observer: impl ::core::convert::Into<::std::sync::Arc<O>>) -> Self {
                 let observer: ::std::sync::Arc<O> = observer.into();
                 Self {
-                    inner: self.inner.observe::<#event, _, _>(#path, move |event| {
+                    inner: self.inner.observe::<#event, _, _>(#path, #keyed, move |event| {
                         let observer = observer.clone();
                         async move { observer.#name(event).await }
                     }),

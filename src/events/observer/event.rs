@@ -84,6 +84,13 @@ impl<T> Event<T> {
         self.inner.metadata.delivery_count
     }
 
+    /// The event's key, when its event RPC declares one (`key` in `option (meshless.v1.event)`):
+    /// a string or bytes field's bytes, an integer or enum in decimal digits, `true` or `false`.
+    /// Empty otherwise.
+    pub fn key(&self) -> &[u8] {
+        &self.inner.metadata.key
+    }
+
     /// All the metadata that came with it.
     pub fn metadata(&self) -> &EventMetadata {
         &self.inner.metadata

@@ -1,9 +1,10 @@
 //! An observer's membership of a consumer group on one producer instance: acknowledging what
 //! was handled, batched, and leaving the group when the observer stops.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -18,53 +19,122 @@ const RETRY_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration:
 /// that takes the call and never answers must not stall the member's acknowledgements.
 const ACKNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The membership of one subscription's stream. Acknowledgements are cumulative: the
-/// background task sends the latest event handled whenever it changed, one call at a time, so
-/// everything handled while a call is on its way is acknowledged by the next one.
+/// The membership of one subscription's stream. The background task sends what was handled
+/// since its last call whenever there is something, one call at a time, so everything handled
+/// while a call is on its way goes with the next one: the latest event handled in delivery
+/// order (cumulative), and the events handled out of it (keyed lanes), each on its own.
 pub(crate) struct Membership {
     channel: Channel,
     base: Acknowledgement,
     metadata: ExtraMetadata,
-    handled: watch::Sender<Option<Cursor>>,
+    pending: Arc<Pending>,
     task: JoinHandle<()>,
+}
+
+/// What is handled and not yet acknowledged.
+#[derive(Default)]
+struct Pending {
+    handled: Mutex<Handled>,
+    /// Stores a wake-up when nobody waits, so none is lost.
+    added: Notify,
+}
+
+#[derive(Default)]
+struct Handled {
+    /// The latest event handled with everything delivered before it; kept once sent, so that
+    /// leaving sends it again should its call have been cut short.
+    through: Option<Cursor>,
+    /// Whether `through` changed since it was last sent.
+    through_changed: bool,
+    /// Events handled alone, until a call acknowledged them.
+    each: Vec<Cursor>,
+    /// How many of `each` (the first) the call on its way carries.
+    sending: usize,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handled> {
+        self.handled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the next call sends, if anything is new.
+    fn to_send(&self) -> Option<(Option<Cursor>, Vec<Cursor>)> {
+        let mut handled = self.lock();
+        if !handled.through_changed && handled.each.is_empty() {
+            return None;
+        }
+        let through = handled.through.filter(|_| handled.through_changed);
+        handled.through_changed = false;
+        handled.sending = handled.each.len();
+        Some((through, handled.each.clone()))
+    }
+
+    /// The call ended: what it carried is acknowledged, or (`sent` false) still to send.
+    fn call_ended(&self, sent: bool) {
+        let mut handled = self.lock();
+        if sent {
+            let sending = std::mem::take(&mut handled.sending);
+            handled.each.drain(..sending);
+        } else {
+            handled.sending = 0;
+            handled.through_changed = handled.through.is_some();
+        }
+    }
+
+    /// Everything handled, for leaving.
+    fn all(&self) -> (Option<Cursor>, Vec<Cursor>) {
+        let handled = self.lock();
+        (handled.through, handled.each.clone())
+    }
 }
 
 impl Membership {
     pub(crate) fn start(channel: Channel, base: Acknowledgement, metadata: ExtraMetadata) -> Self {
-        let (handled, updates) = watch::channel(None);
+        let pending = Arc::new(Pending::default());
         let task = tokio::spawn(acknowledge_loop(
             channel.clone(),
             base.clone(),
             metadata.clone(),
-            updates,
+            pending.clone(),
         ));
         Self {
             channel,
             base,
             metadata,
-            handled,
+            pending,
             task,
         }
     }
 
-    /// Records an event as handled; it is acknowledged soon after.
+    /// Records an event as handled, with every event delivered before it; acknowledged soon
+    /// after.
     pub(crate) fn handled(&self, cursor: Cursor) {
-        self.handled.send_replace(Some(cursor));
+        let mut handled = self.pending.lock();
+        handled.through = Some(cursor);
+        handled.through_changed = true;
+        drop(handled);
+        self.pending.added.notify_one();
+    }
+
+    /// Records one event as handled, alone (events delivered before it may not be); acknowledged
+    /// soon after.
+    pub(crate) fn handled_alone(&self, cursor: Cursor) {
+        self.pending.lock().each.push(cursor);
+        self.pending.added.notify_one();
     }
 
     /// Acknowledges everything handled and leaves the group, so that the producer hands the
     /// member's other events to the rest of the group at once. Waits at most `timeout`.
     pub(crate) async fn leave(self, timeout: Duration) {
         self.task.abort();
-        let handled = *self.handled.borrow();
-        leave(
-            self.channel.clone(),
-            self.base.clone(),
-            &self.metadata,
-            handled,
-            timeout,
-        )
-        .await;
+        let (through, each) = self.pending.all();
+        let base = Acknowledgement {
+            handled_each: each,
+            ..self.base.clone()
+        };
+        leave(self.channel.clone(), base, &self.metadata, through, timeout).await;
     }
 }
 
@@ -100,17 +170,24 @@ async fn acknowledge_loop(
     channel: Channel,
     base: Acknowledgement,
     metadata: ExtraMetadata,
-    mut updates: watch::Receiver<Option<Cursor>>,
+    pending: Arc<Pending>,
 ) {
     let mut backoff = Backoff::new(RETRY_PAUSE.0, RETRY_PAUSE.1);
-    while updates.changed().await.is_ok() {
-        let handled = *updates.borrow_and_update();
+    loop {
+        pending.added.notified().await;
+        let Some((handled, handled_each)) = pending.to_send() else {
+            continue;
+        };
         let ack = Acknowledgement {
             handled,
+            handled_each,
             ..base.clone()
         };
         match acknowledge(channel.clone(), ack, &metadata).await {
-            Ok(_) => backoff.reset(),
+            Ok(_) => {
+                pending.call_ended(true);
+                backoff.reset();
+            }
             // The producer will not take it: the member is gone there (its lease ran out, or
             // the producer restarted), or it serves no acknowledgements. The stream ends or
             // carries on as the producer decides; the member rejoins when it resubscribes.
@@ -123,12 +200,14 @@ async fn acknowledge_loop(
                         | tonic::Code::Unimplemented
                 ) =>
             {
+                pending.call_ended(true);
                 tracing::warn!(rpc = %base.rpc, group = %base.group, code = ?status.code(), message = status.message(), "acknowledgement refused");
             }
             Err(status) => {
                 tracing::debug!(rpc = %base.rpc, code = ?status.code(), message = status.message(), "acknowledgement failed; sending it again");
+                pending.call_ended(false);
                 tokio::time::sleep(backoff.next_pause()).await;
-                updates.mark_changed();
+                pending.added.notify_one();
             }
         }
     }

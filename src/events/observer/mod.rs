@@ -10,12 +10,16 @@
 //! goes to the dead-letter callback. Gaps the publisher reports go to the gap callback. Nothing
 //! is skipped silently.
 //!
+//! Events with keys may be handled several at once (`max_concurrent_handlers`), in order within
+//! a key (see `lanes`).
+//!
 //! In a consumer group, each producer instance hands each event to one member; the member
 //! acknowledges what it handled (see `membership`), and leaves the group when it stops.
 
 mod book;
 mod cursors;
 mod event;
+mod lanes;
 mod membership;
 mod options;
 mod run;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use super::book::{Book, Claim};
 use super::event::{DeadLetter, Event, Gap, HandlerError};
+use super::lanes::{Lanes, Position};
 use super::membership::{self, Membership};
 use super::options::ObserverOptions;
 use crate::backoff::Backoff;
@@ -82,6 +84,8 @@ pub(crate) struct Typed<T, H> {
     pub(crate) rpc: &'static str,
     pub(crate) handler: Arc<H>,
     pub(crate) event: PhantomData<fn() -> T>,
+    /// Whether the event RPC declares a key: its events may then go to keyed lanes.
+    pub(crate) keyed: bool,
 }
 
 impl<T, H> Subscription for Typed<T, H>
@@ -98,11 +102,21 @@ where
     ) -> tokio::task::JoinHandle<()> {
         static STREAMS: AtomicU64 = AtomicU64::new(1);
         let metrics = StreamMetrics::new(self.rpc);
-        let stream = InstanceStream {
-            event: PhantomData,
+        let instance: Arc<str> = instance.into();
+        let handling = Arc::new(Handling {
             rpc: self.rpc,
             handler: self.handler.clone(),
-            instance: instance.into(),
+            event: PhantomData,
+            instance: instance.clone(),
+            shared: shared.clone(),
+            control: control.clone(),
+            metrics: metrics.clone(),
+        });
+        let stream = InstanceStream {
+            rpc: self.rpc,
+            handling,
+            keyed: self.keyed,
+            instance,
             id: STREAMS.fetch_add(1, Ordering::Relaxed),
             endpoint,
             shared,
@@ -116,6 +130,7 @@ where
 }
 
 /// Metric handles of one instance stream, made once (see [`crate::telemetry`]).
+#[derive(Clone)]
 struct StreamMetrics {
     handled: metrics::Counter,
     dead_letters: metrics::Counter,
@@ -140,8 +155,9 @@ impl StreamMetrics {
 
 struct InstanceStream<T, H> {
     rpc: &'static str,
-    handler: Arc<H>,
-    event: PhantomData<fn() -> T>,
+    handling: Arc<Handling<T, H>>,
+    /// Whether the event RPC declares a key.
+    keyed: bool,
     /// Shared with every event from this instance, so no event copies it.
     instance: Arc<str>,
     /// Tells this stream apart from the others of the observer in the [`Book`].
@@ -159,6 +175,8 @@ struct InstanceStream<T, H> {
 /// What woke a stream's loop.
 enum Next<T> {
     Message(Option<Result<Envelope<T>, tonic::Status>>),
+    /// A keyed lane's handling ended.
+    Finished(Result<Finished, tokio::task::JoinError>),
     /// Time to check that the stream is not silent.
     Check,
     Stopped,
@@ -472,7 +490,8 @@ where
         // Armed once the instance leaves discovery: the grace to read what it still sends.
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut lag = LagSample::default();
-        loop {
+        let mut lanes = self.lanes();
+        let outcome = loop {
             let next = std::future::poll_fn(|cx| {
                 if self.control.has_changed().unwrap_or(true) {
                     match *self.control.borrow_and_update() {
@@ -493,11 +512,20 @@ where
                 {
                     return Poll::Ready(Next::GraceOver);
                 }
-                if let Poll::Ready(message) = Pin::new(&mut stream).poll_next(cx) {
-                    return Poll::Ready(Next::Message(message));
+                let mut room = true;
+                if let Some(lanes) = &mut lanes {
+                    if let Poll::Ready(Some(finished)) = lanes.running.poll_join_next(cx) {
+                        return Poll::Ready(Next::Finished(finished));
+                    }
+                    room = lanes.has_room();
                 }
-                // Caught up: the lag of the last event handled is the lag now.
-                lag.record(&self.metrics.lag);
+                if room {
+                    if let Poll::Ready(message) = Pin::new(&mut stream).poll_next(cx) {
+                        return Poll::Ready(Next::Message(message));
+                    }
+                    // Caught up: the lag of the last event handled is the lag now.
+                    lag.record(&self.metrics.lag);
+                }
                 if Pin::new(&mut told).poll_next(cx).is_ready() {
                     // Looked at at the top, on the next turn.
                     cx.waker().wake_by_ref();
@@ -511,28 +539,24 @@ where
             .await;
             let next = match next {
                 Next::Message(message) => message,
+                Next::Finished(finished) => {
+                    let lanes = lanes.as_mut().expect("only lanes finish handlings");
+                    match self.lane_finished(lanes, finished, membership.as_ref(), &mut lag) {
+                        Ok(()) => continue,
+                        Err(Abandoned) => break Outcome::Stop(Stop::Stopped),
+                    }
+                }
                 Next::Check => {
-                    if !std::mem::take(&mut heard) {
+                    // A stream held back by busy lanes is not silent.
+                    let busy = lanes.as_ref().is_some_and(|lanes| !lanes.has_room());
+                    if !std::mem::take(&mut heard) && !busy {
                         tracing::warn!(instance = %self.instance, rpc = self.rpc, "no event or heartbeat for {quiet_limit:?}; resubscribing");
-                        return Ended::Resubscribe;
+                        break Outcome::End(Ended::Resubscribe);
                     }
                     continue;
                 }
-                Next::Stopped | Next::GraceOver => {
-                    // The handler in flight has finished: acknowledge it, and let the group
-                    // have the rest at once.
-                    if let Some(membership) = membership {
-                        Box::pin(membership.leave(self.shared.options.connect_timeout)).await;
-                        return Ended::Left;
-                    }
-                    return match next {
-                        Next::GraceOver => {
-                            tracing::info!(instance = %self.instance, rpc = self.rpc, "gone from discovery, and its stream still open after the grace; letting go");
-                            Ended::Failed("gone from discovery".into())
-                        }
-                        _ => Ended::Stopped,
-                    };
-                }
+                Next::Stopped => break Outcome::Stop(Stop::Stopped),
+                Next::GraceOver => break Outcome::Stop(Stop::GraceOver),
             };
             heard = true;
             match next {
@@ -540,42 +564,128 @@ where
                     let Some((message, metadata)) = envelope.into_parts() else {
                         continue;
                     };
-                    match self.receive(message, metadata, &mut lag).await {
+                    let received = match &mut lanes {
+                        Some(lanes) => {
+                            self.to_lane(lanes, message, metadata);
+                            Ok(None)
+                        }
+                        None => self.receive(message, metadata, &mut lag).await,
+                    };
+                    match received {
                         Ok(Some(cursor)) => {
                             if let Some(membership) = &membership {
                                 membership.handled(cursor);
                             }
                         }
                         Ok(None) => {}
-                        Err(Abandoned) => {
-                            if let Some(membership) = membership {
-                                Box::pin(membership.leave(self.shared.options.connect_timeout))
-                                    .await;
-                                return Ended::Left;
-                            }
-                            return Ended::Stopped;
-                        }
+                        Err(Abandoned) => break Outcome::Stop(Stop::Stopped),
                     }
                 }
-                None => return Ended::Failed("the stream ended".into()),
+                None => break Outcome::End(Ended::Failed("the stream ended".into())),
                 Some(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
                     tracing::info!(instance = %self.instance, rpc = self.rpc, "cut off for falling behind; resuming from the cursor");
-                    return Ended::Resubscribe;
+                    break Outcome::End(Ended::Resubscribe);
                 }
                 Some(Err(status)) => {
-                    return Ended::Failed(format!("{:?}: {}", status.code(), status.message()))
+                    break Outcome::End(Ended::Failed(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    )))
                 }
             }
+        };
+        // Handlings under way end first (one retrying stops when the observer does), so that
+        // what they handled is acknowledged and the cursor is past it.
+        if let Some(lanes) = &mut lanes {
+            lanes.lanes.drop_waiting();
+            while let Some(finished) = lanes.running.join_next().await {
+                let _ = self.lane_finished(lanes, finished, membership.as_ref(), &mut lag);
+            }
+        }
+        let stop = match outcome {
+            Outcome::End(ended) => return ended,
+            Outcome::Stop(stop) => stop,
+        };
+        // The handler in flight has finished: acknowledge it, and let the group have the rest
+        // at once.
+        if let Some(membership) = membership {
+            Box::pin(membership.leave(self.shared.options.connect_timeout)).await;
+            return Ended::Left;
+        }
+        match stop {
+            Stop::GraceOver => {
+                tracing::info!(instance = %self.instance, rpc = self.rpc, "gone from discovery, and its stream still open after the grace; letting go");
+                Ended::Failed("gone from discovery".into())
+            }
+            Stop::Stopped => Ended::Stopped,
         }
     }
 
-    /// Handles one event (or heartbeat); returns the event's cursor once handled.
-    async fn receive(
+    /// Keyed lanes for this stream, when events have keys and several handlers may run.
+    fn lanes(&self) -> Option<LaneSet<T>> {
+        match self.shared.options.max_concurrent_handlers {
+            Some(limit) if self.keyed && limit > 1 => Some(LaneSet {
+                lanes: Lanes::new(limit),
+                running: JoinSet::new(),
+                most_held: (limit * 16).max(256),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Hands an event to its key's lane, and starts it if it may start now.
+    fn to_lane(&mut self, lanes: &mut LaneSet<T>, message: T, metadata: EventMetadata) {
+        if !self.noticed(&metadata) {
+            return;
+        }
+        let key = crate::keys::hash(&metadata.key);
+        let cursor = Cursor {
+            epoch: metadata.epoch,
+            sequence: metadata.sequence,
+        };
+        let event = Event::new(message, metadata, self.instance.clone());
+        if let Some((position, event)) = lanes.lanes.arrive(key, cursor, event) {
+            lanes.start(&self.handling, key, position, event);
+        }
+    }
+
+    /// A lane's handling ended: the cursor moves past what was handled before it, the group
+    /// is told, and the events it held up start.
+    fn lane_finished(
         &mut self,
-        message: T,
-        metadata: EventMetadata,
+        lanes: &mut LaneSet<T>,
+        finished: Result<Finished, tokio::task::JoinError>,
+        membership: Option<&Membership>,
         lag: &mut LagSample,
-    ) -> Result<Option<Cursor>, Abandoned> {
+    ) -> Result<(), Abandoned> {
+        let finished = match finished {
+            Ok(finished) => finished,
+            // As an inline handler's panic would.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => return Err(Abandoned),
+        };
+        finished.outcome?;
+        lag.handled(finished.published_at, &self.metrics.lag);
+        let (moved, start) = lanes.lanes.finished(finished.key, finished.position);
+        if let Some(cursor) = moved {
+            self.cursor = Some(cursor);
+            if let (None, Some(store)) = (membership, &self.shared.options.cursor_store) {
+                store.handled(self.rpc, cursor);
+            }
+        }
+        if let Some(membership) = membership {
+            membership.handled_alone(finished.cursor);
+        }
+        for (key, position, event) in start {
+            lanes.start(&self.handling, key, position, event);
+        }
+        Ok(())
+    }
+
+    /// Reports a gap the event's metadata tells of; returns whether it is an event to handle
+    /// (not a heartbeat, nor one handled already).
+    fn noticed(&mut self, metadata: &EventMetadata) -> bool {
         if metadata.missed > 0 || metadata.previous_epoch != 0 {
             self.metrics.missed.increment(metadata.missed);
             self.metrics.gaps.increment(1);
@@ -589,38 +699,127 @@ where
             (self.shared.options.on_gap)(&gap);
         }
         if metadata.heartbeat {
+            return false;
+        }
+        // In a group, events come in delivery order, which is not sequence order once one is
+        // redelivered.
+        let in_order = self.shared.options.group.is_none();
+        // Already handled (cannot happen with a well-behaved publisher).
+        !(in_order
+            && self
+                .cursor
+                .as_ref()
+                .is_some_and(|c| c.epoch == metadata.epoch && c.sequence >= metadata.sequence))
+    }
+
+    /// Handles one event (or heartbeat); returns the event's cursor once handled.
+    async fn receive(
+        &mut self,
+        message: T,
+        metadata: EventMetadata,
+        lag: &mut LagSample,
+    ) -> Result<Option<Cursor>, Abandoned> {
+        if !self.noticed(&metadata) {
             return Ok(None);
         }
         let cursor = Cursor {
             epoch: metadata.epoch,
             sequence: metadata.sequence,
         };
-        // In a group, events come in delivery order, which is not sequence order once one is
-        // redelivered; the cursor is then the last event handled, for the producer to
-        // acknowledge when the member resubscribes.
-        let in_order = self.shared.options.group.is_none();
-        if in_order
-            && self
-                .cursor
-                .as_ref()
-                .is_some_and(|c| c.epoch == cursor.epoch && c.sequence >= cursor.sequence)
-        {
-            // Already handled (cannot happen with a well-behaved publisher).
-            return Ok(None);
-        }
         let published_at = metadata.published_at_unix_micros;
-        self.handle(Event::new(message, metadata, self.instance.clone()))
+        self.handling
+            .handle(Event::new(message, metadata, self.instance.clone()))
             .await?;
         lag.handled(published_at, &self.metrics.lag);
+        // In a group, the cursor is the last event handled, for the producer to acknowledge
+        // when the member resubscribes.
         self.cursor = Some(cursor);
-        if in_order {
+        if self.plain() {
             if let Some(store) = &self.shared.options.cursor_store {
                 store.handled(self.rpc, cursor);
             }
         }
         Ok(Some(cursor))
     }
+}
 
+/// How a stream's reading ended.
+enum Outcome {
+    Stop(Stop),
+    End(Ended),
+}
+
+/// Why a stream stops being read though it still works.
+enum Stop {
+    /// The observer stops (or a handler was abandoned because it does).
+    Stopped,
+    /// Gone from discovery, and the grace to read what the producer still sends is over.
+    GraceOver,
+}
+
+/// A stream's keyed lanes and the handlings they run.
+struct LaneSet<T> {
+    lanes: Lanes<Event<T>>,
+    running: JoinSet<Finished>,
+    /// The most events held (being handled, waiting, or handled after one that is not):
+    /// past it, the stream is not read.
+    most_held: usize,
+}
+
+impl<T: Message + Default + Clone + Send + Sync + 'static> LaneSet<T> {
+    fn has_room(&self) -> bool {
+        self.lanes.held() < self.most_held
+    }
+
+    fn start<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        key: u64,
+        position: Position,
+        event: Event<T>,
+    ) {
+        let handling = handling.clone();
+        self.running.spawn(async move {
+            let cursor = event.cursor();
+            let published_at = event.metadata().published_at_unix_micros;
+            let outcome = handling.handle(event).await;
+            Finished {
+                key,
+                position,
+                cursor,
+                published_at,
+                outcome,
+            }
+        });
+    }
+}
+
+/// One lane's handling of one event, ended.
+struct Finished {
+    key: u64,
+    position: Position,
+    cursor: Cursor,
+    published_at: i64,
+    outcome: Result<(), Abandoned>,
+}
+
+/// How one stream's events are handled: the handler, its retries and dead letters. Shared
+/// with the tasks of keyed lanes.
+struct Handling<T, H> {
+    rpc: &'static str,
+    handler: Arc<H>,
+    event: PhantomData<fn() -> T>,
+    instance: Arc<str>,
+    shared: Arc<Shared>,
+    control: watch::Receiver<Instance>,
+    metrics: StreamMetrics,
+}
+
+impl<T, H> Handling<T, H>
+where
+    T: Message + Default + Clone + Send + Sync + 'static,
+    H: Handler<T>,
+{
     /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.
     /// A stop during the backoff abandons the event: neither handled nor dead-lettered, so
     /// that whoever comes next (this observer resuming, or another group member) gets it.

@@ -50,7 +50,7 @@ impl ObserverBuilder {
     }
 
     #[doc(hidden)]
-    pub fn observe<T, F, Fut>(mut self, rpc: &'static str, handler: F) -> Self
+    pub fn observe<T, F, Fut>(mut self, rpc: &'static str, keyed: bool, handler: F) -> Self
     where
         T: Message + Default + Clone + Send + Sync + 'static,
         F: Fn(Event<T>) -> Fut + Send + Sync + 'static,
@@ -61,6 +61,7 @@ impl ObserverBuilder {
             rpc,
             handler,
             event: std::marker::PhantomData,
+            keyed,
         }));
         self.rpcs.push(rpc);
         self
