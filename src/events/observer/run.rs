@@ -566,7 +566,7 @@ where
                     };
                     let received = match &mut lanes {
                         Some(lanes) => {
-                            self.to_lane(lanes, message, metadata);
+                            self.hand_to_lane(lanes, message, metadata);
                             Ok(None)
                         }
                         None => self.receive(message, metadata, &mut lag).await,
@@ -635,7 +635,7 @@ where
     }
 
     /// Hands an event to its key's lane, and starts it if it may start now.
-    fn to_lane(&mut self, lanes: &mut LaneSet<T>, message: T, metadata: EventMetadata) {
+    fn hand_to_lane(&mut self, lanes: &mut LaneSet<T>, message: T, metadata: EventMetadata) {
         if !self.noticed(&metadata) {
             return;
         }
