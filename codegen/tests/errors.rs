@@ -224,3 +224,90 @@ fn no_file_is_an_error_not_a_panic() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
 }
+
+/// A service whose event (and unary call) declare `key` options, around message `E`.
+fn keyed(event_key: &str, routing_key: &str) -> String {
+    proto(&format!(
+        "enum Kind {{ KIND_UNSPECIFIED = 0; }}\n\
+         message Order {{ string id = 1; repeated string tags = 2; double total = 3; Kind kind = 4; }}\n\
+         message E {{ Order order = 1; uint64 step = 2; map<string, string> labels = 3; }}\n\
+         service S {{\n  \
+         rpc Changed(meshless.v1.Subscribe) returns (stream E) {{ option (meshless.v1.event) = {{ key: \"{event_key}\" }}; }}\n  \
+         rpc Change(E) returns (E) {{ option (meshless.v1.routing) = {{ key: \"{routing_key}\" }}; }}\n}}\n"
+    ))
+}
+
+#[test]
+fn keys_that_name_scalar_fields_pass() {
+    for (event_key, routing_key) in [
+        ("order.id", "order.id"),
+        ("step", "order.kind"),
+        ("order.kind", "step"),
+    ] {
+        let dir = compile_ok(&[("demo.proto", &keyed(event_key, routing_key))]);
+        let generated = std::fs::read_to_string(dir.join("out/demo.v1.rs")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_mentions(&generated, &["KeyPath", "KeyKind"]);
+    }
+}
+
+#[test]
+fn keys_that_name_no_scalar_field_are_refused_at_their_option() {
+    let cases = [
+        (
+            "order.number",
+            "has no field `number`",
+            "its fields: id, tags, total, kind",
+        ),
+        (
+            "order",
+            "is a message",
+            "string, bytes, integer, bool or enum",
+        ),
+        ("order.tags", "is repeated", "a key is one value"),
+        ("labels", "is repeated", "a key is one value"),
+        (
+            "order.total",
+            "floating-point",
+            "string, bytes, integer, bool or enum",
+        ),
+        ("step.id", "is not a message", "`id` cannot be inside it"),
+        ("order..id", "has no field ``", "its fields"),
+    ];
+    for (key, what, more) in cases {
+        let (kind, message) = compile_error(&[("demo.proto", &keyed(key, "order.id"))]);
+        assert_eq!(kind, ErrorKind::Rule, "{message}");
+        // The event option is on line 8 of the file.
+        assert_mentions(
+            &message,
+            &["demo.proto:8:", "event rpc `Changed`", what, more],
+        );
+
+        let (kind, message) = compile_error(&[("demo.proto", &keyed("order.id", key))]);
+        assert_eq!(kind, ErrorKind::Rule, "{message}");
+        assert_mentions(
+            &message,
+            &["demo.proto:9:", "rpc `Change`: routing key", what],
+        );
+    }
+}
+
+#[test]
+fn routing_keys_belong_on_calls_with_one_request() {
+    let (kind, message) = compile_error(&[(
+        "demo.proto",
+        &proto(
+            "message E { string id = 1; }\n\
+             service S {\n  rpc Up(stream E) returns (E) { option (meshless.v1.routing) = { key: \"id\" }; }\n}\n",
+        ),
+    )]);
+    assert_eq!(kind, ErrorKind::Rule);
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:6:",
+            "rpc `Up`",
+            "only unary and server-streaming",
+        ],
+    );
+}

@@ -13,6 +13,8 @@ pub(crate) struct Ready {
     /// Running sums of the weights: `cumulative[i]` is the total weight of `instances[..=i]`.
     /// Empty when every weight is equal, so draws are uniform.
     cumulative: Vec<u64>,
+    /// The hash of each instance's address, for picks by key.
+    hashes: Vec<u64>,
 }
 
 impl Ready {
@@ -43,9 +45,14 @@ impl Ready {
                 })
                 .collect()
         };
+        let hashes = instances
+            .iter()
+            .map(|instance| crate::keys::hash(instance.key.as_bytes()))
+            .collect();
         Self {
             instances,
             cumulative,
+            hashes,
         }
     }
 
@@ -84,6 +91,23 @@ impl Ready {
             }
         }
         self.instances.iter().find(|i| !avoided(i))
+    }
+
+    /// The instance that ranks highest for `key` by rendezvous hashing of the key and the
+    /// instances' addresses, other than those in `avoid` when there is one: every client picks
+    /// the same instance for a key, and an instance that comes or goes moves only the keys it
+    /// ranks highest for. Weights and load play no part.
+    pub(crate) fn pick_for_key(&self, key: u64, avoid: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
+        let avoided = |i: &Arc<Instance>| avoid.iter().any(|a| Arc::ptr_eq(a, i));
+        let best = |avoiding: bool| {
+            self.instances
+                .iter()
+                .zip(&self.hashes)
+                .filter(|(instance, _)| !avoiding || !avoided(instance))
+                .max_by_key(|(_, hash)| crate::keys::score(key, **hash))
+                .map(|(instance, _)| instance)
+        };
+        best(true).or_else(|| best(false))
     }
 
     fn draw(&self) -> usize {

@@ -220,16 +220,22 @@ impl InstanceSet {
     /// being made, the first DNS answer pending), until `deadline` (the call's own) or the
     /// set's wait timeout, whichever comes first; otherwise fails at once.
     ///
-    /// A retry passes the instances already `tried`: another is picked when there is one.
+    /// A retry passes the instances already `tried`: another is picked when there is one. A
+    /// call with a routing key (its hash) goes to the ready instance that ranks highest for it.
     pub(crate) async fn pick(
         &self,
         deadline: Option<Instant>,
         tried: &[Arc<Instance>],
+        key: Option<u64>,
     ) -> Result<(Arc<Instance>, InFlight), tonic::Status> {
+        let pick = |ready: &Ready| match key {
+            Some(key) => ready.pick_for_key(key, tried).cloned(),
+            None => ready.pick_avoiding(tried).cloned(),
+        };
         // The common case: an instance is ready, and nothing needs to wait for a change.
-        if let Some(instance) = self.ready.load().pick_avoiding(tried) {
+        if let Some(instance) = pick(&self.ready.load()) {
             let in_flight = instance.start_call();
-            return Ok((instance.clone(), in_flight));
+            return Ok((instance, in_flight));
         }
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
@@ -237,9 +243,9 @@ impl InstanceSet {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(instance) = self.ready.load().pick_avoiding(tried) {
+            if let Some(instance) = pick(&self.ready.load()) {
                 let in_flight = instance.start_call();
-                return Ok((instance.clone(), in_flight));
+                return Ok((instance, in_flight));
             }
             let why = self.why_unavailable();
             if !why.may_change || Instant::now() >= wait_until {
@@ -342,7 +348,7 @@ mod test {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
         let started = Instant::now();
         let error = set
-            .pick(Some(started + Duration::from_secs(2)), &[])
+            .pick(Some(started + Duration::from_secs(2)), &[], None)
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
@@ -360,7 +366,7 @@ mod test {
     async fn without_a_deadline_a_call_waits_the_wait_timeout() {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(10));
         let started = Instant::now();
-        set.pick(None, &[]).await.unwrap_err();
+        set.pick(None, &[], None).await.unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
@@ -371,7 +377,7 @@ mod test {
         let waiting = tokio::spawn({
             let set = set.clone();
             async move {
-                set.pick(None, &[])
+                set.pick(None, &[], None)
                     .await
                     .map(|(picked, _)| picked.key.clone())
             }
@@ -392,9 +398,9 @@ mod test {
             instance.endpoint.connect_lazy(),
         ));
         set.rebuild_ready();
-        assert!(set.pick(None, &[]).await.is_ok());
+        assert!(set.pick(None, &[], None).await.is_ok());
         set.report_failure(&instance, "connection refused".into());
-        let error = set.pick(None, &[]).await.unwrap_err();
+        let error = set.pick(None, &[], None).await.unwrap_err();
         assert!(
             error
                 .message()

@@ -149,19 +149,24 @@ async fn timed_call(
 
     let mut tried = Vec::new();
     let calling = async {
+        // A routing key is read from the request, which is then sent from the bytes kept.
+        let (request, key) = match info.and_then(|call| call.routing) {
+            Some(routing) => routed(request, routing).await?,
+            None => (request, None),
+        };
         match info {
             Some(call) if call.single_request && policy.attempts > 1 => {
                 with_retries(
                     instances,
                     policy,
                     request,
-                    deadline,
+                    (deadline, key),
                     call.idempotent,
                     &mut tried,
                 )
                 .await
             }
-            _ => attempt(instances, request, deadline, &mut tried)
+            _ => attempt(instances, request, (deadline, key), &mut tried)
                 .await
                 .into_result(),
         }
@@ -195,7 +200,7 @@ async fn with_retries(
     instances: &Arc<InstanceSet>,
     policy: &CallPolicy,
     request: http::Request<Body>,
-    deadline: Option<tokio::time::Instant>,
+    pick: (Option<tokio::time::Instant>, Option<u64>),
     idempotent: bool,
     tried: &mut Vec<Arc<Instance>>,
 ) -> Result<http::Response<Body>, BoxError> {
@@ -209,7 +214,7 @@ async fn with_retries(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.headers_mut() = parts.headers.clone();
-        let outcome = attempt(instances, request, deadline, tried).await;
+        let outcome = attempt(instances, request, pick, tried).await;
         let retry = match &outcome {
             Attempt::Answered(_) => false,
             Attempt::NotProcessed(_) => true,
@@ -227,6 +232,28 @@ async fn with_retries(
             .increment(1);
         tracing::debug!(target = %instances.target(), attempt = attempt_number, "retrying on another pick");
     }
+}
+
+/// The request, its body kept whole, and the hash of its routing key. A request that is not
+/// one uncompressed gRPC message has no key (and goes where the balancer says).
+async fn routed(
+    request: http::Request<Body>,
+    routing: crate::codegen::KeyPath,
+) -> Result<(http::Request<Body>, Option<u64>), BoxError> {
+    let (parts, body) = request.into_parts();
+    let body = whole(body).await?;
+    let key = match body.get(..5) {
+        Some([0, length @ ..]) => {
+            let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+            body.get(5..5 + length as usize)
+                .map(|message| crate::keys::hash(&routing.key_of(message)))
+        }
+        _ => None,
+    };
+    Ok((
+        http::Request::from_parts(parts, Body::new(Full::new(body))),
+        key,
+    ))
 }
 
 /// The whole of a request body: without a copy when it is one chunk, as a single encoded
@@ -259,10 +286,10 @@ async fn whole(mut body: Body) -> Result<Bytes, BoxError> {
 async fn attempt(
     instances: &Arc<InstanceSet>,
     request: http::Request<Body>,
-    deadline: Option<tokio::time::Instant>,
+    (deadline, key): (Option<tokio::time::Instant>, Option<u64>),
     tried: &mut Vec<Arc<Instance>>,
 ) -> Attempt {
-    let (instance, in_flight) = match instances.pick(deadline, tried).await {
+    let (instance, in_flight) = match instances.pick(deadline, tried, key).await {
         Ok(picked) => picked,
         // Picking already waited as long as it should.
         Err(status) => return Attempt::Answered(status.into_http()),
