@@ -108,7 +108,7 @@ struct Member {
 impl OrderChangedObserver for Member {
     async fn order_changed(&self, event: Event<OrderChangedEvent>) -> Result<(), HandlerError> {
         // Long enough for events of other keys to overtake.
-        if event.message().step % 7 == 0 {
+        if event.message().step.is_multiple_of(7) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.ledger.record(&event, self.member);
