@@ -490,3 +490,80 @@ async fn calls_with_a_key_keep_to_one_instance_and_only_a_removed_instances_keys
         server.stop().await.unwrap();
     }
 }
+
+/// A folder removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_producer_keeps_the_keys_of_its_events_across_a_restart() {
+    use meshless::v1::Subscribe;
+    use tokio_stream::StreamExt;
+
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("meshless-keyed-{:016x}", fastrand::u64(..))));
+    let publish = |publisher: &OrdersPublisher, key: &str, step| {
+        publisher
+            .publish_order_changed(OrderChangedEvent {
+                order: order(key),
+                step,
+            })
+            .unwrap();
+    };
+    {
+        let publisher = OrdersPublisher::open(&dir.0).unwrap();
+        publish(&publisher, "a", 0);
+        publish(&publisher, "a", 1);
+        publish(&publisher, "b", 0);
+    }
+
+    // Reopened, the log's events still have their keys: a group member gets one event of a
+    // key at a time, whatever its window.
+    let publisher = OrdersPublisher::open(&dir.0).unwrap();
+    let producer = producer(publisher.clone()).await;
+    let mut client = OrdersClient::connect(&producer.target())
+        .await
+        .unwrap()
+        .into_tonic();
+    let mut stream = client
+        .order_changed(Subscribe {
+            group: "g".into(),
+            member: "raw".into(),
+            max_unacknowledged: 100,
+            ..Subscribe::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    publish(&publisher, "c", 0);
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        let (event, metadata) = tokio::time::timeout(support::PATIENCE, stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream open")
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        let id = event.order.unwrap().id;
+        // The key travels in the metadata, for any client to see.
+        assert_eq!(metadata.key, id.as_bytes());
+        delivered.push((id, event.step));
+    }
+    // `a`'s second event waits for its first to be acknowledged; `c`'s, published later, does not.
+    assert_eq!(
+        delivered,
+        [
+            ("a".to_owned(), 0),
+            ("b".to_owned(), 0),
+            ("c".to_owned(), 0)
+        ]
+    );
+    drop(stream);
+    producer.stop().await.unwrap();
+}
