@@ -704,6 +704,17 @@ impl Group {
         scratch: &mut VecDeque<Stored>,
     ) {
         self.dispatch_held(log, capacity);
+        self.dispatch_owed(log, capacity, scratch);
+    }
+
+    /// Hands out the events given back and those still in the log, in order, holding those
+    /// whose key must wait.
+    fn dispatch_owed(
+        &mut self,
+        log: &mut dyn EventLog,
+        capacity: usize,
+        scratch: &mut VecDeque<Stored>,
+    ) {
         while self.in_flight < capacity {
             if self.ready.is_empty() {
                 return;

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["testing/v1/echo.proto"];
     let includes = ["../../proto"];
-    meshless_build::configure().compile_protos(&protos, &includes)?;
+    meshless_build::configure().compile_protos(
+        &["testing/v1/echo.proto", "testing/v1/orders.proto"],
+        &includes,
+    )?;
 
     let plain = PathBuf::from(std::env::var("OUT_DIR")?).join("plain");
     std::fs::create_dir_all(&plain)?;

@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|discovery|durable|bounds|tracing|stores] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|keys|discovery|durable|bounds|tracing|stores] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -13,6 +13,7 @@ mod bounds;
 mod durable;
 mod events;
 mod ginepro;
+mod keyed;
 mod proto;
 mod servers;
 mod stats;
@@ -145,6 +146,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("events") {
         events_section(bench).await;
+    }
+    if wanted("keys") {
+        keyed::section(bench).await;
     }
     if wanted("discovery") {
         discovery_section(bench).await;
