@@ -3,5 +3,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The README's events section uses the sign-up example's proto.
     meshless_build::configure()
         .compile_protos(&["../../proto/signup/v1/users.proto"], &["../../proto"])?;
+    // And its section on keys, the orders proto of the tests.
+    meshless_build::configure()
+        .compile_protos(&["../../proto/testing/v1/orders.proto"], &["../../proto"])?;
     Ok(())
 }

@@ -139,6 +139,11 @@ impl ObserverOptions {
 
     /// At most this many handler calls at once, over all producer instances. Default: no
     /// limit (one call at a time per instance and event RPC, as order requires).
+    ///
+    /// Above 1, the events of an event RPC with a key (`key` in `option (meshless.v1.event)`)
+    /// are handled in keyed lanes: up to `limit` at once per producer instance, of different
+    /// keys, and the events of one key one after another, in order. A key that is slow or
+    /// keeps failing holds up only its own events. Events without a key stay one at a time.
     pub fn max_concurrent_handlers(mut self, limit: usize) -> Self {
         self.max_concurrent_handlers = Some(limit.max(1));
         self

@@ -9,6 +9,10 @@ pub mod signup {
     meshless::include_proto!("signup.v1");
 }
 
+pub mod orders {
+    meshless::include_proto!("testing.orders.v1");
+}
+
 use greeter::{GreeterHandler, HelloReply, HelloRequest};
 use meshless::{Request, Response, Status};
 
