@@ -1,6 +1,7 @@
 //! A server for interoperability tests with other gRPC implementations: serves
 //! `testing.v1.Echo` (echoing metadata, failing on request, replying with payloads of a given
-//! size) and publishes every unary message as an `Echoed` event.
+//! size) and publishes every unary message as an `Echoed` event; and `testing.orders.v1.Orders`,
+//! publishing every `Change` as an `OrderChanged` event, keyed by its order.
 //!
 //! Run with: cargo run --example interop-server -- --listen 127.0.0.1:0 [--data-dir DIR]
 //! It prints `listening on ADDR` once it serves, and stops on Ctrl-C or SIGTERM.
@@ -19,9 +20,31 @@ mod proto {
     meshless::include_protos!();
 }
 
+use proto::testing::orders::v1::{
+    ChangeReply, ChangeRequest, OrderChangedEvent, OrdersHandler, OrdersPublisher, OrdersService,
+};
 use proto::testing::v1::{
     EchoHandler, EchoPublisher, EchoReply, EchoRequest, EchoService, EchoedEvent,
 };
+
+/// Publishes each change of an order as an event keyed by the order.
+struct Orders {
+    publisher: OrdersPublisher,
+}
+
+impl OrdersHandler for Orders {
+    async fn change(
+        &self,
+        request: Request<ChangeRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let ChangeRequest { order, step } = request.into_inner();
+        self.publisher
+            .publish_order_changed(OrderChangedEvent { order, step })?;
+        Ok(Response::new(ChangeReply {
+            served_by: "interop-server".into(),
+        }))
+    }
+}
 
 struct Echo {
     publisher: EchoPublisher,
@@ -177,6 +200,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Kept in memory: the data directory is the Echo publisher's.
+    let orders = OrdersPublisher::new();
     Server::builder()
         .reflection(true)
         .add_service(EchoService::with_publisher(
@@ -184,6 +209,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 publisher: publisher.clone(),
             },
             publisher,
+        ))
+        .add_service(OrdersService::with_publisher(
+            Orders {
+                publisher: orders.clone(),
+            },
+            orders,
         ))
         .serve_with_listener(listener, async move {
             tokio::select! {

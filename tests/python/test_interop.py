@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from meshless.v1 import meshless_pb2, meshless_pb2_grpc
+from testing.v1 import orders_pb2, orders_pb2_grpc
 from testing.v1 import echo_pb2, echo_pb2_grpc
 
 TARGET = os.environ["MESHLESS_INTEROP_TARGET"]
@@ -190,6 +191,62 @@ def test_a_grpcio_client_is_a_consumer_group_member(stub):
             )
         )
         assert list(stream) == []
+
+
+def test_a_grpcio_member_gets_one_event_per_key_at_a_time_and_acknowledges_each(stub):
+    run = uuid.uuid4().hex[:8]
+    first, second = f"{run}-a", f"{run}-b"
+    with grpc.insecure_channel(TARGET) as channel:
+        orders = orders_pb2_grpc.OrdersStub(channel)
+        groups = meshless_pb2_grpc.EventGroupsStub(channel)
+        group, member = f"py-keys-{run}", "member-1"
+        # Only this test publishes orders on the server: the group, starting at the oldest event
+        # retained, gets exactly these three changes, whenever the subscription arrives.
+        stream = orders.OrderChanged(
+            meshless_pb2.Subscribe(group=group, member=member, max_unacknowledged=10)
+        )
+        for order, step in [(first, 0), (first, 1), (second, 0)]:
+            reply = orders.Change(
+                orders_pb2.ChangeRequest(order=orders_pb2.Order(id=order), step=step)
+            )
+            assert reply.served_by == "interop-server"
+        events = iter(stream)
+
+        def next_event():
+            event = next(events)
+            metadata = metadata_of(event)
+            # The key travels in the metadata, as the order id's bytes.
+            assert metadata.key == event.order.id.encode()
+            return event, metadata
+
+        # The second change of the first order waits for the first to be acknowledged, though
+        # the window has room; the other order's does not wait.
+        got = [next_event(), next_event()]
+        assert [(e.order.id, e.step) for e, _ in got] == [(first, 0), (second, 0)]
+        cursor = lambda m: meshless_pb2.Cursor(epoch=m.epoch, sequence=m.sequence)
+        # Acknowledged alone, out of delivery order: only its key moves on, at once (the second
+        # order's event and the first's next are now out).
+        reply = groups.Acknowledge(
+            meshless_pb2.Acknowledgement(
+                rpc="/testing.orders.v1.Orders/OrderChanged",
+                group=group,
+                member=member,
+                handled_each=[cursor(got[0][1])],
+            )
+        )
+        assert reply.unacknowledged == 2
+        event, metadata = next_event()
+        assert (event.order.id, event.step) == (first, 1)
+        groups.Acknowledge(
+            meshless_pb2.Acknowledgement(
+                rpc="/testing.orders.v1.Orders/OrderChanged",
+                group=group,
+                member=member,
+                handled_each=[cursor(got[1][1]), cursor(metadata)],
+                leave=True,
+            )
+        )
+        assert list(events) == []
 
 
 class PythonEcho(echo_pb2_grpc.EchoServicer):
