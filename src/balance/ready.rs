@@ -172,6 +172,33 @@ mod test {
     }
 
     #[tokio::test]
+    async fn a_key_goes_to_one_instance_and_to_the_next_in_rank_when_that_one_was_tried() {
+        let all: Vec<Arc<Instance>> = (1..=3)
+            .map(|i| ready_instance(&format!("10.0.0.{i}:80"), 0, 1))
+            .collect();
+        let ready = Ready::build(&all);
+        let mut owners = std::collections::HashSet::new();
+        for key in 0..300u64 {
+            let key = crate::keys::hash(key.to_string().as_bytes());
+            let first = ready.pick_for_key(key, &[]).unwrap().clone();
+            for _ in 0..3 {
+                assert!(Arc::ptr_eq(ready.pick_for_key(key, &[]).unwrap(), &first));
+            }
+            owners.insert(first.key.clone());
+            // A retry avoids the instance tried, and keeps to the next in rank.
+            let second = ready.pick_for_key(key, &[first.clone()]).unwrap().clone();
+            assert!(!Arc::ptr_eq(&first, &second));
+            let without_first: Vec<Arc<Instance>> =
+                all.iter().filter(|i| !Arc::ptr_eq(i, &first)).cloned().collect();
+            let rebuilt = Ready::build(&without_first);
+            assert!(Arc::ptr_eq(rebuilt.pick_for_key(key, &[]).unwrap(), &second));
+            // Every instance tried: one is picked all the same.
+            assert!(ready.pick_for_key(key, &all).is_some());
+        }
+        assert_eq!(owners.len(), 3, "keys spread over every instance");
+    }
+
+    #[tokio::test]
     async fn building_never_panics_while_instances_change_state_and_priority() {
         let instance = ready_instance("flapping", 0, 1);
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
