@@ -186,12 +186,21 @@ mod test {
             }
             owners.insert(first.key.clone());
             // A retry avoids the instance tried, and keeps to the next in rank.
-            let second = ready.pick_for_key(key, &[first.clone()]).unwrap().clone();
+            let second = ready
+                .pick_for_key(key, std::slice::from_ref(&first))
+                .unwrap()
+                .clone();
             assert!(!Arc::ptr_eq(&first, &second));
-            let without_first: Vec<Arc<Instance>> =
-                all.iter().filter(|i| !Arc::ptr_eq(i, &first)).cloned().collect();
+            let without_first: Vec<Arc<Instance>> = all
+                .iter()
+                .filter(|i| !Arc::ptr_eq(i, &first))
+                .cloned()
+                .collect();
             let rebuilt = Ready::build(&without_first);
-            assert!(Arc::ptr_eq(rebuilt.pick_for_key(key, &[]).unwrap(), &second));
+            assert!(Arc::ptr_eq(
+                rebuilt.pick_for_key(key, &[]).unwrap(),
+                &second
+            ));
             // Every instance tried: one is picked all the same.
             assert!(ready.pick_for_key(key, &all).is_some());
         }
