@@ -10,9 +10,12 @@
 //! - [`Channel`] finds the instances of a [`Target`] (`dns:` A/AAAA records, `dns+srv:` SRV
 //!   records, `ipv4:`/`ipv6:` lists, `http://host:port`) through [`discovery`], and spreads
 //!   calls over them with power of two choices over calls in flight, skipping instances whose
-//!   connection failed. No load balancer in between.
+//!   connection failed. No load balancer in between. A method with a routing key
+//!   (`option (meshless.v1.routing)`) sends the calls of one key to one instance.
 //! - [`events`] serves event RPCs from a publisher (encode once, retention for resume, never a
-//!   silent gap) and runs observers that subscribe to every producer instance. No broker.
+//!   silent gap) and runs observers that subscribe to every producer instance, alone or in
+//!   consumer groups; events with a key are handled in order per key, keys in parallel. No
+//!   broker.
 //!
 //! # Features
 //!
