@@ -22,6 +22,10 @@
 //!   member, which acknowledges it through `meshless.v1.EventGroups/Acknowledge`; a member that
 //!   leaves, or whose stream ends and does not come back within its lease, has its
 //!   unacknowledged events handed to the others (see `meshless/v1/meshless.proto`).
+//! - Keys: an event RPC may declare a key field (`key` in its option). The publisher sends each
+//!   event's key in its metadata; a consumer group gives each key to one member at a time
+//!   (rendezvous hashing), one event of a key out at a time; observers may handle keys in
+//!   parallel lanes, each key in order (`ObserverOptions::max_concurrent_handlers`).
 
 mod acknowledgements;
 mod disk;
