@@ -125,6 +125,37 @@ impl Membership {
         self.pending.added.notify_one();
     }
 
+    /// Acknowledges what was handled alone and not yet acknowledged, if anything, waiting at
+    /// most `timeout`: for a stream that ended, whose member resubscribes with a cursor that
+    /// covers only what was handled in delivery order.
+    pub(crate) async fn flush(self, timeout: Duration) {
+        self.task.abort();
+        let (_, each) = self.pending.all();
+        if each.is_empty() {
+            return;
+        }
+        let ack = Acknowledgement {
+            handled_each: each,
+            ..self.base.clone()
+        };
+        let rpc = ack.rpc.clone();
+        match tokio::time::timeout(
+            timeout,
+            acknowledge(self.channel.clone(), ack, &self.metadata),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::debug!(rpc, code = ?status.code(), "acknowledging after the stream ended failed; those events come again")
+            }
+            Err(_) => tracing::debug!(
+                rpc,
+                "acknowledging after the stream ended timed out; those events come again"
+            ),
+        }
+    }
+
     /// Acknowledges everything handled and leaves the group, so that the producer hands the
     /// member's other events to the rest of the group at once. Waits at most `timeout`.
     pub(crate) async fn leave(self, timeout: Duration) {

@@ -368,8 +368,16 @@ where
             _ = control.wait_for(|state| *state == Instance::Stopped) => return Err(Ended::Stopped),
         };
         let channel = connected.map_err(|error| Ended::Failed(crate::text::error_chain(&error)))?;
+        // A group member's cursor names an event in delivery order, which a rejoin can change:
+        // sent once, so that a later subscription cannot acknowledge an event delivered anew
+        // since (at worst, what it handled comes again).
+        let after = if self.plain() {
+            self.cursor
+        } else {
+            self.cursor.take()
+        };
         let request = Subscribe {
-            after: self.cursor,
+            after,
             start: options.start as i32,
             heartbeat_interval_ms: u32::try_from(options.heartbeat.as_millis()).unwrap_or(u32::MAX),
             group: options.group.clone().unwrap_or_default(),
@@ -604,7 +612,19 @@ where
             }
         }
         let stop = match outcome {
-            Outcome::End(ended) => return ended,
+            Outcome::End(ended) => {
+                // Events handled alone are not covered by the cursor the member resubscribes
+                // with: acknowledged now, if the producer still answers, or they come again.
+                if let Some(membership) = membership {
+                    let timeout = self
+                        .shared
+                        .options
+                        .connect_timeout
+                        .min(Duration::from_secs(1));
+                    Box::pin(membership.flush(timeout)).await;
+                }
+                return ended;
+            }
             Outcome::Stop(stop) => stop,
         };
         // The handler in flight has finished: acknowledge it, and let the group have the rest
