@@ -14,7 +14,10 @@
 //! rendezvous hashing, one event per key at a time. An event whose key has an event out, or whose
 //! member has no room, is held (per key, in order) until the previous one is acknowledged or
 //! given back; it then goes to whichever member the key belongs to at that time, so a key
-//! changes hands only between two events, never with one out.
+//! changes hands only between two events, never with one out. Held events are copies (of the
+//! shared bytes), at most `retain` per group; a keyed group that cannot take an event at once
+//! reads it into its held events during `publish`, and looks its waiting keys over after each
+//! acknowledgement (each key's owner is computed over the live members).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
