@@ -12,7 +12,10 @@ use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions, Pub
 use meshless::v1::{Acknowledgement, Cursor, EventGroupsClient, Subscribe};
 use meshless::Code;
 use support::testing::v1::EchoObserver;
-use support::{request, EchoClient, EchoPublisher, EchoedEvent, EchoedObserver, Gate, Running};
+use support::{
+    request, EchoClient, EchoPublisher, EchoedEvent, EchoedObserver, Gate, KillableObserver,
+    Running,
+};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
@@ -234,47 +237,6 @@ async fn three_members_two_producers_every_event_handled_exactly_once() {
     }
 }
 
-/// A member on a runtime of its own, killed without a goodbye.
-struct KillableMember {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl KillableMember {
-    async fn start(member: Member, options: ObserverOptions, target: String) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (started, ready) = tokio::sync::oneshot::channel();
-        runtime.spawn(async move {
-            let handle = start(member, options, &target).await;
-            let _ = started.send(());
-            // Runs until the runtime is killed.
-            std::future::pending::<()>().await;
-            drop(handle);
-        });
-        ready.await.unwrap();
-        Self {
-            runtime: Some(runtime),
-        }
-    }
-
-    fn kill(mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for KillableMember {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_has_its_unacknowledged_events_redelivered_and_marked() {
     const EVENTS: usize = 3000;
@@ -286,15 +248,14 @@ async fn a_killed_member_has_its_unacknowledged_events_redelivered_and_marked() 
         .member_lease(Duration::from_millis(200))
         .max_unacknowledged(WINDOW);
     // The victim hangs on its 201st event, with a full window of events delivered to it.
-    let victim = KillableMember::start(
-        Member {
-            stall_after: Some(200),
-            ..ledger.member(0)
-        },
-        options.clone(),
-        producer.target(),
-    )
-    .await;
+    let victim_member = Member {
+        stall_after: Some(200),
+        ..ledger.member(0)
+    };
+    let (victim_options, target) = (options.clone(), producer.target());
+    let victim =
+        KillableObserver::start(async move { start(victim_member, victim_options, &target).await })
+            .await;
     let survivor = start(ledger.member(1), options, &producer.target()).await;
 
     publish(&publisher, 0..EVENTS / 2);

@@ -15,7 +15,7 @@ use support::testing::orders::v1::{
     ChangeReply, ChangeRequest, Order, OrderChangedEvent, OrderChangedObserver, OrdersClient,
     OrdersHandler, OrdersObserver, OrdersPublisher, OrdersService,
 };
-use support::{Gate, Running};
+use support::{Gate, KillableObserver, Running};
 use tokio::sync::Notify;
 
 /// One handling of one event.
@@ -137,46 +137,6 @@ async fn start_member(member: Member, options: ObserverOptions, target: &str) ->
         .unwrap()
 }
 
-/// A member on a runtime of its own, killed without a goodbye.
-struct KillableMember {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl KillableMember {
-    async fn start(member: Member, options: ObserverOptions, target: String) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (started, ready) = tokio::sync::oneshot::channel();
-        runtime.spawn(async move {
-            let handle = start_member(member, options, &target).await;
-            let _ = started.send(());
-            std::future::pending::<()>().await;
-            drop(handle);
-        });
-        ready.await.unwrap();
-        Self {
-            runtime: Some(runtime),
-        }
-    }
-
-    fn kill(mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for KillableMember {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 /// Answers every call with its name.
 #[derive(Clone)]
 struct Named(String);
@@ -246,7 +206,11 @@ async fn a_group_handles_each_key_in_publish_order_while_members_join_leave_and_
     // at a time (acknowledging cumulatively); the last will be killed.
     let first = start_member(member(0), member_options(Some(8)), &target).await;
     let leaving = start_member(member(1), member_options(None), &target).await;
-    let victim = KillableMember::start(member(2), member_options(Some(4)), target.clone()).await;
+    let (victim, victim_target) = (member(2), target.clone());
+    let victim = KillableObserver::start(async move {
+        start_member(victim, member_options(Some(4)), &victim_target).await
+    })
+    .await;
 
     publish(&publishers, &mut steps, KEYS, EVENTS / 5);
     ledger

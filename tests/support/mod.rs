@@ -353,6 +353,52 @@ impl Drop for Killable {
     }
 }
 
+/// An observer on a runtime of its own, killed without a goodbye: its connections close, and
+/// it neither acknowledges nor leaves its consumer group, as after SIGKILL.
+pub struct KillableObserver {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableObserver {
+    /// Runs `start` (which starts the observer) on a runtime of its own; returns once it
+    /// started.
+    pub async fn start(
+        start: impl std::future::Future<Output = meshless::events::ObserverHandle> + Send + 'static,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (started, ready) = oneshot::channel();
+        runtime.spawn(async move {
+            let handle = start.await;
+            let _ = started.send(());
+            // Runs until the runtime is killed.
+            std::future::pending::<()>().await;
+            drop(handle);
+        });
+        ready.await.expect("the observer started");
+        Self {
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableObserver {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// The instance name an Echo reply carries (`name: message`).
 pub fn served_by(reply: &EchoReply) -> &str {
     reply.message.split(':').next().unwrap_or_default()
