@@ -27,29 +27,84 @@
 //!
 //! # Example
 //!
-//! With `proto/users.proto` declaring `service Users { rpc SignUp(...) returns (...); }` and
-//! `meshless_build::compile_protos("proto/users.proto")` in `build.rs`:
+//! With `proto/signup/v1/users.proto` declaring
+//! `service Users { rpc SignUp(SignUpRequest) returns (SignUpReply); rpc UserSignedUp(meshless.v1.Subscribe) returns (stream UserSignedUpEvent) { option (meshless.v1.event) = { retain: 10000 }; } }`
+//! and `meshless_build::compile_protos("proto/signup/v1/users.proto")` in `build.rs`:
 //!
-//! ```ignore
+//! ```no_run
 //! mod users {
 //!     meshless::include_proto!("signup.v1");
 //! }
-//! use users::{SignUpReply, SignUpRequest, UsersClient, UsersHandler, UsersService};
+//! use meshless::events::{Event, HandlerError, ObserverOptions};
+//! use users::{
+//!     SignUpReply, SignUpRequest, User, UserSignedUpEvent, UserSignedUpObserver, UsersClient,
+//!     UsersHandler, UsersObserver, UsersPublisher, UsersService,
+//! };
 //!
-//! struct Users;
+//! /// The producer: answers calls and publishes an event for each sign-up.
+//! struct Users {
+//!     events: UsersPublisher,
+//! }
 //!
 //! impl UsersHandler for Users {
 //!     async fn sign_up(
 //!         &self,
 //!         request: meshless::Request<SignUpRequest>,
 //!     ) -> Result<meshless::Response<SignUpReply>, meshless::Status> {
-//!         Ok(meshless::Response::new(SignUpReply::default()))
+//!         let request = request.into_inner();
+//!         let user = User { id: 1, email: request.email, name: request.name };
+//!         // Never blocks on observers; fails only if the event cannot be kept.
+//!         self.events
+//!             .publish_user_signed_up(UserSignedUpEvent { user: Some(user) })
+//!             .map_err(meshless::Status::from)?;
+//!         Ok(meshless::Response::new(SignUpReply { id: 1 }))
+//!     }
+//!
+//!     async fn get_user(
+//!         &self,
+//!         _request: meshless::Request<users::GetUserRequest>,
+//!     ) -> Result<meshless::Response<User>, meshless::Status> {
+//!         Err(meshless::Status::not_found("no such user"))
 //!     }
 //! }
 //!
-//! meshless::Server::builder().add_service(UsersService::new(Users)).serve(addr).await?;
-//! let client = UsersClient::connect("ipv4:127.0.0.1:50051").await?;
-//! let reply = client.sign_up(SignUpRequest::default()).await?;
+//! /// An observing service: gets every sign-up from every Users instance.
+//! struct WelcomeEmail;
+//!
+//! impl UserSignedUpObserver for WelcomeEmail {
+//!     async fn user_signed_up(&self, event: Event<UserSignedUpEvent>) -> Result<(), HandlerError> {
+//!         let user = event.user.as_ref().ok_or("a sign-up without its user")?;
+//!         println!("welcome, {}", user.email);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let publisher = UsersPublisher::new();
+//! let users = Users { events: publisher.clone() };
+//! tokio::spawn(
+//!     meshless::Server::builder()
+//!         .add_service(UsersService::with_publisher(users, publisher))
+//!         .serve("127.0.0.1:50051".parse()?),
+//! );
+//!
+//! // Every instance `users.service.consul` lists (SRV records), one consumer group.
+//! let target = "dns+srv:users.service.consul";
+//! let observer = UsersObserver::new()
+//!     .user_signed_up(WelcomeEmail)
+//!     .options(ObserverOptions::default().consumer_group("welcome-email"))
+//!     .start(target)
+//!     .await?;
+//!
+//! // Calls go straight to one instance, picked by the client.
+//! let client = UsersClient::connect(target).await?;
+//! let reply = client
+//!     .sign_up(SignUpRequest { email: "ada@example.com".into(), name: "Ada".into() })
+//!     .await?;
+//! println!("signed up as {}", reply.into_inner().id);
+//! observer.stop().await;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! The README has the whole guide; `examples/signup.rs` runs it.
@@ -103,7 +158,7 @@ pub use tonic::{Code, IntoRequest, IntoStreamingRequest, Request, Response, Stat
 
 /// Includes the code generated for one protobuf package, as `tonic::include_proto!` does.
 ///
-/// ```ignore
+/// ```no_run
 /// pub mod users {
 ///     meshless::include_proto!("signup.v1");
 /// }
@@ -123,9 +178,10 @@ macro_rules! include_proto {
 /// Includes the code generated for every package, in modules that mirror the package names
 /// (`signup.v1` becomes `signup::v1`), so packages that refer to each other compile.
 ///
-/// ```ignore
+/// ```no_run
 /// meshless::include_protos!();
 /// use signup::v1::UsersClient;
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! include_protos {

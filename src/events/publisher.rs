@@ -123,6 +123,32 @@ pub struct EventRpc {
 
 /// Publishes the events of one service instance: per event RPC, a sequence, the retained
 /// events, and the subscribers. Cheap to clone; clones publish into the same streams.
+///
+/// Services use it through their generated `{Service}Publisher`, which has a typed
+/// `publish_{event}` method per event RPC, and serve it with their generated service:
+///
+/// ```no_run
+/// mod users {
+///     meshless::include_proto!("signup.v1");
+/// }
+/// use meshless::events::PublisherSettings;
+/// use users::{User, UserSignedUpEvent, UsersPublisher};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // In memory, retaining the proto's `retain` events; or kept in files that survive a
+/// // restart: `UsersPublisher::open("/var/lib/users/events")?`.
+/// let publisher = UsersPublisher::with_settings(
+///     PublisherSettings::default().retain("UserSignedUp", 50_000),
+/// );
+/// let event = UserSignedUpEvent { user: Some(User { id: 7, ..Default::default() }) };
+/// // Returns at once, whatever the subscribers do: the cursor (epoch, sequence) of the event.
+/// let cursor = publisher.publish_user_signed_up(event.clone())?;
+/// println!("published as {} in epoch {:x}", cursor.sequence, cursor.epoch);
+/// // Returns once the event is on stable storage (at once for a publisher in memory).
+/// publisher.publish_user_signed_up_durable(event).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
     hubs: Arc<[Arc<Hub>]>,

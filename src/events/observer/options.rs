@@ -14,6 +14,31 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
 /// How an observer subscribes and handles events. Start from `ObserverOptions::default()`.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use meshless::events::{FileCursors, ObserverOptions};
+/// use meshless::v1::StartPosition;
+///
+/// # fn options() -> Result<(), meshless::Error> {
+/// // A plain observer: every event from every producer instance, from the oldest retained
+/// // one on the first start, then from where it stopped (cursors kept in a file).
+/// let plain = ObserverOptions::default()
+///     .start(StartPosition::Oldest)
+///     .cursor_store(FileCursors::open("feed.cursors")?)
+///     .handler_retries(5, Duration::from_millis(200))
+///     .on_gap(|gap| eprintln!("missed events: {gap:?}"));
+///
+/// // A member of a consumer group: each event is handled by one member of "billing", up to
+/// // 8 at a time (in order per key, for events with a key).
+/// let member = ObserverOptions::default()
+///     .consumer_group("billing")
+///     .max_concurrent_handlers(8);
+/// # let _ = (plain, member);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct ObserverOptions {

@@ -145,6 +145,35 @@ impl ObserverBuilder {
 
 /// A running observer. [`stop`](Self::stop) it to finish gracefully; dropping it stops it
 /// too, without waiting.
+///
+/// ```no_run
+/// mod users {
+///     meshless::include_proto!("signup.v1");
+/// }
+/// use meshless::events::{Event, HandlerError};
+/// use users::{UserSignedUpEvent, UserSignedUpObserver, UsersObserver};
+///
+/// struct Feed;
+///
+/// impl UserSignedUpObserver for Feed {
+///     async fn user_signed_up(&self, event: Event<UserSignedUpEvent>) -> Result<(), HandlerError> {
+///         println!("event {} from {}", event.cursor().sequence, event.instance());
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let handle = UsersObserver::new()
+///     .user_signed_up(Feed)
+///     .start("dns+srv:users.service.consul")
+///     .await?;
+/// // The producer instances it subscribes to, as discovery lists them.
+/// println!("observing {:?}", handle.instances());
+/// // Lets the handlers running finish, keeps the cursors, and leaves consumer groups.
+/// handle.stop().await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct ObserverHandle {
     target: String,
     cursor_store: Option<Arc<dyn CursorStore>>,
