@@ -272,3 +272,109 @@ pub async fn groups_section(bench: &Bench) {
     drop(members);
     println!();
 }
+
+/// The cost of a keyed `publish` whose key's owner has no room: the event is held for the
+/// key's turn. Each group's members have windows of 1 and never acknowledge, so every event
+/// of a new key is held; the row times the first batch of held keys and a later one, to show
+/// whether the cost per publish grows with the keys already held.
+pub async fn keyed_groups_section(bench: &Bench) {
+    use crate::proto::mesh::testing::orders::v1::{
+        orders_client::OrdersClient, Order, OrderChangedEvent, OrdersPublisher,
+    };
+    const BATCH: usize = 20_000;
+    let rows: &[(usize, usize)] = if bench.quick {
+        &[(1, 64), (16, 64)]
+    } else {
+        &[(1, 64), (16, 1024), (256, 1024)]
+    };
+    println!(
+        "keyed publish with consumer groups whose members have no room (windows of 1, never acknowledged): ns per publish of {BATCH} held keys, the first batch and the fifth, against no groups"
+    );
+    let keyed_event = |key: usize| OrderChangedEvent {
+        order: Some(Order {
+            id: format!("order-{key}"),
+        }),
+        step: 0,
+    };
+    // A batch gives up after 20 s (a cost that grows with what is held would take hours),
+    // and is timed over the events it published.
+    let time_batch = |publisher: &OrdersPublisher, batch: usize| {
+        let started = Instant::now();
+        let mut published = 0;
+        for key in batch * BATCH..(batch + 1) * BATCH {
+            publisher
+                .publish_order_changed(keyed_event(key))
+                .expect("a small event");
+            published += 1;
+            if published % 256 == 0 && started.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+        }
+        started.elapsed().as_secs_f64() * 1e9 / published as f64
+    };
+    let settings = || PublisherSettings::default().retain("OrderChanged", 6 * BATCH);
+    let alone = OrdersPublisher::with_settings(settings());
+    let none = time_batch(&alone, 0);
+    println!("  no groups: {none:.0} ns per publish");
+    for &(groups, members) in rows {
+        let publisher = OrdersPublisher::with_settings(settings());
+        let addr = {
+            let publisher = publisher.clone();
+            bench
+                .on_server(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind");
+                    let addr = listener.local_addr().expect("address");
+                    tokio::spawn(
+                        meshless::Server::builder()
+                            .add_service(crate::proto::mesh::testing::orders::v1::OrdersService::with_publisher(
+                                crate::keyed::NoCalls,
+                                publisher,
+                            ))
+                            .serve_with_listener(listener, std::future::pending()),
+                    );
+                    addr
+                })
+                .await
+        };
+        let connections = channels(addr, (groups * members / 512).max(1)).await;
+        let started = Instant::now();
+        let mut streams = Vec::with_capacity(groups * members);
+        for group in 0..groups {
+            for member in 0..members {
+                let index = group * members + member;
+                let mut client = OrdersClient::new(connections[index % connections.len()].clone());
+                let request = meshless::v1::Subscribe {
+                    group: format!("group-{group}"),
+                    member: format!("member-{member}"),
+                    max_unacknowledged: 1,
+                    start: START_LIVE,
+                    ..meshless::v1::Subscribe::default()
+                };
+                streams.push(
+                    client
+                        .order_changed(request)
+                        .await
+                        .expect("join")
+                        .into_inner(),
+                );
+            }
+        }
+        let joined = started.elapsed();
+        let first = time_batch(&publisher, 0);
+        for batch in 1..4 {
+            time_batch(&publisher, batch);
+        }
+        let fifth = time_batch(&publisher, 4);
+        println!(
+            "  {groups} x {members} members: first {first:.0} ns ({:.2}x), fifth {fifth:.0} ns ({:.2}x; {} members joined in {:.1} s)",
+            first / none,
+            fifth / none,
+            groups * members,
+            joined.as_secs_f64()
+        );
+        drop(streams);
+    }
+    println!();
+}

@@ -77,7 +77,7 @@ impl OrderLoggedObserver for Count {
     }
 }
 
-struct NoCalls;
+pub(crate) struct NoCalls;
 
 impl OrdersHandler for NoCalls {
     async fn change(&self, _: Request<ChangeRequest>) -> Result<Response<ChangeReply>, Status> {
