@@ -306,7 +306,7 @@ pub async fn keyed_groups_section(bench: &Bench) {
                 .publish_order_changed(keyed_event(key))
                 .expect("a small event");
             published += 1;
-            if published % 256 == 0 && started.elapsed() > Duration::from_secs(20) {
+            if published % 16 == 0 && started.elapsed() > Duration::from_secs(20) {
                 break;
             }
         }
