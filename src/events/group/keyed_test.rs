@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::keys::{self, KeyKind};
+use crate::events::hub::Hub;
+use crate::events::protocol::Subscription;
+use crate::keys::{self, KeyKind, KeyPath};
 use crate::v1::Cursor as Keyed;
 use crate::v1::{Acknowledgement, Subscribe};
 

@@ -978,3 +978,8 @@ impl Group {
         }
     }
 }
+
+#[cfg(test)]
+mod keyed_test;
+#[cfg(test)]
+mod test;

@@ -652,17 +652,7 @@ impl Hub {
     }
 }
 
-#[path = "drain.rs"]
 mod drain;
 
 #[cfg(test)]
-#[path = "hub_test.rs"]
 mod test;
-
-#[cfg(test)]
-#[path = "group_test.rs"]
-mod group_test;
-
-#[cfg(test)]
-#[path = "keyed_group_test.rs"]
-mod keyed_group_test;

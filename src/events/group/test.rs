@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::events::group;
+use crate::events::hub::Hub;
+use crate::events::protocol::Subscription;
 use crate::events::stream::EventStream;
 use crate::peer::PeerIdentity;
 use crate::v1::Cursor as WireCursor;
