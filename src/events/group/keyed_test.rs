@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::hub::Hub;
+use crate::events::hub::{Hub, HubSettings};
 use crate::events::protocol::Subscription;
 use crate::keys::{self, KeyKind, KeyPath};
 use crate::v1::Cursor as Keyed;
@@ -14,12 +14,13 @@ const EPOCH: u64 = 91;
 
 /// A hub whose events are `Cursor` messages keyed by their `sequence` field.
 fn hub() -> Arc<Hub> {
-    let mut hub = Hub::new("test.v1.S/K".into(), EPOCH, 1000, 1000);
-    hub.key = Some(KeyPath {
+    let mut settings = HubSettings::new("test.v1.S/K".into(), EPOCH, 1000, 1000);
+    settings.key = Some(KeyPath {
         fields: &[2],
         kind: KeyKind::Uint64,
     });
-    Arc::new(hub)
+    let log = Box::new(crate::events::log::MemoryLog::new(1000));
+    Arc::new(Hub::with_log(settings, log, None))
 }
 
 fn publish(hub: &Hub, key: u64) -> u64 {

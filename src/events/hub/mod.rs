@@ -5,10 +5,8 @@
 //! subscription starts and wakes streams that have caught up. Consumer groups
 //! ([`super::group`]) are handed each event as it is published.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -16,13 +14,13 @@ use tokio::sync::Notify;
 
 use super::disk::Syncer;
 use super::fanout::{self, Waiters};
-use super::group::{Groups, Join, Joined};
-use super::log::{EventLog, Read, Stored};
-use super::protocol::{self, Membership, Refusal, Subscription};
+use super::group::Groups;
+use super::log::{EventLog, Stored};
 use super::wire;
 use crate::keys::KeyPath;
-use crate::peer::PeerIdentity;
-use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
+use crate::v1::Cursor;
+
+pub(crate) use plain::{Fetched, Position};
 
 /// How many events a plain stream takes from the log at a time.
 const READ_BATCH: usize = 32;
@@ -76,7 +74,7 @@ pub(crate) struct Hub {
     pub(crate) buffer: usize,
     /// The largest event, encoded, that `publish` takes: what the stream's message limit lets
     /// through, with room for the per-subscriber metadata.
-    pub(crate) max_event_size: usize,
+    max_event_size: usize,
     state: Mutex<State>,
     /// The sequence of the latest event, for heartbeats.
     latest: AtomicU64,
@@ -85,7 +83,7 @@ pub(crate) struct Hub {
     /// Open streams of subscribers without a group.
     plain_streams: AtomicUsize,
     /// The most plain subscribers served at once.
-    pub(crate) max_subscribers: usize,
+    max_subscribers: usize,
     /// Woken when an acknowledgement arrives or a stream ends: what a drain waits for.
     changed: Notify,
     /// The metadata of a first delivery to a group, encoded once.
@@ -99,7 +97,39 @@ pub(crate) struct Hub {
     /// Durable publishes wait on it; `None` for a log in memory.
     syncer: Option<Syncer>,
     /// Where each event's key is, for an event RPC with keys.
+    key: Option<KeyPath>,
+}
+
+/// What a hub is made with.
+#[derive(Debug, Clone)]
+pub(crate) struct HubSettings {
+    /// `package.Service/Method`.
+    pub(crate) method: String,
+    pub(crate) epoch: u64,
+    /// The event RPC's `retain`: also the most events a group holds unacknowledged.
+    pub(crate) retain: usize,
+    /// How far a plain subscriber may fall behind (see [`Hub::buffer`](Hub)).
+    pub(crate) buffer: usize,
+    pub(crate) max_event_size: usize,
+    pub(crate) max_subscribers: usize,
     pub(crate) key: Option<KeyPath>,
+}
+
+impl HubSettings {
+    /// Settings with the defaults for the rest: no key, no limit of subscribers, the default
+    /// message limit.
+    #[cfg(test)]
+    pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
+        Self {
+            method,
+            epoch,
+            retain,
+            buffer,
+            max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            max_subscribers: usize::MAX,
+            key: None,
+        }
+    }
 }
 
 struct State {
@@ -116,31 +146,6 @@ struct State {
     closed: bool,
 }
 
-/// Where a plain subscription starts.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Position {
-    /// The first sequence to send.
-    pub(crate) next: u64,
-    /// Events of this epoch the subscriber missed before `next`.
-    pub(crate) missed: u64,
-    /// The epoch of the subscriber's cursor when it was another one: whatever that epoch
-    /// published after the cursor is lost, count unknown. 0 otherwise.
-    pub(crate) previous_epoch: u64,
-}
-
-/// What a plain stream found when it asked for more.
-#[derive(Debug)]
-pub(crate) enum Fetched {
-    /// Events were added to the batch (`missed` of them were no longer retained).
-    Events { missed: u64 },
-    /// Nothing new; the stream is woken when there is.
-    Waiting,
-    /// Nothing new and nothing more to come: the drain ends the stream.
-    End,
-    /// Further behind than the buffer allows.
-    CutOff,
-}
-
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
@@ -154,37 +159,35 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     #[cfg(test)]
     pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
-        Self::with_log(
-            method,
-            epoch,
-            Box::new(super::log::MemoryLog::new(retain)),
-            None,
-            retain,
-            buffer,
-        )
+        let log = Box::new(super::log::MemoryLog::new(retain));
+        Self::with_log(HubSettings::new(method, epoch, retain, buffer), log, None)
     }
 
     /// A hub over `log`, which may hold events already (a log reopened from disk).
     pub(crate) fn with_log(
-        method: String,
-        epoch: u64,
-        log: Box<dyn EventLog>,
+        settings: HubSettings,
+        mut log: Box<dyn EventLog>,
         syncer: Option<Syncer>,
-        retain: usize,
-        buffer: usize,
     ) -> Self {
+        let HubSettings {
+            method,
+            epoch,
+            retain,
+            buffer,
+            max_event_size,
+            max_subscribers,
+            key,
+        } = settings;
         let buffer = buffer.max(1);
         let latest = log.latest();
-        let mut log = log;
         let mut groups = Groups::new(retain);
         if log.keeps_groups() {
             groups.restore(log.take_saved_groups(), log.as_ref());
-            groups.journal();
         }
         Self {
             epoch,
             buffer,
-            max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            max_event_size,
             state: Mutex::new(State {
                 log,
                 waiters: Waiters::default(),
@@ -196,7 +199,7 @@ impl Hub {
             latest: AtomicU64::new(latest),
             cut_off: AtomicU64::new(0),
             plain_streams: AtomicUsize::new(0),
-            max_subscribers: usize::MAX,
+            max_subscribers,
             changed: Notify::new(),
             first_delivery: wire::delivery_field(1, 0, 0),
             published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
@@ -205,7 +208,7 @@ impl Hub {
             refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
             write_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => method.clone()),
             syncer,
-            key: None,
+            key,
             method,
         }
     }
@@ -316,343 +319,11 @@ impl Hub {
             sequence,
         })
     }
-
-    /// Where a subscription starts, from its cursor (if any) and start position.
-    fn position(
-        &self,
-        log: &dyn EventLog,
-        subscription: &Subscription,
-    ) -> Result<Position, Refusal> {
-        let latest = log.latest();
-        let oldest = log.oldest();
-        let live = latest + 1;
-        let start = |missed_before_oldest: u64, previous_epoch: u64| {
-            if subscription.start_live {
-                Position {
-                    next: live,
-                    missed: missed_before_oldest + (live - oldest),
-                    previous_epoch,
-                }
-            } else {
-                Position {
-                    next: oldest,
-                    missed: missed_before_oldest,
-                    previous_epoch,
-                }
-            }
-        };
-        Ok(match subscription.after {
-            Some(cursor) if cursor.epoch == self.epoch => {
-                let after = cursor.sequence;
-                if after > latest {
-                    return Err(Refusal::CursorAhead { cursor, latest });
-                }
-                if after + 1 >= oldest {
-                    Position {
-                        next: after + 1,
-                        missed: 0,
-                        previous_epoch: 0,
-                    }
-                } else {
-                    start(oldest - after - 1, 0)
-                }
-            }
-            // Another epoch: the publisher restarted. What the old process published after the
-            // cursor is gone with it (how much is unknown); of this epoch, the events no longer
-            // retained are missed.
-            Some(cursor) => start(oldest - 1, cursor.epoch),
-            None if subscription.start_live => Position {
-                next: live,
-                missed: 0,
-                previous_epoch: 0,
-            },
-            None => Position {
-                next: oldest,
-                missed: 0,
-                previous_epoch: 0,
-            },
-        })
-    }
-
-    /// Where a plain subscription starts.
-    pub(crate) fn start(&self, subscription: &Subscription) -> Result<Position, Refusal> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(Refusal::ShuttingDown);
-        }
-        state
-            .log
-            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
-        self.position(state.log.as_ref(), subscription)
-    }
-
-    /// Reads what a plain stream has not sent yet into `batch`, from `next` on, or registers
-    /// the stream (number `stream`) to be woken by the next event. `floor` is the latest
-    /// sequence when the stream subscribed: only events published since count against its
-    /// buffer. `registered` is the round the stream is registered in, if any.
-    pub(crate) fn fetch(
-        &self,
-        next: &mut u64,
-        floor: u64,
-        batch: &mut VecDeque<Stored>,
-        (stream, registered): (u64, &mut Option<u64>),
-        waker: &Waker,
-    ) -> Fetched {
-        let mut state = self.lock();
-        state
-            .log
-            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
-        let latest = state.log.latest();
-        if *next > latest {
-            if !state.live {
-                return Fetched::End;
-            }
-            state.waiters.register(stream, registered, waker);
-            return Fetched::Waiting;
-        }
-        let behind = latest - (*next - 1).max(floor);
-        if behind > self.buffer as u64 && !state.draining {
-            return Fetched::CutOff;
-        }
-        let Read {
-            missed,
-            next: after,
-        } = state.log.read(*next, READ_BATCH, batch);
-        *next = after;
-        Fetched::Events { missed }
-    }
-
-    /// Joins a member to its consumer group, creating the group, where the request says it
-    /// starts, when it is new on this publisher.
-    fn join_group(
-        &self,
-        subscription: &Subscription,
-        membership: &Membership,
-    ) -> Result<Joined, Refusal> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(Refusal::ShuttingDown);
-        }
-        if state.groups.contains(&membership.group) {
-            // Only checked: the group already stands somewhere.
-            if let Some(cursor) = subscription.after.filter(|c| c.epoch == self.epoch) {
-                if cursor.sequence > state.log.latest() {
-                    return Err(Refusal::CursorAhead {
-                        cursor,
-                        latest: state.log.latest(),
-                    });
-                }
-            }
-        } else {
-            if state.draining {
-                return Err(Refusal::ShuttingDown);
-            }
-            let position = self.position(state.log.as_ref(), subscription)?;
-            state
-                .groups
-                .create(
-                    &membership.group,
-                    position.next,
-                    position.missed,
-                    position.previous_epoch,
-                )
-                .map_err(Refusal::Join)?;
-        }
-        let handled = subscription
-            .after
-            .filter(|cursor| cursor.epoch == self.epoch && cursor.sequence > 0)
-            .map(|cursor| cursor.sequence);
-        let State { groups, log, .. } = &mut *state;
-        let joined = groups
-            .join(
-                Join {
-                    group: membership.group.clone(),
-                    member: membership.member.clone(),
-                    window: membership.window.min(self.buffer),
-                    lease: membership.lease,
-                    handled,
-                    identity: membership.identity.clone(),
-                },
-                log.as_mut(),
-            )
-            .map_err(Refusal::Join);
-        self.after_group_change(&mut state);
-        joined
-    }
-
-    /// A member's stream ended: once its lease runs out without it coming back, its
-    /// unacknowledged events go to the other members.
-    pub(crate) fn member_disconnected(
-        self: &Arc<Self>,
-        group: &str,
-        member: &str,
-        connection: u64,
-    ) {
-        let (lease, closed) = {
-            let mut state = self.lock();
-            let State { groups, log, .. } = &mut *state;
-            let lease = groups.disconnect(group, member, connection, log.as_mut());
-            self.after_group_change(&mut state);
-            (lease, state.closed)
-        };
-        self.changed.notify_waiters();
-        let Some(lease) = lease else { return };
-        if closed {
-            // Shutting down: nobody is handed anything any more, and no timer outlives the
-            // server.
-            return;
-        }
-        let expire = {
-            let hub = Arc::downgrade(self);
-            let (group, member) = (group.to_owned(), member.to_owned());
-            move || {
-                let Some(hub) = hub.upgrade() else { return };
-                let mut state = hub.lock();
-                let State { groups, log, .. } = &mut *state;
-                let expired = groups.expire(&group, &member, connection, log.as_mut());
-                hub.after_group_change(&mut state);
-                if expired {
-                    drop(state);
-                    tracing::debug!(rpc = %hub.method, group, member, "member's lease ran out; its events go to the rest of the group");
-                    hub.changed.notify_waiters();
-                }
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !lease.is_zero() => {
-                let timer = runtime.spawn(async move {
-                    tokio::time::sleep(lease).await;
-                    expire();
-                });
-                self.lock()
-                    .groups
-                    .set_lease_timer(group, member, connection, timer.abort_handle());
-            }
-            _ => expire(),
-        }
-    }
-
-    /// Acknowledges what a group member handled.
-    pub(crate) fn acknowledge(
-        &self,
-        ack: &Acknowledgement,
-        identity: Option<&PeerIdentity>,
-    ) -> Result<AcknowledgeResponse, tonic::Status> {
-        let (handled, handled_each) =
-            protocol::handled(&self.method, self.epoch, self.latest(), ack)?;
-        let mut state = self.lock();
-        let State { groups, log, .. } = &mut *state;
-        let result = groups.acknowledge(
-            &ack.group,
-            &ack.member,
-            handled,
-            &handled_each,
-            ack.leave,
-            identity,
-            log.as_mut(),
-        );
-        self.after_group_change(&mut state);
-        drop(state);
-        match result {
-            Ok(unacknowledged) => {
-                self.changed.notify_waiters();
-                Ok(AcknowledgeResponse { unacknowledged })
-            }
-            Err(error) => Err(protocol::ack_refused(&self.method, &error, ack)),
-        }
-    }
-
-    /// Admits a plain subscriber (counted until [`plain_stream_ended`](Self::plain_stream_ended)):
-    /// where it starts, and the latest sequence now (its buffer's floor).
-    pub(crate) fn admit_plain(
-        &self,
-        subscription: &Subscription,
-    ) -> Result<(Position, u64), tonic::Status> {
-        let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
-        self.subscribers.set((open + 1) as f64);
-        let refusal = if open >= self.max_subscribers {
-            Refusal::TooManySubscribers(self.max_subscribers)
-        } else {
-            match self.start(subscription) {
-                Ok(position) => return Ok((position, self.latest())),
-                Err(refusal) => refusal,
-            }
-        };
-        self.plain_stream_ended();
-        Err(protocol::refused(&self.method, &refusal, None))
-    }
-
-    /// Joins a group member, as the subscription asks.
-    pub(crate) fn join(
-        &self,
-        subscription: &Subscription,
-        membership: &Membership,
-    ) -> Result<Joined, tonic::Status> {
-        self.join_group(subscription, membership)
-            .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(membership)))
-    }
-
-    /// A plain stream that ends takes its waker out of the list it was registered in, unless
-    /// that list was woken since.
-    pub(crate) fn unregister(&self, stream: u64, round: u64) {
-        self.lock().waiters.unregister(stream, round);
-    }
-
-    /// How many plain subscribers have a stream open.
-    pub(crate) fn plain_subscribers(&self) -> usize {
-        self.plain_streams.load(Ordering::Acquire)
-    }
-
-    /// A plain subscriber's stream ended.
-    pub(crate) fn plain_stream_ended(&self) {
-        let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.subscribers.set(open as f64);
-        self.changed.notify_waiters();
-    }
-
-    /// After an operation on groups: counts the deliveries beyond the first it made, and hands
-    /// its changes to the log (which keeps them if it keeps groups).
-    fn after_group_change(&self, state: &mut State) {
-        let redelivered = state.groups.take_redelivered();
-        if redelivered > 0 {
-            self.redeliveries.increment(redelivered);
-        }
-        let changes = state.groups.take_changes();
-        if !changes.is_empty() {
-            state.log.record_groups(&changes);
-        }
-    }
-
-    /// The metadata of a delivery to a group member: shared for a first delivery.
-    pub(crate) fn delivery_bytes(
-        &self,
-        delivery_count: u32,
-        missed: u64,
-        previous_epoch: u64,
-    ) -> Bytes {
-        if delivery_count == 1 && missed == 0 && previous_epoch == 0 {
-            return self.first_delivery.clone();
-        }
-        wire::delivery_field(delivery_count, missed, previous_epoch)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn has_group(&self, group: &str) -> bool {
-        self.lock().groups.contains(group)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
-        self.lock().groups.unacked(group, member)
-    }
-
-    /// The metadata field of a heartbeat (and of a pending gap report).
-    pub(crate) fn heartbeat_bytes(&self, missed: u64, previous_epoch: u64) -> Bytes {
-        wire::heartbeat_field(self.epoch, self.latest(), missed, previous_epoch)
-    }
 }
 
 mod drain;
+mod groups;
+mod plain;
 
 #[cfg(test)]
 mod test;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::events::protocol::{Refusal, Subscription};
 use crate::v1::Cursor as WireCursor;
 use crate::v1::StartPosition;
 
