@@ -377,4 +377,6 @@ impl Groups {
 #[cfg(test)]
 mod keyed_test;
 #[cfg(test)]
+mod lifetime_test;
+#[cfg(test)]
 mod test;
