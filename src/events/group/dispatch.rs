@@ -226,27 +226,25 @@ impl Group {
         }
     }
 
-    /// Hands out the held events whose key has none out, to their key's member if it has room,
-    /// the longest held first.
+    /// Hands out the held events whose key has none out to their key's member, for each
+    /// member that may have room for them (the longest held of each member first): a look
+    /// costs what goes, plus one per member that acknowledged since.
     fn dispatch_held(&mut self, log: &mut dyn EventLog, capacity: usize) {
-        if !self.members.any_ready() {
-            return;
-        }
-        for (sequence, key) in self.keyed.runnable() {
-            if self.in_flight >= capacity || !self.members.any_ready() {
-                return;
-            }
-            let Some(owner) = self.keyed.owner(key) else {
+        while self.in_flight < capacity {
+            let Some(owner) = self.keyed.next_to_look_at() else {
                 return;
             };
-            if !self.members.has_room(owner) {
-                continue;
+            while self.members.has_room(owner) {
+                if self.in_flight >= capacity {
+                    self.keyed.look_again(owner);
+                    return;
+                }
+                let Some(unacked) = self.keyed.take_waiting(owner) else {
+                    break;
+                };
+                // Marks the key busy: it waits again once this event is acknowledged.
+                self.hand_out(owner, unacked, log);
             }
-            let Some(unacked) = self.keyed.take_runnable(sequence, key) else {
-                continue;
-            };
-            // Marks the key busy: it is runnable again once this event is acknowledged.
-            self.hand_out(owner, unacked, log);
         }
     }
 
@@ -318,6 +316,7 @@ impl Group {
             sequences: acked.iter().map(|u| u.event.sequence).collect(),
         });
         self.members.reindex(member);
+        self.keyed.look_again(member);
     }
 
     /// Removes a member; its unacknowledged events go back to the front of the group's queue.

@@ -225,17 +225,18 @@ impl Groups {
                 && group.again.is_empty()
                 && group.in_flight < self.capacity;
             let to = match event.key {
+                _ if !in_turn => None,
                 None => group.members.least_loaded(),
                 Some(key) => group.keyed.free_owner(key, &group.members),
             };
-            match (in_turn, to) {
-                (true, Some(member)) => group.offer(member, event, log),
+            match to {
+                Some(member) => group.offer(member, event, log),
                 // An event with a key waits for nobody's acknowledgement but its key's:
                 // behind others that wait, it is read into the held ones now.
-                _ if event.key.is_some() => {
+                None if event.key.is_some() => {
                     group.dispatch(log, self.capacity, &mut self.scratch);
                 }
-                _ => {}
+                None => {}
             }
         }
     }
@@ -360,6 +361,12 @@ impl Groups {
             .map(|(name, group)| (name.clone(), group.owed(log)))
             .filter(|(_, owed)| *owed > 0)
             .collect()
+    }
+
+    /// Rendezvous scores computed so far, over all groups.
+    #[cfg(test)]
+    pub(crate) fn key_scores(&self) -> u64 {
+        self.by_name.values().map(|g| g.keyed.scores.get()).sum()
     }
 
     #[cfg(test)]

@@ -184,6 +184,11 @@ impl Hub {
     }
 
     #[cfg(test)]
+    pub(crate) fn key_scores(&self) -> u64 {
+        self.lock().groups.key_scores()
+    }
+
+    #[cfg(test)]
     pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
         self.lock().groups.unacked(group, member)
     }
