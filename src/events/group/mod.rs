@@ -382,6 +382,8 @@ impl Groups {
 }
 
 #[cfg(test)]
+mod keyed_model_test;
+#[cfg(test)]
 mod keyed_test;
 #[cfg(test)]
 mod lifetime_test;
