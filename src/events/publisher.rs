@@ -144,7 +144,7 @@ impl Publisher {
                 let log = MemoryLog::with_limits(settings.retain_of(rpc), settings.limits());
                 let method = format!("{service}/{}", rpc.name);
                 let hub = settings.configure(rpc, method, epoch);
-                Arc::new(Hub::with_log(hub, Box::new(log), None))
+                Hub::with_log(hub, Box::new(log), None)
             })
             .collect();
         Self { hubs }
@@ -205,7 +205,7 @@ impl Publisher {
                 .map_err(io("opening the event log"))?;
             let syncer = log.syncer();
             let hub = settings.configure(rpc, method, epoch);
-            hubs.push(Arc::new(Hub::with_log(hub, Box::new(log), Some(syncer))));
+            hubs.push(Hub::with_log(hub, Box::new(log), Some(syncer)));
         }
         Ok(Self { hubs: hubs.into() })
     }

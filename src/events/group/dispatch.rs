@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::journal::{HandedOut, Journal};
 use super::keyed::Keyed;
-use super::member::{Delivery, Join, Member, Members, Unacked};
-use super::{JoinError, MAX_MEMBERS};
+use super::member::{Delivery, Join, JoinError, Member, Members, Unacked};
+use super::MAX_MEMBERS;
 use crate::events::log::{EventLog, GroupChange, Stored};
 
 #[derive(Debug)]

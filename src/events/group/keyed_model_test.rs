@@ -45,7 +45,7 @@ impl Model {
         });
         let log = Box::new(crate::events::log::MemoryLog::new(retain));
         Self {
-            hub: Arc::new(Hub::with_log(settings, log, None)),
+            hub: Hub::with_log(settings, log, None),
             joined: HashMap::new(),
             out: HashMap::new(),
             key_of: HashMap::new(),

@@ -24,7 +24,7 @@ fn hub_retaining(retain: usize) -> Arc<Hub> {
         kind: KeyKind::Uint64,
     });
     let log = Box::new(crate::events::log::MemoryLog::new(retain));
-    Arc::new(Hub::with_log(settings, log, None))
+    Hub::with_log(settings, log, None)
 }
 
 fn publish(hub: &Hub, key: u64) -> u64 {

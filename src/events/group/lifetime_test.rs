@@ -283,6 +283,41 @@ async fn a_group_without_members_for_an_hour_is_forgotten() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_group_without_members_is_forgotten_after_an_hour_even_if_no_group_comes() {
+    let hub = hub(100);
+    let mut gone = hub.join_as(&member("gone", "a", 1)).unwrap();
+    let _kept = hub.join_as(&member("kept", "b", 100)).unwrap();
+    publish(&hub, 3);
+    let first = sequences(&mut gone);
+    hub.acknowledge(
+        &Acknowledgement {
+            leave: true,
+            handled: None,
+            ..ack("gone", "a", 0)
+        },
+        None,
+    )
+    .unwrap();
+    tokio::time::advance(group::IDLE_GROUP_TTL - Duration::from_secs(1)).await;
+    settle().await;
+    assert!(hub.has_group("gone"), "still within the hour");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(
+        !hub.has_group("gone"),
+        "forgotten after an hour without members, with {first:?} it was owed"
+    );
+    assert!(hub.has_group("kept"), "a group with a member stays");
+}
+
+/// Lets the tasks woken by the paused clock run.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[test]
 fn a_member_belongs_to_the_identity_that_joined_it() {
     let hub = hub(100);

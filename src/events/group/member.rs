@@ -70,6 +70,37 @@ pub(crate) struct Joined {
     pub(crate) superseded: Arc<AtomicBool>,
 }
 
+/// Why an acknowledgement was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AckError {
+    UnknownGroup,
+    UnknownMember,
+    /// The member was joined by another identity.
+    NotYours,
+}
+
+/// Why a member could not join.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum JoinError {
+    /// No room for another group (or the group to join is gone).
+    TooManyGroups,
+    TooManyMembers,
+    /// The member exists, joined by another identity.
+    NotYours,
+}
+
+/// What a member acknowledges: `handled` and everything delivered to it before, the events
+/// of `handled_each` alone; with `leave`, then it leaves.
+#[derive(Debug)]
+pub(crate) struct Ack<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) member: &'a str,
+    pub(crate) handled: Option<u64>,
+    pub(crate) handled_each: &'a [u64],
+    pub(crate) leave: bool,
+    pub(crate) identity: Option<&'a PeerIdentity>,
+}
+
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) id: String,

@@ -20,65 +20,28 @@
 //! acknowledgement (each key's owner is computed over the live members).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::log::{EventLog, GroupChange, SavedGroup, Stored};
-use crate::peer::PeerIdentity;
 use dispatch::Group;
+use idle::IdleClock;
+pub(crate) use idle::{Sweep, IDLE_GROUP_TTL};
 use journal::Journal;
-pub(crate) use lease::{DEFAULT_LEASE, MAX_LEASE};
-pub(crate) use member::{Delivery, Join, Joined};
+pub(crate) use member::{Ack, AckError, Delivery, Join, JoinError, Joined};
 
 mod dispatch;
+mod idle;
 mod journal;
 mod keyed;
 mod lease;
 mod member;
 
-/// The longest a member name or group name may be, in bytes.
-pub(crate) const MAX_NAME_LEN: usize = 256;
 /// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
 /// been without members the longest gives way.
 pub(crate) const MAX_GROUPS: usize = 256;
-/// How long a group without members keeps its place (and its events) for the next member.
-pub(crate) const IDLE_GROUP_TTL: Duration = Duration::from_secs(3600);
 /// How many members one group may have, connected or within their lease.
 pub(crate) const MAX_MEMBERS: usize = 1024;
-/// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
-pub(crate) const DEFAULT_WINDOW: usize = 256;
-
-/// Why an acknowledgement was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum AckError {
-    UnknownGroup,
-    UnknownMember,
-    /// The member was joined by another identity.
-    NotYours,
-}
-
-/// Why a member could not join.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum JoinError {
-    /// No room for another group (or the group to join is gone).
-    TooManyGroups,
-    TooManyMembers,
-    /// The member exists, joined by another identity.
-    NotYours,
-}
-
-/// What a member acknowledges: `handled` and everything delivered to it before, the events
-/// of `handled_each` alone; with `leave`, then it leaves.
-#[derive(Debug)]
-pub(crate) struct Ack<'a> {
-    pub(crate) group: &'a str,
-    pub(crate) member: &'a str,
-    pub(crate) handled: Option<u64>,
-    pub(crate) handled_each: &'a [u64],
-    pub(crate) leave: bool,
-    pub(crate) identity: Option<&'a PeerIdentity>,
-}
 
 /// The consumer groups of one event RPC, by name.
 #[derive(Debug)]
@@ -94,6 +57,7 @@ pub(crate) struct Groups {
     journal: Journal,
     /// Closed for shutdown: no lease starts.
     closed: bool,
+    idle: IdleClock,
 }
 
 impl Groups {
@@ -106,7 +70,30 @@ impl Groups {
             scratch: VecDeque::with_capacity(1),
             journal: Journal::default(),
             closed: false,
+            idle: IdleClock::default(),
         }
+    }
+
+    /// Has groups without members forgotten after [`IDLE_GROUP_TTL`] by a timer that calls
+    /// `sweep`, which should call [`sweep`](Self::sweep).
+    pub(crate) fn sweep_with(&mut self, sweep: Sweep) {
+        self.idle.sweep_with(sweep);
+    }
+
+    /// Forgets the groups without members for longer than [`IDLE_GROUP_TTL`] (the timer
+    /// fired).
+    pub(crate) fn sweep(&mut self) {
+        self.idle.fired();
+        self.forget_idle(Instant::now());
+        self.keep_time();
+    }
+
+    /// Sets the timer for the group without members the longest, if one lost its last
+    /// member.
+    fn keep_time(&mut self) {
+        let by_name = &self.by_name;
+        self.idle
+            .keep(|| by_name.values().filter_map(|group| group.idle_since).min());
     }
 
     /// How many events were delivered again since the last call.
@@ -153,6 +140,8 @@ impl Groups {
             group: group.to_owned(),
             start: next,
         });
+        // Its timer is set once it is left without members: it is joined right away.
+        self.idle.went_idle();
         Ok(())
     }
 
@@ -164,6 +153,8 @@ impl Groups {
             self.by_name.insert(name, group);
         }
         self.journal.start();
+        self.idle.went_idle();
+        self.keep_time();
     }
 
     /// The changes since the last call, for the log.
@@ -275,10 +266,15 @@ impl Groups {
             group.release(key);
         }
         group.dispatch(log, self.capacity, &mut self.scratch);
-        Ok(group
+        let unacknowledged = group
             .members
             .get(key)
-            .map_or(0, |member| member.unacked.len() as u64))
+            .map_or(0, |member| member.unacked.len() as u64);
+        if group.members.is_empty() {
+            self.idle.went_idle();
+            self.keep_time();
+        }
+        Ok(unacknowledged)
     }
 
     /// The member's stream `connection` ended. When that was the member's current connection,
@@ -312,6 +308,10 @@ impl Groups {
             }
         }
         group.dispatch(log, self.capacity, &mut self.scratch);
+        if group.members.is_empty() {
+            self.idle.went_idle();
+            self.keep_time();
+        }
         true
     }
 
@@ -332,6 +332,10 @@ impl Groups {
         };
         group.release(key);
         group.dispatch(log, self.capacity, &mut self.scratch);
+        if group.members.is_empty() {
+            self.idle.went_idle();
+            self.keep_time();
+        }
         true
     }
 
@@ -339,6 +343,7 @@ impl Groups {
     /// lease timer: for shutdown.
     pub(crate) fn close(&mut self) {
         self.closed = true;
+        self.idle.close();
         for group in self.by_name.values_mut() {
             group.close();
         }

@@ -13,7 +13,7 @@ use crate::v1::{Acknowledgement, StartPosition, Subscribe};
 pub(super) const EPOCH: u64 = 77;
 
 pub(super) fn hub(retain: usize) -> Arc<Hub> {
-    Arc::new(Hub::new("test.v1.S/E".into(), EPOCH, retain, 64))
+    Hub::new("test.v1.S/E".into(), EPOCH, retain, 64)
 }
 
 pub(super) fn publish(hub: &Hub, n: u64) {

@@ -97,6 +97,13 @@ impl Hub {
         self.changed.notify_waiters();
     }
 
+    /// The idle groups' timer fired.
+    pub(super) fn sweep_idle_groups(&self) {
+        let mut state = self.lock();
+        state.groups.sweep();
+        self.after_group_change(&mut state);
+    }
+
     /// The lease of a member's connection ran out.
     fn lease_ran_out(&self, group: &str, member: &str, connection: u64) {
         let mut state = self.lock();

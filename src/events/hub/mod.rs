@@ -6,7 +6,7 @@
 //! ([`super::group`]) are handed each event as it is published.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::disk::Syncer;
 use super::fanout::{self, Waiters};
-use super::group::Groups;
+use super::group::{Groups, Sweep};
 use super::log::{EventLog, Stored};
 use super::wire;
 use crate::keys::KeyPath;
@@ -158,7 +158,7 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     #[cfg(test)]
-    pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
+    pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Arc<Self> {
         let log = Box::new(super::log::MemoryLog::new(retain));
         Self::with_log(HubSettings::new(method, epoch, retain, buffer), log, None)
     }
@@ -166,8 +166,25 @@ impl Hub {
     /// A hub over `log`, which may hold events already (a log reopened from disk).
     pub(crate) fn with_log(
         settings: HubSettings,
+        log: Box<dyn EventLog>,
+        syncer: Option<Syncer>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|hub: &Weak<Self>| {
+            let hub = hub.clone();
+            let sweep = Arc::new(move || {
+                if let Some(hub) = hub.upgrade() {
+                    hub.sweep_idle_groups();
+                }
+            });
+            Self::with_sweep(settings, log, syncer, sweep)
+        })
+    }
+
+    fn with_sweep(
+        settings: HubSettings,
         mut log: Box<dyn EventLog>,
         syncer: Option<Syncer>,
+        sweep: Sweep,
     ) -> Self {
         let HubSettings {
             method,
@@ -181,6 +198,7 @@ impl Hub {
         let buffer = buffer.max(1);
         let latest = log.latest();
         let mut groups = Groups::new(retain);
+        groups.sweep_with(sweep);
         if log.keeps_groups() {
             groups.restore(log.take_saved_groups(), log.as_ref());
         }
