@@ -2,7 +2,7 @@
 //! forgotten, events acknowledged), the marks of how far events may have been handed out, and
 //! the groups formed again from what a log kept.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use super::dispatch::Group;
 use super::member::Unacked;
@@ -35,6 +35,15 @@ impl Journal {
     pub(super) fn take(&mut self) -> Vec<GroupChange> {
         std::mem::take(&mut self.changes)
     }
+
+    /// Hands the changes so far to the log: before events go out that only the
+    /// acknowledgements just recorded let go, so that after a crash the log never shows
+    /// them as not yet handed out while the acknowledgement before them is missing.
+    pub(super) fn write(&mut self, log: &mut dyn EventLog) {
+        if !self.changes.is_empty() {
+            log.record_groups(&std::mem::take(&mut self.changes));
+        }
+    }
 }
 
 /// How far a group's events may have been handed out, as the log knows.
@@ -65,7 +74,10 @@ impl HandedOut {
 
 /// Forms again, without members, a group a log kept: it is owed the events of the log from
 /// its start that it did not acknowledge (those no longer retained are reported missed).
-/// Those it may have handed out already go out again marked as redeliveries.
+/// Those it may have handed out already go out again marked as redeliveries: up to the
+/// handed-out mark, each event without a key, and of each key only its first not
+/// acknowledged, since a key's next event goes out only once the one before is acknowledged
+/// (the later ones waited for their turn).
 pub(super) fn restore(
     name: String,
     saved: SavedGroup,
@@ -74,6 +86,7 @@ pub(super) fn restore(
 ) -> Group {
     let from = saved.start.max(log.oldest());
     let mut owed = VecDeque::new();
+    let mut keys_seen = HashSet::new();
     let mut next = from;
     while next <= log.latest() {
         let read = log.read(next, 256, scratch);
@@ -84,7 +97,8 @@ pub(super) fn restore(
         for event in scratch.drain(..) {
             if !saved.acked.contains(&event.sequence) {
                 let mut unacked = Unacked::new(event);
-                if unacked.event.sequence <= saved.handed_out {
+                let first_of_key = unacked.event.key.is_none_or(|key| keys_seen.insert(key));
+                if unacked.event.sequence <= saved.handed_out && first_of_key {
                     unacked.deliveries = 1;
                 }
                 owed.push_back(unacked);

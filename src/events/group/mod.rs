@@ -198,6 +198,7 @@ impl Groups {
             .ok_or(JoinError::TooManyGroups)?;
         let (deliveries, superseded) = group.join(&join, connection, &mut self.journal)?;
         self.connections = connection;
+        self.journal.write(log);
         group.dispatch(log, self.capacity, &mut self.scratch);
         Ok(Joined {
             member: join.member,
@@ -262,6 +263,7 @@ impl Groups {
                 .filter_map(|sequence| member.take_one(*sequence)),
         );
         group.settle(key, acked, &mut self.journal);
+        self.journal.write(log);
         if ack.leave {
             group.release(key);
         }
@@ -386,6 +388,8 @@ impl Groups {
     }
 }
 
+#[cfg(test)]
+mod journal_test;
 #[cfg(test)]
 mod keyed_model_test;
 #[cfg(test)]
