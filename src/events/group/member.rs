@@ -1,7 +1,7 @@
 //! A member of a consumer group: what it was handed and has not acknowledged, its stream, its
 //! lease; and [`Members`], a group's members with the index of those that have room.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -152,6 +152,7 @@ impl Member {
         match self
             .unacked
             .iter()
+            .inspect(|_| looked_at())
             .position(|u| u.event.sequence == handled)
         {
             Some(at) => self.unacked.drain(..=at).collect(),
@@ -159,18 +160,41 @@ impl Member {
         }
     }
 
-    /// Takes event `sequence` alone out of the unacknowledged events, if it is there.
-    pub(super) fn take_one(&mut self, sequence: u64) -> Option<Unacked> {
-        let at = self
-            .unacked
-            .iter()
-            .position(|u| u.event.sequence == sequence)?;
-        self.unacked.remove(at)
+    /// Takes the events of `sequences`, each alone, out of the unacknowledged events: one
+    /// pass over them, whatever the number named. Events not delivered to this member (or
+    /// already acknowledged) take nothing.
+    pub(super) fn take_each(&mut self, sequences: &[u64]) -> Vec<Unacked> {
+        if sequences.is_empty() || self.unacked.is_empty() {
+            return Vec::new();
+        }
+        let named: HashSet<u64> = sequences.iter().copied().collect();
+        let mut taken = Vec::new();
+        self.unacked.retain(|unacked| {
+            looked_at();
+            let handled = named.contains(&unacked.event.sequence);
+            if handled {
+                taken.push(unacked.clone());
+            }
+            !handled
+        });
+        taken
     }
 
     pub(super) fn has_room(&self) -> bool {
         self.sender.is_some() && self.unacked.len() < self.window
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unacknowledged events looked at to acknowledge, on this thread: for tests of the cost
+    /// of an acknowledgement.
+    pub(super) static LOOKED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn looked_at() {
+    #[cfg(test)]
+    LOOKED_AT.with(|count| count.set(count.get() + 1));
 }
 
 /// A group's members by key, their names, and the index of the live ones with room.

@@ -257,11 +257,7 @@ impl Groups {
             .handled
             .map(|handled| member.take_through(handled))
             .unwrap_or_default();
-        acked.extend(
-            ack.handled_each
-                .iter()
-                .filter_map(|sequence| member.take_one(*sequence)),
-        );
+        acked.extend(member.take_each(ack.handled_each));
         group.settle(key, acked, &mut self.journal);
         self.journal.write(log);
         if ack.leave {

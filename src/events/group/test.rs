@@ -331,3 +331,42 @@ fn a_gap_report_survives_the_member_it_was_given_to() {
     .unwrap();
     assert_eq!(received(&mut c), [(4, 2, 3), (5, 2, 0)]);
 }
+
+/// One acknowledgement costs what it names plus what the member has out, however many events
+/// it names alone.
+#[test]
+fn an_acknowledgement_of_many_events_alone_costs_one_pass() {
+    let hub = Hub::new("test.v1.S/E".into(), EPOCH, 4096, 4096);
+    let mut a = hub.join_as(&member("g", "a", 4096)).unwrap();
+    publish(&hub, 4096);
+    assert_eq!(sequences(&mut a).len(), 4096);
+    // Every event but the first, named alone, the last first: each named one is far from
+    // the front.
+    let named: Vec<u64> = (2..=4096).rev().chain(2..=4096).collect();
+    let before = super::member::LOOKED_AT.with(std::cell::Cell::get);
+    let response = hub
+        .acknowledge(
+            &Acknowledgement {
+                handled: None,
+                handled_each: named
+                    .iter()
+                    .map(|&sequence| WireCursor {
+                        epoch: EPOCH,
+                        sequence,
+                    })
+                    .collect(),
+                ..ack("g", "a", 0)
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(response.unacknowledged, 1);
+    assert_eq!(hub.unacked("g", "a"), [1]);
+    let looked_at = super::member::LOOKED_AT.with(std::cell::Cell::get) - before;
+    let bound = 2 * (4096 + named.len() as u64);
+    assert!(
+        looked_at <= bound,
+        "{looked_at} unacknowledged events looked at for {} named",
+        named.len()
+    );
+}
