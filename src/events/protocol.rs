@@ -9,6 +9,15 @@ use super::group::{self, AckError, JoinError};
 use crate::peer::PeerIdentity;
 use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
 
+/// The longest a member name or group name may be, in bytes.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+/// A member's window when its `Subscribe` leaves `max_unacknowledged` at 0.
+pub(crate) const DEFAULT_WINDOW: usize = 256;
+/// A member's lease when its `Subscribe` leaves `lease_ms` at 0.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// The longest lease a member may ask for.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(600);
+
 /// The shortest heartbeat interval a subscriber may ask for: faster is a mistake (or an
 /// attack), not a liveness check.
 pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -56,11 +65,11 @@ impl Subscription {
             None
         } else {
             for (what, name) in [("group", &request.group), ("member", &request.member)] {
-                if name.len() > group::MAX_NAME_LEN {
+                if name.len() > MAX_NAME_LEN {
                     return Err(tonic::Status::invalid_argument(format!(
                         "the {what} name is {} bytes long; at most {} are allowed",
                         name.len(),
-                        group::MAX_NAME_LEN
+                        MAX_NAME_LEN
                     )));
                 }
             }
@@ -75,12 +84,12 @@ impl Subscription {
                 group: request.group.clone(),
                 member: request.member.clone(),
                 window: match request.max_unacknowledged {
-                    0 => group::DEFAULT_WINDOW,
+                    0 => DEFAULT_WINDOW,
                     n => usize::try_from(n).unwrap_or(usize::MAX),
                 },
                 lease: match request.lease_ms {
-                    0 => group::DEFAULT_LEASE,
-                    ms => Duration::from_millis(u64::from(ms)).min(group::MAX_LEASE),
+                    0 => DEFAULT_LEASE,
+                    ms => Duration::from_millis(u64::from(ms)).min(MAX_LEASE),
                 },
                 identity: None,
             })

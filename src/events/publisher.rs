@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::disk;
-use super::hub::{Hub, PublishError};
+use super::hub::{Hub, HubSettings, PublishError};
 use super::log::{Limits, MemoryLog};
 use super::protocol::Subscription;
 use super::stream::EventStream;
@@ -84,12 +84,17 @@ impl PublisherSettings {
         }
     }
 
-    /// Applies the settings every hub takes.
-    fn configure(&self, rpc: &EventRpc, mut hub: Hub) -> Hub {
-        hub.key = rpc.key;
-        hub.max_subscribers = self.max_subscribers;
-        hub.max_event_size = self.max_event_size;
-        hub
+    /// The settings of the hub of `rpc`, served as `method` in `epoch`.
+    fn configure(&self, rpc: &EventRpc, method: String, epoch: u64) -> HubSettings {
+        HubSettings {
+            method,
+            epoch,
+            retain: self.retain_of(rpc),
+            buffer: self.subscriber_buffer,
+            max_event_size: self.max_event_size,
+            max_subscribers: self.max_subscribers,
+            key: rpc.key,
+        }
     }
 
     /// The log limits every event RPC of the publisher takes.
@@ -162,18 +167,10 @@ impl Publisher {
         let hubs = rpcs
             .iter()
             .map(|rpc| {
-                let retain = settings.retain_of(rpc);
-                Arc::new(settings.configure(
-                    rpc,
-                    Hub::with_log(
-                        format!("{service}/{}", rpc.name),
-                        epoch,
-                        Box::new(MemoryLog::with_limits(retain, settings.limits())),
-                        None,
-                        retain,
-                        settings.subscriber_buffer,
-                    ),
-                ))
+                let log = MemoryLog::with_limits(settings.retain_of(rpc), settings.limits());
+                let method = format!("{service}/{}", rpc.name);
+                let hub = settings.configure(rpc, method, epoch);
+                Hub::with_log(hub, Box::new(log), None)
             })
             .collect();
         Self { hubs }
@@ -229,22 +226,12 @@ impl Publisher {
         };
         let mut hubs = Vec::with_capacity(rpcs.len());
         for (rpc, recovered) in rpcs.iter().zip(logs) {
-            let retain = settings.retain_of(rpc);
             let method = format!("{service}/{}", rpc.name);
             let log = disk::DiskLog::open(recovered, &method, settings.limits(), lock.clone())
                 .map_err(io("opening the event log"))?;
             let syncer = log.syncer();
-            hubs.push(Arc::new(settings.configure(
-                rpc,
-                Hub::with_log(
-                    method,
-                    epoch,
-                    Box::new(log),
-                    Some(syncer),
-                    retain,
-                    settings.subscriber_buffer,
-                ),
-            )));
+            let hub = settings.configure(rpc, method, epoch);
+            hubs.push(Hub::with_log(hub, Box::new(log), Some(syncer)));
         }
         Ok(Self { hubs: hubs.into() })
     }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::keys::{self, KeyKind};
+use crate::events::hub::{Hub, HubSettings};
+use crate::events::protocol::Subscription;
+use crate::keys::{self, KeyKind, KeyPath};
 use crate::v1::Cursor as Keyed;
 use crate::v1::{Acknowledgement, Subscribe};
 
@@ -12,12 +14,17 @@ const EPOCH: u64 = 91;
 
 /// A hub whose events are `Cursor` messages keyed by their `sequence` field.
 fn hub() -> Arc<Hub> {
-    let mut hub = Hub::new("test.v1.S/K".into(), EPOCH, 1000, 1000);
-    hub.key = Some(KeyPath {
+    hub_retaining(1000)
+}
+
+fn hub_retaining(retain: usize) -> Arc<Hub> {
+    let mut settings = HubSettings::new("test.v1.S/K".into(), EPOCH, retain, retain);
+    settings.key = Some(KeyPath {
         fields: &[2],
         kind: KeyKind::Uint64,
     });
-    Arc::new(hub)
+    let log = Box::new(crate::events::log::MemoryLog::new(retain));
+    Hub::with_log(settings, log, None)
 }
 
 fn publish(hub: &Hub, key: u64) -> u64 {
@@ -30,10 +37,14 @@ fn publish(hub: &Hub, key: u64) -> u64 {
 }
 
 fn join(hub: &Hub, member: &str) -> Joined {
+    join_with(hub, member, 100)
+}
+
+fn join_with(hub: &Hub, member: &str, window: u32) -> Joined {
     let request = Subscribe {
         group: "g".into(),
         member: member.into(),
-        max_unacknowledged: 100,
+        max_unacknowledged: window,
         ..Subscribe::default()
     };
     let subscription = Subscription::parse(&request).unwrap();
@@ -189,4 +200,50 @@ fn a_disconnected_member_keeps_its_keys_out_until_its_lease_and_loses_the_rest()
     hub.acknowledge(&ack("b", None, &[out], false), None)
         .unwrap();
     assert_eq!(sequences(&mut b), [next]);
+}
+
+/// A member with a full window has the events of its keys held. Publishing another event, or
+/// acknowledging one, then costs what can go: not a look at every held key.
+#[test]
+fn a_publish_or_an_acknowledgement_costs_the_same_however_many_keys_are_held() {
+    let hub = hub_retaining(100_000);
+    let mut slow = join_with(&hub, "slow", 1);
+    let mut fast = join_with(&hub, "fast", 100_000);
+    let cost_of = |keys: std::ops::Range<u64>| {
+        let before = hub.key_scores();
+        let count = keys.end - keys.start;
+        for key in keys {
+            publish(&hub, key);
+        }
+        (hub.key_scores() - before) / count
+    };
+    let with_few_held = cost_of(0..100);
+    for key in 100..4_000 {
+        publish(&hub, key);
+    }
+    let with_many_held = cost_of(4_000..4_100);
+    // Two members: one owner computation is two scores.
+    assert!(
+        with_few_held <= 8 && with_many_held <= 8,
+        "scores per publish: {with_few_held} with few keys held, {with_many_held} with ~2,000"
+    );
+
+    let delivered = sequences(&mut fast);
+    let before = hub.key_scores();
+    for sequence in &delivered[..100] {
+        hub.acknowledge(&ack("fast", None, &[*sequence], false), None)
+            .unwrap();
+    }
+    let per_ack = (hub.key_scores() - before) / 100;
+    assert!(per_ack <= 8, "scores per acknowledgement: {per_ack}");
+
+    // The slow member's keys still go to it, one event at a time, the longest held first.
+    let first = sequences(&mut slow);
+    assert_eq!(first.len(), 1);
+    hub.acknowledge(&ack("slow", Some(first[0]), &[], false), None)
+        .unwrap();
+    let next = sequences(&mut slow);
+    assert_eq!(next.len(), 1);
+    assert!(next[0] > first[0]);
+    assert!(!delivered.contains(&next[0]));
 }

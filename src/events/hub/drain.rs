@@ -7,7 +7,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{fanout, Hub};
+use super::Hub;
+use crate::events::fanout;
 
 impl Hub {
     /// Lets every plain subscriber's stream end once it has sent what was already published;

@@ -1,8 +1,9 @@
 use super::*;
+use crate::events::protocol::{Refusal, Subscription};
 use crate::v1::Cursor as WireCursor;
 use crate::v1::StartPosition;
 
-fn hub(retain: usize) -> Hub {
+fn hub(retain: usize) -> std::sync::Arc<Hub> {
     Hub::new("test.v1.S/E".into(), 77, retain, 8)
 }
 
@@ -131,8 +132,13 @@ fn a_cursor_from_the_future_is_invalid() {
 
 #[test]
 fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
-    let mut hub = hub(10);
-    hub.max_event_size = 100;
+    let mut settings = HubSettings::new("test.v1.S/E".into(), 77, 10, 8);
+    settings.max_event_size = 100;
+    let hub = Hub::with_log(
+        settings,
+        Box::new(crate::events::log::MemoryLog::new(10)),
+        None,
+    );
     let large = crate::v1::Acknowledgement {
         rpc: "x".repeat(200),
         ..Default::default()

@@ -1,0 +1,347 @@
+//! The hub of one event RPC on a publisher: publishing into the [event log](super::log), waking
+//! the subscribers that wait for the next event, consumer groups, and the drain.
+//!
+//! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
+//! subscription starts and wakes streams that have caught up. Consumer groups
+//! ([`super::group`]) are handed each event as it is published.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::sync::Notify;
+
+use super::disk::Syncer;
+use super::fanout::{self, Waiters};
+use super::group::{Groups, Sweep};
+use super::log::{EventLog, Stored};
+use super::wire;
+use crate::keys::KeyPath;
+use crate::v1::Cursor;
+
+pub(crate) use plain::{Fetched, Position};
+
+/// How many events a plain stream takes from the log at a time.
+const READ_BATCH: usize = 32;
+
+/// Why an event was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event, encoded, is larger than what its event RPC delivers
+    /// ([`PublisherSettings::max_event_size`](super::PublisherSettings::max_event_size)). It
+    /// was not kept: no subscriber will see it.
+    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
+    TooLarge {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// The event's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The event could not be written to the event log's files (a full disk, an I/O error),
+    /// or, for a durable publish, synced to stable storage. Not kept when it could not be
+    /// written; when only the sync failed, it was published but may not survive a crash of
+    /// the machine.
+    #[error("the {rpc} event log: {reason}")]
+    Io {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl From<PublishError> for tonic::Status {
+    /// `RESOURCE_EXHAUSTED` for an event over the size limit, as for any message over it;
+    /// `UNAVAILABLE` when the event log failed (another instance may take the call).
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::TooLarge { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            PublishError::Io { .. } => tonic::Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+pub(crate) struct Hub {
+    /// `package.Service/Method`, for messages.
+    pub(crate) method: String,
+    pub(crate) epoch: u64,
+    /// How far a plain subscriber may fall behind the events published since it subscribed
+    /// before it is cut off; also the most a group member's window may be.
+    pub(crate) buffer: usize,
+    /// The largest event, encoded, that `publish` takes: what the stream's message limit lets
+    /// through, with room for the per-subscriber metadata.
+    max_event_size: usize,
+    state: Mutex<State>,
+    /// The sequence of the latest event, for heartbeats.
+    latest: AtomicU64,
+    /// How many subscribers were cut off for falling behind.
+    pub(crate) cut_off: AtomicU64,
+    /// Open streams of subscribers without a group.
+    plain_streams: AtomicUsize,
+    /// The most plain subscribers served at once.
+    max_subscribers: usize,
+    /// Woken when an acknowledgement arrives or a stream ends: what a drain waits for.
+    changed: Notify,
+    /// The metadata of a first delivery to a group, encoded once.
+    first_delivery: Bytes,
+    /// Metric handles, made once: labelling them per event would allocate per event.
+    published: metrics::Counter,
+    subscribers: metrics::Gauge,
+    redeliveries: metrics::Counter,
+    refused: metrics::Counter,
+    write_errors: metrics::Counter,
+    /// Durable publishes wait on it; `None` for a log in memory.
+    syncer: Option<Syncer>,
+    /// Where each event's key is, for an event RPC with keys.
+    key: Option<KeyPath>,
+}
+
+/// What a hub is made with.
+#[derive(Debug, Clone)]
+pub(crate) struct HubSettings {
+    /// `package.Service/Method`.
+    pub(crate) method: String,
+    pub(crate) epoch: u64,
+    /// The event RPC's `retain`: also the most events a group holds unacknowledged.
+    pub(crate) retain: usize,
+    /// How far a plain subscriber may fall behind (see [`Hub::buffer`](Hub)).
+    pub(crate) buffer: usize,
+    pub(crate) max_event_size: usize,
+    pub(crate) max_subscribers: usize,
+    pub(crate) key: Option<KeyPath>,
+}
+
+impl HubSettings {
+    /// Settings with the defaults for the rest: no key, no limit of subscribers, the default
+    /// message limit.
+    #[cfg(test)]
+    pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Self {
+        Self {
+            method,
+            epoch,
+            retain,
+            buffer,
+            max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            max_subscribers: usize::MAX,
+            key: None,
+        }
+    }
+}
+
+struct State {
+    log: Box<dyn EventLog>,
+    /// Plain streams that have read everything, to wake on the next event.
+    waiters: Waiters,
+    /// Whether plain streams wait for more events; once draining, each ends when it has read
+    /// everything.
+    live: bool,
+    groups: Groups,
+    /// Draining: no new groups (their backlog would hold the drain up).
+    draining: bool,
+    /// Closed: every stream ends, nobody may subscribe, no lease timer starts.
+    closed: bool,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("method", &self.method)
+            .field("epoch", &self.epoch)
+            .field("latest", &self.latest())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    #[cfg(test)]
+    pub(crate) fn new(method: String, epoch: u64, retain: usize, buffer: usize) -> Arc<Self> {
+        let log = Box::new(super::log::MemoryLog::new(retain));
+        Self::with_log(HubSettings::new(method, epoch, retain, buffer), log, None)
+    }
+
+    /// A hub over `log`, which may hold events already (a log reopened from disk).
+    pub(crate) fn with_log(
+        settings: HubSettings,
+        log: Box<dyn EventLog>,
+        syncer: Option<Syncer>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|hub: &Weak<Self>| {
+            let hub = hub.clone();
+            let sweep = Arc::new(move || {
+                if let Some(hub) = hub.upgrade() {
+                    hub.sweep_idle_groups();
+                }
+            });
+            Self::with_sweep(settings, log, syncer, sweep)
+        })
+    }
+
+    fn with_sweep(
+        settings: HubSettings,
+        mut log: Box<dyn EventLog>,
+        syncer: Option<Syncer>,
+        sweep: Sweep,
+    ) -> Self {
+        let HubSettings {
+            method,
+            epoch,
+            retain,
+            buffer,
+            max_event_size,
+            max_subscribers,
+            key,
+        } = settings;
+        let buffer = buffer.max(1);
+        let latest = log.latest();
+        let mut groups = Groups::new(retain);
+        groups.sweep_with(sweep);
+        if log.keeps_groups() {
+            groups.restore(log.take_saved_groups(), log.as_ref());
+        }
+        Self {
+            epoch,
+            buffer,
+            max_event_size,
+            state: Mutex::new(State {
+                log,
+                waiters: Waiters::default(),
+                live: true,
+                groups,
+                draining: false,
+                closed: false,
+            }),
+            latest: AtomicU64::new(latest),
+            cut_off: AtomicU64::new(0),
+            plain_streams: AtomicUsize::new(0),
+            max_subscribers,
+            changed: Notify::new(),
+            first_delivery: wire::delivery_field(1, 0, 0),
+            published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
+            subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
+            redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
+            refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
+            write_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => method.clone()),
+            syncer,
+            key,
+            method,
+        }
+    }
+
+    pub(crate) fn latest(&self) -> u64 {
+        self.latest.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update of the state is complete before it can panic; poisoning is harmless.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until the event at `cursor` is on stable storage: at once for a log in memory,
+    /// which has none.
+    pub(crate) async fn synced(&self, cursor: Cursor) -> Result<Cursor, PublishError> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(cursor);
+        };
+        match syncer.wait(cursor.sequence).await {
+            Ok(()) => Ok(cursor),
+            Err(reason) => {
+                self.write_errors.increment(1);
+                Err(PublishError::Io {
+                    rpc: self.method.clone(),
+                    reason: reason.to_string(),
+                })
+            }
+        }
+    }
+
+    /// How many syncs the log ran (0 in memory).
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncer.as_ref().map_or(0, Syncer::syncs)
+    }
+
+    /// Publishes an event: never waits for subscribers. An event too large for the stream's
+    /// message limit is refused, so that it can never hold up the events behind it.
+    pub(crate) fn publish(&self, event: &impl Message) -> Result<Cursor, PublishError> {
+        let size = event.encoded_len();
+        if size > self.max_event_size {
+            self.refused.increment(1);
+            return Err(PublishError::TooLarge {
+                rpc: self.method.clone(),
+                size,
+                limit: self.max_event_size,
+            });
+        }
+        // The publisher's span, for the observers' spans to link to (`opentelemetry` feature).
+        let (traceparent, tracestate) = crate::trace_context::of_current_span();
+        // Encoded once, outside the lock; only the small metadata is added under it.
+        let mut bytes =
+            BytesMut::with_capacity(size + 32 + traceparent.len() + tracestate.len() + 8);
+        event.encode_raw(&mut bytes);
+        let key = self.key.map(|path| path.key_of(&bytes));
+        // An empty key (a string or bytes key left unset) is no key.
+        let key_hash = key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+            .map(crate::keys::hash);
+        let published_at = wire::now_unix_micros();
+
+        let mut state = self.lock();
+        let sequence = state.log.next_sequence();
+        // Straight into the event's buffer, which has room for it.
+        wire::append_published(
+            &mut bytes,
+            wire::Published {
+                epoch: self.epoch,
+                sequence,
+                published_at,
+                traceparent,
+                tracestate,
+                key: key.unwrap_or_default(),
+            },
+        );
+        let stored = Stored {
+            sequence,
+            published_at: u64::try_from(published_at).unwrap_or(0),
+            bytes: bytes.freeze(),
+            key: key_hash,
+        };
+        if let Err(error) = state.log.append(stored.clone()) {
+            drop(state);
+            self.write_errors.increment(1);
+            tracing::error!(rpc = %self.method, %error, "writing an event to the event log failed; publish_* returns the error");
+            return Err(PublishError::Io {
+                rpc: self.method.clone(),
+                reason: format!("writing the event: {error}"),
+            });
+        }
+        // First deliveries only: a group that cannot take the event now reads it from the
+        // log later.
+        let State { groups, log, .. } = &mut *state;
+        groups.offer(&stored, log.as_mut());
+        self.latest.store(sequence, Ordering::Release);
+        let woken = state.waiters.take();
+        drop(state);
+        if !woken.is_empty() {
+            let emptied = fanout::wake(woken);
+            self.lock().waiters.recycle(emptied);
+        }
+        self.published.increment(1);
+        Ok(Cursor {
+            epoch: self.epoch,
+            sequence,
+        })
+    }
+}
+
+mod drain;
+mod groups;
+mod plain;
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,188 @@
+//! Plain subscribers (without a group): where a subscription starts, reading the log by
+//! cursor, being woken for the next event, and how many are open.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use super::{Hub, READ_BATCH};
+use crate::events::log::{EventLog, Read, Stored};
+use crate::events::protocol::{self, Refusal, Subscription};
+use crate::events::wire;
+
+/// Where a plain subscription starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The first sequence to send.
+    pub(crate) next: u64,
+    /// Events of this epoch the subscriber missed before `next`.
+    pub(crate) missed: u64,
+    /// The epoch of the subscriber's cursor when it was another one: whatever that epoch
+    /// published after the cursor is lost, count unknown. 0 otherwise.
+    pub(crate) previous_epoch: u64,
+}
+
+/// What a plain stream found when it asked for more.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// Events were added to the batch (`missed` of them were no longer retained).
+    Events { missed: u64 },
+    /// Nothing new; the stream is woken when there is.
+    Waiting,
+    /// Nothing new and nothing more to come: the drain ends the stream.
+    End,
+    /// Further behind than the buffer allows.
+    CutOff,
+}
+
+impl Hub {
+    /// Where a subscription starts, from its cursor (if any) and start position.
+    pub(super) fn position(
+        &self,
+        log: &dyn EventLog,
+        subscription: &Subscription,
+    ) -> Result<Position, Refusal> {
+        let latest = log.latest();
+        let oldest = log.oldest();
+        let live = latest + 1;
+        let start = |missed_before_oldest: u64, previous_epoch: u64| {
+            if subscription.start_live {
+                Position {
+                    next: live,
+                    missed: missed_before_oldest + (live - oldest),
+                    previous_epoch,
+                }
+            } else {
+                Position {
+                    next: oldest,
+                    missed: missed_before_oldest,
+                    previous_epoch,
+                }
+            }
+        };
+        Ok(match subscription.after {
+            Some(cursor) if cursor.epoch == self.epoch => {
+                let after = cursor.sequence;
+                if after > latest {
+                    return Err(Refusal::CursorAhead { cursor, latest });
+                }
+                if after + 1 >= oldest {
+                    Position {
+                        next: after + 1,
+                        missed: 0,
+                        previous_epoch: 0,
+                    }
+                } else {
+                    start(oldest - after - 1, 0)
+                }
+            }
+            // Another epoch: the publisher restarted. What the old process published after the
+            // cursor is gone with it (how much is unknown); of this epoch, the events no longer
+            // retained are missed.
+            Some(cursor) => start(oldest - 1, cursor.epoch),
+            None if subscription.start_live => Position {
+                next: live,
+                missed: 0,
+                previous_epoch: 0,
+            },
+            None => Position {
+                next: oldest,
+                missed: 0,
+                previous_epoch: 0,
+            },
+        })
+    }
+
+    /// Where a plain subscription starts.
+    pub(crate) fn start(&self, subscription: &Subscription) -> Result<Position, Refusal> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refusal::ShuttingDown);
+        }
+        state
+            .log
+            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
+        self.position(state.log.as_ref(), subscription)
+    }
+
+    /// Reads what a plain stream has not sent yet into `batch`, from `next` on, or registers
+    /// the stream (number `stream`) to be woken by the next event. `floor` is the latest
+    /// sequence when the stream subscribed: only events published since count against its
+    /// buffer. `registered` is the round the stream is registered in, if any.
+    pub(crate) fn fetch(
+        &self,
+        next: &mut u64,
+        floor: u64,
+        batch: &mut VecDeque<Stored>,
+        (stream, registered): (u64, &mut Option<u64>),
+        waker: &Waker,
+    ) -> Fetched {
+        let mut state = self.lock();
+        state
+            .log
+            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
+        let latest = state.log.latest();
+        if *next > latest {
+            if !state.live {
+                return Fetched::End;
+            }
+            state.waiters.register(stream, registered, waker);
+            return Fetched::Waiting;
+        }
+        let behind = latest - (*next - 1).max(floor);
+        if behind > self.buffer as u64 && !state.draining {
+            return Fetched::CutOff;
+        }
+        let Read {
+            missed,
+            next: after,
+        } = state.log.read(*next, READ_BATCH, batch);
+        *next = after;
+        Fetched::Events { missed }
+    }
+
+    /// Admits a plain subscriber (counted until [`plain_stream_ended`](Self::plain_stream_ended)):
+    /// where it starts, and the latest sequence now (its buffer's floor).
+    pub(crate) fn admit_plain(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(Position, u64), tonic::Status> {
+        let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
+        self.subscribers.set((open + 1) as f64);
+        let refusal = if open >= self.max_subscribers {
+            Refusal::TooManySubscribers(self.max_subscribers)
+        } else {
+            match self.start(subscription) {
+                Ok(position) => return Ok((position, self.latest())),
+                Err(refusal) => refusal,
+            }
+        };
+        self.plain_stream_ended();
+        Err(protocol::refused(&self.method, &refusal, None))
+    }
+
+    /// A plain stream that ends takes its waker out of the list it was registered in, unless
+    /// that list was woken since.
+    pub(crate) fn unregister(&self, stream: u64, round: u64) {
+        self.lock().waiters.unregister(stream, round);
+    }
+
+    /// How many plain subscribers have a stream open.
+    pub(crate) fn plain_subscribers(&self) -> usize {
+        self.plain_streams.load(Ordering::Acquire)
+    }
+
+    /// A plain subscriber's stream ended.
+    pub(crate) fn plain_stream_ended(&self) {
+        let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.subscribers.set(open as f64);
+        self.changed.notify_waiters();
+    }
+
+    /// The metadata field of a heartbeat (and of a pending gap report).
+    pub(crate) fn heartbeat_bytes(&self, missed: u64, previous_epoch: u64) -> Bytes {
+        wire::heartbeat_field(self.epoch, self.latest(), missed, previous_epoch)
+    }
+}
