@@ -17,13 +17,18 @@
 //! acknowledges what it handled (see `membership`), and leaves the group when it stops.
 
 mod book;
+mod control;
 mod cursors;
 mod event;
+mod handling;
 mod lanes;
 mod membership;
+mod metrics;
 mod options;
 mod run;
+mod subscribe;
 mod supervisor;
+mod wakeups;
 
 pub use cursors::{CursorStore, FileCursors};
 pub use event::{DeadLetter, Event, Gap, HandlerError};
