@@ -1,8 +1,8 @@
 //! [`CursorStore`]: where a plain observer keeps the last event it handled of each producer,
-//! so that an observer process that restarts resumes where it stopped, and [`FileCursors`],
-//! the file-backed one.
+//! and the events it handled past it, so that an observer process that restarts resumes where
+//! it stopped; and [`FileCursors`], the file-backed one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::v1::Cursor;
 use crate::Error;
 
-/// Where a plain observer (one without a consumer group) keeps its cursors: the last event
-/// handled per event RPC and producer epoch. An observer given one
+/// Where a plain observer (one without a consumer group) keeps its cursors: per event RPC and
+/// producer epoch, the event before which every event was handled, and the events handled
+/// past it (see [`handled_ahead`](Self::handled_ahead)). An observer given one
 /// ([`ObserverOptions::cursor_store`](super::ObserverOptions::cursor_store)) starts from the
 /// stored cursors, so that after a restart it resumes right after the last event it handled
 /// of each producer (whose epoch must have survived too: a producer opened on a directory).
@@ -25,17 +26,39 @@ pub trait CursorStore: Send + Sync + 'static {
     /// The cursors stored, by event RPC path (`/package.Service/Method`).
     fn load(&self) -> Result<Vec<(String, Cursor)>, Error>;
 
-    /// Event `cursor` of event RPC `rpc` was handled. Called after each event, in order for
-    /// each producer; it must not block for long.
+    /// Every event of event RPC `rpc` up to `cursor` was handled (of the producer whose epoch
+    /// it names). Called as it moves, in order for each producer; it must not block for long.
     fn handled(&self, rpc: &str, cursor: Cursor);
+
+    /// Event `cursor` of event RPC `rpc` was handled while an event before it was not: keyed
+    /// lanes (`ObserverOptions::max_concurrent_handlers` above 1) handle the events of
+    /// different keys out of order. Keep it until [`handled`](Self::handled) moves past it,
+    /// and give it back with [`load_ahead`](Self::load_ahead), so that a restarted observer
+    /// does not handle it again. There are at most as many as one stream holds (16 × the
+    /// handler limit, at least 256) per producer. It must not block for long.
+    ///
+    /// The default keeps nothing: a restarted observer handles those events again.
+    fn handled_ahead(&self, rpc: &str, cursor: Cursor) {
+        let _ = (rpc, cursor);
+    }
+
+    /// The events stored by [`handled_ahead`](Self::handled_ahead) and not yet passed by the
+    /// cursor, by event RPC path. The default: none.
+    fn load_ahead(&self) -> Result<Vec<(String, Cursor)>, Error> {
+        Ok(Vec::new())
+    }
 
     /// The observer is stopping: make what was handled durable.
     fn flush(&self) {}
 }
 
 /// Cursors in a file: written (aside, then renamed over the old one) at most every 50 ms while
-/// events are handled, and when the observer stops. A stopped observer resumes exactly; one
-/// that crashed handles again the events of its last 50 ms at most.
+/// events are handled, and when the observer stops. It keeps the events handled ahead of each
+/// cursor too, so a stopped observer resumes exactly, keyed lanes or not; one that crashed
+/// handles again the events of its last 50 ms at most.
+///
+/// One line per producer, `rpc epoch sequence`, and one per event handled ahead of its
+/// cursor, `rpc epoch +sequence`.
 #[derive(Debug)]
 pub struct FileCursors {
     path: PathBuf,
@@ -44,10 +67,31 @@ pub struct FileCursors {
 
 #[derive(Debug)]
 struct State {
-    cursors: BTreeMap<(String, u64), u64>,
+    cursors: BTreeMap<(String, u64), Stored>,
     written: Instant,
     dirty: bool,
 }
+
+/// What is stored of one producer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Stored {
+    /// Every event up to it handled.
+    cursor: Option<u64>,
+    /// Events handled past the cursor.
+    ahead: BTreeSet<u64>,
+}
+
+impl Stored {
+    fn passed(&mut self, sequence: u64) {
+        self.cursor = self.cursor.max(Some(sequence));
+        while self.ahead.first().is_some_and(|&ahead| ahead <= sequence) {
+            self.ahead.pop_first();
+        }
+    }
+}
+
+/// The most events kept ahead of one producer's cursor: far more than a stream holds.
+const MOST_AHEAD: usize = 1 << 16;
 
 /// How often the file is written while events are handled.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
@@ -80,10 +124,23 @@ impl FileCursors {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Something changed: written if the last write is old enough.
+    fn changed(&self, state: &mut State) {
+        state.dirty = true;
+        if state.written.elapsed() >= WRITE_EVERY {
+            self.write(state);
+        }
+    }
+
     fn write(&self, state: &mut State) {
         let mut text = String::new();
-        for ((rpc, epoch), sequence) in &state.cursors {
-            text.push_str(&format!("{rpc} {epoch:#x} {sequence}\n"));
+        for ((rpc, epoch), stored) in &state.cursors {
+            if let Some(sequence) = stored.cursor {
+                text.push_str(&format!("{rpc} {epoch:#x} {sequence}\n"));
+            }
+            for sequence in &stored.ahead {
+                text.push_str(&format!("{rpc} {epoch:#x} +{sequence}\n"));
+            }
         }
         let aside = self.path.with_extension("new");
         let written = std::fs::File::create(&aside)
@@ -108,29 +165,66 @@ impl CursorStore for FileCursors {
             .lock()
             .cursors
             .iter()
-            .map(|((rpc, epoch), sequence)| {
-                (
+            .filter_map(|((rpc, epoch), stored)| {
+                let sequence = stored.cursor?;
+                Some((
                     rpc.clone(),
                     Cursor {
                         epoch: *epoch,
-                        sequence: *sequence,
+                        sequence,
                     },
-                )
+                ))
             })
             .collect())
     }
 
     fn handled(&self, rpc: &str, cursor: Cursor) {
         let mut state = self.lock();
+        state
+            .cursors
+            .entry((rpc.to_owned(), cursor.epoch))
+            .or_default()
+            .passed(cursor.sequence);
+        self.changed(&mut state);
+    }
+
+    fn handled_ahead(&self, rpc: &str, cursor: Cursor) {
+        let mut state = self.lock();
         let stored = state
             .cursors
             .entry((rpc.to_owned(), cursor.epoch))
             .or_default();
-        *stored = (*stored).max(cursor.sequence);
-        state.dirty = true;
-        if state.written.elapsed() >= WRITE_EVERY {
-            self.write(&mut state);
+        if stored
+            .cursor
+            .is_some_and(|passed| passed >= cursor.sequence)
+        {
+            return;
         }
+        if stored.ahead.len() >= MOST_AHEAD {
+            tracing::warn!(rpc, epoch = cursor.epoch, sequence = cursor.sequence, "too many events handled ahead of the cursor to keep; after a restart, this one is handled again");
+            return;
+        }
+        stored.ahead.insert(cursor.sequence);
+        self.changed(&mut state);
+    }
+
+    fn load_ahead(&self) -> Result<Vec<(String, Cursor)>, Error> {
+        Ok(self
+            .lock()
+            .cursors
+            .iter()
+            .flat_map(|((rpc, epoch), stored)| {
+                stored.ahead.iter().map(|&sequence| {
+                    (
+                        rpc.clone(),
+                        Cursor {
+                            epoch: *epoch,
+                            sequence,
+                        },
+                    )
+                })
+            })
+            .collect())
     }
 
     fn flush(&self) {
@@ -141,17 +235,28 @@ impl CursorStore for FileCursors {
     }
 }
 
-fn parse(text: &str) -> Option<BTreeMap<(String, u64), u64>> {
-    let mut cursors = BTreeMap::new();
+fn parse(text: &str) -> Option<BTreeMap<(String, u64), Stored>> {
+    let mut cursors: BTreeMap<(String, u64), Stored> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut fields = line.split_whitespace();
         let rpc = fields.next()?.to_owned();
         let epoch = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
-        let sequence = fields.next()?.parse().ok()?;
+        let sequence = fields.next()?;
         if fields.next().is_some() {
             return None;
         }
-        cursors.insert((rpc, epoch), sequence);
+        let stored = cursors.entry((rpc, epoch)).or_default();
+        match sequence.strip_prefix('+') {
+            Some(ahead) => {
+                stored.ahead.insert(ahead.parse().ok()?);
+            }
+            None => stored.cursor = stored.cursor.max(Some(sequence.parse().ok()?)),
+        }
+    }
+    for stored in cursors.values_mut() {
+        if let Some(cursor) = stored.cursor {
+            stored.passed(cursor);
+        }
     }
     Some(cursors)
 }

@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::control::{Instance, Shared};
-use super::event::{DeadLetter, Event, HandlerError};
+use super::event::{DeadLetter, Event, Gap, HandlerError};
 use super::metrics::StreamMetrics;
 use crate::backoff::Backoff;
+use crate::v1::EventMetadata;
 
 /// The longest pause between two attempts of a handler: the pauses double from
 /// [`ObserverOptions::handler_retries`](super::ObserverOptions::handler_retries)'s backoff up
@@ -60,6 +61,23 @@ where
     T: Send + Sync + 'static,
     H: Handler<T>,
 {
+    /// Reports the gap an event's metadata tells of, if any, to the gap callback.
+    pub(crate) fn report_gap(&self, metadata: &EventMetadata) {
+        if metadata.missed == 0 && metadata.previous_epoch == 0 {
+            return;
+        }
+        self.metrics.missed.increment(metadata.missed);
+        self.metrics.gaps.increment(1);
+        let gap = Gap {
+            instance: self.instance.to_string(),
+            rpc: self.rpc,
+            missed: metadata.missed,
+            epoch: metadata.epoch,
+            previous_epoch: (metadata.previous_epoch != 0).then_some(metadata.previous_epoch),
+        };
+        (self.shared.options.on_gap)(&gap);
+    }
+
     /// Calls the handler, retrying with backoff; dead-letters the event after the last attempt.
     /// A stop during the backoff abandons the event: neither handled nor dead-lettered, so
     /// that whoever comes next (this observer resuming, or another group member) gets it.

@@ -9,10 +9,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
 
+use super::control::Instance;
 use super::event::Event;
 use super::handling::{Abandoned, Handler, Handling};
+use super::membership::Membership;
+use super::metrics::LagSample;
+use super::progress::Progress;
 use crate::v1::Cursor;
 
 /// One event's place in the stream: its arrival number.
@@ -133,6 +138,13 @@ impl<E> Lanes<E> {
         (cursor, start)
     }
 
+    /// An event handled before (by an earlier stream) arrived again: it counts as handled, so
+    /// that the cursor moves over it. Returns the new cursor if it moved.
+    pub(crate) fn handled_before(&mut self, cursor: Cursor) -> Option<Cursor> {
+        self.order.push_back((cursor, true));
+        self.pass_handled()
+    }
+
     /// Moves the cursor over the handled events at the front; returns it if it moved.
     fn pass_handled(&mut self) -> Option<Cursor> {
         let mut cursor = None;
@@ -179,7 +191,100 @@ impl<T> LaneSet<T> {
 }
 
 impl<T: Send + Sync + 'static> LaneSet<T> {
-    pub(crate) fn start<H: Handler<T>>(
+    /// An event arrived: handed to its key's lane, and started if it may start now. One that
+    /// an earlier stream handled already only lets the cursor move over it.
+    pub(crate) fn arrive<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        progress: &mut Progress,
+        event: Event<T>,
+    ) {
+        let cursor = event.cursor();
+        if progress.handled_ahead(cursor) {
+            if let Some(moved) = self.lanes.handled_before(cursor) {
+                progress.moved(moved);
+            }
+            return;
+        }
+        let key = crate::keys::hash(event.key());
+        if let Some((position, event)) = self.lanes.arrive(key, cursor, event) {
+            self.start(handling, key, position, event);
+        }
+    }
+
+    /// A handling ended: the cursor moves past what was handled before it, the group (or the
+    /// progress past the cursor) is told, and the events it held up start.
+    pub(crate) fn finished<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        finished: Result<Finished, JoinError>,
+        progress: &mut Progress,
+        membership: Option<&Membership>,
+        lag: &mut LagSample,
+    ) -> Result<(), Abandoned> {
+        let finished = match finished {
+            Ok(finished) => finished,
+            // As an inline handler's panic would.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => return Err(Abandoned),
+        };
+        finished.outcome?;
+        lag.handled(finished.published_at, &handling.metrics.lag);
+        let (moved, start) = self.lanes.finished(finished.key, finished.position);
+        if let Some(cursor) = moved {
+            progress.moved(cursor);
+        }
+        match membership {
+            Some(membership) => membership.handled_alone(finished.cursor),
+            None => progress.finished_ahead(finished.cursor),
+        }
+        for (key, position, event) in start {
+            self.start(handling, key, position, event);
+        }
+        Ok(())
+    }
+
+    /// The stream is over: lets the handlings end (one retrying stops when the observer
+    /// does), so that what they handled is acknowledged and the cursor is past it. With
+    /// `handle_waiting`, the events waiting are handled too, unless the observer stops
+    /// meanwhile; otherwise they are dropped, to come again when the observer resumes.
+    pub(crate) async fn finish<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        mut handle_waiting: bool,
+        progress: &mut Progress,
+        membership: Option<&Membership>,
+        lag: &mut LagSample,
+        mut control: watch::Receiver<Instance>,
+    ) {
+        loop {
+            if !handle_waiting {
+                self.lanes.drop_waiting();
+            }
+            let finished = if handle_waiting {
+                tokio::select! {
+                    finished = self.running.join_next() => finished,
+                    _ = control.wait_for(|state| *state == Instance::Stopped) => {
+                        handle_waiting = false;
+                        continue;
+                    }
+                }
+            } else {
+                self.running.join_next().await
+            };
+            let Some(finished) = finished else {
+                return;
+            };
+            if self
+                .finished(handling, finished, progress, membership, lag)
+                .is_err()
+            {
+                handle_waiting = false;
+            }
+        }
+    }
+
+    fn start<H: Handler<T>>(
         &mut self,
         handling: &Arc<Handling<T, H>>,
         key: u64,

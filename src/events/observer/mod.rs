@@ -25,6 +25,8 @@ mod lanes;
 mod membership;
 mod metrics;
 mod options;
+mod progress;
+mod read;
 mod run;
 mod subscribe;
 mod supervisor;

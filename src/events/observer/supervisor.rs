@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 
 use super::book::Book;
 use super::control::{Instance, Shared};
+use super::control::{Subscription, Typed};
 use super::cursors::CursorStore;
 use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
-use super::run::{Subscription, Typed};
 use crate::discovery::{self, InstanceUpdate, Resolution};
 use crate::endpoint::Connector;
 use crate::{Error, Target};
@@ -95,10 +95,16 @@ impl ObserverBuilder {
             .clone()
             .filter(|_| self.options.group.is_none());
         if let Some(store) = &cursor_store {
+            let known = |rpc: &str| self.rpcs.iter().find(|known| **known == rpc).copied();
             for (rpc, cursor) in store.load()? {
-                match self.rpcs.iter().find(|known| **known == rpc) {
+                match known(&rpc) {
                     Some(known) => book.preload(known, cursor),
                     None => tracing::debug!(rpc, "a stored cursor of an event RPC not observed"),
+                }
+            }
+            for (rpc, cursor) in store.load_ahead()? {
+                if let Some(known) = known(&rpc) {
+                    book.preload_ahead(known, cursor);
                 }
             }
         }
