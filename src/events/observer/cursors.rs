@@ -262,30 +262,4 @@ fn parse(text: &str) -> Option<BTreeMap<(String, u64), Stored>> {
 }
 
 #[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn cursors_written_on_flush_read_back() {
-        let path =
-            std::env::temp_dir().join(format!("meshless-cursors-{:016x}", fastrand::u64(..)));
-        let store = FileCursors::open(&path).unwrap();
-        assert!(store.load().unwrap().is_empty());
-        let cursor = |epoch, sequence| Cursor { epoch, sequence };
-        store.handled("/a.v1.S/E", cursor(7, 3));
-        store.handled("/a.v1.S/E", cursor(7, 2));
-        store.handled("/a.v1.S/E", cursor(9, 1));
-        store.flush();
-        let reopened = FileCursors::open(&path).unwrap();
-        assert_eq!(
-            reopened.load().unwrap(),
-            [
-                ("/a.v1.S/E".to_owned(), cursor(7, 3)),
-                ("/a.v1.S/E".to_owned(), cursor(9, 1))
-            ]
-        );
-        std::fs::write(&path, "not cursors").unwrap();
-        assert!(FileCursors::open(&path).is_err());
-        let _ = std::fs::remove_file(&path);
-    }
-}
+mod test;

@@ -36,3 +36,6 @@ pub use cursors::{CursorStore, FileCursors};
 pub use event::{DeadLetter, Event, Gap, HandlerError};
 pub use options::ObserverOptions;
 pub use supervisor::{ObserverBuilder, ObserverHandle};
+
+#[cfg(test)]
+mod test;

@@ -70,3 +70,61 @@ fn positions_only_move_forward() {
     book.release(RPC, 7, 1, cursor(7, 3), BTreeSet::new());
     assert_eq!(book.resume_after(RPC, &at("a")), cursor(7, 20));
 }
+
+#[test]
+fn events_handled_ahead_are_kept_across_streams_until_the_cursor_passes_them() {
+    let book = Book::default();
+    book.claim(RPC, &at("a"), 7, 1, None, Some(0));
+    book.release(RPC, 7, 1, cursor(7, 3), BTreeSet::from([5, 6]));
+    assert_eq!(
+        book.claim(RPC, &at("a"), 7, 2, cursor(7, 3), Some(3)),
+        Claim::Read {
+            after: cursor(7, 3),
+            ahead: BTreeSet::from([5, 6]),
+        }
+    );
+    book.release(RPC, 7, 2, cursor(7, 5), BTreeSet::new());
+    assert_eq!(
+        book.claim(RPC, &at("a"), 7, 3, cursor(7, 5), Some(5)),
+        Claim::Read {
+            after: cursor(7, 5),
+            ahead: BTreeSet::from([6]),
+        }
+    );
+}
+
+#[test]
+fn stored_cursors_are_all_kept_and_ahead_ones_behind_them_forgotten() {
+    let book = Book::default();
+    for epoch in 0..(MAX_PRODUCERS as u64 + 10) {
+        book.preload(RPC, Cursor { epoch, sequence: 1 });
+    }
+    book.preload_ahead(
+        RPC,
+        Cursor {
+            epoch: 3,
+            sequence: 1,
+        },
+    );
+    book.preload_ahead(
+        RPC,
+        Cursor {
+            epoch: 3,
+            sequence: 4,
+        },
+    );
+    // Met without a cursor, the last one stored is known: subscribed again from it.
+    let last = MAX_PRODUCERS as u64 + 9;
+    assert_eq!(
+        book.claim(RPC, &at("a"), last, 1, None, Some(0)),
+        Claim::Resubscribe
+    );
+    assert_eq!(book.resume_after(RPC, &at("a")), cursor(last, 1));
+    assert_eq!(
+        book.claim(RPC, &at("b"), 3, 2, cursor(3, 1), Some(1)),
+        Claim::Read {
+            after: cursor(3, 1),
+            ahead: BTreeSet::from([4]),
+        }
+    );
+}
