@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::v1::Cursor;
 use crate::Error;
@@ -52,24 +52,44 @@ pub trait CursorStore: Send + Sync + 'static {
     fn flush(&self) {}
 }
 
-/// Cursors in a file: written (aside, then renamed over the old one) at most every 50 ms while
-/// events are handled, and when the observer stops. It keeps the events handled ahead of each
-/// cursor too, so a stopped observer resumes exactly, keyed lanes or not; one that crashed
-/// handles again the events of its last 50 ms at most.
+/// Cursors in a file. It keeps the events handled ahead of each cursor too, so a stopped
+/// observer resumes exactly, keyed lanes or not; one that crashed handles again the events of
+/// its last 50 ms at most.
 ///
-/// One line per producer, `rpc epoch sequence`, and one per event handled ahead of its
-/// cursor, `rpc epoch +sequence`.
+/// The file is written (aside, synced, then renamed over the old one) by a thread of its own,
+/// at most every 50 ms while events are handled, and when the observer stops
+/// ([`flush`](CursorStore::flush)): recording an event costs the handler a map update, never
+/// a write.
+///
+/// It is bounded: it keeps the producers of which an event was handled within the last 30
+/// days, at most the 4,096 seen last. A producer forgotten so (an old epoch: a producer that
+/// restarted in memory, long ago) is logged, never dropped silently; should it come back, the
+/// observer starts it at its start position.
+///
+/// One line per producer, `rpc epoch sequence seen` (`seen` in seconds since the Unix epoch;
+/// lines without it are taken as seen when the file is opened), and one per event handled
+/// ahead of its cursor, `rpc epoch +sequence`.
 #[derive(Debug)]
 pub struct FileCursors {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     path: PathBuf,
     state: Mutex<State>,
+    /// Wakes the writer thread.
+    changed: Condvar,
+    /// Held while the file is written, so that two writes never interleave.
+    writing: Mutex<()>,
 }
 
 #[derive(Debug)]
 struct State {
     cursors: BTreeMap<(String, u64), Stored>,
-    written: Instant,
     dirty: bool,
+    /// The store is dropped: the writer thread ends.
+    closed: bool,
 }
 
 /// What is stored of one producer.
@@ -79,6 +99,8 @@ struct Stored {
     cursor: Option<u64>,
     /// Events handled past the cursor.
     ahead: BTreeSet<u64>,
+    /// When an event of it was last handled, in seconds since the Unix epoch.
+    seen: u64,
 }
 
 impl Stored {
@@ -90,18 +112,31 @@ impl Stored {
     }
 }
 
-/// The most events kept ahead of one producer's cursor: far more than a stream holds.
-const MOST_AHEAD: usize = 1 << 16;
+/// The most events kept ahead of one producer's cursor: more than a stream holds (16 per
+/// handler, for up to 1,024 handlers).
+const MOST_AHEAD: usize = 16 * 1024;
+
+/// The most producers kept; the ones seen longest ago are forgotten beyond.
+const MAX_PRODUCERS: usize = 4096;
+
+/// A producer none of whose events was handled for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How often the file is written while events are handled.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
 
 impl FileCursors {
     /// The cursors in `path`, which is created on the first write if it does not exist.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_owned();
         let cursors = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).ok_or_else(|| {
+            Ok(text) => parse(&text, now()).ok_or_else(|| {
                 Error::invalid_input(format!(
                     "{} is not a cursor file (lines of `rpc epoch sequence`)",
                     path.display()
@@ -110,38 +145,72 @@ impl FileCursors {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(Error::io(format!("reading {}", path.display()), error)),
         };
-        Ok(Self {
+        let shared = Arc::new(Shared {
             path,
             state: Mutex::new(State {
                 cursors,
-                written: Instant::now(),
                 dirty: false,
+                closed: false,
             }),
-        })
+            changed: Condvar::new(),
+            writing: Mutex::new(()),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("meshless-cursors".into())
+            .spawn(move || writer.write_behind())
+            .map_err(|error| Error::io("starting the cursor file's writer", error))?;
+        Ok(Self { shared })
     }
 
+    fn changed(&self, state: std::sync::MutexGuard<'_, State>) {
+        let mut state = state;
+        state.dirty = true;
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+}
+
+impl Drop for FileCursors {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_one();
+    }
+}
+
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Something changed: written if the last write is old enough.
-    fn changed(&self, state: &mut State) {
-        state.dirty = true;
-        if state.written.elapsed() >= WRITE_EVERY {
-            self.write(state);
+    /// The writer thread: writes whenever something changed, at most every [`WRITE_EVERY`];
+    /// ends once the store is dropped (what is left is written then).
+    fn write_behind(&self) {
+        loop {
+            let mut state = self.lock();
+            while !state.dirty && !state.closed {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            let closed = state.closed;
+            drop(state);
+            self.write_if_changed();
+            if closed {
+                return;
+            }
+            std::thread::sleep(WRITE_EVERY);
         }
     }
 
-    fn write(&self, state: &mut State) {
-        let mut text = String::new();
-        for ((rpc, epoch), stored) in &state.cursors {
-            if let Some(sequence) = stored.cursor {
-                text.push_str(&format!("{rpc} {epoch:#x} {sequence}\n"));
-            }
-            for sequence in &stored.ahead {
-                text.push_str(&format!("{rpc} {epoch:#x} +{sequence}\n"));
-            }
+    fn write_if_changed(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        if !state.dirty {
+            return;
         }
+        state.forget(now());
+        state.dirty = false;
+        let text = state.render();
+        drop(state);
         let aside = self.path.with_extension("new");
         let written = std::fs::File::create(&aside)
             .and_then(|mut file| {
@@ -149,19 +218,60 @@ impl FileCursors {
                 file.sync_data()
             })
             .and_then(|()| std::fs::rename(&aside, &self.path));
-        match written {
-            Ok(()) => state.dirty = false,
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), %error, "writing the cursor file failed; a restarted observer may handle events again");
+        if let Err(error) = written {
+            self.lock().dirty = true;
+            tracing::warn!(path = %self.path.display(), %error, "writing the cursor file failed; a restarted observer may handle events again");
+        }
+    }
+}
+
+impl State {
+    /// Forgets the producers not seen for [`FORGET_AFTER`], and the ones seen longest ago
+    /// beyond [`MAX_PRODUCERS`]; each is logged.
+    fn forget(&mut self, now: u64) {
+        let oldest = now.saturating_sub(FORGET_AFTER.as_secs());
+        self.cursors.retain(|(rpc, epoch), stored| {
+            let keep = stored.seen >= oldest;
+            if !keep {
+                tracing::info!(rpc, epoch, cursor = ?stored.cursor, "forgetting the cursor of a producer none of whose events was handled for 30 days");
+            }
+            keep
+        });
+        if self.cursors.len() <= MAX_PRODUCERS {
+            return;
+        }
+        let mut seen: Vec<u64> = self.cursors.values().map(|stored| stored.seen).collect();
+        seen.sort_unstable();
+        let mut over = self.cursors.len() - MAX_PRODUCERS;
+        let threshold = seen[over - 1];
+        self.cursors.retain(|(rpc, epoch), stored| {
+            if over == 0 || stored.seen > threshold {
+                return true;
+            }
+            over -= 1;
+            tracing::warn!(rpc, epoch, cursor = ?stored.cursor, "forgetting the cursor of a producer seen longest ago: the cursor file keeps 4096");
+            false
+        });
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::new();
+        for ((rpc, epoch), stored) in &self.cursors {
+            if let Some(sequence) = stored.cursor {
+                text.push_str(&format!("{rpc} {epoch:#x} {sequence} {}\n", stored.seen));
+            }
+            for sequence in &stored.ahead {
+                text.push_str(&format!("{rpc} {epoch:#x} +{sequence}\n"));
             }
         }
-        state.written = Instant::now();
+        text
     }
 }
 
 impl CursorStore for FileCursors {
     fn load(&self) -> Result<Vec<(String, Cursor)>, Error> {
         Ok(self
+            .shared
             .lock()
             .cursors
             .iter()
@@ -179,21 +289,23 @@ impl CursorStore for FileCursors {
     }
 
     fn handled(&self, rpc: &str, cursor: Cursor) {
-        let mut state = self.lock();
-        state
-            .cursors
-            .entry((rpc.to_owned(), cursor.epoch))
-            .or_default()
-            .passed(cursor.sequence);
-        self.changed(&mut state);
-    }
-
-    fn handled_ahead(&self, rpc: &str, cursor: Cursor) {
-        let mut state = self.lock();
+        let mut state = self.shared.lock();
         let stored = state
             .cursors
             .entry((rpc.to_owned(), cursor.epoch))
             .or_default();
+        stored.passed(cursor.sequence);
+        stored.seen = now();
+        self.changed(state);
+    }
+
+    fn handled_ahead(&self, rpc: &str, cursor: Cursor) {
+        let mut state = self.shared.lock();
+        let stored = state
+            .cursors
+            .entry((rpc.to_owned(), cursor.epoch))
+            .or_default();
+        stored.seen = now();
         if stored
             .cursor
             .is_some_and(|passed| passed >= cursor.sequence)
@@ -205,11 +317,12 @@ impl CursorStore for FileCursors {
             return;
         }
         stored.ahead.insert(cursor.sequence);
-        self.changed(&mut state);
+        self.changed(state);
     }
 
     fn load_ahead(&self) -> Result<Vec<(String, Cursor)>, Error> {
         Ok(self
+            .shared
             .lock()
             .cursors
             .iter()
@@ -227,30 +340,37 @@ impl CursorStore for FileCursors {
             .collect())
     }
 
+    /// Writes what changed, on the caller's thread.
     fn flush(&self) {
-        let mut state = self.lock();
-        if state.dirty {
-            self.write(&mut state);
-        }
+        self.shared.write_if_changed();
     }
 }
 
-fn parse(text: &str) -> Option<BTreeMap<(String, u64), Stored>> {
+/// The cursors in `text`; `now` is when lines without a time were seen.
+fn parse(text: &str, now: u64) -> Option<BTreeMap<(String, u64), Stored>> {
     let mut cursors: BTreeMap<(String, u64), Stored> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut fields = line.split_whitespace();
         let rpc = fields.next()?.to_owned();
         let epoch = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
         let sequence = fields.next()?;
+        let seen = fields.next().map(str::parse).transpose().ok()?;
         if fields.next().is_some() {
             return None;
         }
-        let stored = cursors.entry((rpc, epoch)).or_default();
+        let stored = cursors.entry((rpc, epoch)).or_insert_with(|| Stored {
+            seen: now,
+            ..Stored::default()
+        });
         match sequence.strip_prefix('+') {
+            Some(_) if seen.is_some() => return None,
             Some(ahead) => {
                 stored.ahead.insert(ahead.parse().ok()?);
             }
-            None => stored.cursor = stored.cursor.max(Some(sequence.parse().ok()?)),
+            None => {
+                stored.cursor = stored.cursor.max(Some(sequence.parse().ok()?));
+                stored.seen = seen.unwrap_or(now);
+            }
         }
     }
     for stored in cursors.values_mut() {
