@@ -15,6 +15,13 @@
 //!
 //! In a consumer group, each producer instance hands each event to one member; the member
 //! acknowledges what it handled (see `membership`), and leaves the group when it stops.
+//!
+//! Where things are: `supervisor` follows discovery and spawns, per instance and event RPC,
+//! what `control` describes; `run` is one instance stream's reconnect loop (subscribing
+//! through `subscribe`, claiming its producer in `book`); `read` reads one stream, woken by
+//! `wakeups`; `handling` calls the handler with retries; `lanes` runs keyed events in parallel;
+//! `progress` is where a stream stands, kept across restarts by `cursors`; `metrics` holds the
+//! metric handles.
 
 mod book;
 mod control;

@@ -32,7 +32,7 @@ fn keys_run_in_parallel_up_to_the_limit_and_in_order_within_a_key() {
 }
 
 #[test]
-fn waiting_events_are_dropped_when_the_stream_ends_and_running_ones_still_count() {
+fn waiting_events_are_dropped_when_the_observer_stops_and_running_ones_still_count() {
     let mut lanes = Lanes::new(1);
     assert!(lanes.arrive(1, cursor(1), ()).is_some());
     assert!(lanes.arrive(2, cursor(2), ()).is_none());
@@ -41,4 +41,19 @@ fn waiting_events_are_dropped_when_the_stream_ends_and_running_ones_still_count(
     let (moved, start) = lanes.finished(1, 0);
     assert_eq!(moved, Some(cursor(1)));
     assert!(start.is_empty(), "the dropped event is not started");
+}
+
+#[test]
+fn an_event_handled_before_lets_the_cursor_move_over_it() {
+    let mut lanes = Lanes::new(2);
+    assert!(lanes.arrive(1, cursor(1), ()).is_some());
+    // Handled by an earlier stream: held as handled, behind the unfinished first event.
+    assert_eq!(lanes.handled_before(cursor(2)), None);
+    assert!(lanes.arrive(3, cursor(3), ()).is_some());
+    let (moved, _) = lanes.finished(1, 0);
+    assert_eq!(moved, Some(cursor(2)), "over the event handled before");
+    let (moved, _) = lanes.finished(3, 2);
+    assert_eq!(moved, Some(cursor(3)));
+    assert_eq!(lanes.held(), 0);
+    assert_eq!(lanes.handled_before(cursor(4)), Some(cursor(4)));
 }
