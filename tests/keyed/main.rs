@@ -531,3 +531,5 @@ async fn a_durable_producer_keeps_the_keys_of_its_events_across_a_restart() {
     drop(stream);
     producer.stop().await.unwrap();
 }
+
+mod plain_lanes;

@@ -1,5 +1,6 @@
-//! Where an observer stands with each producer: the last event handled per (event RPC,
-//! producer epoch), the epoch last met at each address, and which stream reads each producer.
+//! Where an observer stands with each producer: per (event RPC, producer epoch) the event
+//! before which every event was handled and the events handled past it (keyed lanes), the
+//! epoch last met at each address, and which stream reads each producer.
 //!
 //! A cursor belongs to the producer (its epoch), not to a connection or an address: a
 //! producer that leaves discovery and comes back, or comes back at another address, is resumed
@@ -7,7 +8,7 @@
 //! one stream at a time, the others waiting until it lets go. Consumer group members keep
 //! their position on the producer instead, and do not use the book.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -35,8 +36,11 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Producer {
-    /// The last event handled (or the position a stream started at).
+    /// The last event before which every event was handled (or the position a stream started
+    /// at).
     after: Option<u64>,
+    /// Events past `after` handled already (keyed lanes finish events out of order).
+    ahead: BTreeSet<u64>,
     /// The stream reading this producer now.
     reader: Option<u64>,
     used: u64,
@@ -45,8 +49,11 @@ struct Producer {
 /// What a stream that reached a producer may do.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// Read it, skipping events up to `after`.
-    Read { after: Option<Cursor> },
+    /// Read it, skipping events up to `after` and those in `ahead`.
+    Read {
+        after: Option<Cursor>,
+        ahead: BTreeSet<u64>,
+    },
     /// Another stream reads it; wait until it lets go.
     Duplicate,
     /// The stream asked from a cursor of another epoch while the book knows where this one
@@ -63,14 +70,22 @@ impl Book {
 
     /// Remembers that events of producer `cursor.epoch` up to `cursor.sequence` were handled
     /// (by this observer before it restarted): a stream that reaches that producer resumes
-    /// after it.
+    /// after it. Every stored cursor is kept, however many (the store bounds them).
     pub(crate) fn preload(&self, rpc: &'static str, cursor: Cursor) {
         let mut inner = self.lock();
-        if inner.producers.len() >= MAX_PRODUCERS {
-            return;
-        }
         let producer = inner.producers.entry((rpc, cursor.epoch)).or_default();
         producer.after = producer.after.max(Some(cursor.sequence));
+        producer.pass_ahead();
+    }
+
+    /// Remembers that event `cursor` was handled past its producer's cursor (by this observer
+    /// before it restarted): it is not handled again.
+    pub(crate) fn preload_ahead(&self, rpc: &'static str, cursor: Cursor) {
+        let mut inner = self.lock();
+        let producer = inner.producers.entry((rpc, cursor.epoch)).or_default();
+        if producer.after.is_none_or(|after| after < cursor.sequence) {
+            producer.ahead.insert(cursor.sequence);
+        }
     }
 
     /// Where to resume at `address`: after the last event handled of the producer last met
@@ -129,19 +144,23 @@ impl Book {
         producer.reader = Some(stream);
         if let Some(start) = start_after {
             producer.after = producer.after.max(Some(start));
+            producer.pass_ahead();
         }
         Claim::Read {
             after: producer.after.map(|sequence| Cursor { epoch, sequence }),
+            ahead: producer.ahead.clone(),
         }
     }
 
-    /// `stream` stopped reading producer `epoch`, having handled up to `handled`.
+    /// `stream` stopped reading producer `epoch`, having handled up to `handled`, and `ahead`
+    /// past it.
     pub(crate) fn release(
         &self,
         rpc: &'static str,
         epoch: u64,
         stream: u64,
         handled: Option<Cursor>,
+        ahead: BTreeSet<u64>,
     ) {
         let mut inner = self.lock();
         if let Some(producer) = inner.producers.get_mut(&(rpc, epoch)) {
@@ -151,6 +170,8 @@ impl Book {
             if let Some(cursor) = handled.filter(|c| c.epoch == epoch) {
                 producer.after = producer.after.max(Some(cursor.sequence));
             }
+            producer.ahead.extend(ahead);
+            producer.pass_ahead();
         }
         drop(inner);
         self.released.notify_waiters();
@@ -172,6 +193,18 @@ impl Book {
     }
 }
 
+impl Producer {
+    /// Forgets the events handled ahead that the cursor has passed.
+    fn pass_ahead(&mut self) {
+        let Some(after) = self.after else {
+            return;
+        };
+        while self.ahead.first().is_some_and(|&ahead| ahead <= after) {
+            self.ahead.pop_first();
+        }
+    }
+}
+
 impl Inner {
     fn forget_least_used(&mut self) {
         let Some(oldest) = self
@@ -190,75 +223,4 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod test {
-    use super::*;
-
-    const RPC: &str = "/test.v1.S/E";
-
-    fn at(address: &str) -> Arc<str> {
-        address.into()
-    }
-
-    fn cursor(epoch: u64, sequence: u64) -> Option<Cursor> {
-        Some(Cursor { epoch, sequence })
-    }
-
-    #[test]
-    fn a_producer_back_at_its_address_resumes_after_the_last_event_handled() {
-        let book = Book::default();
-        assert_eq!(book.resume_after(RPC, &at("a")), None);
-        assert_eq!(
-            book.claim(RPC, &at("a"), 7, 1, None, Some(0)),
-            Claim::Read {
-                after: cursor(7, 0)
-            }
-        );
-        book.release(RPC, 7, 1, cursor(7, 42));
-        assert_eq!(book.resume_after(RPC, &at("a")), cursor(7, 42));
-    }
-
-    #[test]
-    fn a_producer_at_two_addresses_is_read_once() {
-        let book = Book::default();
-        assert!(matches!(
-            book.claim(RPC, &at("a"), 7, 1, None, Some(0)),
-            Claim::Read { .. }
-        ));
-        assert_eq!(
-            book.claim(RPC, &at("b"), 7, 2, None, Some(0)),
-            Claim::Duplicate
-        );
-        assert!(book.read_elsewhere(RPC, &at("b"), 2));
-        book.release(RPC, 7, 1, cursor(7, 10));
-        assert!(!book.read_elsewhere(RPC, &at("b"), 2));
-        // The other address now resumes where the first stream stopped.
-        assert_eq!(book.resume_after(RPC, &at("b")), cursor(7, 10));
-        assert_eq!(
-            book.claim(RPC, &at("b"), 7, 2, cursor(7, 10), None),
-            Claim::Read {
-                after: cursor(7, 10)
-            }
-        );
-    }
-
-    #[test]
-    fn a_known_producer_met_with_the_wrong_cursor_is_subscribed_again() {
-        let book = Book::default();
-        book.claim(RPC, &at("a"), 7, 1, None, Some(0));
-        book.release(RPC, 7, 1, cursor(7, 5));
-        // At a new address, asked without a cursor: the book knows better.
-        assert_eq!(
-            book.claim(RPC, &at("c"), 7, 3, None, Some(9)),
-            Claim::Resubscribe
-        );
-        assert_eq!(book.resume_after(RPC, &at("c")), cursor(7, 5));
-    }
-
-    #[test]
-    fn positions_only_move_forward() {
-        let book = Book::default();
-        book.claim(RPC, &at("a"), 7, 1, None, Some(20));
-        book.release(RPC, 7, 1, cursor(7, 3));
-        assert_eq!(book.resume_after(RPC, &at("a")), cursor(7, 20));
-    }
-}
+mod test;

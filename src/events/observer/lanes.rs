@@ -2,11 +2,22 @@
 //! within a key, up to a number of handlers at once; and the cursor, which stays at the last
 //! event before which every event was handled.
 //!
-//! Plain bookkeeping: the stream starts what [`Lanes::arrive`] and [`Lanes::finished`] hand
-//! back, and reports each handling's end.
+//! [`Lanes`] is plain bookkeeping: the stream starts what [`Lanes::arrive`] and
+//! [`Lanes::finished`] hand back, and reports each handling's end. [`LaneSet`] runs what it
+//! starts, one task per handling, and hands back each one's end as [`Finished`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+
+use super::control::Instance;
+use super::event::Event;
+use super::handling::{Abandoned, Handler, Handling};
+use super::membership::Membership;
+use super::metrics::LagSample;
+use super::progress::Progress;
 use crate::v1::Cursor;
 
 /// One event's place in the stream: its arrival number.
@@ -100,12 +111,7 @@ impl<E> Lanes<E> {
                 entry.1 = true;
             }
         }
-        let mut cursor = None;
-        while let Some(&(handled, true)) = self.order.front() {
-            self.order.pop_front();
-            self.first += 1;
-            cursor = Some(handled);
-        }
+        let cursor = self.pass_handled();
         self.running -= 1;
         if let Some(lane) = self.keys.get_mut(&key) {
             lane.running = false;
@@ -132,7 +138,25 @@ impl<E> Lanes<E> {
         (cursor, start)
     }
 
-    /// Forgets the events waiting (the stream ended): they come again on the next stream.
+    /// An event handled before (by an earlier stream) arrived again: it counts as handled, so
+    /// that the cursor moves over it. Returns the new cursor if it moved.
+    pub(crate) fn handled_before(&mut self, cursor: Cursor) -> Option<Cursor> {
+        self.order.push_back((cursor, true));
+        self.pass_handled()
+    }
+
+    /// Moves the cursor over the handled events at the front; returns it if it moved.
+    fn pass_handled(&mut self) -> Option<Cursor> {
+        let mut cursor = None;
+        while let Some(&(handled, true)) = self.order.front() {
+            self.order.pop_front();
+            self.first += 1;
+            cursor = Some(handled);
+        }
+        cursor
+    }
+
+    /// Forgets the events waiting (the observer stops): they come again when it resumes.
     pub(crate) fn drop_waiting(&mut self) {
         self.ready.clear();
         self.keys.retain(|_, lane| {
@@ -142,50 +166,155 @@ impl<E> Lanes<E> {
     }
 }
 
-#[cfg(test)]
-mod test {
-    use super::*;
+/// A stream's keyed lanes and the handlings they run.
+pub(crate) struct LaneSet<T> {
+    pub(crate) lanes: Lanes<Event<T>>,
+    pub(crate) running: JoinSet<Finished>,
+    /// The most events held (being handled, waiting, or handled after one that is not):
+    /// past it, the stream is not read.
+    most_held: usize,
+}
 
-    fn cursor(sequence: u64) -> Cursor {
-        Cursor { epoch: 1, sequence }
+impl<T> LaneSet<T> {
+    /// Lanes for up to `limit` handlers at once.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            lanes: Lanes::new(limit),
+            running: JoinSet::new(),
+            most_held: (limit * 16).max(256),
+        }
     }
 
-    #[test]
-    fn keys_run_in_parallel_up_to_the_limit_and_in_order_within_a_key() {
-        let mut lanes = Lanes::new(2);
-        assert_eq!(lanes.arrive(1, cursor(1), "a1"), Some((0, "a1")));
-        assert_eq!(lanes.arrive(1, cursor(2), "a2"), None, "behind a1");
-        assert_eq!(lanes.arrive(2, cursor(3), "b1"), Some((2, "b1")));
-        assert_eq!(lanes.arrive(3, cursor(4), "c1"), None, "no free handler");
-
-        // b1 ends first: the cursor stays before a1; c1 starts (a2 still waits for a1).
-        let (moved, start) = lanes.finished(2, 2);
-        assert_eq!(moved, None);
-        assert_eq!(start, [(3, 3, "c1")]);
-
-        // a1 ends: the cursor passes a1 only (a2 is not handled); a2 starts.
-        let (moved, start) = lanes.finished(1, 0);
-        assert_eq!(moved, Some(cursor(1)));
-        assert_eq!(start, [(1, 1, "a2")]);
-
-        let (moved, start) = lanes.finished(1, 1);
-        assert_eq!(moved, Some(cursor(3)), "a2 and b1 are behind it now");
-        assert!(start.is_empty());
-        let (moved, _) = lanes.finished(3, 3);
-        assert_eq!(moved, Some(cursor(4)));
-        assert_eq!(lanes.held(), 0);
-        assert!(!lanes.is_running());
-    }
-
-    #[test]
-    fn waiting_events_are_dropped_when_the_stream_ends_and_running_ones_still_count() {
-        let mut lanes = Lanes::new(1);
-        assert!(lanes.arrive(1, cursor(1), ()).is_some());
-        assert!(lanes.arrive(2, cursor(2), ()).is_none());
-        lanes.drop_waiting();
-        assert_eq!(lanes.unfinished(), 2);
-        let (moved, start) = lanes.finished(1, 0);
-        assert_eq!(moved, Some(cursor(1)));
-        assert!(start.is_empty(), "the dropped event is not started");
+    pub(crate) fn has_room(&self) -> bool {
+        self.lanes.held() < self.most_held
     }
 }
+
+impl<T: Send + Sync + 'static> LaneSet<T> {
+    /// An event arrived: handed to its key's lane, and started if it may start now. One that
+    /// an earlier stream handled already only lets the cursor move over it.
+    pub(crate) fn arrive<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        progress: &mut Progress,
+        event: Event<T>,
+    ) {
+        let cursor = event.cursor();
+        if progress.handled_ahead(cursor) {
+            if let Some(moved) = self.lanes.handled_before(cursor) {
+                progress.moved(moved);
+            }
+            return;
+        }
+        let key = crate::keys::hash(event.key());
+        if let Some((position, event)) = self.lanes.arrive(key, cursor, event) {
+            self.start(handling, key, position, event);
+        }
+    }
+
+    /// A handling ended: the cursor moves past what was handled before it, the group (or the
+    /// progress past the cursor) is told, and the events it held up start.
+    pub(crate) fn finished<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        finished: Result<Finished, JoinError>,
+        progress: &mut Progress,
+        membership: Option<&Membership>,
+        lag: &mut LagSample,
+    ) -> Result<(), Abandoned> {
+        let finished = match finished {
+            Ok(finished) => finished,
+            // As an inline handler's panic would.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => return Err(Abandoned),
+        };
+        finished.outcome?;
+        lag.handled(finished.published_at, &handling.metrics.lag);
+        let (moved, start) = self.lanes.finished(finished.key, finished.position);
+        if let Some(cursor) = moved {
+            progress.moved(cursor);
+        }
+        match membership {
+            Some(membership) => membership.handled_alone(finished.cursor),
+            None => progress.finished_ahead(finished.cursor),
+        }
+        for (key, position, event) in start {
+            self.start(handling, key, position, event);
+        }
+        Ok(())
+    }
+
+    /// The stream is over: lets the handlings end (one retrying stops when the observer
+    /// does), so that what they handled is acknowledged and the cursor is past it. With
+    /// `handle_waiting`, the events waiting are handled too, unless the observer stops
+    /// meanwhile; otherwise they are dropped, to come again when the observer resumes.
+    pub(crate) async fn finish<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        mut handle_waiting: bool,
+        progress: &mut Progress,
+        membership: Option<&Membership>,
+        lag: &mut LagSample,
+        mut control: watch::Receiver<Instance>,
+    ) {
+        loop {
+            if !handle_waiting {
+                self.lanes.drop_waiting();
+            }
+            let finished = if handle_waiting {
+                tokio::select! {
+                    finished = self.running.join_next() => finished,
+                    _ = control.wait_for(|state| *state == Instance::Stopped) => {
+                        handle_waiting = false;
+                        continue;
+                    }
+                }
+            } else {
+                self.running.join_next().await
+            };
+            let Some(finished) = finished else {
+                return;
+            };
+            if self
+                .finished(handling, finished, progress, membership, lag)
+                .is_err()
+            {
+                handle_waiting = false;
+            }
+        }
+    }
+
+    fn start<H: Handler<T>>(
+        &mut self,
+        handling: &Arc<Handling<T, H>>,
+        key: u64,
+        position: Position,
+        event: Event<T>,
+    ) {
+        let handling = handling.clone();
+        self.running.spawn(async move {
+            let cursor = event.cursor();
+            let published_at = event.metadata().published_at_unix_micros;
+            let outcome = handling.handle(event).await;
+            Finished {
+                key,
+                position,
+                cursor,
+                published_at,
+                outcome,
+            }
+        });
+    }
+}
+
+/// One lane's handling of one event, ended.
+pub(crate) struct Finished {
+    pub(crate) key: u64,
+    pub(crate) position: Position,
+    pub(crate) cursor: Cursor,
+    pub(crate) published_at: i64,
+    pub(crate) outcome: Result<(), Abandoned>,
+}
+
+#[cfg(test)]
+mod test;

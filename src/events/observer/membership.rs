@@ -10,9 +10,9 @@ use tonic::transport::Channel;
 
 use crate::backoff::Backoff;
 use crate::extra_metadata::ExtraMetadata;
+use crate::v1::event_groups_client::EventGroupsClient;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor};
 
-const ACKNOWLEDGE_PATH: &str = "/meshless.v1.EventGroups/Acknowledge";
 /// The first and longest pause before an acknowledgement that failed is sent again.
 const RETRY_PAUSE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// How long one acknowledgement may take before it is given up and sent again: a producer
@@ -250,16 +250,12 @@ async fn acknowledge(
     metadata: &ExtraMetadata,
 ) -> Result<AcknowledgeResponse, tonic::Status> {
     let call = async {
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let codec = tonic_prost::ProstCodec::<Acknowledgement, AcknowledgeResponse>::default();
-        let path = http::uri::PathAndQuery::from_static(ACKNOWLEDGE_PATH);
+        let mut client = EventGroupsClient::new(channel);
         let mut request = tonic::Request::new(ack);
         request.set_timeout(ACKNOWLEDGE_TIMEOUT);
         metadata.add_to(request.metadata_mut().as_mut());
-        grpc.unary(request, path, codec)
+        client
+            .acknowledge(request)
             .await
             .map(tonic::Response::into_inner)
     };

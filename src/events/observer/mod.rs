@@ -15,17 +15,34 @@
 //!
 //! In a consumer group, each producer instance hands each event to one member; the member
 //! acknowledges what it handled (see `membership`), and leaves the group when it stops.
+//!
+//! Where things are: `supervisor` follows discovery and spawns, per instance and event RPC,
+//! what `control` describes; `run` is one instance stream's reconnect loop (subscribing
+//! through `subscribe`, claiming its producer in `book`); `read` reads one stream, woken by
+//! `wakeups`; `handling` calls the handler with retries; `lanes` runs keyed events in parallel;
+//! `progress` is where a stream stands, kept across restarts by `cursors`; `metrics` holds the
+//! metric handles.
 
 mod book;
+mod control;
 mod cursors;
 mod event;
+mod handling;
 mod lanes;
 mod membership;
+mod metrics;
 mod options;
+mod progress;
+mod read;
 mod run;
+mod subscribe;
 mod supervisor;
+mod wakeups;
 
 pub use cursors::{CursorStore, FileCursors};
 pub use event::{DeadLetter, Event, Gap, HandlerError};
 pub use options::ObserverOptions;
 pub use supervisor::{ObserverBuilder, ObserverHandle};
+
+#[cfg(test)]
+mod test;

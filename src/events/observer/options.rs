@@ -122,7 +122,8 @@ impl Default for ObserverOptions {
 
 impl ObserverOptions {
     /// How many times a handler is called for one event before the event is dead-lettered,
-    /// with exponential backoff from `backoff` between attempts. Default: 3 and 100 ms.
+    /// with exponential backoff from `backoff` between attempts (doubling up to 30 s, or
+    /// `backoff` if longer). Default: 3 and 100 ms.
     pub fn handler_retries(mut self, attempts: u32, backoff: Duration) -> Self {
         self.handler_attempts = attempts.max(1);
         self.retry_backoff = backoff;

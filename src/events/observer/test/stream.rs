@@ -1,0 +1,68 @@
+//! A stream's life: silence, heartbeats, an end, and the cursor it resumes from.
+
+use super::*;
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_silent_stream_is_resubscribed_after_the_last_event_handled() {
+    let recorder = Arc::new(Recorder::default());
+    let options = ObserverOptions::default().heartbeat(Duration::from_secs(1));
+    let mut running = Running::start(options, &recorder, Book::default());
+    let first = running.subscription().await;
+    assert_eq!(first.after(), None);
+    first.send("a", 1);
+    first.send("b", 2);
+    recorder.until(2).await;
+    let quiet_since = tokio::time::Instant::now();
+
+    // Three heartbeat periods without a word: taken for dead, though never closed.
+    let second = running.subscription().await;
+    let waited = quiet_since.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited <= Duration::from_secs(6),
+        "{waited:?}"
+    );
+    assert_eq!(second.after(), Some(2));
+    drop(first);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn heartbeats_keep_a_quiet_stream() {
+    let recorder = Arc::new(Recorder::default());
+    let options = ObserverOptions::default().heartbeat(Duration::from_secs(1));
+    let mut running = Running::start(options, &recorder, Book::default());
+    let first = running.subscription().await;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        first.heartbeat();
+    }
+    assert!(!running.subscribed_again());
+    assert!(recorder.handled().is_empty());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_that_ends_is_resubscribed_with_its_cursor() {
+    let recorder = Arc::new(Recorder::default());
+    let options = ObserverOptions::default()
+        .reconnect_backoff(Duration::from_secs(1), Duration::from_secs(10));
+    let mut running = Running::start(options, &recorder, Book::default());
+    let first = running.subscription().await;
+    for sequence in 1..=3 {
+        first.send("a", sequence);
+    }
+    recorder.until(3).await;
+    drop(first);
+
+    // After a backoff pause, from the last event handled; what comes again is not handled
+    // again.
+    let ended = tokio::time::Instant::now();
+    let second = running.subscription().await;
+    assert!(ended.elapsed() >= Duration::from_secs(1));
+    assert_eq!(second.after(), Some(3));
+    second.send("a", 3);
+    second.send("a", 4);
+    recorder.until(4).await;
+    assert_eq!(recorder.sequences(), [1, 2, 3, 4]);
+    running.stop().await;
+}
