@@ -3,6 +3,7 @@
 //! ([`Recorder`]), and no real sleeps: every timer (silence, backoff, grace) runs on tokio's
 //! paused time.
 
+mod handling;
 mod lanes;
 mod stream;
 

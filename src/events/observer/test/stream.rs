@@ -66,3 +66,29 @@ async fn a_stream_that_ends_is_resubscribed_with_its_cursor() {
     assert_eq!(recorder.sequences(), [1, 2, 3, 4]);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retired_stream_still_open_after_its_grace_is_let_go() {
+    let recorder = Arc::new(Recorder::default());
+    let options = ObserverOptions::default().heartbeat(Duration::from_secs(1));
+    let mut running = Running::start(options, &recorder, Book::default());
+    let stream = running.subscription().await;
+    let retired_at = tokio::time::Instant::now();
+    running
+        .control
+        .send_replace(Instance::Retired(retired_at + Duration::from_secs(30)));
+    // A producer that keeps publishing does not hold the stream past the grace.
+    let mut sequence = 0;
+    while !running.task.is_finished() {
+        sequence += 1;
+        stream.send("a", sequence);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            retired_at.elapsed() <= Duration::from_secs(32),
+            "let go in time"
+        );
+    }
+    assert!(retired_at.elapsed() >= Duration::from_secs(30));
+    assert!(!running.subscribed_again());
+    assert!(recorder.handled().len() >= 29, "read until then");
+}
