@@ -21,7 +21,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `testing` | [`testing::TestDns`], an in-process DNS server whose records tests change at run time |
+//! | `testing` | `testing::TestDns`, an in-process DNS server whose records tests change at run time |
 //! | `tls` | TLS and mutual TLS with rustls for servers, clients and observers (`meshless::tls`) |
 //! | `opentelemetry` | W3C trace context through calls and events: server spans continue their caller's trace, observers' spans link to the publisher's (through `tracing-opentelemetry`; see the README) |
 //!

@@ -1,6 +1,6 @@
 //! Discovery: finding the instances of a target, through DNS or from a fixed list.
 //!
-//! [`resolve`] turns any target into one stream of instance updates (a fixed list is a single
+//! `resolve` turns any target into one stream of instance updates (a fixed list is a single
 //! answer), which the channel and the observer both follow.
 //!
 //! `dns:` targets look up A and AAAA records (Kubernetes headless Services, Consul, plain DNS);
