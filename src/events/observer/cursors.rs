@@ -61,10 +61,11 @@ pub trait CursorStore: Send + Sync + 'static {
 /// ([`flush`](CursorStore::flush)): recording an event costs the handler a map update, never
 /// a write.
 ///
-/// It is bounded: it keeps the producers of which an event was handled within the last 30
-/// days, at most the 4,096 seen last. A producer forgotten so (an old epoch: a producer that
-/// restarted in memory, long ago) is logged, never dropped silently; should it come back, the
-/// observer starts it at its start position.
+/// It is bounded: it keeps the 4,096 producers of which an event was handled last. A producer
+/// forgotten so (an old epoch: most often a producer that restarted in memory, long ago) is
+/// logged, never dropped silently; should it come back, the observer starts it at its start
+/// position. A producer that publishes nothing is never forgotten for that alone: only 4,096
+/// others handled since push it out.
 ///
 /// One line per producer, `rpc epoch sequence seen` (`seen` in seconds since the Unix epoch;
 /// lines without it are taken as seen when the file is opened), and one per event handled
@@ -118,9 +119,6 @@ const MOST_AHEAD: usize = 16 * 1024;
 
 /// The most producers kept; the ones seen longest ago are forgotten beyond.
 const MAX_PRODUCERS: usize = 4096;
-
-/// A producer none of whose events was handled for this long is forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How often the file is written while events are handled.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
@@ -207,7 +205,7 @@ impl Shared {
         if !state.dirty {
             return;
         }
-        state.forget(now());
+        state.forget();
         state.dirty = false;
         let text = state.render();
         drop(state);
@@ -226,17 +224,8 @@ impl Shared {
 }
 
 impl State {
-    /// Forgets the producers not seen for [`FORGET_AFTER`], and the ones seen longest ago
-    /// beyond [`MAX_PRODUCERS`]; each is logged.
-    fn forget(&mut self, now: u64) {
-        let oldest = now.saturating_sub(FORGET_AFTER.as_secs());
-        self.cursors.retain(|(rpc, epoch), stored| {
-            let keep = stored.seen >= oldest;
-            if !keep {
-                tracing::info!(rpc, epoch, cursor = ?stored.cursor, "forgetting the cursor of a producer none of whose events was handled for 30 days");
-            }
-            keep
-        });
+    /// Forgets the producers seen longest ago beyond [`MAX_PRODUCERS`]; each is logged.
+    fn forget(&mut self) {
         if self.cursors.len() <= MAX_PRODUCERS {
             return;
         }

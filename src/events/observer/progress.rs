@@ -55,6 +55,14 @@ impl Progress {
         }
     }
 
+    /// The stream starts after `cursor`, where the producer said: kept in the cursor store, so
+    /// that a restart resumes from there even if nothing was handled before it.
+    pub(crate) fn started_after(&self, cursor: Cursor) {
+        if let Some(store) = &self.store {
+            store.handled(self.rpc, cursor);
+        }
+    }
+
     /// The event at `finished` was handled: remembered if an event before it is not handled.
     pub(crate) fn finished_ahead(&mut self, finished: Cursor) {
         let behind = self

@@ -203,6 +203,14 @@ where
                 match claim {
                     Claim::Read { after, ahead } => {
                         self.reader.progress.resume(epoch, after, ahead);
+                        if let Some(start) =
+                            after.filter(|after| Some(after.sequence) == subscribed.start_after)
+                        {
+                            // The producer chose where this stream starts (the live end, the
+                            // oldest retained, past a gap): a restart resumes there too, not
+                            // at its own start position again.
+                            self.reader.progress.started_after(start);
+                        }
                         Some(epoch)
                     }
                     Claim::Duplicate => return Ended::Duplicate,

@@ -137,20 +137,35 @@ fn the_file_keeps_at_most_the_producers_seen_last() {
 }
 
 #[test]
-fn producers_not_seen_for_long_are_forgotten() {
-    let now = 1_000_000_000;
-    let text = format!(
-        "/a.v1.S/E 0x1 5 {}\n/a.v1.S/E 0x1 +7\n/a.v1.S/E 0x2 9 {}\n/a.v1.S/E 0x3 4\n",
-        now - FORGET_AFTER.as_secs() - 1,
-        now - FORGET_AFTER.as_secs() + 1,
-    );
+fn the_producers_seen_longest_ago_are_forgotten_first() {
+    // Seen at distinct times, in an order unlike the keys' (epochs sort the other way), so
+    // that only an eviction by time keeps the right ones.
+    let over = 10u64;
+    let total = MAX_PRODUCERS as u64 + over;
+    let text: String = (1..=total)
+        .map(|epoch| format!("/a.v1.S/E {epoch:#x} 1 {}\n", 1_000_000 + (total - epoch)))
+        .collect();
     let mut state = State {
-        cursors: parse(&text, now).unwrap(),
+        cursors: parse(&text, 0).unwrap(),
         dirty: false,
         closed: false,
     };
-    state.forget(now);
+    state.forget();
+    assert_eq!(state.cursors.len(), MAX_PRODUCERS);
+    // The highest epochs were seen longest ago: they go.
+    let highest_kept = state.cursors.keys().map(|(_, epoch)| *epoch).max();
+    assert_eq!(highest_kept, Some(total - over));
+}
+
+#[test]
+fn a_producer_that_publishes_nothing_for_long_keeps_its_cursor() {
+    let text = "/a.v1.S/E 0x1 5 1\n/a.v1.S/E 0x1 +7\n/a.v1.S/E 0x2 9 2000000000\n";
+    let mut state = State {
+        cursors: parse(text, 2_000_000_000).unwrap(),
+        dirty: false,
+        closed: false,
+    };
+    state.forget();
     let kept: Vec<u64> = state.cursors.keys().map(|(_, epoch)| *epoch).collect();
-    // An old line without a time counts as seen when the file was opened.
-    assert_eq!(kept, [2, 3]);
+    assert_eq!(kept, [1, 2]);
 }

@@ -32,6 +32,7 @@ async fn retries_pause_no_longer_than_the_ceiling_then_the_event_is_dead_lettere
     let (control, controlled) = watch::channel(Instance::Active);
     let source = Arc::new(Script {
         subscriptions: subscribed,
+        live_end: 0,
     });
     let stream = InstanceStream::new(&typed, "127.0.0.1:1".into(), source, shared, controlled);
     let task = tokio::spawn(stream.run());

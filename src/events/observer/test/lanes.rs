@@ -83,9 +83,16 @@ async fn a_stop_keeps_what_the_lanes_handled_ahead_and_a_restart_skips_it() {
 
     // Restarted on the same file: the two events of `slow`, then on.
     let store_again = super::super::FileCursors::open(&path).unwrap();
-    assert!(
-        store_again.load().unwrap().is_empty(),
-        "nothing handled in order"
+    assert_eq!(
+        store_again.load().unwrap(),
+        [(
+            RPC.to_owned(),
+            Cursor {
+                epoch: EPOCH,
+                sequence: 0
+            }
+        )],
+        "nothing handled in order: the cursor is where the stream started"
     );
     assert_eq!(
         store_again.load_ahead().unwrap(),
@@ -108,7 +115,10 @@ async fn a_stop_keeps_what_the_lanes_handled_ahead_and_a_restart_skips_it() {
     );
     let recorder = Arc::new(Recorder::default());
     let mut running = Running::start(options(), &recorder, book_from(&store_again));
+    // The first subscription learns the producer's epoch, the next resumes from the store.
+    assert_eq!(running.subscription().await.after(), None);
     let stream = running.subscription().await;
+    assert_eq!(stream.after(), Some(0));
     for (key, sequence) in [("slow", 1), ("slow", 2), ("a", 3), ("b", 4), ("c", 5)] {
         stream.send(key, sequence);
     }
@@ -128,5 +138,44 @@ async fn a_stop_keeps_what_the_lanes_handled_ahead_and_a_restart_skips_it() {
         )]
     );
     assert!(stored.load_ahead().unwrap().is_empty());
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_restart_resumes_where_the_producer_started_the_stream_even_with_nothing_handled() {
+    let path = std::env::temp_dir().join(format!("meshless-start-{:016x}", fastrand::u64(..)));
+    let store = Arc::new(super::super::FileCursors::open(&path).unwrap());
+    let options = || {
+        let store: Arc<dyn CursorStore> = store.clone();
+        // At the live end; a failed attempt waits an hour: the stop finds event 41 unhandled.
+        let mut options = ObserverOptions::default()
+            .start(crate::v1::StartPosition::Live)
+            .handler_retries(3, Duration::from_secs(3600));
+        options.cursor_store = Some(store);
+        options
+    };
+    let recorder = Recorder::failing_once("first");
+    let mut running = Running::start_at(options(), &recorder, book_from(store.as_ref()), 40);
+    let stream = running.subscription().await;
+    assert_eq!(stream.after(), None);
+    stream.send("first", 41);
+    recorder.entered().await;
+    running.stop().await;
+    store.flush();
+    assert!(recorder.handled().is_empty());
+
+    // Restarted on the same file, the producer's live end having moved on: it asks for what
+    // follows 40, so event 41 is not skipped.
+    let store_again = super::super::FileCursors::open(&path).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let mut running = Running::start_at(options(), &recorder, book_from(&store_again), 50);
+    // The first subscription learns the producer's epoch, the next resumes from the store.
+    assert_eq!(running.subscription().await.after(), None);
+    let stream = running.subscription().await;
+    assert_eq!(stream.after(), Some(40));
+    stream.send("first", 41);
+    recorder.until(1).await;
+    assert_eq!(recorder.sequences(), [41]);
+    running.stop().await;
     let _ = std::fs::remove_file(&path);
 }

@@ -70,9 +70,11 @@ impl Subscription {
     }
 }
 
-/// A producer whose every subscription is handed to the test.
+/// A producer whose every subscription is handed to the test. A subscription without a cursor
+/// starts after `live_end`.
 struct Script {
     subscriptions: mpsc::UnboundedSender<Subscription>,
+    live_end: u64,
 }
 
 impl Source<String> for Script {
@@ -85,7 +87,7 @@ impl Source<String> for Script {
         let start_after = request
             .after
             .filter(|cursor| cursor.epoch == EPOCH)
-            .map_or(0, |cursor| cursor.sequence);
+            .map_or(self.live_end, |cursor| cursor.sequence);
         let told = self.subscriptions.send(Subscription { request, events });
         Box::pin(async move {
             told.map_err(|_| "the test is over".to_owned())?;
@@ -228,6 +230,16 @@ struct Running {
 impl Running {
     /// Starts a stream of a keyed event RPC with `options`, resuming from `book`.
     fn start(options: ObserverOptions, recorder: &Arc<Recorder>, book: Book) -> Self {
+        Self::start_at(options, recorder, book, 0)
+    }
+
+    /// [`start`](Self::start) against a producer whose live end is `live_end`.
+    fn start_at(
+        options: ObserverOptions,
+        recorder: &Arc<Recorder>,
+        book: Book,
+        live_end: u64,
+    ) -> Self {
         let shared = Arc::new(Shared {
             handlers: options
                 .max_concurrent_handlers
@@ -246,6 +258,7 @@ impl Running {
         let (control, controlled) = watch::channel(Instance::Active);
         let source = Arc::new(Script {
             subscriptions: subscribed,
+            live_end,
         });
         let stream = InstanceStream::new(&typed, "127.0.0.1:1".into(), source, shared, controlled);
         Self {
