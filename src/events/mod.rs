@@ -47,4 +47,6 @@ pub use observer::{
 };
 pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
-pub use wire::{Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, START_AFTER_HEADER};
+pub use wire::{
+    Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+};

@@ -205,6 +205,13 @@ pub(crate) fn ack_refused(method: &str, error: &AckError, ack: &Acknowledgement)
             crate::text::shown(&ack.group),
         )),
         AckError::NotYours => not_yours(method, &ack.group, &ack.member),
+        AckError::EarlierLife { connection } => tonic::Status::failed_precondition(format!(
+            "stream {connection} of member `{}` of consumer group `{}` on {method} ended and its \
+             lease ran out; its events went to the group again, and this acknowledgement \
+             acknowledges none of them",
+            crate::text::shown(&ack.member),
+            crate::text::shown(&ack.group),
+        )),
     }
 }
 

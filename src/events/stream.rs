@@ -133,6 +133,14 @@ impl<T> EventStream<T> {
         Self::new(hub, feed, 0, heartbeat)
     }
 
+    /// For a group member's stream: its connection number, which acknowledgements name.
+    pub(crate) fn member_connection(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Member { connection, .. } => Some(*connection),
+            Feed::Plain { .. } => None,
+        }
+    }
+
     /// For a plain stream that reports no gap first: the sequence right before its first
     /// event, so that the subscriber knows where it stands before any event arrives.
     pub(crate) fn start_after(&self) -> Option<u64> {

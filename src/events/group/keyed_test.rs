@@ -77,6 +77,7 @@ fn ack(member: &str, handled: Option<u64>, each: &[u64], leave: bool) -> Acknowl
         handled: handled.map(cursor),
         leave,
         handled_each: each.iter().map(|s| cursor(*s)).collect(),
+        connection: 0,
     }
 }
 

@@ -37,6 +37,45 @@ async fn a_member_that_stays_away_past_its_lease_has_its_events_redelivered() {
     );
 }
 
+#[test]
+fn a_late_acknowledgement_from_an_earlier_life_of_a_member_acknowledges_nothing_since() {
+    let hub = hub(100);
+    let mut first_life = hub.join_as(&member("g", "a", 10)).unwrap();
+    publish(&hub, 3);
+    assert_eq!(sequences(&mut first_life), [1, 2, 3]);
+    // Its stream ends; without a runtime its lease runs out at once: its events go back.
+    hub.member_disconnected("g", "a", first_life.connection);
+    let mut second_life = hub.join_as(&member("g", "a", 10)).unwrap();
+    assert_eq!(sequences(&mut second_life), [1, 2, 3]);
+
+    // The first life's acknowledgement arrives late.
+    let late = hub
+        .acknowledge(
+            &Acknowledgement {
+                connection: first_life.connection,
+                ..ack("g", "a", 2)
+            },
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        hub.unacked("g", "a"),
+        [1, 2, 3],
+        "nothing of the second life"
+    );
+
+    hub.acknowledge(
+        &Acknowledgement {
+            connection: second_life.connection,
+            ..ack("g", "a", 2)
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(hub.unacked("g", "a"), [3]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_member_back_within_its_lease_keeps_its_events() {
     let hub = hub(100);

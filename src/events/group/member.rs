@@ -77,6 +77,11 @@ pub(crate) enum AckError {
     UnknownMember,
     /// The member was joined by another identity.
     NotYours,
+    /// From a stream of an earlier life of the member, before its lease ran out: what that
+    /// stream had went to the group again.
+    EarlierLife {
+        connection: u64,
+    },
 }
 
 /// Why a member could not join.
@@ -99,6 +104,8 @@ pub(crate) struct Ack<'a> {
     pub(crate) handled_each: &'a [u64],
     pub(crate) leave: bool,
     pub(crate) identity: Option<&'a PeerIdentity>,
+    /// The member's stream the acknowledged events came on, when the member says.
+    pub(crate) connection: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -114,6 +121,9 @@ pub(super) struct Member {
     pub(super) sender: Option<mpsc::UnboundedSender<Delivery>>,
     /// The member's latest connection, live or not.
     pub(super) connection: u64,
+    /// The connection this life of the member began with: acknowledgements from earlier
+    /// ones are refused.
+    pub(super) born_on: u64,
     pub(super) superseded: Arc<AtomicBool>,
     /// How long it may be away, and the timer running while it is.
     pub(super) lease: Lease,
@@ -139,6 +149,7 @@ impl Member {
             unacked: VecDeque::new(),
             sender: None,
             connection,
+            born_on: connection,
             superseded,
             lease: Lease::new(join.lease),
             turn: 0,

@@ -253,6 +253,9 @@ impl Groups {
         if member.identity.as_ref() != ack.identity {
             return Err(AckError::NotYours);
         }
+        if let Some(connection) = ack.connection.filter(|c| *c < member.born_on) {
+            return Err(AckError::EarlierLife { connection });
+        }
         let mut acked = ack
             .handled
             .map(|handled| member.take_through(handled))
