@@ -29,6 +29,7 @@
 
 mod acknowledgements;
 mod disk;
+mod error;
 mod fanout;
 mod group;
 mod hub;
@@ -40,7 +41,7 @@ mod stream;
 mod wire;
 
 pub use acknowledgements::Acknowledgements;
-pub use hub::PublishError;
+pub use error::PublishError;
 pub use observer::{
     CursorStore, DeadLetter, Event, FileCursors, Gap, HandlerError, ObserverBuilder,
     ObserverHandle, ObserverOptions,

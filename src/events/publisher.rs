@@ -7,7 +7,8 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::disk;
-use super::hub::{Hub, HubSettings, PublishError};
+use super::error::PublishError;
+use super::hub::{Hub, HubSettings};
 use super::log::{Limits, MemoryLog};
 use super::protocol::Subscription;
 use super::stream::EventStream;
