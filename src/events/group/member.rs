@@ -11,6 +11,9 @@ use super::lease::Lease;
 use crate::events::log::Stored;
 use crate::peer::PeerIdentity;
 
+/// How many members one group may have, connected or within their lease.
+pub(crate) const MAX_MEMBERS: usize = 1024;
+
 /// One event on its way to one member of a group.
 #[derive(Debug)]
 pub(crate) struct Delivery {

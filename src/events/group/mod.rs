@@ -28,7 +28,7 @@ use dispatch::Group;
 use idle::IdleClock;
 pub(crate) use idle::{Sweep, IDLE_GROUP_TTL};
 use journal::Journal;
-pub(crate) use member::{Ack, AckError, Delivery, Join, JoinError, Joined};
+pub(crate) use member::{Ack, AckError, Delivery, Join, JoinError, Joined, MAX_MEMBERS};
 
 mod dispatch;
 mod idle;
@@ -40,8 +40,6 @@ mod member;
 /// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
 /// been without members the longest gives way.
 pub(crate) const MAX_GROUPS: usize = 256;
-/// How many members one group may have, connected or within their lease.
-pub(crate) const MAX_MEMBERS: usize = 1024;
 
 /// The consumer groups of one event RPC, by name.
 #[derive(Debug)]
@@ -149,8 +147,9 @@ impl Groups {
     /// on.
     pub(crate) fn restore(&mut self, saved: Vec<(String, SavedGroup)>, log: &dyn EventLog) {
         for (name, saved) in saved.into_iter().take(MAX_GROUPS) {
-            let group = journal::restore(name.clone(), saved, log, &mut self.scratch);
-            self.by_name.insert(name, group);
+            let restored = journal::restore(&name, saved, log, &mut self.scratch);
+            self.by_name
+                .insert(name.clone(), Group::restored(name, restored));
         }
         self.journal.start();
         self.idle.went_idle();
