@@ -32,10 +32,7 @@ pub const EPOCH_HEADER: &str = "meshless-epoch";
 /// stream before any event arrives can resume exactly.
 pub const START_AFTER_HEADER: &str = "meshless-start-after";
 
-/// The response header of a consumer group member's stream that numbers the stream
-/// (decimal): sent back in `Acknowledgement.connection`, so that a late acknowledgement from
-/// an earlier life of the member (before its lease ran out) acknowledges nothing delivered
-/// since.
+/// The response header numbering a group member's stream, for `Acknowledgement.connection`.
 pub const MEMBER_CONNECTION_HEADER: &str = "meshless-member-connection";
 
 /// The value of [`EPOCH_HEADER`].

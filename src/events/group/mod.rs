@@ -395,4 +395,6 @@ mod keyed_test;
 #[cfg(test)]
 mod lifetime_test;
 #[cfg(test)]
+mod refusal_test;
+#[cfg(test)]
 mod test;
