@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions};
-use meshless::v1::StartPosition;
+use meshless::v1::{StartPosition, Subscribe};
 use meshless::{Request, Response, Server, Status};
 use tokio::sync::Notify;
 
 use crate::proto::mesh::testing::orders::v1::{
     ChangeReply, ChangeRequest, Order, OrderChangedEvent, OrderChangedObserver,
-    OrderLoggedObserver, OrdersHandler, OrdersObserver, OrdersPublisher, OrdersService,
+    OrderLoggedObserver, OrdersClient, OrdersHandler, OrdersObserver, OrdersPublisher,
+    OrdersService,
 };
 use crate::stats::Latencies;
 use crate::Bench;
@@ -222,25 +223,76 @@ async fn lanes_row(
     (per_second, complete)
 }
 
+/// Serves `publisher` on the server thread.
+async fn serve(bench: &Bench, publisher: &OrdersPublisher) -> SocketAddr {
+    let publisher = publisher.clone();
+    bench
+        .on_server(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            tokio::spawn(
+                Server::builder()
+                    .add_service(OrdersService::with_publisher(NoCalls, publisher))
+                    .serve_with_listener(listener, std::future::pending()),
+            );
+            addr
+        })
+        .await
+}
+
+/// What a keyed group whose members' windows are full costs `publish`: each event waits for
+/// its key's member, and a publish costs the same however many keys wait.
+pub async fn held_keys_section(bench: &Bench) {
+    const MEMBERS: usize = 1024;
+    const BATCH: usize = 10_000;
+    let publisher = OrdersPublisher::new();
+    let addr = serve(bench, &publisher).await;
+    let mut client = OrdersClient::connect(format!("ipv4:{addr}"))
+        .await
+        .expect("connect")
+        .into_tonic();
+    let mut members = Vec::with_capacity(MEMBERS);
+    for member in 0..MEMBERS {
+        let request = Subscribe {
+            group: "held".into(),
+            member: format!("member-{member}"),
+            max_unacknowledged: 1,
+            start: StartPosition::Live as i32,
+            ..Subscribe::default()
+        };
+        let stream = client.order_changed(request).await.expect("join");
+        members.push(stream.into_inner());
+    }
+    println!(
+        "publish into a keyed group of {MEMBERS} members whose windows are full, as the keys waiting grow ({BATCH} new keys per row)"
+    );
+    for row in 0..4 {
+        let publisher = publisher.clone();
+        let per_publish = bench
+            .on_server(async move {
+                let started = Instant::now();
+                for i in 0..BATCH {
+                    publisher
+                        .publish_order_changed(event(row * BATCH + i, usize::MAX))
+                        .expect("a small event");
+                }
+                started.elapsed().as_secs_f64() * 1e9 / BATCH as f64
+            })
+            .await;
+        println!(
+            "  {:>6} keys waiting: {per_publish:.0} ns per publish",
+            row * BATCH
+        );
+    }
+    drop(members);
+    println!();
+}
+
 pub async fn section(bench: &Bench) {
     let publisher = OrdersPublisher::new();
-    let addr = {
-        let publisher = publisher.clone();
-        bench
-            .on_server(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("address");
-                tokio::spawn(
-                    Server::builder()
-                        .add_service(OrdersService::with_publisher(NoCalls, publisher))
-                        .serve_with_listener(listener, std::future::pending()),
-                );
-                addr
-            })
-            .await
-    };
+    let addr = serve(bench, &publisher).await;
 
     let events = if bench.quick { 20_000 } else { 100_000 };
     println!(

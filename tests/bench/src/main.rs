@@ -162,6 +162,7 @@ async fn run(bench: &Bench, cores: usize) {
     if wanted("bounds") {
         bounds::subscribers_section().await;
         bounds::groups_section(bench).await;
+        keyed::held_keys_section(bench).await;
     }
     // Last: it installs a tracing subscriber for the rest of the process.
     if wanted("tracing") {
