@@ -2,8 +2,9 @@
 //! the subscribers that wait for the next event, consumer groups, and the drain.
 //!
 //! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
-//! subscription starts and wakes streams that have caught up. Consumer groups
-//! ([`super::group`]) are handed each event as it is published.
+//! subscription starts and wakes streams that have caught up (`plain.rs`). Consumer groups
+//! ([`super::group`]) are handed each event as it is published, and joined, acknowledged and
+//! left under the hub's lock (`groups.rs`). `drain.rs` ends it all for shutdown.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
