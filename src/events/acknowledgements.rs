@@ -1,6 +1,7 @@
 //! [`Acknowledgements`]: the producer's side of `meshless.v1.EventGroups`, routing each
 //! acknowledgement to the event RPC it names.
 
+use super::protocol;
 use super::publisher::Publisher;
 use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, EventGroupsHandler, EventGroupsService};
@@ -39,13 +40,7 @@ impl EventGroupsHandler for Acknowledgements {
         self.publishers
             .iter()
             .find_map(|publisher| publisher.acknowledge(ack, identity.as_ref()))
-            .unwrap_or_else(|| {
-                Err(tonic::Status::not_found(format!(
-                    "`{}` is not an event RPC this server publishes (expected \
-                     `/package.Service/Method`)",
-                    crate::text::shown(&ack.rpc)
-                )))
-            })
+            .unwrap_or_else(|| Err(protocol::unknown_event_rpc(&ack.rpc)))
             .map(tonic::Response::new)
     }
 }

@@ -29,6 +29,7 @@
 
 mod acknowledgements;
 mod disk;
+mod error;
 mod fanout;
 mod group;
 mod hub;
@@ -40,11 +41,13 @@ mod stream;
 mod wire;
 
 pub use acknowledgements::Acknowledgements;
-pub use hub::PublishError;
+pub use error::PublishError;
 pub use observer::{
     CursorStore, DeadLetter, Event, FileCursors, Gap, HandlerError, ObserverBuilder,
     ObserverHandle, ObserverOptions,
 };
 pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
-pub use wire::{Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, START_AFTER_HEADER};
+pub use wire::{
+    Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+};

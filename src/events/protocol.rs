@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::error::PublishError;
 use super::group::{self, AckError, JoinError};
 use crate::peer::PeerIdentity;
 use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
@@ -106,6 +107,34 @@ impl Subscription {
     }
 }
 
+impl From<PublishError> for tonic::Status {
+    /// `RESOURCE_EXHAUSTED` for an event over the size limit, as for any message over it;
+    /// `UNAVAILABLE` when the event log failed (another instance may take the call).
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::TooLarge { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            PublishError::Io { .. } => tonic::Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+/// The status of an acknowledgement for `rpc`, which no publisher of the server serves.
+pub(crate) fn unknown_event_rpc(rpc: &str) -> tonic::Status {
+    tonic::Status::not_found(format!(
+        "`{}` is not an event RPC this server publishes (expected `/package.Service/Method`)",
+        crate::text::shown(rpc)
+    ))
+}
+
+/// The status that ends the stream of a plain subscriber to `method` that fell more than
+/// `buffer` events behind, having been sent up to `last_sent` of `epoch`.
+pub(crate) fn cut_off(method: &str, buffer: usize, epoch: u64, last_sent: u64) -> tonic::Status {
+    tonic::Status::resource_exhausted(format!(
+        "subscriber fell more than {buffer} events behind on {method} and was cut off; \
+         resubscribe with after = (epoch {epoch:#x}, sequence {last_sent}) to resume without loss"
+    ))
+}
+
 /// The status of a refused subscription to `method`.
 pub(crate) fn refused(
     method: &str,
@@ -205,6 +234,13 @@ pub(crate) fn ack_refused(method: &str, error: &AckError, ack: &Acknowledgement)
             crate::text::shown(&ack.group),
         )),
         AckError::NotYours => not_yours(method, &ack.group, &ack.member),
+        AckError::EarlierLife { connection } => tonic::Status::failed_precondition(format!(
+            "stream {connection} of member `{}` of consumer group `{}` on {method} ended and its \
+             lease ran out; its events went to the group again, and this acknowledgement \
+             acknowledges none of them",
+            crate::text::shown(&ack.member),
+            crate::text::shown(&ack.group),
+        )),
     }
 }
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::disk;
-use super::hub::{Hub, HubSettings, PublishError};
+use super::error::PublishError;
+use super::hub::{Hub, HubSettings};
 use super::log::{Limits, MemoryLog};
 use super::protocol::Subscription;
 use super::stream::EventStream;
-use super::wire::{epoch_header_value, EPOCH_HEADER, START_AFTER_HEADER};
+use super::wire::{epoch_header_value, EPOCH_HEADER, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER};
 use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
 use crate::Error;
@@ -335,6 +336,7 @@ impl Publisher {
         }
         let stream = EventStream::open(hub, &subscription)?;
         let start_after = stream.start_after();
+        let connection = stream.member_connection();
         let mut response = tonic::Response::new(stream);
         let headers = response.metadata_mut();
         if let Ok(value) = epoch_header_value(hub.epoch).parse() {
@@ -342,6 +344,9 @@ impl Publisher {
         }
         if let Some(Ok(value)) = start_after.map(|sequence| sequence.to_string().parse()) {
             headers.insert(START_AFTER_HEADER, value);
+        }
+        if let Some(Ok(value)) = connection.map(|connection| connection.to_string().parse()) {
+            headers.insert(MEMBER_CONNECTION_HEADER, value);
         }
         Ok(response)
     }

@@ -19,7 +19,7 @@ use tokio_stream::Stream;
 use super::group::{Delivery, Joined};
 use super::hub::{Fetched, Hub, Position};
 use super::log::Stored;
-use super::protocol::Subscription;
+use super::protocol::{self, Subscription};
 use super::wire::{delivery_field, Envelope};
 
 /// The events of one subscription, as the server stream of an event RPC.
@@ -133,6 +133,14 @@ impl<T> EventStream<T> {
         Self::new(hub, feed, 0, heartbeat)
     }
 
+    /// For a group member's stream: its connection number, which acknowledgements name.
+    pub(crate) fn member_connection(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Member { connection, .. } => Some(*connection),
+            Feed::Plain { .. } => None,
+        }
+    }
+
     /// For a plain stream that reports no gap first: the sequence right before its first
     /// event, so that the subscriber knows where it stands before any event arrives.
     pub(crate) fn start_after(&self) -> Option<u64> {
@@ -180,11 +188,12 @@ impl<T> EventStream<T> {
         self.hub.cut_off.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meshless_event_subscribers_cut_off_total", "rpc" => self.hub.method.clone())
             .increment(1);
-        tonic::Status::resource_exhausted(format!(
-            "subscriber fell more than {} events behind on {} and was cut off; resubscribe with \
-             after = (epoch {:#x}, sequence {}) to resume without loss",
-            self.hub.buffer, self.hub.method, self.hub.epoch, self.last_sent
-        ))
+        protocol::cut_off(
+            &self.hub.method,
+            self.hub.buffer,
+            self.hub.epoch,
+            self.last_sent,
+        )
     }
 
     /// The next event of the feed, if one is ready.

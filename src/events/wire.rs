@@ -32,6 +32,9 @@ pub const EPOCH_HEADER: &str = "meshless-epoch";
 /// stream before any event arrives can resume exactly.
 pub const START_AFTER_HEADER: &str = "meshless-start-after";
 
+/// The response header numbering a group member's stream, for `Acknowledgement.connection`.
+pub const MEMBER_CONNECTION_HEADER: &str = "meshless-member-connection";
+
 /// The value of [`EPOCH_HEADER`].
 pub(crate) fn epoch_header_value(epoch: u64) -> String {
     format!("{epoch:016x}")

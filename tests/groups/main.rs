@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions, PublisherSettings};
+use meshless::events::{
+    Event, HandlerError, ObserverHandle, ObserverOptions, PublisherSettings,
+    MEMBER_CONNECTION_HEADER,
+};
 use meshless::v1::{Acknowledgement, Cursor, EventGroupsClient, Subscribe};
 use meshless::Code;
 use support::testing::v1::EchoObserver;
@@ -443,7 +446,7 @@ async fn bad_acknowledgements_get_clear_statuses_and_leave_members_alone() {
 
     // A plain gRPC client joins the group too, and acknowledges by hand.
     let echo = EchoClient::connect(&target).await.unwrap().into_tonic();
-    let mut raw = echo
+    let subscribed = echo
         .clone()
         .echoed(Subscribe {
             group: "workers".into(),
@@ -453,8 +456,15 @@ async fn bad_acknowledgements_get_clear_statuses_and_leave_members_alone() {
             ..Subscribe::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    // The stream's number, for its acknowledgements.
+    let connection: u64 = subscribed
+        .metadata()
+        .get(MEMBER_CONNECTION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("a member's stream is numbered");
+    let mut raw = subscribed.into_inner();
     let last = publish(&publisher, 0..50);
     let (first, metadata) = raw.next().await.unwrap().unwrap().into_parts().unwrap();
     assert_eq!(metadata.delivery_count, 1);
@@ -534,7 +544,10 @@ async fn bad_acknowledgements_get_clear_statuses_and_leave_members_alone() {
     // The raw member acknowledges its event by hand; it then gets one more (its window is 1),
     // and the observer member, untouched by the bad acknowledgements, handles the rest.
     let response = groups
-        .acknowledge(ack("workers", "raw", last.epoch, metadata.sequence))
+        .acknowledge(Acknowledgement {
+            connection,
+            ..ack("workers", "raw", last.epoch, metadata.sequence)
+        })
         .await
         .unwrap()
         .into_inner();

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::journal::{HandedOut, Journal};
+use super::journal::{HandedOut, Journal, Restored};
 use super::keyed::Keyed;
-use super::member::{Delivery, Join, JoinError, Member, Members, Unacked};
-use super::MAX_MEMBERS;
+use super::member::{Delivery, Join, JoinError, Member, Members, Unacked, MAX_MEMBERS};
 use crate::events::log::{EventLog, GroupChange, Stored};
 
 #[derive(Debug)]
@@ -59,19 +58,13 @@ impl Group {
         }
     }
 
-    /// A group formed again from what a log kept: it owes `again` before the log's events
-    /// from `next` on.
-    pub(super) fn restored(
-        name: String,
-        marks: HandedOut,
-        next: u64,
-        again: VecDeque<Unacked>,
-        missed: u64,
-    ) -> Self {
+    /// A group formed again from what a log kept: it owes what it did not acknowledge
+    /// before the log's events from then on.
+    pub(super) fn restored(name: String, restored: Restored) -> Self {
         Self {
-            marks,
-            again,
-            ..Self::new(name, next, missed, 0)
+            marks: restored.marks,
+            again: restored.owed,
+            ..Self::new(name, restored.next, restored.missed, 0)
         }
     }
 

@@ -4,7 +4,6 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use super::dispatch::Group;
 use super::member::Unacked;
 use crate::events::log::{EventLog, GroupChange, SavedGroup, Stored};
 
@@ -72,18 +71,28 @@ impl HandedOut {
     }
 }
 
-/// Forms again, without members, a group a log kept: it is owed the events of the log from
-/// its start that it did not acknowledge (those no longer retained are reported missed).
+/// What a group a log kept is owed when it is formed again: see [`restore`].
+#[derive(Debug)]
+pub(super) struct Restored {
+    pub(super) owed: VecDeque<Unacked>,
+    pub(super) missed: u64,
+    pub(super) marks: HandedOut,
+    /// The next event of the log it has not handed out.
+    pub(super) next: u64,
+}
+
+/// What a group a log kept is owed, to form it again without members: the events of the log
+/// from its start that it did not acknowledge (those no longer retained are reported missed).
 /// Those it may have handed out already go out again marked as redeliveries: up to the
 /// handed-out mark, each event without a key, and of each key only its first not
 /// acknowledged, since a key's next event goes out only once the one before is acknowledged
 /// (the later ones waited for their turn).
 pub(super) fn restore(
-    name: String,
+    name: &str,
     saved: SavedGroup,
     log: &dyn EventLog,
     scratch: &mut VecDeque<Stored>,
-) -> Group {
+) -> Restored {
     let from = saved.start.max(log.oldest());
     let mut owed = VecDeque::new();
     let mut keys_seen = HashSet::new();
@@ -105,13 +114,11 @@ pub(super) fn restore(
             }
         }
     }
-    tracing::info!(group = %crate::text::shown(&name), owed = owed.len(), "consumer group restored from the event log");
-    let missed = saved.missed + (from - saved.start.min(from));
-    Group::restored(
-        name,
-        HandedOut::restored(saved.handed_out),
-        log.latest() + 1,
+    tracing::info!(group = %crate::text::shown(name), owed = owed.len(), "consumer group restored from the event log");
+    Restored {
         owed,
-        missed,
-    )
+        missed: saved.missed + (from - saved.start.min(from)),
+        marks: HandedOut::restored(saved.handed_out),
+        next: log.latest() + 1,
+    }
 }

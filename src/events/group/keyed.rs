@@ -9,7 +9,7 @@
 //!
 //! Cost, per group that reads an event of a key: one owner computation, a rendezvous score per
 //! live member (at most 1,024), or a lookup when the key's owner was computed since the members
-//! last changed (the last 1,024 keys are remembered). At the documented limits, 256 groups of
+//! last changed (up to 1,024 keys are remembered). At the documented limits, 256 groups of
 //! 1,024 members, an event of a new key costs at most 262,144 scores over all groups, one of a
 //! recent key 256 lookups. An event that goes out, or is held, costs a few map operations more;
 //! an acknowledgement costs a look at the acknowledging member's waiting keys and what then

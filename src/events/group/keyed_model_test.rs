@@ -91,6 +91,7 @@ impl Model {
             handled: handled.map(cursor),
             leave,
             handled_each: each.iter().map(|s| cursor(*s)).collect(),
+            connection: 0,
         };
         self.hub.acknowledge(&ack, None).unwrap();
     }

@@ -77,6 +77,7 @@ fn ack(member: &str, handled: Option<u64>, each: &[u64], leave: bool) -> Acknowl
         handled: handled.map(cursor),
         leave,
         handled_each: each.iter().map(|s| cursor(*s)).collect(),
+        connection: 0,
     }
 }
 
@@ -246,4 +247,58 @@ fn a_publish_or_an_acknowledgement_costs_the_same_however_many_keys_are_held() {
     assert_eq!(next.len(), 1);
     assert!(next[0] > first[0]);
     assert!(!delivered.contains(&next[0]));
+}
+
+/// Every keyed group computes the owner of a key it has not seen since its members changed;
+/// a key seen since costs a lookup per group, whatever the number of members.
+#[test]
+fn owners_are_remembered_until_the_members_change() {
+    let hub = hub_retaining(10_000);
+    let mut members = Vec::new();
+    for group in 0..4 {
+        for member in 0..32 {
+            let request = Subscribe {
+                group: format!("g{group}"),
+                member: format!("m{member}"),
+                max_unacknowledged: 10_000,
+                ..Subscribe::default()
+            };
+            let subscription = Subscription::parse(&request).unwrap();
+            let membership = subscription.membership.clone().unwrap();
+            let joined = hub.join(&subscription, &membership).unwrap();
+            members.push((format!("g{group}"), joined));
+        }
+    }
+    let mut acknowledge_everything = || {
+        for (group, member) in &mut members {
+            for sequence in sequences(member) {
+                let ack = Acknowledgement {
+                    group: group.clone(),
+                    ..ack(&member.member, Some(sequence), &[], false)
+                };
+                hub.acknowledge(&ack, None).unwrap();
+            }
+        }
+    };
+    for key in 0..16 {
+        publish(&hub, key);
+    }
+    acknowledge_everything();
+    let first_sight = hub.key_scores();
+    assert_eq!(
+        first_sight,
+        16 * 4 * 32,
+        "one owner computation per key and group"
+    );
+    for _ in 0..10 {
+        for key in 0..16 {
+            publish(&hub, key);
+        }
+        acknowledge_everything();
+    }
+    assert_eq!(
+        hub.key_scores(),
+        first_sight,
+        "keys seen before cost no score"
+    );
 }

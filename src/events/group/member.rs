@@ -11,6 +11,9 @@ use super::lease::Lease;
 use crate::events::log::Stored;
 use crate::peer::PeerIdentity;
 
+/// How many members one group may have, connected or within their lease.
+pub(crate) const MAX_MEMBERS: usize = 1024;
+
 /// One event on its way to one member of a group.
 #[derive(Debug)]
 pub(crate) struct Delivery {
@@ -77,6 +80,11 @@ pub(crate) enum AckError {
     UnknownMember,
     /// The member was joined by another identity.
     NotYours,
+    /// From a stream of an earlier life of the member, before its lease ran out: what that
+    /// stream had went to the group again.
+    EarlierLife {
+        connection: u64,
+    },
 }
 
 /// Why a member could not join.
@@ -99,6 +107,8 @@ pub(crate) struct Ack<'a> {
     pub(crate) handled_each: &'a [u64],
     pub(crate) leave: bool,
     pub(crate) identity: Option<&'a PeerIdentity>,
+    /// The member's stream the acknowledged events came on, when the member says.
+    pub(crate) connection: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -114,6 +124,9 @@ pub(super) struct Member {
     pub(super) sender: Option<mpsc::UnboundedSender<Delivery>>,
     /// The member's latest connection, live or not.
     pub(super) connection: u64,
+    /// The connection this life of the member began with: acknowledgements from earlier
+    /// ones are refused.
+    pub(super) born_on: u64,
     pub(super) superseded: Arc<AtomicBool>,
     /// How long it may be away, and the timer running while it is.
     pub(super) lease: Lease,
@@ -139,6 +152,7 @@ impl Member {
             unacked: VecDeque::new(),
             sender: None,
             connection,
+            born_on: connection,
             superseded,
             lease: Lease::new(join.lease),
             turn: 0,

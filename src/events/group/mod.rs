@@ -1,23 +1,18 @@
 //! Consumer groups on a publisher: which member gets each event, what each member has not
 //! acknowledged yet, and what goes back to its group when a member leaves or its lease runs out.
 //!
-//! Plain data under the hub's lock: the hub owns the lock, the lease timers and the streams.
-//! A group reads the event log by cursor, as plain subscribers do: it holds no copy of the
-//! events it has yet to hand out, only where it stands. Events move to a member's `unacked`
-//! queue, in delivery order, when it has room (fewer unacknowledged events than its window),
-//! and stay there until the member acknowledges them; at most `retain` events per group are
-//! unacknowledged at once. Members with room are kept in an index ordered by load, so that
-//! handing out an event costs the same whatever the number of members, and a group that cannot
-//! take an event costs `publish` nothing.
+//! Plain data under the hub's lock. A group reads the event log by cursor, as plain subscribers
+//! do, and holds only what it handed out and has not had acknowledged (at most `retain`), and
+//! events of keys waiting for their turn. Here is the registry the hub calls ([`Groups`]); the
+//! rest is one concern a file:
 //!
-//! Events with a key go by key instead: to the live member that scores highest for the key by
-//! rendezvous hashing, one event per key at a time. An event whose key has an event out, or whose
-//! member has no room, is held (per key, in order) until the previous one is acknowledged or
-//! given back; it then goes to whichever member the key belongs to at that time, so a key
-//! changes hands only between two events, never with one out. Held events are copies (of the
-//! shared bytes), at most `retain` per group; a keyed group that cannot take an event at once
-//! reads it into its held events during `publish`, and looks its waiting keys over after each
-//! acknowledgement (each key's owner is computed over the live members).
+//! - `dispatch.rs`: one group, and how it hands events out;
+//! - `member.rs`: a member, and the index of members with room (handing an event out costs the
+//!   same whatever the number of members);
+//! - `keyed.rs`: keys, their owners by rendezvous hashing, one event per key out, and the keys
+//!   waiting, by owner (with what a publish costs at the documented limits);
+//! - `lease.rs`: a member's lease and its timer; `idle.rs`: groups without members;
+//! - `journal.rs`: what a log that keeps groups is told, and groups formed again from it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -28,7 +23,7 @@ use dispatch::Group;
 use idle::IdleClock;
 pub(crate) use idle::{Sweep, IDLE_GROUP_TTL};
 use journal::Journal;
-pub(crate) use member::{Ack, AckError, Delivery, Join, JoinError, Joined};
+pub(crate) use member::{Ack, AckError, Delivery, Join, JoinError, Joined, MAX_MEMBERS};
 
 mod dispatch;
 mod idle;
@@ -40,8 +35,6 @@ mod member;
 /// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
 /// been without members the longest gives way.
 pub(crate) const MAX_GROUPS: usize = 256;
-/// How many members one group may have, connected or within their lease.
-pub(crate) const MAX_MEMBERS: usize = 1024;
 
 /// The consumer groups of one event RPC, by name.
 #[derive(Debug)]
@@ -149,8 +142,9 @@ impl Groups {
     /// on.
     pub(crate) fn restore(&mut self, saved: Vec<(String, SavedGroup)>, log: &dyn EventLog) {
         for (name, saved) in saved.into_iter().take(MAX_GROUPS) {
-            let group = journal::restore(name.clone(), saved, log, &mut self.scratch);
-            self.by_name.insert(name, group);
+            let restored = journal::restore(&name, saved, log, &mut self.scratch);
+            self.by_name
+                .insert(name.clone(), Group::restored(name, restored));
         }
         self.journal.start();
         self.idle.went_idle();
@@ -252,6 +246,9 @@ impl Groups {
         let member = group.members.get_mut(key).ok_or(AckError::UnknownMember)?;
         if member.identity.as_ref() != ack.identity {
             return Err(AckError::NotYours);
+        }
+        if let Some(connection) = ack.connection.filter(|c| *c < member.born_on) {
+            return Err(AckError::EarlierLife { connection });
         }
         let mut acked = ack
             .handled
@@ -392,5 +389,7 @@ mod keyed_model_test;
 mod keyed_test;
 #[cfg(test)]
 mod lifetime_test;
+#[cfg(test)]
+mod refusal_test;
 #[cfg(test)]
 mod test;

@@ -79,6 +79,7 @@ pub(super) fn ack(group: &str, member: &str, sequence: u64) -> Acknowledgement {
         }),
         leave: false,
         handled_each: Vec::new(),
+        connection: 0,
     }
 }
 

@@ -135,6 +135,7 @@ impl Hub {
                 handled_each: &handled_each,
                 leave: ack.leave,
                 identity,
+                connection: (ack.connection != 0).then_some(ack.connection),
             },
             log.as_mut(),
         );

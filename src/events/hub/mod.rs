@@ -2,8 +2,9 @@
 //! the subscribers that wait for the next event, consumer groups, and the drain.
 //!
 //! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
-//! subscription starts and wakes streams that have caught up. Consumer groups
-//! ([`super::group`]) are handed each event as it is published.
+//! subscription starts and wakes streams that have caught up (`plain.rs`). Consumer groups
+//! ([`super::group`]) are handed each event as it is published, and joined, acknowledged and
+//! left under the hub's lock (`groups.rs`). `drain.rs` ends it all for shutdown.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -13,6 +14,7 @@ use prost::Message;
 use tokio::sync::Notify;
 
 use super::disk::Syncer;
+use super::error::PublishError;
 use super::fanout::{self, Waiters};
 use super::group::{Groups, Sweep};
 use super::log::{EventLog, Stored};
@@ -24,46 +26,6 @@ pub(crate) use plain::{Fetched, Position};
 
 /// How many events a plain stream takes from the log at a time.
 const READ_BATCH: usize = 32;
-
-/// Why an event was not published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The event, encoded, is larger than what its event RPC delivers
-    /// ([`PublisherSettings::max_event_size`](super::PublisherSettings::max_event_size)). It
-    /// was not kept: no subscriber will see it.
-    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
-    TooLarge {
-        /// The event RPC, `package.Service/Method`.
-        rpc: String,
-        /// The event's encoded size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The event could not be written to the event log's files (a full disk, an I/O error),
-    /// or, for a durable publish, synced to stable storage. Not kept when it could not be
-    /// written; when only the sync failed, it was published but may not survive a crash of
-    /// the machine.
-    #[error("the {rpc} event log: {reason}")]
-    Io {
-        /// The event RPC, `package.Service/Method`.
-        rpc: String,
-        /// What failed.
-        reason: String,
-    },
-}
-
-impl From<PublishError> for tonic::Status {
-    /// `RESOURCE_EXHAUSTED` for an event over the size limit, as for any message over it;
-    /// `UNAVAILABLE` when the event log failed (another instance may take the call).
-    fn from(error: PublishError) -> Self {
-        match error {
-            PublishError::TooLarge { .. } => tonic::Status::resource_exhausted(error.to_string()),
-            PublishError::Io { .. } => tonic::Status::unavailable(error.to_string()),
-        }
-    }
-}
 
 pub(crate) struct Hub {
     /// `package.Service/Method`, for messages.

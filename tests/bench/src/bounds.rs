@@ -318,26 +318,7 @@ pub async fn keyed_groups_section(bench: &Bench) {
     println!("  no groups: {none:.0} ns per publish");
     for &(groups, members) in rows {
         let publisher = OrdersPublisher::with_settings(settings());
-        let addr = {
-            let publisher = publisher.clone();
-            bench
-                .on_server(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind");
-                    let addr = listener.local_addr().expect("address");
-                    tokio::spawn(
-                        meshless::Server::builder()
-                            .add_service(crate::proto::mesh::testing::orders::v1::OrdersService::with_publisher(
-                                crate::keyed::NoCalls,
-                                publisher,
-                            ))
-                            .serve_with_listener(listener, std::future::pending()),
-                    );
-                    addr
-                })
-                .await
-        };
+        let addr = crate::keyed::serve(bench, &publisher).await;
         let connections = channels(addr, (groups * members / 512).max(1)).await;
         let started = Instant::now();
         let mut streams = Vec::with_capacity(groups * members);

@@ -222,25 +222,28 @@ async fn lanes_row(
     (per_second, complete)
 }
 
+/// Serves `publisher` on the server thread.
+pub(crate) async fn serve(bench: &Bench, publisher: &OrdersPublisher) -> SocketAddr {
+    let publisher = publisher.clone();
+    bench
+        .on_server(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            tokio::spawn(
+                Server::builder()
+                    .add_service(OrdersService::with_publisher(NoCalls, publisher))
+                    .serve_with_listener(listener, std::future::pending()),
+            );
+            addr
+        })
+        .await
+}
+
 pub async fn section(bench: &Bench) {
     let publisher = OrdersPublisher::new();
-    let addr = {
-        let publisher = publisher.clone();
-        bench
-            .on_server(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("address");
-                tokio::spawn(
-                    Server::builder()
-                        .add_service(OrdersService::with_publisher(NoCalls, publisher))
-                        .serve_with_listener(listener, std::future::pending()),
-                );
-                addr
-            })
-            .await
-    };
+    let addr = serve(bench, &publisher).await;
 
     let events = if bench.quick { 20_000 } else { 100_000 };
     println!(

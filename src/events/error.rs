@@ -1,0 +1,31 @@
+//! [`PublishError`]: why an event was not published. Its gRPC status is built in
+//! `protocol.rs`, with every other status the events side sends.
+
+/// Why an event was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event, encoded, is larger than what its event RPC delivers
+    /// ([`PublisherSettings::max_event_size`](super::PublisherSettings::max_event_size)). It
+    /// was not kept: no subscriber will see it.
+    #[error("the {rpc} event is {size} bytes encoded; the event RPC delivers at most {limit}")]
+    TooLarge {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// The event's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The event could not be written to the event log's files (a full disk, an I/O error),
+    /// or, for a durable publish, synced to stable storage. Not kept when it could not be
+    /// written; when only the sync failed, it was published but may not survive a crash of
+    /// the machine.
+    #[error("the {rpc} event log: {reason}")]
+    Io {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// What failed.
+        reason: String,
+    },
+}
