@@ -1,6 +1,7 @@
 //! An observer's membership of a consumer group on one producer instance: acknowledging what
 //! was handled, batched, and leaving the group when the observer stops.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ struct Pending {
     handled: Mutex<Handled>,
     /// Stores a wake-up when nobody waits, so none is lost.
     added: Notify,
+    /// The producer's number of the member's stream (its `meshless-member-connection`
+    /// header), sent with every acknowledgement, so that one from an earlier life of the
+    /// member is told apart; 0 until known.
+    connection: AtomicU64,
 }
 
 #[derive(Default)]
@@ -83,6 +88,14 @@ impl Pending {
         }
     }
 
+    /// `base` with the stream's connection number.
+    fn stamped(&self, base: &Acknowledgement) -> Acknowledgement {
+        Acknowledgement {
+            connection: self.connection.load(Ordering::Relaxed),
+            ..base.clone()
+        }
+    }
+
     /// Everything handled, for leaving.
     fn all(&self) -> (Option<Cursor>, Vec<Cursor>) {
         let handled = self.lock();
@@ -106,6 +119,12 @@ impl Membership {
             pending,
             task,
         }
+    }
+
+    /// The producer numbered the member's stream `connection` (its response header): every
+    /// acknowledgement names it from now on.
+    pub(crate) fn set_connection(&self, connection: u64) {
+        self.pending.connection.store(connection, Ordering::Relaxed);
     }
 
     /// Records an event as handled, with every event delivered before it; acknowledged soon
@@ -136,7 +155,7 @@ impl Membership {
         }
         let ack = Acknowledgement {
             handled_each: each,
-            ..self.base.clone()
+            ..self.pending.stamped(&self.base)
         };
         let rpc = ack.rpc.clone();
         match tokio::time::timeout(
@@ -163,7 +182,7 @@ impl Membership {
         let (through, each) = self.pending.all();
         let base = Acknowledgement {
             handled_each: each,
-            ..self.base.clone()
+            ..self.pending.stamped(&self.base)
         };
         leave(self.channel.clone(), base, &self.metadata, through, timeout).await;
     }
@@ -212,7 +231,7 @@ async fn acknowledge_loop(
         let ack = Acknowledgement {
             handled,
             handled_each,
-            ..base.clone()
+            ..pending.stamped(&base)
         };
         match acknowledge(channel.clone(), ack, &metadata).await {
             Ok(_) => {

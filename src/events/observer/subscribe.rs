@@ -11,7 +11,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Endpoint;
 
 use super::membership::{self, Membership};
-use crate::events::wire::{parse_epoch_header, EventCodec, EPOCH_HEADER, START_AFTER_HEADER};
+use crate::events::wire::{
+    parse_epoch_header, EventCodec, EPOCH_HEADER, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+};
 use crate::extra_metadata::ExtraMetadata;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
 
@@ -92,6 +94,12 @@ where
             };
             let epoch = header(EPOCH_HEADER).and_then(parse_epoch_header);
             let start_after = header(START_AFTER_HEADER).and_then(|value| value.parse().ok());
+            if let (Some(membership), Some(connection)) = (
+                &membership,
+                header(MEMBER_CONNECTION_HEADER).and_then(|value| value.parse().ok()),
+            ) {
+                membership.set_connection(connection);
+            }
             // Outgoing envelopes never come in; skipped, as they carry nothing decoded.
             let events = response.into_inner().filter_map(|item| match item {
                 Ok(envelope) => envelope.into_parts().map(Ok),
