@@ -16,12 +16,15 @@
 //! | `meshless_events_refused_total` {rpc} | counter | events `publish_*` refused (too large) |
 //! | `meshless_event_subscribers` {rpc} | gauge | open streams of subscribers without a group |
 //! | `meshless_event_subscribers_cut_off_total` {rpc} | counter | subscribers that fell behind |
-//! | `meshless_event_redeliveries_total` {rpc, group} | counter | events handed to another group member |
+//! | `meshless_event_redeliveries_total` {rpc} | counter | events handed out again to a consumer group (a member left, or its lease ran out, with them unacknowledged; or after a restart of the producer) |
+//! | `meshless_event_log_errors_total` {rpc} | counter | writes and syncs of the event log that failed (`publish_*` returned `PublishError::Io`) |
 //! | `meshless_observer_events_total` {rpc, outcome} | counter | events handled (`handled`, `dead_letter`) |
 //! | `meshless_observer_lag_seconds` {rpc} | gauge | publish-to-handled time of the latest event handled, from any producer instance (no per-instance label: instances come and go) |
 //! | `meshless_observer_missed_events_total` {rpc} | counter | events reported missed (gaps of a known count) |
 //! | `meshless_observer_gaps_total` {rpc} | counter | gap reports, those of an unknown count (a producer that restarted) included |
 //! | `meshless_observer_redelivered_events_total` {rpc} | counter | events received with a delivery count above 1 |
+//!
+//! Every name above is made in this module (the `metrics::*!` calls below), nowhere else.
 //!
 //! Spans: `meshless.call` (client: target, method, instance, status), `meshless.serve`
 //! (server: method, status), `meshless.event` (observer: rpc, instance, epoch, sequence,
@@ -290,6 +293,114 @@ impl<B> Drop for Reported<B> {
     fn drop(&mut self) {
         if let Some(report) = self.report.take() {
             report.finish(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// The metric handles of one event RPC on a publisher, made once per event RPC.
+#[derive(Debug)]
+pub(crate) struct EventMetrics {
+    pub(crate) published: metrics::Counter,
+    pub(crate) refused: metrics::Counter,
+    pub(crate) subscribers: metrics::Gauge,
+    pub(crate) cut_off: metrics::Counter,
+    pub(crate) redeliveries: metrics::Counter,
+    pub(crate) log_errors: metrics::Counter,
+}
+
+impl EventMetrics {
+    pub(crate) fn new(rpc: &str) -> Self {
+        let rpc = metrics::SharedString::from(rpc.to_owned());
+        Self {
+            published: metrics::counter!("meshless_events_published_total", "rpc" => rpc.clone()),
+            refused: metrics::counter!("meshless_events_refused_total", "rpc" => rpc.clone()),
+            subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => rpc.clone()),
+            cut_off: metrics::counter!("meshless_event_subscribers_cut_off_total", "rpc" => rpc.clone()),
+            redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => rpc.clone()),
+            log_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => rpc),
+        }
+    }
+}
+
+/// The metric handles of one event RPC on an observer, made once per stream.
+#[derive(Debug, Clone)]
+pub(crate) struct ObserverMetrics {
+    pub(crate) handled: metrics::Counter,
+    pub(crate) dead_letters: metrics::Counter,
+    pub(crate) missed: metrics::Counter,
+    pub(crate) redelivered: metrics::Counter,
+    pub(crate) gaps: metrics::Counter,
+    pub(crate) lag: metrics::Gauge,
+}
+
+impl ObserverMetrics {
+    pub(crate) fn new(rpc: &'static str) -> Self {
+        Self {
+            handled: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "handled"),
+            dead_letters: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "dead_letter"),
+            missed: metrics::counter!("meshless_observer_missed_events_total", "rpc" => rpc),
+            redelivered: metrics::counter!("meshless_observer_redelivered_events_total", "rpc" => rpc),
+            gaps: metrics::counter!("meshless_observer_gaps_total", "rpc" => rpc),
+            lag: metrics::gauge!("meshless_observer_lag_seconds", "rpc" => rpc),
+        }
+    }
+}
+
+/// The gauge of the instances of `target` that calls can be sent to.
+pub(crate) fn ready_instances(target: &str) -> metrics::Gauge {
+    metrics::gauge!("meshless_client_ready_instances", "target" => target.to_owned())
+}
+
+/// The counter of calls to `target` sent again.
+pub(crate) fn retries(target: &str) -> metrics::Counter {
+    metrics::counter!("meshless_client_retries_total", "target" => target.to_owned())
+}
+
+#[cfg(test)]
+mod table_test {
+    use std::collections::BTreeSet;
+
+    /// The names in the module docs' table, and the names this module makes metrics of.
+    fn documented_and_made() -> (BTreeSet<String>, BTreeSet<String>) {
+        let source = include_str!("telemetry.rs");
+        let documented = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .filter_map(|row| row.split('`').next())
+            .filter(|name| name.starts_with("meshless_"))
+            .map(str::to_owned)
+            .collect();
+        let made = source
+            .split("!(")
+            .skip(1)
+            .filter_map(|call| call.trim_start().strip_prefix('"'))
+            .filter_map(|call| call.split('"').next())
+            .filter(|name| name.starts_with("meshless_"))
+            .map(str::to_owned)
+            .collect();
+        (documented, made)
+    }
+
+    #[test]
+    fn the_table_lists_every_metric_and_nothing_else() {
+        let (documented, made) = documented_and_made();
+        assert!(made.len() >= 17, "found only {made:?}");
+        assert_eq!(documented, made);
+    }
+
+    #[test]
+    fn no_other_module_names_a_metric() {
+        let elsewhere = [
+            include_str!("balance/set.rs"),
+            include_str!("client/call.rs"),
+            include_str!("events/hub/mod.rs"),
+            include_str!("events/stream.rs"),
+            include_str!("events/observer/metrics.rs"),
+        ];
+        for source in elsewhere {
+            assert!(!source.contains("metrics::counter!"));
+            assert!(!source.contains("metrics::gauge!"));
+            assert!(!source.contains("metrics::histogram!"));
         }
     }
 }

@@ -161,8 +161,7 @@ impl InstanceSet {
 
     pub(super) fn rebuild_ready(&self) {
         let ready = Ready::build(&self.lock_all());
-        metrics::gauge!("meshless_client_ready_instances", "target" => self.target.to_string())
-            .set(ready.len() as f64);
+        crate::telemetry::ready_instances(&self.target).set(ready.len() as f64);
         self.ready.store(Arc::new(ready));
         self.changed.notify_waiters();
     }

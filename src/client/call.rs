@@ -228,8 +228,7 @@ async fn with_retries(
             return outcome.into_result();
         }
         attempt_number += 1;
-        metrics::counter!("meshless_client_retries_total", "target" => instances.target().to_owned())
-            .increment(1);
+        crate::telemetry::retries(instances.target()).increment(1);
         tracing::debug!(target = %instances.target(), attempt = attempt_number, "retrying on another pick");
     }
 }

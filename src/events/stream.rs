@@ -186,8 +186,7 @@ impl<T> EventStream<T> {
     fn cut_off(&mut self) -> tonic::Status {
         self.done = true;
         self.hub.cut_off.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("meshless_event_subscribers_cut_off_total", "rpc" => self.hub.method.clone())
-            .increment(1);
+        self.hub.metrics.cut_off.increment(1);
         protocol::cut_off(
             &self.hub.method,
             self.hub.buffer,

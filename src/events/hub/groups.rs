@@ -165,7 +165,7 @@ impl Hub {
     fn after_group_change(&self, state: &mut State) {
         let redelivered = state.groups.take_redelivered();
         if redelivered > 0 {
-            self.redeliveries.increment(redelivered);
+            self.metrics.redeliveries.increment(redelivered);
         }
         let changes = state.groups.take_changes();
         if !changes.is_empty() {

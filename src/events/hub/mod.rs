@@ -20,6 +20,7 @@ use super::group::{Groups, Sweep};
 use super::log::{EventLog, Stored};
 use super::wire;
 use crate::keys::KeyPath;
+use crate::telemetry::EventMetrics;
 use crate::v1::Cursor;
 
 pub(crate) use plain::{Fetched, Position};
@@ -51,11 +52,7 @@ pub(crate) struct Hub {
     /// The metadata of a first delivery to a group, encoded once.
     first_delivery: Bytes,
     /// Metric handles, made once: labelling them per event would allocate per event.
-    published: metrics::Counter,
-    subscribers: metrics::Gauge,
-    redeliveries: metrics::Counter,
-    refused: metrics::Counter,
-    write_errors: metrics::Counter,
+    pub(crate) metrics: EventMetrics,
     /// Durable publishes wait on it; `None` for a log in memory.
     syncer: Option<Syncer>,
     /// Where each event's key is, for an event RPC with keys.
@@ -182,11 +179,7 @@ impl Hub {
             max_subscribers,
             changed: Notify::new(),
             first_delivery: wire::delivery_field(1, 0, 0),
-            published: metrics::counter!("meshless_events_published_total", "rpc" => method.clone()),
-            subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => method.clone()),
-            redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => method.clone()),
-            refused: metrics::counter!("meshless_events_refused_total", "rpc" => method.clone()),
-            write_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => method.clone()),
+            metrics: EventMetrics::new(&method),
             syncer,
             key,
             method,
@@ -213,7 +206,7 @@ impl Hub {
         match syncer.wait(cursor.sequence).await {
             Ok(()) => Ok(cursor),
             Err(reason) => {
-                self.write_errors.increment(1);
+                self.metrics.log_errors.increment(1);
                 Err(PublishError::Io {
                     rpc: self.method.clone(),
                     reason: reason.to_string(),
@@ -232,7 +225,7 @@ impl Hub {
     pub(crate) fn publish(&self, event: &impl Message) -> Result<Cursor, PublishError> {
         let size = event.encoded_len();
         if size > self.max_event_size {
-            self.refused.increment(1);
+            self.metrics.refused.increment(1);
             return Err(PublishError::TooLarge {
                 rpc: self.method.clone(),
                 size,
@@ -275,7 +268,7 @@ impl Hub {
         };
         if let Err(error) = state.log.append(stored.clone()) {
             drop(state);
-            self.write_errors.increment(1);
+            self.metrics.log_errors.increment(1);
             tracing::error!(rpc = %self.method, %error, "writing an event to the event log failed; publish_* returns the error");
             return Err(PublishError::Io {
                 rpc: self.method.clone(),
@@ -293,7 +286,7 @@ impl Hub {
             let emptied = fanout::wake(woken);
             self.lock().waiters.recycle(emptied);
         }
-        self.published.increment(1);
+        self.metrics.published.increment(1);
         Ok(Cursor {
             epoch: self.epoch,
             sequence,

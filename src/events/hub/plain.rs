@@ -150,7 +150,7 @@ impl Hub {
         subscription: &Subscription,
     ) -> Result<(Position, u64), tonic::Status> {
         let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
-        self.subscribers.set((open + 1) as f64);
+        self.metrics.subscribers.set((open + 1) as f64);
         let refusal = if open >= self.max_subscribers {
             Refusal::TooManySubscribers(self.max_subscribers)
         } else {
@@ -177,7 +177,7 @@ impl Hub {
     /// A plain subscriber's stream ended.
     pub(crate) fn plain_stream_ended(&self) {
         let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.subscribers.set(open as f64);
+        self.metrics.subscribers.set(open as f64);
         self.changed.notify_waiters();
     }
 

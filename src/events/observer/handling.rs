@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use super::control::{Instance, Shared};
 use super::event::{DeadLetter, Event, Gap, HandlerError};
-use super::metrics::StreamMetrics;
 use crate::backoff::Backoff;
+use crate::telemetry::ObserverMetrics;
 use crate::v1::EventMetadata;
 
 /// The longest pause between two attempts of a handler: the pauses double from
@@ -53,7 +53,7 @@ pub(crate) struct Handling<T, H> {
     pub(crate) instance: Arc<str>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) control: watch::Receiver<Instance>,
-    pub(crate) metrics: StreamMetrics,
+    pub(crate) metrics: ObserverMetrics,
 }
 
 impl<T, H> Handling<T, H>

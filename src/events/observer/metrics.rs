@@ -1,30 +1,7 @@
-//! The metric handles of one instance stream ([`StreamMetrics`], made once per stream; the
-//! names are listed in [`crate::telemetry`]) and the sampled lag gauge ([`LagSample`]).
+//! The sampled lag gauge of an instance stream ([`LagSample`]); the metric handles are
+//! [`crate::telemetry::ObserverMetrics`].
 
 use std::time::{Duration, SystemTime};
-
-#[derive(Clone)]
-pub(crate) struct StreamMetrics {
-    pub(crate) handled: metrics::Counter,
-    pub(crate) dead_letters: metrics::Counter,
-    pub(crate) missed: metrics::Counter,
-    pub(crate) redelivered: metrics::Counter,
-    pub(crate) gaps: metrics::Counter,
-    pub(crate) lag: metrics::Gauge,
-}
-
-impl StreamMetrics {
-    pub(crate) fn new(rpc: &'static str) -> Self {
-        Self {
-            handled: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "handled"),
-            dead_letters: metrics::counter!("meshless_observer_events_total", "rpc" => rpc, "outcome" => "dead_letter"),
-            missed: metrics::counter!("meshless_observer_missed_events_total", "rpc" => rpc),
-            redelivered: metrics::counter!("meshless_observer_redelivered_events_total", "rpc" => rpc),
-            gaps: metrics::counter!("meshless_observer_gaps_total", "rpc" => rpc),
-            lag: metrics::gauge!("meshless_observer_lag_seconds", "rpc" => rpc),
-        }
-    }
-}
 
 /// The lag gauge, set from the last event handled when the stream catches up, and every
 /// [`LagSample::EVERY`] events while it does not: reading the clock per event costs more than a

@@ -15,10 +15,11 @@ use super::event::Event;
 use super::handling::{Abandoned, Handler, Handling};
 use super::lanes::LaneSet;
 use super::membership::Membership;
-use super::metrics::{LagSample, StreamMetrics};
+use super::metrics::LagSample;
 use super::progress::Progress;
 use super::subscribe::Events;
 use super::wakeups::{Next, Wakeups};
+use crate::telemetry::ObserverMetrics;
 use crate::v1::{Cursor, EventMetadata};
 
 /// What reads one producer instance's event RPC, one stream after another.
@@ -33,7 +34,7 @@ pub(crate) struct Reader<T, H> {
     handling: Arc<Handling<T, H>>,
     /// Whether the event RPC declares a key.
     keyed: bool,
-    metrics: StreamMetrics,
+    metrics: ObserverMetrics,
 }
 
 /// Why a stream ended.
@@ -80,7 +81,7 @@ where
             .cursor_store
             .clone()
             .filter(|_| shared.options.group.is_none());
-        let metrics = StreamMetrics::new(typed.rpc);
+        let metrics = ObserverMetrics::new(typed.rpc);
         let handling = Arc::new(Handling {
             rpc: typed.rpc,
             handler: typed.handler.clone(),
