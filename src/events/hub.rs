@@ -341,7 +341,8 @@ impl Hub {
                 }
             }
         };
-        Ok(match subscription.after {
+        let (after, lost_epoch) = super::log::continued_cursor(log, self.epoch, subscription.after);
+        let position = match after {
             Some(cursor) if cursor.epoch == self.epoch => {
                 let after = cursor.sequence;
                 if after > latest {
@@ -370,6 +371,13 @@ impl Hub {
                 next: oldest,
                 missed: 0,
                 previous_epoch: 0,
+            },
+        };
+        Ok(match lost_epoch {
+            0 => position,
+            lost_epoch => Position {
+                previous_epoch: lost_epoch,
+                ..position
             },
         })
     }

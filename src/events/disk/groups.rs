@@ -3,6 +3,12 @@
 //! checksummed record, replayed on open into what each group is still owed, and rewritten
 //! compact from time to time. Deliveries are not journaled: after a crash, events delivered
 //! and not acknowledged are delivered again, marked as redeliveries.
+//!
+//! A write cut short is cut back off the file, so that the next record follows the last whole
+//! one; and reading skips a record that is not valid (a partial one a crash left in the
+//! middle) to the next valid one, so that it hides nothing after it.
+
+mod codec;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -11,24 +17,34 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use super::epoch;
 use super::record::{self, Scanned};
 use crate::events::log::{GroupChange, SavedGroup};
+use codec::{decode, encode};
 
 const FILE: &str = "groups.journal";
+
+/// The most sequences one record of acknowledgements holds: more are split over several, so
+/// that no record comes near the size limit of a record.
+const ACKED_PER_RECORD: usize = 64 * 1024;
 
 /// The groups as the journal has them, kept up to date as changes are recorded.
 #[derive(Debug)]
 pub(super) struct Journal {
-    path: PathBuf,
+    dir: PathBuf,
     file: File,
+    /// The length of the whole records in the file.
+    bytes: u64,
+    /// A write failed part way and cutting it back failed too: tried again before the next.
+    partial: bool,
     groups: BTreeMap<String, SavedGroup>,
     /// Records written since the journal was last rewritten.
     records: u64,
     scratch: Vec<u8>,
 }
 
-/// Reads the journal in `dir` back: the groups it describes. A torn tail is where it ends
-/// (what it held was acknowledgements, so their events are delivered again).
+/// Reads the journal in `dir` back: the groups it describes. A record that is not valid is
+/// skipped (what it held is lost: acknowledgements, so their events are delivered again).
 pub(super) fn read(dir: &Path) -> std::io::Result<BTreeMap<String, SavedGroup>> {
     let data = match std::fs::read(dir.join(FILE)) {
         Ok(data) => Bytes::from(data),
@@ -37,43 +53,59 @@ pub(super) fn read(dir: &Path) -> std::io::Result<BTreeMap<String, SavedGroup>> 
     };
     let mut groups = BTreeMap::new();
     let mut at = 0;
-    loop {
-        match record::scan(&data, at) {
-            Scanned::Record { event, end, .. } => {
-                match decode(&event) {
-                    Some(change) => apply(&mut groups, change),
-                    None => {
-                        tracing::warn!(dir = %dir.display(), "an unreadable consumer group record; the journal is read up to it");
-                        break;
-                    }
-                }
-                at = end;
-            }
-            Scanned::End => break,
-            Scanned::Torn => {
-                tracing::warn!(dir = %dir.display(), at, "the consumer group journal ends with a torn record; acknowledgements in it are lost, their events delivered again");
-                break;
-            }
+    while at < data.len() {
+        if let Some((change, end)) = change_at(&data, at) {
+            apply(&mut groups, change);
+            at = end;
+            continue;
+        }
+        let skipped = (at + 1..data.len()).find(|&next| change_at(&data, next).is_some());
+        tracing::warn!(dir = %dir.display(), at, "the consumer group journal holds a record that is not whole; it is skipped (acknowledgements in it are lost, their events delivered again)");
+        match skipped {
+            Some(next) => at = next,
+            None => break,
         }
     }
     Ok(groups)
 }
 
+/// The change recorded at `at` of `data`, and where the next record starts, if a valid record
+/// is there (every journal record has sequence and time 0).
+fn change_at(data: &Bytes, at: usize) -> Option<(GroupChange, usize)> {
+    match record::scan(data, at) {
+        Scanned::Record {
+            sequence: 0,
+            published_at: 0,
+            event,
+            end,
+        } => Some((decode(&event)?, end)),
+        _ => None,
+    }
+}
+
 impl Journal {
-    /// Starts the journal anew from `groups` (pruned against the oldest event retained).
+    /// Starts the journal anew from `groups`, pruned against the oldest event retained, and
+    /// without anything past `latest`, the latest event the log holds: after a recovery that
+    /// kept only a prefix of the log, acknowledgements and hand-outs of events past it are of
+    /// events that are gone, whose sequences new events take.
     pub(super) fn open(
         dir: &Path,
         mut groups: BTreeMap<String, SavedGroup>,
         oldest: u64,
+        latest: u64,
     ) -> std::io::Result<Self> {
         for group in groups.values_mut() {
+            group.acked.retain(|sequence| *sequence <= latest);
+            group.handed_out = group.handed_out.min(latest);
+            group.start = group.start.min(latest + 1);
             prune(group, oldest);
         }
-        let path = dir.join(FILE);
-        let file = rewrite(&path, &groups)?;
+        let (file, bytes) = rewrite(dir, &groups)?;
         Ok(Self {
-            path,
+            dir: dir.to_owned(),
             file,
+            bytes,
+            partial: false,
             groups,
             records: 0,
             scratch: Vec::new(),
@@ -93,58 +125,111 @@ impl Journal {
     pub(super) fn record(&mut self, changes: &[GroupChange], oldest: u64) -> std::io::Result<()> {
         self.scratch.clear();
         for change in changes {
-            record::encode(0, 0, &encode(change), &mut self.scratch);
+            encode_into(change, &mut self.scratch);
             apply(&mut self.groups, change.clone());
         }
-        self.file.write_all(&self.scratch)?;
         self.records += changes.len() as u64;
         if self.records > 4096 + 16 * self.groups.len() as u64 {
             for group in self.groups.values_mut() {
                 prune(group, oldest);
             }
-            self.file = rewrite(&self.path, &self.groups)?;
+            (self.file, self.bytes) = rewrite(&self.dir, &self.groups)?;
+            self.partial = false;
             self.records = 0;
+            return Ok(());
+        }
+        self.cut_partial()?;
+        if let Err(error) = self.file.write_all(&self.scratch) {
+            self.partial = true;
+            let _ = self.cut_partial();
+            return Err(error);
+        }
+        self.bytes += self.scratch.len() as u64;
+        if self.scratch.capacity() > 1024 * 1024 {
+            self.scratch = Vec::new();
         }
         Ok(())
     }
+
+    /// Cuts a record a failed write left part way back off the file (open for appending, so
+    /// the next record then follows the last whole one).
+    fn cut_partial(&mut self) -> std::io::Result<()> {
+        if self.partial {
+            self.file.set_len(self.bytes)?;
+            self.partial = false;
+        }
+        Ok(())
+    }
+
+    /// Puts the journal on stable storage (when the publisher closes).
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        self.cut_partial()?;
+        self.file.sync_data()
+    }
 }
 
-/// Writes `groups` as a fresh journal (aside, then renamed over the old one) and returns it
-/// open for appending.
-fn rewrite(path: &Path, groups: &BTreeMap<String, SavedGroup>) -> std::io::Result<File> {
+/// Appends the records of `change` to `out`.
+fn encode_into(change: &GroupChange, out: &mut Vec<u8>) {
+    match change {
+        GroupChange::Acked { group, sequences } if sequences.len() > ACKED_PER_RECORD => {
+            for chunk in sequences.chunks(ACKED_PER_RECORD) {
+                let part = GroupChange::Acked {
+                    group: group.clone(),
+                    sequences: chunk.to_vec(),
+                };
+                record::encode(0, 0, &encode(&part), out);
+            }
+        }
+        change => record::encode(0, 0, &encode(change), out),
+    }
+}
+
+/// Writes `groups` as a fresh journal (aside and synced, then renamed over the old one, and
+/// the directory synced, so that a crash leaves one or the other whole) and returns it open
+/// for appending, with its length.
+fn rewrite(dir: &Path, groups: &BTreeMap<String, SavedGroup>) -> std::io::Result<(File, u64)> {
     let mut data = Vec::new();
     for (name, group) in groups {
+        let group_name = || name.clone();
         let created = GroupChange::Created {
-            group: name.clone(),
+            group: group_name(),
             start: group.start,
         };
-        record::encode(0, 0, &encode(&created), &mut data);
+        encode_into(&created, &mut data);
         if group.handed_out > 0 {
-            let handed_out = GroupChange::HandedOut {
-                group: name.clone(),
-                through: group.handed_out,
-            };
-            record::encode(0, 0, &encode(&handed_out), &mut data);
+            let through = group.handed_out;
+            encode_into(
+                &GroupChange::HandedOut {
+                    group: group_name(),
+                    through,
+                },
+                &mut data,
+            );
         }
         if group.missed > 0 {
-            let missed = GroupChange::Missed {
-                group: name.clone(),
-                events: group.missed,
-            };
-            record::encode(0, 0, &encode(&missed), &mut data);
+            let events = group.missed;
+            encode_into(
+                &GroupChange::Missed {
+                    group: group_name(),
+                    events,
+                },
+                &mut data,
+            );
         }
         if !group.acked.is_empty() {
-            let acked = GroupChange::Acked {
-                group: name.clone(),
-                sequences: group.acked.iter().copied().collect(),
-            };
-            record::encode(0, 0, &encode(&acked), &mut data);
+            let sequences = group.acked.iter().copied().collect();
+            encode_into(
+                &GroupChange::Acked {
+                    group: group_name(),
+                    sequences,
+                },
+                &mut data,
+            );
         }
     }
-    let aside = path.with_extension("journal.new");
-    std::fs::write(&aside, &data)?;
-    std::fs::rename(&aside, path)?;
-    OpenOptions::new().append(true).open(path)
+    epoch::replace(dir, FILE, &data)?;
+    let file = OpenOptions::new().append(true).open(dir.join(FILE))?;
+    Ok((file, data.len() as u64))
 }
 
 fn apply(groups: &mut BTreeMap<String, SavedGroup>, change: GroupChange) {
@@ -196,128 +281,5 @@ fn prune(group: &mut SavedGroup, oldest: u64) {
     }
 }
 
-const CREATED: u8 = 1;
-const ACKED: u8 = 2;
-const FORGOTTEN: u8 = 3;
-const MISSED: u8 = 4;
-const HANDED_OUT: u8 = 5;
-
-fn encode(change: &GroupChange) -> Vec<u8> {
-    let mut out = Vec::new();
-    let name = |tag: u8, group: &str, out: &mut Vec<u8>| {
-        out.push(tag);
-        let bytes = group.as_bytes();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
-    };
-    match change {
-        GroupChange::Created { group, start } => {
-            name(CREATED, group, &mut out);
-            out.extend_from_slice(&start.to_le_bytes());
-        }
-        GroupChange::Acked { group, sequences } => {
-            name(ACKED, group, &mut out);
-            out.extend_from_slice(&(sequences.len() as u32).to_le_bytes());
-            for sequence in sequences {
-                out.extend_from_slice(&sequence.to_le_bytes());
-            }
-        }
-        GroupChange::Missed { group, events } => {
-            name(MISSED, group, &mut out);
-            out.extend_from_slice(&events.to_le_bytes());
-        }
-        GroupChange::HandedOut { group, through } => {
-            name(HANDED_OUT, group, &mut out);
-            out.extend_from_slice(&through.to_le_bytes());
-        }
-        GroupChange::Forgotten { group } => name(FORGOTTEN, group, &mut out),
-    }
-    out
-}
-
-fn decode(data: &[u8]) -> Option<GroupChange> {
-    let (&tag, rest) = data.split_first()?;
-    let length = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let group = String::from_utf8(rest.get(4..4 + length)?.to_vec()).ok()?;
-    let rest = rest.get(4 + length..)?;
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(rest.get(at..at + 8)?.try_into().ok()?))
-    };
-    Some(match tag {
-        CREATED => GroupChange::Created {
-            group,
-            start: u64_at(0)?,
-        },
-        MISSED => GroupChange::Missed {
-            group,
-            events: u64_at(0)?,
-        },
-        HANDED_OUT => GroupChange::HandedOut {
-            group,
-            through: u64_at(0)?,
-        },
-        FORGOTTEN => GroupChange::Forgotten { group },
-        ACKED => {
-            let count = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let rest = rest.get(4..)?;
-            if rest.len() != count.checked_mul(8)? {
-                return None;
-            }
-            GroupChange::Acked {
-                group,
-                sequences: rest
-                    .chunks_exact(8)
-                    .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap_or_default()))
-                    .collect(),
-            }
-        }
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn changes_read_back_as_they_were_recorded() {
-        for change in [
-            GroupChange::Created {
-                group: "mailers".into(),
-                start: 7,
-            },
-            GroupChange::Acked {
-                group: "mailers".into(),
-                sequences: vec![7, 9, 12],
-            },
-            GroupChange::Missed {
-                group: "g".into(),
-                events: 3,
-            },
-            GroupChange::HandedOut {
-                group: "g".into(),
-                through: 99,
-            },
-            GroupChange::Forgotten { group: "g".into() },
-        ] {
-            assert_eq!(decode(&encode(&change)), Some(change));
-        }
-        assert_eq!(decode(&[ACKED, 1, 0, 0, 0, b'g', 2, 0, 0, 0]), None);
-    }
-
-    #[test]
-    fn pruning_moves_the_start_past_what_was_acknowledged_and_counts_what_is_gone() {
-        let mut group = SavedGroup {
-            start: 1,
-            acked: [1, 2, 3, 5, 8].into(),
-            ..SavedGroup::default()
-        };
-        prune(&mut group, 1);
-        assert_eq!((group.start, group.acked.len()), (4, 2));
-        // Events 4..7 left the log: 4, 6 and 7 were owed and are lost; 5 was handled.
-        prune(&mut group, 8);
-        assert_eq!(group.missed, 3);
-        assert_eq!(group.start, 9);
-        assert!(group.acked.is_empty());
-    }
-}
+mod test;

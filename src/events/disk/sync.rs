@@ -85,6 +85,20 @@ impl Syncer {
         });
     }
 
+    /// A sync outside the thread failed (a segment's at a roll): as after any failed sync,
+    /// durable publishes fail from now on.
+    pub(crate) fn failed(&self, error: &std::io::Error) {
+        tracing::error!(%error, "syncing the event log failed; durable publishes fail from now on");
+        self.shared.synced.send_modify(|synced| {
+            synced.error = Some(format!("syncing the event log: {error}").into());
+        });
+    }
+
+    /// Whether a sync failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.shared.synced.borrow().error.is_some()
+    }
+
     /// Waits until event `sequence` is on stable storage.
     pub(crate) async fn wait(&self, sequence: u64) -> Result<(), Arc<str>> {
         let mut synced = self.shared.synced.subscribe();

@@ -1,7 +1,12 @@
-//! The disk log on its own: reopening, retention, torn tails, write errors, group commit.
+//! The disk log on its own: reopening, retention, write errors, group commit. Recovery after
+//! crashes is in `recovery`.
+
+mod recovery;
 
 use std::collections::VecDeque;
 use std::io::Write;
+
+use bytes::Bytes;
 
 use super::*;
 
@@ -31,11 +36,23 @@ fn event(sequence: u64) -> Stored {
     }
 }
 
+/// The folder of the one event RPC the tests open.
+const FOLDER: &str = "E";
+
+/// Opens `dir` for a publisher of one event RPC: its epoch and its log.
+fn open_epoch(dir: &Path, retain: usize) -> (u64, DiskLog) {
+    let rpcs = [Rpc {
+        folder: FOLDER,
+        method: "test.v1.S/E".into(),
+        retain,
+    }];
+    let Opened { epoch, mut logs } =
+        super::open(dir, &rpcs, Limits::default(), || fastrand::u64(1..)).unwrap();
+    (epoch, logs.pop().unwrap())
+}
+
 fn open(dir: &Path, retain: usize) -> DiskLog {
-    let recovered = recover(dir, retain).unwrap();
-    assert_eq!(recovered.torn, None);
-    let lock = std::sync::Arc::new(super::lock::DirectoryLock::take(dir).unwrap());
-    DiskLog::open(recovered, "test.v1.S/E", Limits::default(), lock).unwrap()
+    open_epoch(dir, retain).1
 }
 
 fn append(log: &mut DiskLog, count: u64) {
@@ -51,8 +68,9 @@ fn all(log: &DiskLog) -> Vec<(u64, Bytes)> {
     out.into_iter().map(|e| (e.sequence, e.bytes)).collect()
 }
 
+/// The segments of the event RPC's folder in `dir`.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    let mut files: Vec<_> = std::fs::read_dir(dir.join(FOLDER))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
@@ -95,50 +113,6 @@ fn segments_older_than_retention_are_removed() {
     let log = open(&scratch.0, 8);
     assert_eq!(log.oldest(), 33);
     assert_eq!(log.next_sequence(), 41);
-}
-
-#[test]
-fn a_torn_tail_is_found_and_reported() {
-    let scratch = Scratch::new();
-    let mut log = open(&scratch.0, 100);
-    append(&mut log, 5);
-    drop(log);
-    let last = segment_files(&scratch.0).pop().unwrap();
-    let length = std::fs::metadata(&last).unwrap().len();
-    // A record cut short, as a crash of the machine mid-write leaves it.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&last)
-        .unwrap()
-        .set_len(length - 3)
-        .unwrap();
-    let recovered = recover(&scratch.0, 100).unwrap();
-    let torn = recovered.torn.clone().expect("the torn record is found");
-    assert!(torn.contains("torn or corrupt record"), "{torn}");
-
-    // A flipped byte in an earlier record is found too.
-    let mut data = std::fs::read(&last).unwrap();
-    data[12] ^= 1;
-    std::fs::write(&last, data).unwrap();
-    assert!(recover(&scratch.0, 100).unwrap().torn.is_some());
-
-    // Garbage appended after whole records too.
-    let scratch = Scratch::new();
-    let mut log = open(&scratch.0, 100);
-    append(&mut log, 3);
-    drop(log);
-    let last = segment_files(&scratch.0).pop().unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .unwrap()
-        .write_all(b"\x09\x00\x00\x00junk")
-        .unwrap();
-    let mut recovered = recover(&scratch.0, 100).unwrap();
-    assert!(recovered.torn.is_some());
-    recovered.discard().unwrap();
-    assert!(recovered.is_empty());
-    assert!(segment_files(&scratch.0).is_empty());
 }
 
 #[test]
@@ -185,4 +159,83 @@ async fn durable_waits_share_syncs() {
     let before = syncer.syncs();
     syncer.wait(50).await.unwrap();
     assert_eq!(syncer.syncs(), before);
+}
+
+/// What reopening `dir` finds: the sequences of the events kept, and whether any record was
+/// not valid.
+fn reopened(dir: &Path, retain: usize) -> (Vec<u64>, Option<String>) {
+    let recovered = recover(&dir.join(FOLDER), retain).unwrap();
+    let damage = recovered.damage.as_ref().map(|d| d.what.clone());
+    let sequences = recovered.events.iter().map(|e| e.sequence).collect();
+    (sequences, damage)
+}
+
+#[test]
+fn a_record_after_a_cut_back_short_write_follows_the_last_whole_one() {
+    let scratch = Scratch::new();
+    let mut log = open(&scratch.0, 100);
+    append(&mut log, 2);
+    // What a write that fails part way (a full disk) leaves, and its undo: k bytes of a
+    // record, cut back off.
+    (&*log.current).write_all(&[0xAB; 7]).unwrap();
+    log.current.set_len(log.current_bytes).unwrap();
+    append(&mut log, 1);
+    drop(log);
+    assert_eq!(reopened(&scratch.0, 100), (vec![1, 2, 3], None));
+}
+
+#[test]
+fn a_partial_record_whose_undo_failed_is_cut_before_the_next_record() {
+    let scratch = Scratch::new();
+    let mut log = open(&scratch.0, 100);
+    append(&mut log, 2);
+    (&*log.current).write_all(&[0xAB; 7]).unwrap();
+    log.partial = Some(std::io::Error::other("no space left"));
+    append(&mut log, 2);
+    drop(log);
+    assert_eq!(reopened(&scratch.0, 100), (vec![1, 2, 3, 4], None));
+}
+
+#[test]
+fn a_segment_that_cannot_be_started_leaves_publishing_working_and_is_started_later() {
+    let scratch = Scratch::new();
+    // Segments of 2 events.
+    let mut log = open(&scratch.0, 8);
+    append(&mut log, 1);
+    // The next segments cannot be created (as with no inode or no space left).
+    let blockers: Vec<_> = (3..=5)
+        .map(|first| scratch.0.join(FOLDER).join(segment_name(first)))
+        .collect();
+    for blocker in &blockers {
+        std::fs::create_dir(blocker).unwrap();
+    }
+    for sequence in 2..=4 {
+        log.append(event(sequence))
+            .unwrap_or_else(|error| panic!("event {sequence}: {error}"));
+    }
+    assert_eq!(log.segments.back().unwrap().0, 1, "still the first segment");
+    for blocker in &blockers {
+        std::fs::remove_dir(blocker).unwrap();
+    }
+    append(&mut log, 2);
+    assert_eq!(log.segments.back().unwrap().0, 6, "rolled once it could");
+    drop(log);
+    assert_eq!(reopened(&scratch.0, 8), (vec![1, 2, 3, 4, 5, 6], None));
+}
+
+#[test]
+fn an_event_over_the_old_record_limit_reads_back() {
+    let scratch = Scratch::new();
+    let mut log = open(&scratch.0, 10);
+    append(&mut log, 1);
+    let large = Bytes::from(vec![7u8; 70 << 20]);
+    log.append(Stored {
+        bytes: large.clone(),
+        ..event(2)
+    })
+    .unwrap();
+    drop(log);
+    let log = open(&scratch.0, 10);
+    assert_eq!(log.next_sequence(), 3);
+    assert_eq!(all(&log)[1], (2, large));
 }
