@@ -317,7 +317,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 /// Makes the last run on `dir` look like one the machine stopped under: no clean close, and
 /// another boot of the machine since.
 fn as_if_the_machine_crashed(dir: &Path) {
-    std::fs::remove_file(dir.join("closed-cleanly")).expect("a clean close was marked");
+    let _ = std::fs::remove_file(dir.join("closed-cleanly"));
     std::fs::write(dir.join("boot"), "an earlier boot").unwrap();
 }
 
