@@ -112,6 +112,7 @@ pub(crate) fn replace(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()
     let aside = dir.join(format!("{name}.new"));
     let mut file = std::fs::File::create(&aside)?;
     file.write_all(data)?;
+    super::sync::counted();
     file.sync_all()?;
     std::fs::rename(&aside, dir.join(name))?;
     sync_dir(dir)
@@ -119,6 +120,7 @@ pub(crate) fn replace(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()
 
 /// Makes a directory's entries (files created, renamed, removed) durable.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    super::sync::counted();
     std::fs::File::open(dir)?.sync_all()
 }
 

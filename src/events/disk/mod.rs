@@ -102,8 +102,9 @@ impl DiskLog {
         for (_, path) in &segments[..segments.len() - 1] {
             File::open(path)?.sync_all()?;
         }
-        let syncer = Syncer::start(name, current.clone(), next - 1)?;
-        let journal = groups::Journal::open(&dir, groups, memory.oldest(), next - 1)?;
+        let syncer = Syncer::start(name, dir.clone(), current.clone(), next - 1)?;
+        let journal =
+            groups::Journal::open(&dir, groups, (memory.oldest(), next - 1), syncer.clone())?;
         let saved_groups = journal.groups();
         let mut log = Self {
             memory,
@@ -121,7 +122,9 @@ impl DiskLog {
             lineage,
             run,
         };
-        log.remove_old_segments();
+        for path in log.old_segments() {
+            std::fs::remove_file(path)?;
+        }
         Ok(log)
     }
 
@@ -130,42 +133,43 @@ impl DiskLog {
         self.syncer.clone()
     }
 
-    /// Moves on to a new segment starting at event `next`. A failure changes nothing: the
-    /// log goes on in the current segment, and rolls at a later append.
+    /// Moves on to a new segment starting at event `next`: the one the sync thread created
+    /// ahead, renamed into place; the thread syncs the segment left and removes old ones. A
+    /// failure (no segment ready yet, or the rename failing) changes nothing: the log goes on
+    /// in the current segment, and rolls at a later append.
     fn roll(&mut self, next: u64) -> std::io::Result<()> {
-        let path = self.dir.join(segment_name(next));
-        let file = Arc::new(create_segment(&self.dir, &path)?);
-        let synced_through = match self.current.sync_data() {
-            Ok(()) => next - 1,
-            Err(error) => {
-                // What the segment holds may not be on stable storage: durable publishes fail
-                // from now on, as after any failed sync.
-                self.syncer.failed(&error);
-                0
-            }
+        let Some(spare) = self.syncer.take_spare() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the next segment is not ready yet",
+            ));
         };
-        self.syncer.rolled(file.clone(), synced_through);
-        self.current = file;
+        let path = self.dir.join(segment_name(next));
+        if let Err(error) = std::fs::rename(self.dir.join(sync::SPARE), &path) {
+            self.syncer.give_back_spare(spare);
+            return Err(error);
+        }
+        let file = Arc::new(spare);
+        let left = std::mem::replace(&mut self.current, file.clone());
         self.current_bytes = 0;
         self.current_events = 0;
         self.segments.push_back((next, path));
-        self.remove_old_segments();
+        let old = self.old_segments();
+        self.syncer.rolled(file, left, next - 1, old);
         Ok(())
     }
 
-    /// Removes the segments whose events are all older than the oldest retained (a failure
-    /// is logged: they are removed at a later roll, or the next open).
-    fn remove_old_segments(&mut self) {
+    /// Takes the segments whose events are all older than the oldest retained off the list:
+    /// the files to remove.
+    fn old_segments(&mut self) -> Vec<PathBuf> {
         let oldest = self.memory.oldest();
+        let mut old = Vec::new();
         while self.segments.len() > 1 && self.segments[1].0 <= oldest {
-            if let Some((first, path)) = self.segments.pop_front() {
-                if let Err(error) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), %error, "removing an old segment of the event log failed");
-                    self.segments.push_front((first, path));
-                    return;
-                }
+            if let Some((_, path)) = self.segments.pop_front() {
+                old.push(path);
             }
         }
+        old
     }
 
     /// Cuts off a partial record a failed write left, if any is left.
@@ -187,18 +191,16 @@ impl Drop for DiskLog {
     /// A log closed in order (its publisher dropped after a shutdown) is on stable storage;
     /// the run ends cleanly if every log of it was synced.
     fn drop(&mut self) {
-        let synced = self
-            .cut_partial()
-            .and_then(|()| self.current.sync_data())
-            .and_then(|()| self.journal.sync());
-        if let Err(error) = synced {
+        let cut = self.cut_partial();
+        // The thread syncs what it was handed and the current segment, then ends.
+        self.syncer.close();
+        if let Err(error) = cut.and_then(|()| self.journal.sync()) {
             tracing::warn!(dir = %self.dir.display(), %error, "syncing the event log on close failed");
             self.run.spoil();
         }
         if self.syncer.has_failed() {
             self.run.spoil();
         }
-        self.syncer.close();
     }
 }
 
@@ -251,8 +253,12 @@ impl EventLog for DiskLog {
         self.memory.append(event)?;
         if self.current_events >= self.roll_after_events || self.current_bytes >= SEGMENT_BYTES {
             // The event is written; a failure to roll is tried again at the next append.
-            if let Err(error) = self.roll(sequence + 1) {
-                tracing::warn!(dir = %self.dir.display(), %error, "starting a new segment of the event log failed; the current one goes on");
+            match self.roll(sequence + 1) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    tracing::warn!(dir = %self.dir.display(), %error, "starting a new segment of the event log failed; the current one goes on");
+                }
             }
         }
         if self.scratch.capacity() > 1024 * 1024 {

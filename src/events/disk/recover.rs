@@ -1,14 +1,14 @@
 //! Reading an event RPC's log back from its segments: every record up to the first invalid
 //! one is kept (the valid prefix); what follows is reported, and cut away by [`Recovered::repair`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use super::record::{self, Scanned};
 use super::{epoch, groups};
-use crate::events::log::{SavedGroup, Stored};
+use crate::events::log::Stored;
 use crate::events::wire;
 use crate::v1::EventMetadata;
 
@@ -28,7 +28,7 @@ pub(crate) struct Recovered {
     /// Segments after the valid prefix, to remove.
     beyond: Vec<PathBuf>,
     /// The consumer groups, from their journal.
-    pub(super) groups: BTreeMap<String, SavedGroup>,
+    pub(super) groups: groups::Saved,
 }
 
 /// Records that are not valid, after the valid prefix.
@@ -162,7 +162,7 @@ impl Recovered {
             let path = entry?.path();
             if path
                 .extension()
-                .is_some_and(|e| e == "log" || e == "journal")
+                .is_some_and(|e| ["log", "journal", "base", "tail"].iter().any(|x| e == *x))
             {
                 std::fs::remove_file(path)?;
             }
@@ -173,7 +173,7 @@ impl Recovered {
         self.events.clear();
         self.next = 1;
         self.damage = None;
-        self.groups.clear();
+        self.groups = groups::Saved::default();
         Ok(())
     }
 

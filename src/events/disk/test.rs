@@ -55,6 +55,26 @@ fn open(dir: &Path, retain: usize) -> DiskLog {
     open_epoch(dir, retain).1
 }
 
+/// Waits until the log's sync thread has done what it was handed so far.
+pub(super) fn settle(syncer: &Syncer) {
+    let (done, settled) = std::sync::mpsc::channel();
+    syncer.chore(Box::new(move || {
+        let _ = done.send(());
+    }));
+    settled
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the sync thread settles within 10 s");
+}
+
+/// Appends `count` events, letting the sync thread catch up after each (so that segments
+/// roll where the count says).
+fn append_settled(log: &mut DiskLog, count: u64) {
+    for _ in 0..count {
+        append(log, 1);
+        settle(&log.syncer);
+    }
+}
+
 fn append(log: &mut DiskLog, count: u64) {
     for _ in 0..count {
         let sequence = log.next_sequence();
@@ -104,7 +124,7 @@ fn a_reopened_log_continues_where_it_stopped() {
 fn segments_older_than_retention_are_removed() {
     let scratch = Scratch::new();
     let mut log = open(&scratch.0, 8);
-    append(&mut log, 40);
+    append_settled(&mut log, 40);
     // Segments of 2 events (a quarter of retain): the 8 retained span at most 5 of them, plus
     // the new, empty one.
     let files = segment_files(&scratch.0);
@@ -217,6 +237,7 @@ fn a_segment_that_cannot_be_started_leaves_publishing_working_and_is_started_lat
     for blocker in &blockers {
         std::fs::remove_dir(blocker).unwrap();
     }
+    settle(&log.syncer);
     append(&mut log, 2);
     assert_eq!(log.segments.back().unwrap().0, 6, "rolled once it could");
     drop(log);
@@ -238,4 +259,33 @@ fn an_event_over_the_old_record_limit_reads_back() {
     let log = open(&scratch.0, 10);
     assert_eq!(log.next_sequence(), 3);
     assert_eq!(all(&log)[1], (2, large));
+}
+
+#[test]
+fn segments_roll_beside_the_publish_path() {
+    let scratch = Scratch::new();
+    // A roll every event.
+    let mut log = open(&scratch.0, 4);
+    settle(&log.syncer);
+    let syncs_before = sync::SYNCS_ON_THIS_THREAD.with(|syncs| syncs.get());
+    let mut rolls = 0;
+    for _ in 0..200 {
+        let before = log.segments.back().map(|(first, _)| *first);
+        append(&mut log, 1);
+        rolls += u64::from(log.segments.back().map(|(first, _)| *first) != before);
+        settle(&log.syncer);
+    }
+    assert_eq!(
+        sync::SYNCS_ON_THIS_THREAD.with(|syncs| syncs.get()),
+        syncs_before,
+        "no sync, directory sync or file creation where events are appended"
+    );
+    assert!(rolls >= 100, "{rolls} rolls");
+    settle(&log.syncer);
+    assert!(
+        segment_files(&scratch.0).len() <= 6,
+        "old segments are removed"
+    );
+    drop(log);
+    assert_eq!(reopened(&scratch.0, 4).0, [197, 198, 199, 200]);
 }

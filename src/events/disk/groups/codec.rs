@@ -1,6 +1,8 @@
 //! The journal's records: one change to a consumer group each.
 
-use crate::events::log::GroupChange;
+use super::ACKED_PER_RECORD;
+use crate::events::disk::record;
+use crate::events::log::{GroupChange, SavedGroup};
 
 const CREATED: u8 = 1;
 pub(super) const ACKED: u8 = 2;
@@ -79,4 +81,51 @@ pub(super) fn decode(data: &[u8]) -> Option<GroupChange> {
         }
         _ => return None,
     })
+}
+
+/// The changes that make `group` as it stands.
+pub(super) fn as_changes(name: &str, group: &SavedGroup) -> Vec<GroupChange> {
+    let group_name = || name.to_owned();
+    let mut changes = vec![GroupChange::Created {
+        group: group_name(),
+        start: group.start,
+    }];
+    if group.handed_out > 0 {
+        let through = group.handed_out;
+        changes.push(GroupChange::HandedOut {
+            group: group_name(),
+            through,
+        });
+    }
+    if group.missed > 0 {
+        let events = group.missed;
+        changes.push(GroupChange::Missed {
+            group: group_name(),
+            events,
+        });
+    }
+    if !group.acked.is_empty() {
+        let sequences = group.acked.iter().copied().collect();
+        changes.push(GroupChange::Acked {
+            group: group_name(),
+            sequences,
+        });
+    }
+    changes
+}
+
+/// Appends the records of `change` to `out`.
+pub(super) fn encode_into(change: &GroupChange, out: &mut Vec<u8>) {
+    match change {
+        GroupChange::Acked { group, sequences } if sequences.len() > ACKED_PER_RECORD => {
+            for chunk in sequences.chunks(ACKED_PER_RECORD) {
+                let part = GroupChange::Acked {
+                    group: group.clone(),
+                    sequences: chunk.to_vec(),
+                };
+                record::encode(0, 0, &encode(&part), out);
+            }
+        }
+        change => record::encode(0, 0, &encode(change), out),
+    }
 }

@@ -2,6 +2,8 @@
 
 use super::codec::{decode, encode, ACKED};
 use super::*;
+use crate::events::disk::sync;
+use crate::events::disk::test::settle;
 
 #[test]
 fn changes_read_back_as_they_were_recorded() {
@@ -77,21 +79,23 @@ fn partial_record() -> Vec<u8> {
     whole
 }
 
-fn append_raw(dir: &Path, bytes: &[u8]) {
-    OpenOptions::new()
-        .append(true)
-        .open(dir.join(FILE))
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
+fn append_raw(journal: &Journal, bytes: &[u8]) {
+    (&journal.file).write_all(bytes).unwrap();
+}
+
+/// A journal in `dir`, with a sync thread of its own.
+fn journal(dir: &Path) -> Journal {
+    let file = Arc::new(File::create(dir.join("segment")).unwrap());
+    let syncer = Syncer::start("test", dir.to_owned(), file, 0).unwrap();
+    Journal::open(dir, Saved::default(), (1, 0), syncer).unwrap()
 }
 
 /// Records what a short write, then later changes, leave; returns the groups read back.
 fn after_a_partial_record(undo_failed: bool) -> BTreeMap<String, SavedGroup> {
     let scratch = Scratch::new();
-    let mut journal = Journal::open(&scratch.0, BTreeMap::new(), 1, 0).unwrap();
+    let mut journal = journal(&scratch.0);
     journal.record(&[created("g", 1)], 1).unwrap();
-    append_raw(&scratch.0, &partial_record());
+    append_raw(&journal, &partial_record());
     journal.partial = undo_failed;
     let acked = GroupChange::Acked {
         group: "g".into(),
@@ -103,7 +107,7 @@ fn after_a_partial_record(undo_failed: bool) -> BTreeMap<String, SavedGroup> {
     };
     journal.record(&[acked, handed_out], 1).unwrap();
     journal.record(&[created("h", 5)], 1).unwrap();
-    read(&scratch.0).unwrap()
+    read(&scratch.0).unwrap().groups
 }
 
 #[test]
@@ -123,16 +127,16 @@ fn a_partial_record_in_the_middle_hides_nothing_after_it() {
 #[test]
 fn a_partial_record_is_cut_back_before_the_next_one() {
     let scratch = Scratch::new();
-    let mut journal = Journal::open(&scratch.0, BTreeMap::new(), 1, 0).unwrap();
+    let mut journal = journal(&scratch.0);
     journal.record(&[created("g", 1)], 1).unwrap();
-    let whole = std::fs::metadata(scratch.0.join(FILE)).unwrap().len();
-    append_raw(&scratch.0, &partial_record());
+    let whole = journal.file.metadata().unwrap().len();
+    append_raw(&journal, &partial_record());
     journal.partial = true;
     journal.record(&[created("h", 5)], 1).unwrap();
     let mut expected = Vec::new();
     encode_into(&created("h", 5), &mut expected);
     assert_eq!(
-        std::fs::metadata(scratch.0.join(FILE)).unwrap().len(),
+        journal.file.metadata().unwrap().len(),
         whole + expected.len() as u64,
         "no partial record left in the file"
     );
@@ -141,14 +145,14 @@ fn a_partial_record_is_cut_back_before_the_next_one() {
 #[test]
 fn many_acknowledgements_are_split_over_records_of_bounded_size() {
     let scratch = Scratch::new();
-    let mut journal = Journal::open(&scratch.0, BTreeMap::new(), 1, 0).unwrap();
+    let mut journal = journal(&scratch.0);
     let sequences: Vec<u64> = (1..=3 * ACKED_PER_RECORD as u64 + 1).collect();
     let acked = GroupChange::Acked {
         group: "g".into(),
         sequences: sequences.clone(),
     };
     journal.record(&[created("g", 1), acked], 1).unwrap();
-    let data = Bytes::from(std::fs::read(scratch.0.join(FILE)).unwrap());
+    let data = Bytes::from(std::fs::read(scratch.0.join(tail_name(journal.generation))).unwrap());
     let mut at = 0;
     let mut records = 0;
     while let Some((_, end)) = change_at(&data, at) {
@@ -164,25 +168,47 @@ fn many_acknowledgements_are_split_over_records_of_bounded_size() {
         (5, data.len()),
         "created, then 4 records of acknowledgements"
     );
-    let groups = read(&scratch.0).unwrap();
+    let groups = read(&scratch.0).unwrap().groups;
     assert_eq!(groups["g"].acked.len(), sequences.len());
 }
 
 #[test]
-fn a_rewrite_replaces_the_journal_whole() {
+fn compaction_happens_beside_the_publish_path_and_replaces_the_files_whole() {
     let scratch = Scratch::new();
-    let mut journal = Journal::open(&scratch.0, BTreeMap::new(), 1, 0).unwrap();
+    let mut journal = journal(&scratch.0);
     journal.record(&[created("g", 1)], 1).unwrap();
-    for sequence in 1..=5000 {
+    let syncs_before = sync::SYNCS_ON_THIS_THREAD.with(|syncs| syncs.get());
+    for sequence in 1..=10_000 {
         let acked = GroupChange::Acked {
             group: "g".into(),
             sequences: vec![sequence],
         };
         journal.record(&[acked], 1).unwrap();
+        if sequence % 4096 == 0 {
+            // Let the compaction handed over finish, for the next to start.
+            settle(&journal.syncer);
+        }
     }
-    assert!(journal.records < 5000, "the journal was rewritten compact");
-    assert!(!scratch.0.join("groups.journal.new").exists());
-    let groups = read(&scratch.0).unwrap();
+    assert_eq!(
+        sync::SYNCS_ON_THIS_THREAD.with(|syncs| syncs.get()),
+        syncs_before,
+        "no sync where changes are recorded"
+    );
+    assert!(
+        journal.generation >= 3,
+        "compacted: tail {}",
+        journal.generation
+    );
+    settle(&journal.syncer);
+    let (bases, tails) = files(&scratch.0).unwrap();
+    assert_eq!(bases.len(), 1, "{bases:?}");
+    assert!(tails.iter().all(|(n, _)| *n > bases[0].0), "{tails:?}");
+    let groups = read(&scratch.0).unwrap().groups;
     let g = &groups["g"];
-    assert!((1..=5000).all(|s| s < g.start || g.acked.contains(&s)));
+    assert!((1..=10_000).all(|s| s < g.start || g.acked.contains(&s)));
+    assert!(
+        g.start > 8000,
+        "the base holds the pruned groups: start {}",
+        g.start
+    );
 }

@@ -151,7 +151,7 @@ fn a_corrupt_record_keeps_the_events_before_it_under_an_epoch_that_continues_the
     let scratch = Scratch::new();
     // Segments of 2 events.
     let (old, mut log) = open_epoch(&scratch.0, 8);
-    append(&mut log, 7);
+    append_settled(&mut log, 7);
     drop(log);
     // A flipped byte in event 4, in the second segment.
     let second = segment_files(&scratch.0)[1].clone();
