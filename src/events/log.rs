@@ -104,6 +104,40 @@ pub(crate) trait EventLog: Send + 'static {
     fn take_saved_groups(&mut self) -> Vec<(String, SavedGroup)> {
         Vec::new()
     }
+
+    /// When this log's epoch continues `epoch` (a recovery kept that epoch's events up to a
+    /// point, under the same sequences): the last event kept of it.
+    fn continued(&self, _epoch: u64) -> Option<u64> {
+        None
+    }
+}
+
+/// A subscriber's cursor as the log's epoch `epoch` takes it: a cursor of an epoch it
+/// continues names the same event in `epoch` when that event was kept; past what was kept,
+/// it stands at the last event kept, and the second value is the epoch whose events after
+/// it are lost (0: none).
+pub(crate) fn continued_cursor(
+    log: &dyn EventLog,
+    epoch: u64,
+    cursor: Option<crate::v1::Cursor>,
+) -> (Option<crate::v1::Cursor>, u64) {
+    let Some(cursor) = cursor.filter(|cursor| cursor.epoch != epoch) else {
+        return (cursor, 0);
+    };
+    match log.continued(cursor.epoch) {
+        Some(through) => (
+            Some(crate::v1::Cursor {
+                epoch,
+                sequence: cursor.sequence.min(through),
+            }),
+            if cursor.sequence > through {
+                cursor.epoch
+            } else {
+                0
+            },
+        ),
+        None => (Some(cursor), 0),
+    }
 }
 
 /// The last `retain` events, in memory, within the byte and age limits.

@@ -179,9 +179,10 @@ impl Publisher {
 
     /// A publisher whose events are kept in files under `dir`, one folder per event RPC, and
     /// survive a crash or restart of the process: reopening the directory continues the
-    /// epoch and the sequences, so observers resume exactly. A torn or corrupt record (left by
-    /// a crash of the machine, or a disk fault) is reported in the log and starts a new epoch,
-    /// which observers are told of as a gap. One publisher at a time may open a directory: a
+    /// epoch and the sequences, so observers resume exactly. After a crash of the machine, or
+    /// when a record is torn or corrupt (a disk fault), the events up to the first invalid
+    /// record are kept and a new epoch continues them: observers within them resume exactly,
+    /// observers past them are told of a gap. One publisher at a time may open a directory: a
     /// second is refused with an error while the first (or anything serving its events) lives.
     #[doc(hidden)]
     pub fn open(
@@ -195,43 +196,34 @@ impl Publisher {
             move |error| Error::io(what, error)
         };
         settings.check_retain(service, rpcs);
-        std::fs::create_dir_all(dir).map_err(io("creating the event directory"))?;
-        // Before anything is read: another publisher may be writing.
-        let lock = Arc::new(
-            disk::lock::DirectoryLock::take(dir).map_err(io("locking the event directory"))?,
-        );
-        let kept_epoch = disk::epoch::load(dir).map_err(io("reading the epoch"))?;
-        let mut logs = Vec::with_capacity(rpcs.len());
-        for rpc in rpcs {
-            let retain = settings.retain_of(rpc);
-            let recovered = disk::recover(&dir.join(rpc.name), retain)
-                .map_err(io("reading the event log back"))?;
-            logs.push(recovered);
+        if settings.max_event_size > disk::MAX_EVENT - METADATA_ROOM {
+            return Err(Error::io(
+                format!("opening the event directory ({})", dir.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "max_event_size is {} bytes; an event log in files keeps events of at most {}",
+                        settings.max_event_size,
+                        disk::MAX_EVENT - METADATA_ROOM
+                    ),
+                ),
+            ));
         }
-        let torn: Vec<String> = logs.iter().filter_map(|log| log.torn.clone()).collect();
-        let epoch = match kept_epoch {
-            Some(epoch) if torn.is_empty() => epoch,
-            _ => {
-                if !torn.is_empty() {
-                    tracing::error!(dir = %dir.display(), torn = ?torn, "the event log is torn or corrupt (a crash of the machine, or a disk fault); its events are dropped and a new epoch starts, which observers see as a gap");
-                } else if logs.iter().any(|log| !log.is_empty()) {
-                    tracing::error!(dir = %dir.display(), "events without their epoch file; they are dropped and a new epoch starts, which observers see as a gap");
-                }
-                for log in &mut logs {
-                    log.discard().map_err(io("discarding the torn event log"))?;
-                }
-                let epoch = new_epoch();
-                disk::epoch::store(dir, epoch).map_err(io("writing the epoch"))?;
-                epoch
-            }
-        };
+        let disk_rpcs: Vec<disk::Rpc> = rpcs
+            .iter()
+            .map(|rpc| disk::Rpc {
+                folder: rpc.name,
+                method: format!("{service}/{}", rpc.name),
+                retain: settings.retain_of(rpc),
+            })
+            .collect();
+        let disk::Opened { epoch, logs } =
+            disk::open(dir, &disk_rpcs, settings.limits(), new_epoch)
+                .map_err(|(what, error)| io(what)(error))?;
         let mut hubs = Vec::with_capacity(rpcs.len());
-        for (rpc, recovered) in rpcs.iter().zip(logs) {
-            let method = format!("{service}/{}", rpc.name);
-            let log = disk::DiskLog::open(recovered, &method, settings.limits(), lock.clone())
-                .map_err(io("opening the event log"))?;
+        for ((rpc, disk_rpc), log) in rpcs.iter().zip(disk_rpcs).zip(logs) {
             let syncer = log.syncer();
-            let hub = settings.configure(rpc, method, epoch);
+            let hub = settings.configure(rpc, disk_rpc.method, epoch);
             hubs.push(Hub::with_log(hub, Box::new(log), Some(syncer)));
         }
         Ok(Self { hubs: hubs.into() })

@@ -6,6 +6,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod full_disk;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -302,67 +304,216 @@ async fn a_reopened_publisher_keeps_its_epoch_and_a_durable_publish_waits_for_a_
     producer.stop().await.unwrap();
 }
 
+/// The segments of the `Echoed` event RPC that hold events, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("Echoed"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Makes the last run on `dir` look like one the machine stopped under: no clean close, and
+/// another boot of the machine since.
+fn as_if_the_machine_crashed(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("closed-cleanly"));
+    std::fs::write(dir.join("boot"), "an earlier boot").unwrap();
+}
+
+/// Cuts the last segment at the start of event `sequence`'s record, or `bytes` into it.
+fn cut_at_event(dir: &Path, sequence: u64, bytes: usize) {
+    let last = segments(dir).pop().expect("a segment with events");
+    let data = std::fs::read(&last).unwrap();
+    let mut at = 0;
+    loop {
+        let length = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let record_sequence = u64::from_le_bytes(data[at + 8..at + 16].try_into().unwrap());
+        if record_sequence == sequence {
+            break;
+        }
+        at += 8 + length;
+    }
+    std::fs::write(&last, &data[..at + bytes]).unwrap();
+}
+
+/// Subscribes to `target` right after `after`, and returns the first `count` events (as
+/// message, epoch, sequence, the epoch of a gap before it).
+async fn first_events(
+    target: &str,
+    after: Option<(u64, u64)>,
+    count: usize,
+) -> Vec<(String, u64, u64, u64)> {
+    let mut stream = EchoClient::connect(target.to_owned())
+        .await
+        .unwrap()
+        .into_tonic()
+        .echoed(meshless::v1::Subscribe {
+            after: after.map(|(epoch, sequence)| meshless::v1::Cursor { epoch, sequence }),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribed, not refused")
+        .into_inner();
+    let mut read = Vec::new();
+    let mut gap = 0;
+    while read.len() < count {
+        let (event, metadata) =
+            tokio::time::timeout(PATIENCE, tokio_stream::StreamExt::next(&mut stream))
+                .await
+                .expect("an event within the patience")
+                .unwrap()
+                .unwrap()
+                .into_parts()
+                .unwrap();
+        gap = gap.max(metadata.previous_epoch);
+        if metadata.heartbeat {
+            continue;
+        }
+        read.push((
+            event.message,
+            metadata.epoch,
+            metadata.sequence,
+            std::mem::take(&mut gap),
+        ));
+    }
+    read
+}
+
 #[tokio::test]
-async fn a_corrupt_log_starts_a_new_epoch_which_observers_see_as_a_gap() {
+async fn a_corrupt_record_keeps_the_events_before_it_and_observers_past_it_see_a_gap() {
     let dir = scratch();
     let publisher = support::EchoPublisher::open(&dir.0).unwrap();
-    for n in 0..5 {
+    for n in 1..=5 {
         publisher
             .publish_echoed(echoed(&format!("old {n}")))
             .unwrap();
     }
-    let old_epoch = publisher.as_publisher().epoch();
+    let old = publisher.as_publisher().epoch();
     drop(publisher);
     // A flipped byte in the last record, as a disk fault leaves it.
-    let rpc_dir = dir.0.join("Echoed");
-    let mut segments: Vec<_> = std::fs::read_dir(&rpc_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .collect();
-    segments.sort();
-    let last = segments.pop().expect("a segment with events");
+    let last = segments(&dir.0).pop().unwrap();
     let mut data = std::fs::read(&last).unwrap();
     let at = data.len() - 2;
     data[at] ^= 0xFF;
     std::fs::write(&last, data).unwrap();
 
     let reopened = support::EchoPublisher::open(&dir.0).unwrap();
-    let new_epoch = reopened.as_publisher().epoch();
-    assert_ne!(new_epoch, old_epoch, "a torn log starts a new epoch");
-    let producer = support::Running::publishing(reopened.clone()).await;
-    // A subscriber that had handled event 3 of the old epoch is told the rest is lost.
-    let mut stream = EchoClient::connect(producer.target())
-        .await
-        .unwrap()
-        .into_tonic()
-        .echoed(meshless::v1::Subscribe {
-            after: Some(meshless::v1::Cursor {
-                epoch: old_epoch,
-                sequence: 3,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    reopened.publish_echoed(echoed("new")).unwrap();
-    let (event, metadata) =
-        tokio::time::timeout(PATIENCE, tokio_stream::StreamExt::next(&mut stream))
-            .await
-            .expect("an event within the patience")
-            .unwrap()
-            .unwrap()
-            .into_parts()
-            .unwrap();
-    assert_eq!(event.message, "new");
-    assert_eq!(metadata.epoch, new_epoch);
-    assert_eq!(
-        metadata.previous_epoch, old_epoch,
-        "the gap names the lost epoch"
+    let new = reopened.as_publisher().epoch();
+    assert_ne!(
+        new, old,
+        "event 5 may have been seen: its sequence is not reused under its epoch"
     );
-    drop(stream);
+    let producer = support::Running::publishing(reopened.clone()).await;
+    reopened.publish_echoed(echoed("new")).unwrap();
+    let target = producer.target();
+    // Within what was kept: resumed exactly, under the new epoch.
+    assert_eq!(
+        first_events(&target, Some((old, 3)), 2).await,
+        [("old 4".into(), new, 4, 0), ("new".into(), new, 5, 0)]
+    );
+    // Past it: told that the old epoch's events after 4 are lost, then every new event.
+    assert_eq!(
+        first_events(&target, Some((old, 5)), 1).await,
+        [("new".into(), new, 5, old)]
+    );
     producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_tail_after_a_crash_of_the_machine_keeps_the_durably_published_events() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(&dir.0).unwrap();
+    let durable = publisher
+        .publish_echoed_durable(echoed("durable"))
+        .await
+        .unwrap();
+    publisher.publish_echoed(echoed("torn")).unwrap();
+    drop(publisher);
+    as_if_the_machine_crashed(&dir.0);
+    cut_at_event(&dir.0, 2, 11);
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    let new = reopened.as_publisher().epoch();
+    assert_ne!(new, durable.epoch);
+    let producer = support::Running::publishing(reopened.clone()).await;
+    reopened.publish_echoed(echoed("after")).unwrap();
+    let target = producer.target();
+    assert_eq!(
+        first_events(&target, None, 2).await,
+        [("durable".into(), new, 1, 0), ("after".into(), new, 2, 0)],
+        "the durable event is kept, and served under the new epoch"
+    );
+    // An observer that saw the torn event is told of a gap, not refused.
+    assert_eq!(
+        first_events(&target, Some((durable.epoch, 2)), 1).await,
+        [("after".into(), new, 2, durable.epoch)]
+    );
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_lost_whole_in_a_crash_of_the_machine_are_a_gap_for_observers_that_saw_them() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(&dir.0).unwrap();
+    for n in 1..=10 {
+        publisher
+            .publish_echoed(echoed(&format!("old {n}")))
+            .unwrap();
+    }
+    let old = publisher.as_publisher().epoch();
+    drop(publisher);
+    // Events 7..10 were never synced, and the crash lost them whole: nothing is torn.
+    as_if_the_machine_crashed(&dir.0);
+    cut_at_event(&dir.0, 7, 0);
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    let new = reopened.as_publisher().epoch();
+    assert_ne!(
+        new, old,
+        "sequences 7..10 are not reused under the epoch that had them"
+    );
+    let producer = support::Running::publishing(reopened.clone()).await;
+    for n in 7..=8 {
+        reopened
+            .publish_echoed(echoed(&format!("new {n}")))
+            .unwrap();
+    }
+    let target = producer.target();
+    // An observer that had handled all 10: a gap, then every new event.
+    assert_eq!(
+        first_events(&target, Some((old, 10)), 2).await,
+        [("new 7".into(), new, 7, old), ("new 8".into(), new, 8, 0)]
+    );
+    // One that had handled 5: nothing lost.
+    assert_eq!(
+        first_events(&target, Some((old, 5)), 2).await,
+        [("old 6".into(), new, 6, 0), ("new 7".into(), new, 7, 0)]
+    );
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_past_the_former_record_limit_survives_reopening() {
+    let dir = scratch();
+    let mut settings = meshless::events::PublisherSettings::default();
+    settings.max_event_size = 100 << 20;
+    let publisher = support::EchoPublisher::open_with_settings(&dir.0, settings.clone()).unwrap();
+    let large = "x".repeat(70 << 20);
+    let first = publisher.publish_echoed(echoed(&large)).unwrap();
+    drop(publisher);
+    let reopened = support::EchoPublisher::open_with_settings(&dir.0, settings.clone()).unwrap();
+    assert_eq!(reopened.as_publisher().epoch(), first.epoch);
+    let second = reopened.publish_echoed(echoed("small")).unwrap();
+    assert_eq!(second.sequence, 2, "the large event was kept");
+    drop(reopened);
+
+    // Larger than a record of the log holds: refused when opening, not lost later.
+    settings.max_event_size = 2 << 30;
+    let error = support::EchoPublisher::open_with_settings(&dir.0, settings).unwrap_err();
+    assert!(error.to_string().contains("max_event_size"), "{error}");
 }
 
 #[tokio::test]

@@ -8,16 +8,17 @@
 //!   machine too, for publishers that wait for it.
 //! - The last `retain` events are also kept in memory ([`MemoryLog`]), which every read is
 //!   served from; segments wholly older than them are removed.
-//! - On open, the segments are read back and checked: a torn or corrupt record (which only a
-//!   crash of the machine or a disk fault leaves) is reported, and the publisher starts a new
-//!   epoch, so that observers are told of the loss (a gap) rather than served other events
-//!   under sequences they have seen.
+//! - On open ([`open`]), the segments are read back and checked, and what the last run left
+//!   decides the epoch: see `open`.
 
 mod crc;
-pub(crate) mod epoch;
+mod epoch;
 mod groups;
-pub(crate) mod lock;
+mod lock;
+mod open;
 mod record;
+mod recover;
+mod run;
 mod sync;
 
 use std::collections::VecDeque;
@@ -26,145 +27,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use std::collections::BTreeMap;
-
 use super::log::{EventLog, GroupChange, Limits, MemoryLog, Read, SavedGroup, Stored};
-use record::Scanned;
+pub(crate) use open::{open, Opened, Rpc};
+pub(crate) use record::MAX_EVENT;
+#[cfg(test)]
+use recover::recover;
+use recover::Recovered;
 pub(crate) use sync::Syncer;
 
 /// A segment is closed (and a new one begun) past this size, or past a quarter of `retain`
 /// events, so that what is removed from the head follows retention closely.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-
-/// What reading a log's directory back found.
-#[derive(Debug)]
-pub(crate) struct Recovered {
-    dir: PathBuf,
-    retain: usize,
-    /// Segments by first sequence, oldest first, each with its length once checked.
-    segments: Vec<(u64, PathBuf)>,
-    /// The last `retain` events.
-    events: Vec<Stored>,
-    /// The sequence the next event gets.
-    next: u64,
-    /// Where records stopped being valid, if they did.
-    pub(crate) torn: Option<String>,
-    /// The consumer groups, from their journal.
-    groups: BTreeMap<String, SavedGroup>,
-}
-
-/// Reads the log in `dir` back (creating the directory if need be), checking every record.
-pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
-    std::fs::create_dir_all(dir)?;
-    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let first = name.to_str()?.strip_suffix(".log")?.parse::<u64>().ok()?;
-            Some((first, entry.path()))
-        })
-        .collect();
-    segments.sort();
-    let mut events: VecDeque<Stored> = VecDeque::new();
-    let mut next = segments.first().map_or(1, |(first, _)| *first);
-    let mut torn = None;
-    let mut kept = 0;
-    for (index, (first, path)) in segments.iter().enumerate() {
-        if *first != next {
-            torn = Some(format!(
-                "{} should start at event {next}, not {first}",
-                path.display()
-            ));
-            break;
-        }
-        let data = Bytes::from(std::fs::read(path)?);
-        let mut at = 0;
-        loop {
-            match record::scan(&data, at) {
-                Scanned::Record {
-                    sequence,
-                    published_at,
-                    event,
-                    end,
-                } if sequence == next => {
-                    if retain > 0 {
-                        if events.len() == retain {
-                            events.pop_front();
-                        }
-                        events.push_back(Stored {
-                            sequence,
-                            published_at,
-                            key: crate::events::wire::key_hash_of(&event),
-                            bytes: event,
-                        });
-                    }
-                    next += 1;
-                    at = end;
-                }
-                Scanned::End => break,
-                Scanned::Record { sequence, .. } => {
-                    torn = Some(format!(
-                        "{} holds event {sequence} where event {next} belongs",
-                        path.display()
-                    ));
-                    break;
-                }
-                Scanned::Torn => {
-                    torn = Some(format!(
-                        "{} has a torn or corrupt record at byte {at} of {}",
-                        path.display(),
-                        data.len()
-                    ));
-                    break;
-                }
-            }
-        }
-        kept = index + 1;
-        if torn.is_some() {
-            break;
-        }
-    }
-    segments.truncate(kept);
-    let groups = groups::read(dir)?;
-    Ok(Recovered {
-        dir: dir.to_owned(),
-        retain,
-        segments,
-        events: events.into(),
-        next,
-        torn,
-        groups,
-    })
-}
-
-impl Recovered {
-    /// Forgets every event and segment: the log starts over (under a new epoch).
-    pub(crate) fn discard(&mut self) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|e| e == "log" || e == "journal")
-            {
-                std::fs::remove_file(path)?;
-            }
-        }
-        epoch::sync_dir(&self.dir)?;
-        self.segments.clear();
-        self.events.clear();
-        self.next = 1;
-        self.torn = None;
-        self.groups.clear();
-        Ok(())
-    }
-
-    /// Whether the log holds any event.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.next == 1
-    }
-}
 
 /// The event log of one event RPC, in files.
 #[derive(Debug)]
@@ -179,22 +52,27 @@ pub(crate) struct DiskLog {
     roll_after_events: u64,
     syncer: Syncer,
     scratch: Vec<u8>,
-    /// Why appending is impossible: a failed write that could not be undone.
-    broken: Option<String>,
+    /// A partial record past `current_bytes` that a failed write left and its undo could not
+    /// remove: cut off before the next record is written.
+    partial: Option<std::io::Error>,
     journal: groups::Journal,
     /// The groups read back, until the hub takes them.
     saved_groups: Vec<(String, SavedGroup)>,
-    /// The publisher's hold on the directory, shared by its event RPCs' logs.
-    _lock: Arc<lock::DirectoryLock>,
+    /// The epochs this log continues, each with the last event kept of it (see `epoch`).
+    lineage: Vec<(u64, u64)>,
+    /// The publisher's run on the directory (its lock), shared by its event RPCs' logs.
+    run: Arc<run::Run>,
 }
 
 impl DiskLog {
-    /// Opens a recovered log for appending, `name` being its event RPC (for the sync thread).
-    pub(crate) fn open(
+    /// Opens a recovered (and repaired) log for appending under `epoch`, `name` being its
+    /// event RPC (for the sync thread), `lineage` the epochs it continues.
+    fn open(
         recovered: Recovered,
         name: &str,
         limits: Limits,
-        lock: Arc<lock::DirectoryLock>,
+        run: Arc<run::Run>,
+        (epoch, lineage): (u64, Vec<(u64, u64)>),
     ) -> std::io::Result<Self> {
         let Recovered {
             dir,
@@ -202,13 +80,11 @@ impl DiskLog {
             mut segments,
             events,
             next,
-            torn,
+            damage,
             groups,
+            ..
         } = recovered;
-        debug_assert!(
-            torn.is_none(),
-            "a torn log is discarded before it is opened"
-        );
+        debug_assert!(damage.is_none(), "a log is repaired before it is opened");
         // A new segment for this run (replacing an empty one the last run began).
         if segments.last().is_some_and(|(first, _)| *first == next) {
             segments.pop();
@@ -218,7 +94,7 @@ impl DiskLog {
         let current = Arc::new(current);
         let mut memory = MemoryLog::with_limits(retain, limits);
         for event in events {
-            memory.restore(event);
+            memory.restore(recover::restamp(event, epoch));
         }
         memory.set_next(next);
         // A durable publish syncs only the segment being written: the earlier run's segments,
@@ -226,8 +102,9 @@ impl DiskLog {
         for (_, path) in &segments[..segments.len() - 1] {
             File::open(path)?.sync_all()?;
         }
-        let syncer = Syncer::start(name, current.clone(), next - 1)?;
-        let journal = groups::Journal::open(&dir, groups, memory.oldest())?;
+        let syncer = Syncer::start(name, dir.clone(), current.clone(), next - 1)?;
+        let journal =
+            groups::Journal::open(&dir, groups, (memory.oldest(), next - 1), syncer.clone())?;
         let saved_groups = journal.groups();
         let mut log = Self {
             memory,
@@ -239,12 +116,15 @@ impl DiskLog {
             roll_after_events: (retain as u64 / 4).max(1),
             syncer,
             scratch: Vec::new(),
-            broken: None,
+            partial: None,
             journal,
             saved_groups,
-            _lock: lock,
+            lineage,
+            run,
         };
-        log.remove_old_segments()?;
+        for path in log.old_segments() {
+            std::fs::remove_file(path)?;
+        }
         Ok(log)
     }
 
@@ -253,37 +133,74 @@ impl DiskLog {
         self.syncer.clone()
     }
 
+    /// Moves on to a new segment starting at event `next`: the one the sync thread created
+    /// ahead, renamed into place; the thread syncs the segment left and removes old ones. A
+    /// failure (no segment ready yet, or the rename failing) changes nothing: the log goes on
+    /// in the current segment, and rolls at a later append.
     fn roll(&mut self, next: u64) -> std::io::Result<()> {
-        self.current.sync_data()?;
+        let Some(spare) = self.syncer.take_spare() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the next segment is not ready yet",
+            ));
+        };
         let path = self.dir.join(segment_name(next));
-        let file = Arc::new(create_segment(&self.dir, &path)?);
-        self.syncer.rolled(file.clone(), next - 1);
-        self.current = file;
+        if let Err(error) = std::fs::rename(self.dir.join(sync::SPARE), &path) {
+            self.syncer.give_back_spare(spare);
+            return Err(error);
+        }
+        let file = Arc::new(spare);
+        let left = std::mem::replace(&mut self.current, file.clone());
         self.current_bytes = 0;
         self.current_events = 0;
         self.segments.push_back((next, path));
-        self.remove_old_segments()
+        let old = self.old_segments();
+        self.syncer.rolled(file, left, next - 1, old);
+        Ok(())
     }
 
-    /// Removes the segments whose events are all older than the oldest retained.
-    fn remove_old_segments(&mut self) -> std::io::Result<()> {
+    /// Takes the segments whose events are all older than the oldest retained off the list:
+    /// the files to remove.
+    fn old_segments(&mut self) -> Vec<PathBuf> {
         let oldest = self.memory.oldest();
+        let mut old = Vec::new();
         while self.segments.len() > 1 && self.segments[1].0 <= oldest {
             if let Some((_, path)) = self.segments.pop_front() {
-                std::fs::remove_file(&path)?;
+                old.push(path);
             }
+        }
+        old
+    }
+
+    /// Cuts off a partial record a failed write left, if any is left.
+    fn cut_partial(&mut self) -> std::io::Result<()> {
+        if let Some(error) = &self.partial {
+            self.current.set_len(self.current_bytes).map_err(|undo| {
+                std::io::Error::new(
+                    undo.kind(),
+                    format!("writing the event log failed ({error}) and the partial record cannot be removed ({undo})"),
+                )
+            })?;
+            self.partial = None;
         }
         Ok(())
     }
 }
 
 impl Drop for DiskLog {
-    /// A log closed in order (its publisher dropped after a shutdown) is on stable storage.
+    /// A log closed in order (its publisher dropped after a shutdown) is on stable storage;
+    /// the run ends cleanly if every log of it was synced.
     fn drop(&mut self) {
-        if let Err(error) = self.current.sync_data() {
-            tracing::warn!(dir = %self.dir.display(), %error, "syncing the event log on close failed");
-        }
+        let cut = self.cut_partial();
+        // The thread syncs what it was handed and the current segment, then ends.
         self.syncer.close();
+        if let Err(error) = cut.and_then(|()| self.journal.sync()) {
+            tracing::warn!(dir = %self.dir.display(), %error, "syncing the event log on close failed");
+            self.run.spoil();
+        }
+        if self.syncer.has_failed() {
+            self.run.spoil();
+        }
     }
 }
 
@@ -297,9 +214,16 @@ impl EventLog for DiskLog {
     }
 
     fn append(&mut self, event: Stored) -> std::io::Result<()> {
-        if let Some(why) = &self.broken {
-            return Err(std::io::Error::other(why.clone()));
+        if event.bytes.len() > MAX_EVENT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the event is {} bytes encoded; a record of the event log holds at most {MAX_EVENT}",
+                    event.bytes.len()
+                ),
+            ));
         }
+        self.cut_partial()?;
         self.scratch.clear();
         record::encode(
             event.sequence,
@@ -316,12 +240,10 @@ impl EventLog for DiskLog {
             if untouched {
                 return Err(error);
             }
-            if let Err(undo) = self.current.set_len(self.current_bytes) {
-                self.broken = Some(format!(
-                    "writing the event log failed ({error}) and the partial record could not \
-                     be removed ({undo}); reopen the publisher"
-                ));
-            }
+            // The segment is open for appending: once cut back, the next record follows the
+            // last whole one. If the cut fails, it is tried again before the next record.
+            self.partial = Some(std::io::Error::new(error.kind(), error.to_string()));
+            let _ = self.cut_partial();
             return Err(error);
         }
         let sequence = event.sequence;
@@ -330,9 +252,13 @@ impl EventLog for DiskLog {
         self.syncer.written(sequence);
         self.memory.append(event)?;
         if self.current_events >= self.roll_after_events || self.current_bytes >= SEGMENT_BYTES {
-            // The event is written; a failure to roll shows at the next append.
-            if let Err(error) = self.roll(sequence + 1) {
-                self.broken = Some(format!("starting a new segment of the event log: {error}"));
+            // The event is written; a failure to roll is tried again at the next append.
+            match self.roll(sequence + 1) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    tracing::warn!(dir = %self.dir.display(), %error, "starting a new segment of the event log failed; the current one goes on");
+                }
             }
         }
         if self.scratch.capacity() > 1024 * 1024 {
@@ -362,22 +288,27 @@ impl EventLog for DiskLog {
     fn take_saved_groups(&mut self) -> Vec<(String, SavedGroup)> {
         std::mem::take(&mut self.saved_groups)
     }
+
+    fn continued(&self, epoch: u64) -> Option<u64> {
+        self.lineage
+            .iter()
+            .find(|(ancestor, _)| *ancestor == epoch)
+            .map(|(_, through)| *through)
+    }
 }
 
 fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
 }
 
+/// Creates (or empties) a segment, open for appending: every write lands at the end of the
+/// file, so that a record after a cut-back partial one follows the last whole record.
 fn create_segment(dir: &Path, path: &Path) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)?;
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.set_len(0)?;
     epoch::sync_dir(dir)?;
     Ok(file)
 }
 
 #[cfg(test)]
-#[path = "disk_test.rs"]
 mod test;

@@ -1,7 +1,7 @@
 //! One record on disk: `[body length: u32][CRC-32C of the body: u32][body]`, little-endian,
 //! where the body is `[sequence: u64][publish time: u64][the event, encoded with its
-//! metadata]`. A record whose
-//! length or checksum does not hold, or that the file ends inside, is a torn or corrupt tail.
+//! metadata]`. A record that the data ends inside is cut (what a write interrupted part way
+//! leaves); one whose length or checksum does not hold is corrupt.
 
 use bytes::Bytes;
 
@@ -11,8 +11,11 @@ use super::crc;
 pub(super) const HEADER: usize = 8;
 /// Sequence and publish time.
 const SEQUENCE: usize = 16;
-/// No body is longer: a length past it is garbage, not a record.
-pub(super) const MAX_BODY: usize = 64 * 1024 * 1024;
+/// No body is longer: a length past it is garbage, not a record. Appends refuse bodies past it.
+pub(super) const MAX_BODY: usize = 1024 * 1024 * 1024;
+
+/// The largest event (encoded, with its metadata) a record holds.
+pub(crate) const MAX_EVENT: usize = MAX_BODY - SEQUENCE;
 
 /// Appends the record of event `sequence` to `out`.
 pub(super) fn encode(sequence: u64, published_at: u64, event: &[u8], out: &mut Vec<u8>) {
@@ -39,8 +42,10 @@ pub(super) enum Scanned {
     },
     /// The end of the data.
     End,
-    /// Not a whole, valid record: the segment is cut here.
-    Torn,
+    /// The data ends inside a record whose header (as far as there is one) holds.
+    Cut,
+    /// Not a valid record.
+    Corrupt,
 }
 
 /// Reads the record at `at` of `data`.
@@ -49,17 +54,20 @@ pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
     if rest.is_empty() {
         return Scanned::End;
     }
-    if rest.len() < HEADER + SEQUENCE {
-        return Scanned::Torn;
+    let Some(length) = rest.get(0..4) else {
+        return Scanned::Cut;
+    };
+    let length = u32::from_le_bytes(length.try_into().unwrap_or_default()) as usize;
+    if !(SEQUENCE..=MAX_BODY).contains(&length) {
+        return Scanned::Corrupt;
     }
-    let length = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
+    if rest.len() < HEADER + length {
+        return Scanned::Cut;
+    }
     let checksum = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-    if !(SEQUENCE..=MAX_BODY).contains(&length) || rest.len() < HEADER + length {
-        return Scanned::Torn;
-    }
     let body = &rest[HEADER..HEADER + length];
     if crc::update(0, body) != checksum {
-        return Scanned::Torn;
+        return Scanned::Corrupt;
     }
     let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
     let published_at = u64::from_le_bytes(body[8..SEQUENCE].try_into().unwrap_or_default());
@@ -110,18 +118,29 @@ mod test {
     }
 
     #[test]
-    fn a_cut_or_flipped_record_is_torn() {
+    fn a_cut_record_is_cut_and_a_flipped_one_corrupt() {
         let whole = two_records();
         let first_end = HEADER + SEQUENCE + 5;
         for cut in first_end + 1..whole.len() {
             let data = Bytes::from(whole[..cut].to_vec());
-            assert_eq!(scan(&data, first_end), Scanned::Torn, "cut at {cut}");
+            assert_eq!(scan(&data, first_end), Scanned::Cut, "cut at {cut}");
         }
         for flip in first_end..whole.len() {
             let mut bad = whole.clone();
             bad[flip] ^= 0x40;
             let data = Bytes::from(bad);
-            assert_eq!(scan(&data, first_end), Scanned::Torn, "flipped byte {flip}");
+            let scanned = scan(&data, first_end);
+            assert!(
+                matches!(scanned, Scanned::Corrupt | Scanned::Cut),
+                "flipped byte {flip}: {scanned:?}"
+            );
+            assert_ne!(scanned, Scanned::End);
         }
+        let zeros = Bytes::from(vec![0u8; 40]);
+        assert_eq!(
+            scan(&zeros, 0),
+            Scanned::Corrupt,
+            "zero bytes are no record"
+        );
     }
 }

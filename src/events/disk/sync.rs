@@ -1,12 +1,24 @@
-//! [`Syncer`]: group commit. Publishers that must know their event is on stable storage ask
-//! for a sync and wait; one thread per log runs `fdatasync`, and one sync covers every event
-//! written before it started, however many waited.
+//! [`Syncer`]: the log's work beside the publish path, on one thread per log.
+//!
+//! - Group commit: publishers that must know their event is on stable storage ask for a sync
+//!   and wait; one `fdatasync` covers every event written before it started, however many
+//!   waited.
+//! - Segment rolls: the next segment is created ahead (a spare), so that a roll under the
+//!   publisher's lock is a rename; the segment rolled away from is synced here, the directory
+//!   too, and segments older than retention are removed here.
+//! - Chores the journal of consumer groups hands over (its compaction).
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
+
+use super::epoch;
+
+/// The name of the segment created ahead, in the log's folder.
+pub(super) const SPARE: &str = "next.spare";
 
 /// How far the log is known to be on stable storage.
 #[derive(Debug, Clone, Default)]
@@ -24,35 +36,75 @@ pub(crate) struct Syncer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+/// Work for the thread.
+pub(super) type Chore = Box<dyn FnOnce() + Send>;
+
 struct Shared {
+    dir: PathBuf,
     state: Mutex<State>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
     /// Syncs run so far, for tests and metrics.
     syncs: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct State {
     /// The segment being written.
-    file: Arc<File>,
-    /// The latest sequence written to it (or to a segment before it, synced when it rolled).
+    file: Option<Arc<File>>,
+    /// The latest sequence written.
     written: u64,
+    /// A durable publish waits.
     requested: bool,
+    /// Segments rolled away from and not synced yet, each with its last event.
+    rolled: Vec<(Arc<File>, u64)>,
+    /// The directory's entries changed (a segment renamed into place) since its last sync.
+    renamed: bool,
+    /// Segments older than retention, to remove.
+    old: Vec<PathBuf>,
+    /// The next segment, created ahead.
+    spare: Option<File>,
+    /// A spare is to be made (the last was taken, or a roll found none).
+    spare_wanted: bool,
+    chores: Vec<Chore>,
     closed: bool,
 }
 
+impl State {
+    fn has_work(&self) -> bool {
+        self.requested
+            || !self.rolled.is_empty()
+            || !self.old.is_empty()
+            || !self.chores.is_empty()
+            || (self.spare_wanted && self.spare.is_none())
+    }
+}
+
 impl Syncer {
-    /// Starts the sync thread for the log of `name`, whose events up to `synced` are on
+    /// Starts the thread of the log of `name` in `dir`, whose events up to `synced` are on
     /// stable storage and whose current segment is `file`.
-    pub(crate) fn start(name: &str, file: Arc<File>, synced: u64) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        name: &str,
+        dir: PathBuf,
+        file: Arc<File>,
+        synced: u64,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
+            dir,
             state: Mutex::new(State {
-                file,
+                file: Some(file),
                 written: synced,
-                requested: false,
-                closed: false,
+                spare_wanted: true,
+                ..State::default()
             }),
             wake: Condvar::new(),
             synced: watch::Sender::new(Synced {
@@ -60,11 +112,13 @@ impl Syncer {
                 error: None,
             }),
             syncs: AtomicU64::new(0),
+            thread: Mutex::new(None),
         });
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("meshless-sync {name}"))
             .spawn(move || run(&thread_shared))?;
+        *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
         Ok(Self { shared })
     }
 
@@ -77,12 +131,47 @@ impl Syncer {
         self.lock().written = sequence;
     }
 
-    /// The log moved on to a new segment; everything before it is synced already.
-    pub(crate) fn rolled(&self, file: Arc<File>, synced_through: u64) {
-        self.lock().file = file;
-        self.shared.synced.send_modify(|synced| {
-            synced.sequence = synced.sequence.max(synced_through);
-        });
+    /// The segment created ahead, if it is ready, for a roll.
+    /// (With none ready, the thread is asked for one: it creates the next only once the one
+    /// taken was renamed into place, see `rolled`, or given back.)
+    pub(super) fn take_spare(&self) -> Option<File> {
+        let mut state = self.lock();
+        let spare = state.spare.take();
+        if spare.is_none() {
+            state.spare_wanted = true;
+            drop(state);
+            self.shared.wake.notify_one();
+        }
+        spare
+    }
+
+    /// Gives back a spare a roll could not rename into place.
+    pub(super) fn give_back_spare(&self, spare: File) {
+        self.lock().spare = Some(spare);
+    }
+
+    /// The log moved on to segment `file` (the spare, renamed into place); `old` (whose last
+    /// event is `last`) is to be synced, and `remove` removed.
+    pub(super) fn rolled(&self, file: Arc<File>, old: Arc<File>, last: u64, remove: Vec<PathBuf>) {
+        let mut state = self.lock();
+        state.file = Some(file);
+        state.rolled.push((old, last));
+        state.renamed = true;
+        state.spare_wanted = true;
+        state.old.extend(remove);
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// Runs `chore` on the thread.
+    pub(super) fn chore(&self, chore: Chore) {
+        self.lock().chores.push(chore);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether a sync failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.shared.synced.borrow().error.is_some()
     }
 
     /// Waits until event `sequence` is on stable storage.
@@ -97,10 +186,7 @@ impl Syncer {
                 return Ok(());
             }
         }
-        {
-            let mut state = self.lock();
-            state.requested = true;
-        }
+        self.lock().requested = true;
         self.shared.wake.notify_one();
         let reached = synced
             .wait_for(|s| s.sequence >= sequence || s.error.is_some())
@@ -119,39 +205,144 @@ impl Syncer {
         self.shared.syncs.load(Ordering::Relaxed)
     }
 
-    /// Ends the sync thread once the syncs asked for are done.
+    /// Ends the thread once the work handed to it is done (the segments rolled away from
+    /// synced, old ones removed, chores run), and waits for it.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.shared.wake.notify_one();
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
-    // Every update of the state is a single assignment: poisoning is harmless.
+    // Every update of the state is complete before it can panic: poisoning is harmless.
     shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fail(shared: &Shared, error: &std::io::Error) {
+    tracing::error!(dir = %shared.dir.display(), %error, "syncing the event log failed; durable publishes fail from now on");
+    shared.synced.send_modify(|synced| {
+        synced.error = Some(format!("syncing the event log: {error}").into());
+    });
 }
 
 fn run(shared: &Shared) {
     loop {
-        let (file, target) = {
+        let (taken, needs_spare) = {
             let mut state = lock(shared);
-            while !state.requested && !state.closed {
+            while !state.has_work() && !state.closed {
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            if !state.requested {
-                return;
-            }
-            state.requested = false;
-            (state.file.clone(), state.written)
+            let needs_spare = !state.closed && state.spare_wanted && state.spare.is_none();
+            // Asked again by the next roll that finds none, if this attempt fails.
+            state.spare_wanted = false;
+            let taken = State {
+                file: state.file.clone(),
+                written: state.written,
+                requested: std::mem::take(&mut state.requested),
+                rolled: std::mem::take(&mut state.rolled),
+                renamed: std::mem::take(&mut state.renamed),
+                old: std::mem::take(&mut state.old),
+                spare: None,
+                spare_wanted: false,
+                chores: std::mem::take(&mut state.chores),
+                closed: state.closed,
+            };
+            (taken, needs_spare)
         };
-        let result = file.sync_data();
-        shared.syncs.fetch_add(1, Ordering::Relaxed);
-        shared.synced.send_modify(|synced| match result {
-            Ok(()) => synced.sequence = synced.sequence.max(target),
-            Err(error) => {
-                tracing::error!(%error, "syncing the event log failed; durable publishes fail from now on");
-                synced.error = Some(format!("syncing the event log: {error}").into());
+        let closing = taken.closed;
+        let chores = work(shared, taken);
+        if needs_spare {
+            match make_spare(&shared.dir) {
+                Ok(spare) => lock(shared).spare = Some(spare),
+                Err(error) => {
+                    tracing::warn!(dir = %shared.dir.display(), %error, "creating the next segment of the event log failed; tried again at the next roll");
+                }
             }
-        });
+        }
+        for chore in chores {
+            chore();
+        }
+        if closing {
+            return;
+        }
     }
+}
+
+/// Syncs what was rolled away from (and the current segment if a publisher waits), then
+/// the directory, and then removes old segments; returns the chores to run.
+fn work(shared: &Shared, state: State) -> Vec<Chore> {
+    let mut reached = 0;
+    let mut result = Ok(());
+    for (file, last) in &state.rolled {
+        result = result.and_then(|()| sync_data(file));
+        reached = *last;
+    }
+    if state.requested || state.closed {
+        if let Some(file) = &state.file {
+            result = result.and_then(|()| sync_data(file));
+            reached = state.written;
+        }
+    }
+    if state.renamed {
+        result = result.and_then(|()| epoch::sync_dir(&shared.dir));
+    }
+    if !state.rolled.is_empty() || state.requested || state.closed {
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => shared
+                .synced
+                .send_modify(|synced| synced.sequence = synced.sequence.max(reached)),
+            Err(error) => fail(shared, &error),
+        }
+    }
+    if !state.old.is_empty() {
+        for path in &state.old {
+            if let Err(error) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), %error, "removing an old segment of the event log failed; it is removed at the next open");
+            }
+        }
+        let _ = epoch::sync_dir(&shared.dir);
+    }
+    state.chores
+}
+
+/// Creates the next segment ahead, empty, and makes its entry durable.
+fn make_spare(dir: &std::path::Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(SPARE))?;
+    file.set_len(0)?;
+    epoch::sync_dir(dir)?;
+    Ok(file)
+}
+
+/// `fdatasync`, counted.
+pub(super) fn sync_data(file: &File) -> std::io::Result<()> {
+    counted();
+    file.sync_data()
+}
+
+/// Counts a sync (of a file or a directory) per thread in tests, to show what the publish
+/// path syncs.
+pub(super) fn counted() {
+    #[cfg(test)]
+    SYNCS_ON_THIS_THREAD.with(|syncs| syncs.set(syncs.get() + 1));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The syncs run on this thread.
+    pub(super) static SYNCS_ON_THIS_THREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }

@@ -62,7 +62,10 @@ impl Hub {
                 }
             }
         };
-        Ok(match subscription.after {
+        // A cursor of an epoch this one continues (a log kept through a crash) reads on here.
+        let (after, lost_epoch) =
+            super::super::log::continued_cursor(log, self.epoch, subscription.after);
+        let position = match after {
             Some(cursor) if cursor.epoch == self.epoch => {
                 let after = cursor.sequence;
                 if after > latest {
@@ -91,6 +94,13 @@ impl Hub {
                 next: oldest,
                 missed: 0,
                 previous_epoch: 0,
+            },
+        };
+        Ok(match lost_epoch {
+            0 => position,
+            lost_epoch => Position {
+                previous_epoch: lost_epoch,
+                ..position
             },
         })
     }
