@@ -13,8 +13,9 @@
 //! 1,024 members, an event of a new key costs at most 262,144 scores over all groups, one of a
 //! recent key 256 lookups. An event that goes out, or is held, costs a few map operations more;
 //! an acknowledgement costs a look at the acknowledging member's waiting keys and what then
-//! goes. A member that comes or goes re-owns every waiting key: waiting keys × live members
-//! scores, once per change of the members.
+//! goes. A member that comes or goes moves only the waiting keys rendezvous hashing moves:
+//! those of a member that went are owned again (live members scores each), and each other
+//! waiting key costs one score per member that came.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -164,9 +165,17 @@ impl Keyed {
         self.hold(key, unacked, true);
     }
 
-    /// The connected members, the candidates for owning keys, after a member came or went:
-    /// every waiting key gets its owner again.
+    /// The connected members, the candidates for owning keys, after a member came or went.
+    /// Rendezvous hashing moves only what the change must: the waiting keys of a member that
+    /// went get their owner again over every live member, and a waiting key of a member that
+    /// stayed moves only to a member that came and outranks it (one score per key and member
+    /// that came). The other waiting keys keep their owner.
     pub(super) fn rebuild_live(&mut self, members: &Members) {
+        let before: HashMap<u64, u64> = self
+            .live
+            .iter()
+            .map(|&(name, member)| (member, name))
+            .collect();
         self.live.clear();
         self.live.extend(
             members
@@ -174,19 +183,69 @@ impl Keyed {
                 .filter(|(_, member)| member.sender.is_some())
                 .map(|(key, member)| (member.id_hash, key)),
         );
-        self.owners.clear();
-        self.may_take.clear();
-        let waiting: Vec<u64> = std::mem::take(&mut self.waiting)
-            .into_values()
-            .flatten()
-            .map(|(_, key)| key)
+        let came: Vec<(u64, u64)> = self
+            .live
+            .iter()
+            .filter(|(_, member)| !before.contains_key(member))
+            .copied()
             .collect();
-        for key in waiting {
-            if let Some(held) = self.held.get_mut(&key) {
-                held.waiting_for = None;
-            }
-            self.start_waiting(key);
+        let stayed: HashMap<u64, u64> = self
+            .live
+            .iter()
+            .filter(|(_, member)| before.contains_key(member))
+            .map(|&(name, member)| (member, name))
+            .collect();
+        if came.is_empty() && stayed.len() == before.len() {
+            return;
         }
+        self.owners.clear();
+        self.may_take.retain(|owner| stayed.contains_key(owner));
+        let owners: Vec<u64> = self.waiting.keys().copied().collect();
+        for owner in owners {
+            let owner_name = stayed.get(&owner).copied();
+            if owner_name.is_some() && came.is_empty() {
+                continue;
+            }
+            let Some(keys) = self.waiting.remove(&owner) else {
+                continue;
+            };
+            let mut kept = BTreeSet::new();
+            for (first, key) in keys {
+                let new_owner = match owner_name {
+                    // Its owner went: over every live member.
+                    None => self.owner(key).unwrap_or(NOBODY),
+                    Some(name) => self.outranked(key, (name, owner), &came),
+                };
+                if new_owner == owner {
+                    kept.insert((first, key));
+                    continue;
+                }
+                if let Some(held) = self.held.get_mut(&key) {
+                    held.waiting_for = Some(new_owner);
+                }
+                self.waiting
+                    .entry(new_owner)
+                    .or_default()
+                    .insert((first, key));
+                if new_owner != NOBODY {
+                    self.may_take.insert(new_owner);
+                }
+            }
+            if !kept.is_empty() {
+                self.waiting.entry(owner).or_default().extend(kept);
+            }
+        }
+    }
+
+    /// The owner of `key` now, given that `(name, member)` owned it before `came` came: the
+    /// highest of their scores, as [`score`](Self::score) would pick over every live member.
+    fn outranked(&self, key: u64, (name, member): (u64, u64), came: &[(u64, u64)]) -> u64 {
+        #[cfg(test)]
+        self.scores.set(self.scores.get() + 1 + came.len() as u64);
+        came.iter()
+            .chain(std::iter::once(&(name, member)))
+            .max_by_key(|(name, member)| (keys::score(key, *name), *member))
+            .map_or(member, |&(_, member)| member)
     }
 
     /// Takes `key` out of the waiting keys.

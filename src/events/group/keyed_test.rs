@@ -302,3 +302,79 @@ fn owners_are_remembered_until_the_members_change() {
         "keys seen before cost no score"
     );
 }
+
+/// A member that comes or goes moves only the keys rendezvous hashing moves: the waiting keys
+/// of the one that went (an owner computation each), and those a newcomer outranks (a score
+/// per key), never every waiting key times every member; and each key then goes to the
+/// member that owns it.
+#[test]
+fn a_member_that_comes_or_goes_re_owns_only_the_keys_that_move() {
+    let hub = hub_retaining(100_000);
+    // 15 members whose windows are full after one event, and one with room for everything,
+    // so the group reads every event and holds those of the full members' keys.
+    let names: Vec<String> = (0..15).map(|m| format!("m{m}")).collect();
+    let mut joined: Vec<Joined> = names.iter().map(|name| join_with(&hub, name, 1)).collect();
+    joined.push(join_with(&hub, "fast", 100_000));
+    const KEYS: u64 = 2_000;
+    for key in 0..KEYS {
+        publish(&hub, key);
+    }
+    // What went out before the members change (one event each), acknowledged later.
+    let out_before: Vec<(String, Vec<u64>)> = joined
+        .iter_mut()
+        .map(|member| (member.member.clone(), sequences(member)))
+        .collect();
+
+    // m0 leaves: only its own waiting keys (about 1/16th) are owned again, over 15 members.
+    let before = hub.key_scores();
+    hub.acknowledge(&ack("m0", None, &[], true), None).unwrap();
+    let on_leave = hub.key_scores() - before;
+    assert!(
+        on_leave <= 2 * (KEYS / 16) * 16,
+        "{on_leave} scores when a member of 16 left with {KEYS} keys waiting"
+    );
+    joined.remove(0);
+    // What went out on the leave (m0's keys to their new owners), acknowledged later too.
+    let out_between: Vec<(String, Vec<u64>)> = joined
+        .iter_mut()
+        .map(|member| (member.member.clone(), sequences(member)))
+        .collect();
+
+    // n joins: one score for the owner and one for n per waiting key, at most.
+    let before = hub.key_scores();
+    let newcomer = join_with(&hub, "n", 1);
+    let on_join = hub.key_scores() - before;
+    assert!(
+        on_join <= 2 * KEYS + 64,
+        "{on_join} scores when a member joined with {KEYS} keys waiting"
+    );
+    joined.push(newcomer);
+
+    // Every event handed out from here goes to its key's owner among the members now.
+    let live_names: Vec<String> = joined.iter().map(|j| j.member.clone()).collect();
+    let live: Vec<&str> = live_names.iter().map(String::as_str).collect();
+    let out_earlier = out_before.iter().chain(&out_between);
+    for (name, out) in out_earlier.filter(|(name, _)| name != "m0") {
+        for sequence in out {
+            hub.acknowledge(&ack(name, Some(*sequence), &[], false), None)
+                .unwrap();
+        }
+    }
+    let mut checked = 0;
+    for _ in 0..20 {
+        for member in &mut joined {
+            let name = member.member.clone();
+            while let Ok(delivery) = member.deliveries.try_recv() {
+                let key = delivery.event.sequence - 1;
+                // What m0 gave back goes out again marked: its owner was m0's choice.
+                if delivery.delivery_count == 1 {
+                    assert_eq!(owner(key, &live), name, "key {key}");
+                    checked += 1;
+                }
+                hub.acknowledge(&ack(&name, Some(delivery.event.sequence), &[], false), None)
+                    .unwrap();
+            }
+        }
+    }
+    assert!(checked > 200, "only {checked} deliveries checked");
+}
