@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::instance::{Instance, State};
 use crate::discovery::Placement;
 
-/// The ready instances of the lowest priority that has any, with their weights summed for
-/// weighted draws. Built when instances change, read lock-free by every call.
+/// The ready instances (connected and not ejected, or ejected when no other is connected) of
+/// the lowest priority that has any, with their weights summed for weighted draws. Built when instances change, read lock-free by every call.
 #[derive(Debug, Default)]
 pub(crate) struct Ready {
     instances: Vec<Arc<Instance>>,
@@ -21,10 +21,18 @@ impl Ready {
     pub(crate) fn build(all: &[Arc<Instance>]) -> Self {
         // One look at each instance: its state and placement can change while this runs (a
         // call reporting a failure, a reconnect, DNS), and two looks could disagree.
-        let ready: Vec<(Arc<Instance>, Placement)> = all
+        // Ejected instances are left out, unless they are all that is connected: an ejected
+        // instance is better than none (the one that took the other's place may have gone).
+        let connected: Vec<(&Arc<Instance>, bool)> = all
             .iter()
-            .filter(|i| i.state() == State::Ready && !i.is_ejected())
-            .map(|i| (i.clone(), i.placement()))
+            .filter(|i| i.state() == State::Ready)
+            .map(|i| (i, i.is_ejected()))
+            .collect();
+        let any_not_ejected = connected.iter().any(|(_, ejected)| !ejected);
+        let ready: Vec<(Arc<Instance>, Placement)> = connected
+            .into_iter()
+            .filter(|(_, ejected)| !ejected || !any_not_ejected)
+            .map(|(i, _)| (i.clone(), i.placement()))
             .collect();
         let Some(best) = ready.iter().map(|(_, p)| p.priority).min() else {
             return Self::default();
