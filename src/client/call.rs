@@ -310,11 +310,27 @@ async fn attempt(
             instances.target()
         ))));
     };
+    // The request body's own failure (a message over the size limit), kept for the status:
+    // the stream is then reset, and the reset alone would not say why.
+    let request_error = Arc::new(std::sync::OnceLock::new());
+    let request = request.map(|body| {
+        Body::new(body.map_err({
+            let request_error = request_error.clone();
+            move |status: tonic::Status| {
+                let _ = request_error.set(status.clone());
+                status
+            }
+        }))
+    });
     let outcome = if span.is_disabled() {
         connection.call(request).await
     } else {
         connection.call(request).instrument(span).await
     };
+    let reset = outcome
+        .as_ref()
+        .err()
+        .and_then(|error| stream_reset(&**error));
     // How the call went, as far as the response head tells (a failure answered at once comes
     // as a head with its status): failures count against the instance, and never as fast.
     let failed = match &outcome {
@@ -322,6 +338,8 @@ async fn attempt(
         Ok(response) => Some(status_of(response).is_some_and(counts_against)),
         // Sent away before the call began (GOAWAY, a closed connection): no failure.
         Err(error) if refused_stream(&**error) => None,
+        // This end reset the stream (its request failed): nothing the instance did.
+        Err(_) if reset.is_some_and(|reset| !reset.remote) => None,
         Err(_) => Some(true),
     };
     if let Some(failed) = failed {
@@ -352,6 +370,18 @@ async fn attempt(
                 ))
                 .into_http(),
             )
+        }
+        // One stream reset, not the connection: the call fails with a status of its own, and
+        // the connection stays (as in grpc-go).
+        Err(_) if reset.is_some() => {
+            let status = match (reset, request_error.get()) {
+                (Some(reset), Some(status)) if !reset.remote => {
+                    crate::codegen::limit_status::<()>(Err(status.clone())).unwrap_err()
+                }
+                (Some(reset), _) => reset.status(&instance.key, instances.target()),
+                (None, _) => tonic::Status::internal("the stream was reset"),
+            };
+            Attempt::Answered(status.into_http())
         }
         Err(error) => {
             let text = crate::text::error_chain(&*error);
@@ -392,6 +422,51 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
         source = error.source();
     }
     false
+}
+
+/// An HTTP/2 stream reset (`RST_STREAM`) that failed one call; its connection is fine.
+#[derive(Debug, Clone, Copy)]
+struct StreamReset {
+    reason: h2::Reason,
+    /// Reset by the server; otherwise by this end, because the request failed.
+    remote: bool,
+}
+
+impl StreamReset {
+    /// The call's status, mapped from the reset's reason as gRPC does, except that a `CANCEL`
+    /// the caller did not ask for is the server giving up on the call (a handler that
+    /// panicked): `INTERNAL`.
+    fn status(self, instance: &str, target: &str) -> tonic::Status {
+        let message = format!(
+            "instance {instance} of `{target}` reset the call's stream ({:?})",
+            self.reason
+        );
+        match self.reason {
+            h2::Reason::ENHANCE_YOUR_CALM => tonic::Status::resource_exhausted(message),
+            h2::Reason::INADEQUATE_SECURITY => tonic::Status::permission_denied(message),
+            h2::Reason::CANCEL if !self.remote => tonic::Status::cancelled(message),
+            _ => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// The stream reset that failed the call, if that is what did: not a refused stream (see
+/// [`refused_stream`]) and not the end of the connection (`GOAWAY`, I/O errors).
+fn stream_reset(error: &(dyn std::error::Error + 'static)) -> Option<StreamReset> {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            let reason = h2.reason()?;
+            return (h2.is_reset() && reason != h2::Reason::REFUSED_STREAM).then_some(
+                StreamReset {
+                    reason,
+                    remote: h2.is_remote(),
+                },
+            );
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// Whether the error proves the server processed nothing of the call: the connection could

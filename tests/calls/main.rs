@@ -6,6 +6,7 @@
 mod support;
 
 mod ejection;
+mod streams;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
