@@ -276,30 +276,65 @@ impl Instance {
     /// Counts a call in flight until the guard is dropped.
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), Instant::now(), false)
+        InFlight {
+            instance: self.clone(),
+            started: Instant::now(),
+            observed: false,
+            end: End::Answered,
+        }
     }
 }
 
+/// How a call in flight ended, for the response time it counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Its response time is the time it took.
+    Answered,
+    /// It failed: [`FAILURE_PENALTY`] at least.
+    Failed,
+    /// The caller gave up on it: no response time.
+    Abandoned,
+}
+
 /// A call in flight on an instance since it started; dropping it ends the call and counts
-/// its response time, unless [`failed`](Self::failed) said otherwise.
+/// its response time, unless [`failed`](Self::failed) or [`abandoned`](Self::abandoned) said
+/// otherwise.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Instance>, Instant, bool);
+pub(crate) struct InFlight {
+    instance: Arc<Instance>,
+    started: Instant,
+    /// The response time was counted already (at a stream's response headers).
+    observed: bool,
+    end: End,
+}
 
 impl InFlight {
     /// The call failed: it counts as [`FAILURE_PENALTY`] at least, never as a fast answer.
     pub(crate) fn failed(mut self) {
-        self.2 = true;
+        self.end = End::Failed;
+    }
+
+    /// The caller gave up before the call ended: its time so far says nothing.
+    pub(crate) fn abandoned(mut self) {
+        self.end = End::Abandoned;
+    }
+
+    /// The response began (a stream's headers): its response time is the time until now,
+    /// while it stays in flight until it ends.
+    pub(crate) fn answered(&mut self) {
+        self.instance.latency.observe(self.started.elapsed());
+        self.observed = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let took = self.1.elapsed();
-        self.0.latency.observe(if self.2 {
-            took.max(FAILURE_PENALTY)
-        } else {
-            took
-        });
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let took = self.started.elapsed();
+        match (self.end, self.observed) {
+            (End::Answered, false) => self.instance.latency.observe(took),
+            (End::Failed, _) => self.instance.latency.observe(took.max(FAILURE_PENALTY)),
+            (End::Answered, true) | (End::Abandoned, _) => {}
+        }
+        self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -24,6 +24,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
+use super::outcome::{Counted, Pending};
 use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout, GRPC_TIMEOUT};
@@ -154,19 +155,24 @@ async fn timed_call(
             Some(routing) => routed(request, routing).await?,
             None => (request, None),
         };
+        let pick = Pick {
+            deadline,
+            key,
+            single_response: info.is_some_and(|call| call.single_response),
+        };
         match info {
             Some(call) if call.single_request && policy.attempts > 1 => {
                 with_retries(
                     instances,
                     policy,
                     request,
-                    (deadline, key),
+                    pick,
                     call.idempotent,
                     &mut tried,
                 )
                 .await
             }
-            _ => attempt(instances, request, (deadline, key), &mut tried)
+            _ => attempt(instances, request, pick, &mut tried)
                 .await
                 .into_result(),
         }
@@ -200,7 +206,7 @@ async fn with_retries(
     instances: &Arc<InstanceSet>,
     policy: &CallPolicy,
     request: http::Request<Body>,
-    pick: (Option<tokio::time::Instant>, Option<u64>),
+    pick: Pick,
     idempotent: bool,
     tried: &mut Vec<Arc<Instance>>,
 ) -> Result<http::Response<Body>, BoxError> {
@@ -282,14 +288,24 @@ async fn whole(mut body: Body) -> Result<Bytes, BoxError> {
     })
 }
 
+/// What an attempt needs to know of its call.
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    deadline: Option<tokio::time::Instant>,
+    /// The hash of the call's routing key.
+    key: Option<u64>,
+    /// One response message: the instance's response time is the whole call's.
+    single_response: bool,
+}
+
 /// Sends the call to one instance, another than those `tried` when there is one.
 async fn attempt(
     instances: &Arc<InstanceSet>,
     request: http::Request<Body>,
-    (deadline, key): (Option<tokio::time::Instant>, Option<u64>),
+    pick: Pick,
     tried: &mut Vec<Arc<Instance>>,
 ) -> Attempt {
-    let (instance, in_flight) = match instances.pick(deadline, tried, key).await {
+    let (instance, in_flight) = match instances.pick(pick.deadline, tried, pick.key).await {
         Ok(picked) => picked,
         // Picking already waited as long as it should.
         Err(status) => return Attempt::Answered(status.into_http()),
@@ -332,10 +348,11 @@ async fn attempt(
         .err()
         .and_then(|error| stream_reset(&**error));
     // How the call went, as far as the response head tells (a failure answered at once comes
-    // as a head with its status): failures count against the instance, and never as fast.
+    // as a head with its status): failures count against the instance, and never as fast. An
+    // answer whose head has no status is counted when it ends (see `Counted`).
     let failed = match &outcome {
         Ok(response) if response.headers().contains_key(REFUSED_HEADER) => None,
-        Ok(response) => Some(status_of(response).is_some_and(counts_against)),
+        Ok(response) => status_of(response).map(counts_against),
         // Sent away before the call began (GOAWAY, a closed connection): no failure.
         Err(error) if refused_stream(&**error) => None,
         // This end reset the stream (its request failed): nothing the instance did.
@@ -344,11 +361,32 @@ async fn attempt(
     };
     if let Some(failed) = failed {
         instances.count_outcome(&instance, failed);
-        if failed {
-            in_flight.failed();
-        }
     }
+    let in_flight = if failed == Some(true) {
+        in_flight.failed();
+        None
+    } else {
+        Some(in_flight)
+    };
     match outcome {
+        Ok(response)
+            if !response.headers().contains_key(REFUSED_HEADER)
+                && status_of(&response).is_none() =>
+        {
+            let Some(mut in_flight) = in_flight else {
+                return Attempt::Answered(response);
+            };
+            if !pick.single_response {
+                in_flight.answered();
+            }
+            let pending = Pending {
+                instances: instances.clone(),
+                instance,
+                in_flight,
+                deadline: pick.deadline,
+            };
+            Attempt::Answered(response.map(|body| Body::new(Counted::new(body, pending))))
+        }
         Ok(response) => {
             if response.headers().contains_key(REFUSED_HEADER) {
                 instances.report_failure(&instance, "draining: refuses new calls".into());

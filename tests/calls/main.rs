@@ -6,6 +6,7 @@
 mod support;
 
 mod ejection;
+mod outcomes;
 mod streams;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
