@@ -245,6 +245,7 @@ where
 impl<B> http_body::Body for Reported<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -262,9 +263,10 @@ where
                     }
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(error))) => {
+                let code = error_code(error);
                 if let Some(report) = self.report.take() {
-                    report.finish(tonic::Code::Unavailable);
+                    report.finish(code);
                 }
             }
             Poll::Ready(None) => {
@@ -284,6 +286,17 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The status code of a body's error: its own when it is a status (`DEADLINE_EXCEEDED` when
+/// the call's deadline ended it), `UNAVAILABLE` for a broken connection otherwise.
+fn error_code(error: &(dyn std::any::Any + 'static)) -> tonic::Code {
+    let status = error.downcast_ref::<tonic::Status>().or_else(|| {
+        error
+            .downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+            .and_then(|boxed| boxed.downcast_ref::<tonic::Status>())
+    });
+    status.map_or(tonic::Code::Unavailable, tonic::Status::code)
 }
 
 impl<B> Drop for Reported<B> {

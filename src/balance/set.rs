@@ -247,6 +247,16 @@ impl InstanceSet {
         }
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
+        // The wait ends at the call's deadline: its time is spent (as grpc-go says).
+        let gave_up = |message: String| {
+            if deadline.is_some_and(|deadline| deadline <= wait_until) {
+                tonic::Status::deadline_exceeded(format!(
+                    "the call's deadline passed while waiting for an instance: {message}"
+                ))
+            } else {
+                tonic::Status::unavailable(message)
+            }
+        };
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -256,11 +266,14 @@ impl InstanceSet {
                 return Ok((instance, in_flight));
             }
             let why = self.why_unavailable();
-            if !why.may_change || Instant::now() >= wait_until {
+            if !why.may_change {
                 return Err(tonic::Status::unavailable(why.message));
             }
+            if Instant::now() >= wait_until {
+                return Err(gave_up(why.message));
+            }
             if tokio::time::timeout_at(wait_until, changed).await.is_err() {
-                return Err(tonic::Status::unavailable(self.why_unavailable().message));
+                return Err(gave_up(self.why_unavailable().message));
             }
         }
     }
@@ -425,7 +438,7 @@ mod test {
             .pick(Some(started + Duration::from_secs(2)), &[], None)
             .await
             .unwrap_err();
-        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
         assert!(
             error
                 .message()

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -38,9 +37,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How calls are timed and retried, shared by the clones of a channel.
 #[derive(Debug)]
 pub(crate) struct CallPolicy {
-    /// The timeout of calls with a single response that set none, and its `grpc-timeout`
-    /// header, encoded once.
-    pub(crate) default_timeout: Option<(Duration, HeaderValue)>,
+    /// The timeout of calls with a single response that set none.
+    pub(crate) default_timeout: Option<Duration>,
     /// Attempts per call, the first included.
     pub(crate) attempts: u32,
     pub(crate) budget: TpsBudget,
@@ -58,7 +56,7 @@ impl CallPolicy {
     ) -> Self {
         Self {
             metadata,
-            default_timeout: default_timeout.map(|timeout| (timeout, encode(timeout))),
+            default_timeout,
             attempts: attempts.max(1),
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
             metrics: CallMetrics::new(Side::Client { target }),
@@ -134,11 +132,8 @@ async fn timed_call(
     let info = request.extensions_mut().remove::<Call>();
     let timeout = match grpc_timeout(&request) {
         Some(timeout) => Some(timeout),
-        None => match (&policy.default_timeout, info) {
-            (Some((timeout, header)), Some(call)) if call.single_response => {
-                request.headers_mut().insert(GRPC_TIMEOUT, header.clone());
-                Some(*timeout)
-            }
+        None => match (policy.default_timeout, info) {
+            (Some(timeout), Some(call)) if call.single_response => Some(timeout),
             _ => None,
         },
     };
@@ -319,6 +314,12 @@ async fn attempt(
         tracing::debug_span!("meshless.attempt", instance = %instance.key, attempt = tried.len());
     let mut request = request;
     crate::trace_context::inject(&span, request.headers_mut());
+    // The server is told what is left of the deadline, after the wait for an instance and the
+    // attempts before this one.
+    if let Some(deadline) = pick.deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        request.headers_mut().insert(GRPC_TIMEOUT, encode(left));
+    }
     let Some(connection) = instance.connection() else {
         return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
             "instance {} of `{}` lost its connection",

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod deadlines;
 mod ejection;
 mod outcomes;
 mod streams;
