@@ -65,7 +65,8 @@ pub(crate) struct Instance {
     latency: ResponseTime,
     /// SRV priority: only the lowest priority with a ready instance is used.
     priority: AtomicU32,
-    /// SRV weight (at least 1): the share of calls the instance gets among its priority.
+    /// SRV weight: the share of calls the instance gets among its priority (0: a very small
+    /// one beside instances of other weights, as RFC 2782 says).
     weight: AtomicU32,
     last_error: Mutex<Option<String>>,
     /// Wakes the connection task: a failure was reported, or the instance was removed.
@@ -101,7 +102,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             latency: ResponseTime::default(),
             priority: AtomicU32::new(placement.priority.into()),
-            weight: AtomicU32::new(placement.weight.max(1).into()),
+            weight: AtomicU32::new(placement.weight.into()),
             last_error: Mutex::new(None),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
@@ -158,9 +159,13 @@ impl Instance {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Calls in flight per unit of SRV weight.
+    /// Calls in flight per unit of SRV weight (weight 0 counting as a thousandth).
     pub(crate) fn in_flight_per_weight(&self) -> f64 {
-        self.in_flight() as f64 / f64::from(self.placement().weight.max(1))
+        let weight = match self.placement().weight {
+            0 => 0.001,
+            weight => f64::from(weight),
+        };
+        self.in_flight() as f64 / weight
     }
 
     /// The response time the balancer expects at `now` (by [`now_nanos`]), in nanoseconds (an
@@ -182,7 +187,7 @@ impl Instance {
         self.priority
             .store(placement.priority.into(), Ordering::Relaxed);
         self.weight
-            .store(placement.weight.max(1).into(), Ordering::Relaxed);
+            .store(placement.weight.into(), Ordering::Relaxed);
         old != self.placement()
     }
 
