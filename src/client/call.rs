@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
 use super::outcome::{Counted, Pending};
+use super::routing::{header_value, ROUTING_KEY_HEADER};
 use crate::balance::{counts_against, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::{encode, grpc_timeout, GRPC_TIMEOUT};
@@ -145,10 +146,16 @@ async fn timed_call(
 
     let mut tried = Vec::new();
     let calling = async {
-        // A routing key is read from the request, which is then sent from the bytes kept.
-        let (request, key) = match info.and_then(|call| call.routing) {
-            Some(routing) => routed(request, routing).await?,
-            None => (request, None),
+        // The routing key: from its header, or read from the request (which is then sent
+        // from the bytes kept, with the header added).
+        let header_key = request.headers().get(ROUTING_KEY_HEADER);
+        let (request, key) = match (header_key, info.and_then(|call| call.routing)) {
+            (Some(key), _) => {
+                let key = crate::keys::hash(key.as_bytes());
+                (request, Some(key))
+            }
+            (None, Some(routing)) => routed(request, routing).await?,
+            (None, None) => (request, None),
         };
         let pick = Pick {
             deadline,
@@ -235,19 +242,24 @@ async fn with_retries(
     }
 }
 
-/// The request, its body kept whole, and the hash of its routing key. A request that is not
-/// one uncompressed gRPC message has no key (and goes where the balancer says).
+/// The request, its body kept whole and its routing key added as a header, and the hash of
+/// that key. A request that is not one uncompressed gRPC message has no key (and goes where
+/// the balancer says); generated clients send the key in the header, whatever the encoding.
 async fn routed(
     request: http::Request<Body>,
     routing: crate::codegen::KeyPath,
 ) -> Result<(http::Request<Body>, Option<u64>), BoxError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let body = whole(body).await?;
     let key = match body.get(..5) {
         Some([0, length @ ..]) => {
             let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
-            body.get(5..5 + length as usize)
-                .map(|message| crate::keys::hash(&routing.key_of(message)))
+            body.get(5..5 + length as usize).map(|message| {
+                let key = header_value(&routing.key_of(message));
+                let hash = crate::keys::hash(key.as_bytes());
+                parts.headers.insert(ROUTING_KEY_HEADER, key);
+                hash
+            })
         }
         _ => None,
     };

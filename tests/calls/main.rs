@@ -8,6 +8,7 @@ mod support;
 mod deadlines;
 mod ejection;
 mod outcomes;
+mod routing;
 mod streams;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
