@@ -217,28 +217,95 @@ async fn with_retries(
     // the path and the headers; the extensions stay here (nothing past this point reads them).
     let body = whole(body).await?;
     let mut attempt_number = 1;
+    // Retries after a failure back off; the count of those so far.
+    let mut backoffs = 0;
     loop {
         let mut request = http::Request::new(Body::new(Full::new(body.clone())));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.headers_mut() = parts.headers.clone();
         let outcome = attempt(instances, request, pick, tried).await;
-        let retry = match &outcome {
-            Attempt::Answered(_) => false,
-            Attempt::NotProcessed(_) => true,
-            Attempt::Unavailable(_) => idempotent,
+        let pause = match &outcome {
+            Attempt::Answered(_) => None,
+            // Never processed: sent again at once, as gRPC's transparent retries are.
+            Attempt::NotProcessed(_) => Some(Duration::ZERO),
+            Attempt::Unavailable(_) if !idempotent => None,
+            Attempt::Unavailable(response) => match pushback(response) {
+                Pushback::None => {
+                    backoffs += 1;
+                    Some(retry_backoff(backoffs))
+                }
+                Pushback::After(pause) => {
+                    backoffs = 0;
+                    Some(pause)
+                }
+                Pushback::DoNotRetry => None,
+            },
         };
-        if !retry || attempt_number >= policy.attempts {
+        let Some(pause) = pause else {
+            return outcome.into_result();
+        };
+        if attempt_number >= policy.attempts {
+            return outcome.into_result();
+        }
+        if pick
+            .deadline
+            .is_some_and(|deadline| tokio::time::Instant::now() + pause >= deadline)
+        {
+            tracing::debug!(target = %instances.target(), ?pause, "no time left to retry after the pause");
             return outcome.into_result();
         }
         if !policy.budget.withdraw() {
             tracing::debug!(target = %instances.target(), "retry budget spent; not retrying");
             return outcome.into_result();
         }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         attempt_number += 1;
         metrics::counter!("meshless_client_retries_total", "target" => instances.target().to_owned())
             .increment(1);
         tracing::debug!(target = %instances.target(), attempt = attempt_number, "retrying on another pick");
+    }
+}
+
+/// The pause before the first retry after a failure (gRFC A6's `initialBackoff`); each that
+/// follows doubles it, up to [`RETRY_BACKOFF_MAX`].
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The header in which a server says when to retry, or not to (gRFC A6).
+const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The pause before the `n`th retry after a failure (from 1): exponential, with gRFC A6's
+/// jitter (0.8 to 1.2 times), so that clients that failed together do not retry together.
+fn retry_backoff(n: u32) -> Duration {
+    let step = RETRY_BACKOFF
+        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)))
+        .min(RETRY_BACKOFF_MAX);
+    step.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+/// What the server said about retrying a failed call.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushback {
+    /// Nothing: the client backs off as it sees fit.
+    None,
+    /// Retry after this long.
+    After(Duration),
+    /// Do not retry (a negative or malformed value).
+    DoNotRetry,
+}
+
+fn pushback(response: &Response) -> Pushback {
+    let Response::Http(response) = response else {
+        return Pushback::None;
+    };
+    let Some(value) = response.headers().get(RETRY_PUSHBACK) else {
+        return Pushback::None;
+    };
+    match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(millis) => Pushback::After(Duration::from_millis(millis)),
+        None => Pushback::DoNotRetry,
     }
 }
 
