@@ -173,12 +173,15 @@ impl MethodMetrics {
 }
 
 /// One call, reported once its status is known: in the response headers (trailers-only),
-/// in the trailers, or `CANCELLED` when the response is dropped before either.
+/// in the trailers, or when it is dropped before either: `DEADLINE_EXCEEDED` when its deadline
+/// had passed (the call was given up for it), `CANCELLED` otherwise.
 #[derive(Debug)]
 pub(crate) struct CallReport {
     metrics: Arc<MethodMetrics>,
     started: Instant,
     span: tracing::Span,
+    deadline: Option<Instant>,
+    reported: bool,
 }
 
 impl CallReport {
@@ -187,10 +190,26 @@ impl CallReport {
             metrics: metrics.method(method),
             started: Instant::now(),
             span,
+            deadline: None,
+            reported: false,
         }
     }
 
-    fn finish(self, code: tonic::Code) {
+    /// The call's deadline, `timeout` from now: a call dropped after it counts as
+    /// `DEADLINE_EXCEEDED`.
+    pub(crate) fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.deadline = timeout.and_then(|timeout| self.started.checked_add(timeout));
+        self
+    }
+
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
         self.span.record("status", code_name(code));
         self.metrics.calls(code).increment(1);
         self.metrics
@@ -220,6 +239,18 @@ impl CallReport {
                 report,
             },
         )
+    }
+}
+
+impl Drop for CallReport {
+    fn drop(&mut self) {
+        if !self.reported {
+            let code = match self.deadline {
+                Some(deadline) if Instant::now() >= deadline => tonic::Code::DeadlineExceeded,
+                _ => tonic::Code::Cancelled,
+            };
+            self.record(code);
+        }
     }
 }
 
@@ -297,12 +328,4 @@ fn error_code(error: &(dyn std::any::Any + 'static)) -> tonic::Code {
             .and_then(|boxed| boxed.downcast_ref::<tonic::Status>())
     });
     status.map_or(tonic::Code::Unavailable, tonic::Status::code)
-}
-
-impl<B> Drop for Reported<B> {
-    fn drop(&mut self) {
-        if let Some(report) = self.report.take() {
-            report.finish(tonic::Code::Cancelled);
-        }
-    }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod deadlines;
 mod ejection;
+mod given_up;
 mod outcomes;
 mod retries;
 mod routing;
