@@ -62,6 +62,7 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 tracing::debug!(target = %set.target(), instance = %instance.key, %error, "connect failed");
                 instance.connect_failed(error);
                 set.rebuild_ready();
+                set.connect_failed();
                 drop(set);
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_pause()) => {}

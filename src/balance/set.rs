@@ -205,6 +205,12 @@ impl InstanceSet {
         }
     }
 
+    /// A connection to an instance could not be made: discovery looks again (it may be gone,
+    /// and replaced elsewhere).
+    pub(super) fn connect_failed(&self) {
+        self.refresh.notify_one();
+    }
+
     /// `instance` closed its connection gracefully (GOAWAY): it is connected again at once,
     /// without counting as a failure.
     pub(crate) fn report_closed(&self, instance: &Instance) {
@@ -396,6 +402,26 @@ mod test {
         assert_eq!(set.ready_count(), 1, "the ejected instance is back");
         let (picked, _) = set.pick(None, &[], None).await.expect("a is picked");
         assert_eq!(picked.key, "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_cannot_be_made_asks_discovery_to_look_again() {
+        let refresh = Arc::new(Notify::new());
+        let settings = Settings {
+            connector: crate::endpoint::Connector::default(),
+            wait_timeout: Duration::from_secs(1),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(1),
+        };
+        let (set, _) = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, refresh.clone());
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        set.upsert(dead.to_string(), Placement::default())
+            .expect("an instance");
+        tokio::time::timeout(Duration::from_secs(5), refresh.notified())
+            .await
+            .expect("discovery was asked to look again");
     }
 
     #[tokio::test]
