@@ -442,7 +442,10 @@ async fn attempt(
     if let Some(failed) = failed {
         instances.count_outcome(&instance, failed);
     }
-    let in_flight = if failed == Some(true) {
+    let refused =
+        matches!(&outcome, Ok(response) if response.headers().contains_key(REFUSED_HEADER));
+    // A refusal is no answer: it must not make the instance look fast.
+    let in_flight = if failed == Some(true) || refused {
         in_flight.failed();
         None
     } else {

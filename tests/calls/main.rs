@@ -6,6 +6,7 @@
 mod support;
 
 mod deadlines;
+mod draining;
 mod ejection;
 mod given_up;
 mod outcomes;
