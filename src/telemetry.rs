@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -85,7 +85,10 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) struct CallMetrics {
     side: Side,
-    by_method: RwLock<HashMap<String, Arc<MethodMetrics>>>,
+    /// Read by every call without a lock; replaced whole when a method is added.
+    by_method: arc_swap::ArcSwap<HashMap<String, Arc<MethodMetrics>>>,
+    /// Held while a method is added.
+    adding: Mutex<()>,
 }
 
 /// How many methods get handles of their own; more share one entry labelled `other`, so that
@@ -105,29 +108,30 @@ impl CallMetrics {
     pub(crate) fn new(side: Side) -> Self {
         Self {
             side,
-            by_method: RwLock::new(HashMap::new()),
+            by_method: arc_swap::ArcSwap::default(),
+            adding: Mutex::new(()),
         }
     }
 
     fn method(&self, method: &str) -> Arc<MethodMetrics> {
-        if let Some(found) = self
-            .by_method
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(method)
-        {
+        if let Some(found) = self.by_method.load().get(method) {
             return found.clone();
         }
-        let mut by_method = self.by_method.write().unwrap_or_else(|e| e.into_inner());
-        let key = if by_method.len() < MAX_METHODS || by_method.contains_key(method) {
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.by_method.load_full();
+        let key = if known.len() < MAX_METHODS || known.contains_key(method) {
             method
         } else {
             "other"
         };
-        by_method
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(MethodMetrics::new(self.side.clone(), key)))
-            .clone()
+        if let Some(found) = known.get(key) {
+            return found.clone();
+        }
+        let metrics = Arc::new(MethodMetrics::new(self.side.clone(), key));
+        let mut by_method = HashMap::clone(&known);
+        by_method.insert(key.to_owned(), metrics.clone());
+        self.by_method.store(Arc::new(by_method));
+        metrics
     }
 }
 

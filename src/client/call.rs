@@ -16,10 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::budget::RetryBudget;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
-use tower::retry::budget::{Budget, TpsBudget};
 use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
@@ -42,7 +42,7 @@ pub(crate) struct CallPolicy {
     pub(crate) default_timeout: Option<Duration>,
     /// Attempts per call, the first included.
     pub(crate) attempts: u32,
-    pub(crate) budget: TpsBudget,
+    pub(crate) budget: RetryBudget,
     pub(crate) metrics: CallMetrics,
     /// Sent with every call that does not set the same key itself.
     pub(crate) metadata: ExtraMetadata,
@@ -59,7 +59,7 @@ impl CallPolicy {
             metadata,
             default_timeout,
             attempts: attempts.max(1),
-            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+            budget: RetryBudget::default(),
             metrics: CallMetrics::new(Side::Client { target }),
         }
     }

@@ -1,5 +1,6 @@
 //! The client side: [`Channel`], which generated clients call through.
 
+mod budget;
 mod call;
 mod channel;
 mod deadline_body;
