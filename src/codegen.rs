@@ -6,6 +6,7 @@ pub use prost_types;
 pub use tonic;
 pub use tonic_prost;
 
+pub use crate::client::routing::{add_routing_key, ROUTING_KEY_HEADER};
 pub use crate::keys::{KeyKind, KeyPath};
 
 /// What a generated client tells its [`Channel`](crate::Channel) about a call, in the

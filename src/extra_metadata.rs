@@ -8,7 +8,10 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 pub(crate) struct ExtraMetadata(MetadataMap);
 
 impl ExtraMetadata {
-    pub(crate) fn insert(&mut self, key: AsciiMetadataKey, value: AsciiMetadataValue) {
+    /// Values are marked sensitive: `Debug` of the request's headers does not show them, and
+    /// HPACK never indexes them (RFC 7541, 7.1.3).
+    pub(crate) fn insert(&mut self, key: AsciiMetadataKey, mut value: AsciiMetadataValue) {
+        value.set_sensitive(true);
         self.0.insert(key, value);
     }
 
@@ -60,5 +63,8 @@ mod tests {
         extra.add_to(&mut headers);
         assert_eq!(headers["x-team"], "mine");
         assert_eq!(headers["authorization"], "Bearer secret");
+        assert!(headers["authorization"].is_sensitive());
+        let shown = format!("{headers:?}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -88,7 +88,10 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) struct CallMetrics {
     side: Side,
-    by_method: RwLock<HashMap<String, Arc<MethodMetrics>>>,
+    /// Read by every call without a lock; replaced whole when a method is added.
+    by_method: arc_swap::ArcSwap<HashMap<String, Arc<MethodMetrics>>>,
+    /// Held while a method is added.
+    adding: Mutex<()>,
 }
 
 /// How many methods get handles of their own; more share one entry labelled `other`, so that
@@ -108,29 +111,30 @@ impl CallMetrics {
     pub(crate) fn new(side: Side) -> Self {
         Self {
             side,
-            by_method: RwLock::new(HashMap::new()),
+            by_method: arc_swap::ArcSwap::default(),
+            adding: Mutex::new(()),
         }
     }
 
     fn method(&self, method: &str) -> Arc<MethodMetrics> {
-        if let Some(found) = self
-            .by_method
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(method)
-        {
+        if let Some(found) = self.by_method.load().get(method) {
             return found.clone();
         }
-        let mut by_method = self.by_method.write().unwrap_or_else(|e| e.into_inner());
-        let key = if by_method.len() < MAX_METHODS || by_method.contains_key(method) {
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.by_method.load_full();
+        let key = if known.len() < MAX_METHODS || known.contains_key(method) {
             method
         } else {
             "other"
         };
-        by_method
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(MethodMetrics::new(self.side.clone(), key)))
-            .clone()
+        if let Some(found) = known.get(key) {
+            return found.clone();
+        }
+        let metrics = Arc::new(MethodMetrics::new(self.side.clone(), key));
+        let mut by_method = HashMap::clone(&known);
+        by_method.insert(key.to_owned(), metrics.clone());
+        self.by_method.store(Arc::new(by_method));
+        metrics
     }
 }
 
@@ -176,12 +180,15 @@ impl MethodMetrics {
 }
 
 /// One call, reported once its status is known: in the response headers (trailers-only),
-/// in the trailers, or `CANCELLED` when the response is dropped before either.
+/// in the trailers, or when it is dropped before either: `DEADLINE_EXCEEDED` when its deadline
+/// had passed (the call was given up for it), `CANCELLED` otherwise.
 #[derive(Debug)]
 pub(crate) struct CallReport {
     metrics: Arc<MethodMetrics>,
     started: Instant,
     span: tracing::Span,
+    deadline: Option<Instant>,
+    reported: bool,
 }
 
 impl CallReport {
@@ -190,10 +197,26 @@ impl CallReport {
             metrics: metrics.method(method),
             started: Instant::now(),
             span,
+            deadline: None,
+            reported: false,
         }
     }
 
-    fn finish(self, code: tonic::Code) {
+    /// The call's deadline, `timeout` from now: a call dropped after it counts as
+    /// `DEADLINE_EXCEEDED`.
+    pub(crate) fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.deadline = timeout.and_then(|timeout| self.started.checked_add(timeout));
+        self
+    }
+
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
         self.span.record("status", code_name(code));
         self.metrics.calls(code).increment(1);
         self.metrics
@@ -226,6 +249,18 @@ impl CallReport {
     }
 }
 
+impl Drop for CallReport {
+    fn drop(&mut self) {
+        if !self.reported {
+            let code = match self.deadline {
+                Some(deadline) if Instant::now() >= deadline => tonic::Code::DeadlineExceeded,
+                _ => tonic::Code::Cancelled,
+            };
+            self.record(code);
+        }
+    }
+}
+
 /// A response body that reports its call when the status goes by.
 #[derive(Debug)]
 pub(crate) struct Reported<B> {
@@ -248,6 +283,7 @@ where
 impl<B> http_body::Body for Reported<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -265,9 +301,10 @@ where
                     }
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(error))) => {
+                let code = error_code(error);
                 if let Some(report) = self.report.take() {
-                    report.finish(tonic::Code::Unavailable);
+                    report.finish(code);
                 }
             }
             Poll::Ready(None) => {
@@ -289,12 +326,15 @@ where
     }
 }
 
-impl<B> Drop for Reported<B> {
-    fn drop(&mut self) {
-        if let Some(report) = self.report.take() {
-            report.finish(tonic::Code::Cancelled);
-        }
-    }
+/// The status code of a body's error: its own when it is a status (`DEADLINE_EXCEEDED` when
+/// the call's deadline ended it), `UNAVAILABLE` for a broken connection otherwise.
+fn error_code(error: &(dyn std::any::Any + 'static)) -> tonic::Code {
+    let status = error.downcast_ref::<tonic::Status>().or_else(|| {
+        error
+            .downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+            .and_then(|boxed| boxed.downcast_ref::<tonic::Status>())
+    });
+    status.map_or(tonic::Code::Unavailable, tonic::Status::code)
 }
 
 /// The metric handles of one event RPC on a publisher, made once per event RPC.

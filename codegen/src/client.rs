@@ -60,10 +60,19 @@ pub(crate) fn generate(service: &Service) -> TokenStream {
                 routing: #routing,
             }
         };
+        let routing_header = match &method.key {
+            Some(_) => quote! {
+                if let ::core::option::Option::Some(path) = #routing {
+                    ::meshless::codegen::add_routing_key(&mut request, path);
+                }
+            },
+            None => quote! {},
+        };
         let check_size = match &method.shape {
             Shape::Unary | Shape::ServerStreaming => quote! {
                 let mut request = ::meshless::IntoRequest::into_request(request);
                 ::meshless::codegen::check_request_size(request.get_ref(), self.max_request_size)?;
+                #routing_header
                 request.extensions_mut().insert(#call);
             },
             _ => quote! {

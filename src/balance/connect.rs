@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::connection::Connection;
-use super::instance::Instance;
+use super::instance::{Instance, State};
 use super::set::InstanceSet;
 use crate::backoff::Backoff;
 
@@ -44,7 +44,7 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                 tracing::debug!(target = %set.target(), instance = %instance.key, "connected");
                 instance.connected(connection);
                 set.rebuild_ready();
-                backoff.reset();
+                let connected_at = tokio::time::Instant::now();
                 // Sleep until the connection ends, a call reports a failure, or the instance
                 // is removed. The set is not held meanwhile: dropping it ends this task.
                 let set = Arc::downgrade(&set);
@@ -57,11 +57,24 @@ pub(super) async fn keep_connected(instance: Arc<Instance>, set: Weak<InstanceSe
                         }
                     }
                 }
+                // A connection that lasted starts the backoff over; one that a call found
+                // failed soon after it was made (a draining server, which still answers the
+                // readiness check) is remade after a pause that grows each time.
+                if connected_at.elapsed() >= settings.reconnect_backoff_max {
+                    backoff.reset();
+                }
+                if instance.state() == State::Failed && !instance.is_removed() {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_pause()) => {}
+                        () = instance.wake.notified() => {}
+                    }
+                }
             }
             Err(error) => {
                 tracing::debug!(target = %set.target(), instance = %instance.key, %error, "connect failed");
                 instance.connect_failed(error);
                 set.rebuild_ready();
+                set.connect_failed();
                 drop(set);
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_pause()) => {}

@@ -65,7 +65,8 @@ pub(crate) struct Instance {
     latency: ResponseTime,
     /// SRV priority: only the lowest priority with a ready instance is used.
     priority: AtomicU32,
-    /// SRV weight (at least 1): the share of calls the instance gets among its priority.
+    /// SRV weight: the share of calls the instance gets among its priority (0: a very small
+    /// one beside instances of other weights, as RFC 2782 says).
     weight: AtomicU32,
     last_error: Mutex<Option<String>>,
     /// Wakes the connection task: a failure was reported, or the instance was removed.
@@ -101,7 +102,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             latency: ResponseTime::default(),
             priority: AtomicU32::new(placement.priority.into()),
-            weight: AtomicU32::new(placement.weight.max(1).into()),
+            weight: AtomicU32::new(placement.weight.into()),
             last_error: Mutex::new(None),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
@@ -158,9 +159,13 @@ impl Instance {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Calls in flight per unit of SRV weight.
+    /// Calls in flight per unit of SRV weight (weight 0 counting as a thousandth).
     pub(crate) fn in_flight_per_weight(&self) -> f64 {
-        self.in_flight() as f64 / f64::from(self.placement().weight.max(1))
+        let weight = match self.placement().weight {
+            0 => 0.001,
+            weight => f64::from(weight),
+        };
+        self.in_flight() as f64 / weight
     }
 
     /// The response time the balancer expects at `now` (by [`now_nanos`]), in nanoseconds (an
@@ -182,7 +187,7 @@ impl Instance {
         self.priority
             .store(placement.priority.into(), Ordering::Relaxed);
         self.weight
-            .store(placement.weight.max(1).into(), Ordering::Relaxed);
+            .store(placement.weight.into(), Ordering::Relaxed);
         old != self.placement()
     }
 
@@ -276,30 +281,65 @@ impl Instance {
     /// Counts a call in flight until the guard is dropped.
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), Instant::now(), false)
+        InFlight {
+            instance: self.clone(),
+            started: Instant::now(),
+            observed: false,
+            end: End::Answered,
+        }
     }
 }
 
+/// How a call in flight ended, for the response time it counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Its response time is the time it took.
+    Answered,
+    /// It failed: [`FAILURE_PENALTY`] at least.
+    Failed,
+    /// The caller gave up on it: no response time.
+    Abandoned,
+}
+
 /// A call in flight on an instance since it started; dropping it ends the call and counts
-/// its response time, unless [`failed`](Self::failed) said otherwise.
+/// its response time, unless [`failed`](Self::failed) or [`abandoned`](Self::abandoned) said
+/// otherwise.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Instance>, Instant, bool);
+pub(crate) struct InFlight {
+    instance: Arc<Instance>,
+    started: Instant,
+    /// The response time was counted already (at a stream's response headers).
+    observed: bool,
+    end: End,
+}
 
 impl InFlight {
     /// The call failed: it counts as [`FAILURE_PENALTY`] at least, never as a fast answer.
     pub(crate) fn failed(mut self) {
-        self.2 = true;
+        self.end = End::Failed;
+    }
+
+    /// The caller gave up before the call ended: its time so far says nothing.
+    pub(crate) fn abandoned(mut self) {
+        self.end = End::Abandoned;
+    }
+
+    /// The response began (a stream's headers): its response time is the time until now,
+    /// while it stays in flight until it ends.
+    pub(crate) fn answered(&mut self) {
+        self.instance.latency.observe(self.started.elapsed());
+        self.observed = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let took = self.1.elapsed();
-        self.0.latency.observe(if self.2 {
-            took.max(FAILURE_PENALTY)
-        } else {
-            took
-        });
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let took = self.started.elapsed();
+        match (self.end, self.observed) {
+            (End::Answered, false) => self.instance.latency.observe(took),
+            (End::Failed, _) => self.instance.latency.observe(took.max(FAILURE_PENALTY)),
+            (End::Answered, true) | (End::Abandoned, _) => {}
+        }
+        self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

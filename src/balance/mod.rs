@@ -20,5 +20,5 @@ mod ready;
 mod set;
 mod watched;
 
-pub(crate) use instance::{counts_against, Instance};
+pub(crate) use instance::{counts_against, InFlight, Instance};
 pub(crate) use set::{InstanceSet, Settings};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::instance::{Instance, State};
 use crate::discovery::Placement;
 
-/// The ready instances of the lowest priority that has any, with their weights summed for
-/// weighted draws. Built when instances change, read lock-free by every call.
+/// The ready instances (connected and not ejected, or ejected when no other is connected) of
+/// the lowest priority that has any, with their weights summed for weighted draws. Built when instances change, read lock-free by every call.
 #[derive(Debug, Default)]
 pub(crate) struct Ready {
     instances: Vec<Arc<Instance>>,
@@ -21,10 +21,18 @@ impl Ready {
     pub(crate) fn build(all: &[Arc<Instance>]) -> Self {
         // One look at each instance: its state and placement can change while this runs (a
         // call reporting a failure, a reconnect, DNS), and two looks could disagree.
-        let ready: Vec<(Arc<Instance>, Placement)> = all
+        // Ejected instances are left out, unless they are all that is connected: an ejected
+        // instance is better than none (the one that took the other's place may have gone).
+        let connected: Vec<(&Arc<Instance>, bool)> = all
             .iter()
-            .filter(|i| i.state() == State::Ready && !i.is_ejected())
-            .map(|i| (i.clone(), i.placement()))
+            .filter(|i| i.state() == State::Ready)
+            .map(|i| (i, i.is_ejected()))
+            .collect();
+        let any_not_ejected = connected.iter().any(|(_, ejected)| !ejected);
+        let ready: Vec<(Arc<Instance>, Placement)> = connected
+            .into_iter()
+            .filter(|(_, ejected)| !ejected || !any_not_ejected)
+            .map(|(i, _)| (i.clone(), i.placement()))
             .collect();
         let Some(best) = ready.iter().map(|(_, p)| p.priority).min() else {
             return Self::default();
@@ -40,7 +48,7 @@ impl Ready {
             weights
                 .iter()
                 .scan(0u64, |sum, weight| {
-                    *sum += u64::from(*weight);
+                    *sum += draw_weight(*weight);
                     Some(*sum)
                 })
                 .collect()
@@ -118,6 +126,16 @@ impl Ready {
                 self.cumulative.partition_point(|&sum| sum <= point)
             }
         }
+    }
+}
+
+/// An SRV weight as a share of the draws: weight 0 gets a very small one beside the others
+/// (RFC 2782), a thousandth of weight 1's. (Instances that all weigh the same, 0 included, are
+/// drawn uniformly without this.)
+fn draw_weight(weight: u16) -> u64 {
+    match weight {
+        0 => 1,
+        weight => u64::from(weight) * 1000,
     }
 }
 
@@ -281,6 +299,22 @@ mod test {
         let _calls: Vec<_> = (0..40).map(|_| instances[1].start_call()).collect();
         let ready = Ready::build(&instances);
         assert_eq!(counts(&ready, 100)["busy"], 100);
+    }
+
+    #[tokio::test]
+    async fn an_instance_of_weight_0_is_picked_rarely_beside_weighted_ones() {
+        let instances = [
+            ready_instance("drained", 0, 0),
+            ready_instance("weighted", 0, 1),
+        ];
+        let ready = Ready::build(&instances);
+        let counts = counts(&ready, 10_000);
+        let drained = counts.get("drained").copied().unwrap_or(0);
+        assert!(drained < 50, "{counts:?}");
+        // Alone (or beside other instances of weight 0), it is picked as any other.
+        let alone = [ready_instance("a", 0, 0), ready_instance("b", 0, 0)];
+        let counts = self::counts(&Ready::build(&alone), 1_000);
+        assert!(counts["a"] > 300 && counts["b"] > 300, "{counts:?}");
     }
 
     #[tokio::test]

@@ -168,21 +168,29 @@ impl InstanceSet {
 
     /// Counts how a call to `instance` ended. An instance that failed
     /// [`EJECT_AFTER_FAILURES`](super::instance::EJECT_AFTER_FAILURES) times in a row is
-    /// ejected, for a time that doubles with each ejection, unless half the set (rounded down)
-    /// is ejected already: never all of it.
+    /// ejected, for a time that doubles with each ejection, unless half the connected instances
+    /// (rounded down) are ejected already: never all of them. Instances that are connecting or
+    /// failing to connect are no spares, since calls cannot go to them. Decided under the set's
+    /// lock, so that two instances failing at once cannot both take the last place.
     pub(crate) fn count_outcome(self: &Arc<Self>, instance: &Instance, failed: bool) {
         let Some(duration) = instance.count_outcome(failed) else {
             return;
         };
         {
             let all = self.lock_all();
-            let ejected = all.iter().filter(|i| i.is_ejected()).count();
-            if ejected + 1 > all.len() / 2 {
+            let connected = all.iter().filter(|i| i.state() == State::Ready);
+            let (connected, ejected) = connected.fold((0, 0), |(connected, ejected), i| {
+                (connected + 1, ejected + usize::from(i.is_ejected()))
+            });
+            if instance.is_ejected() {
+                return;
+            }
+            if ejected + 1 > connected / 2 {
                 tracing::debug!(target = %self.target, instance = %instance.key, "failing, but not ejected: as many instances as may be are ejected already");
                 return;
             }
+            instance.eject(duration);
         }
-        instance.eject(duration);
         tracing::warn!(target = %self.target, instance = %instance.key, ?duration, "instance failed {} calls in a row; ejected", super::instance::EJECT_AFTER_FAILURES);
         self.rebuild_ready();
         let set = Arc::downgrade(self);
@@ -194,6 +202,12 @@ impl InstanceSet {
                 }
             });
         }
+    }
+
+    /// A connection to an instance could not be made: discovery looks again (it may be gone,
+    /// and replaced elsewhere).
+    pub(super) fn connect_failed(&self) {
+        self.refresh.notify_one();
     }
 
     /// `instance` closed its connection gracefully (GOAWAY): it is connected again at once,
@@ -238,6 +252,16 @@ impl InstanceSet {
         }
         let wait_until = Instant::now() + self.settings.wait_timeout;
         let wait_until = deadline.map_or(wait_until, |d| d.min(wait_until));
+        // The wait ends at the call's deadline: its time is spent (as grpc-go says).
+        let gave_up = |message: String| {
+            if deadline.is_some_and(|deadline| deadline <= wait_until) {
+                tonic::Status::deadline_exceeded(format!(
+                    "the call's deadline passed while waiting for an instance: {message}"
+                ))
+            } else {
+                tonic::Status::unavailable(message)
+            }
+        };
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -247,11 +271,14 @@ impl InstanceSet {
                 return Ok((instance, in_flight));
             }
             let why = self.why_unavailable();
-            if !why.may_change || Instant::now() >= wait_until {
+            if !why.may_change {
                 return Err(tonic::Status::unavailable(why.message));
             }
+            if Instant::now() >= wait_until {
+                return Err(gave_up(why.message));
+            }
             if tokio::time::timeout_at(wait_until, changed).await.is_err() {
-                return Err(tonic::Status::unavailable(self.why_unavailable().message));
+                return Err(gave_up(self.why_unavailable().message));
             }
         }
     }
@@ -342,6 +369,92 @@ mod test {
         (set, instance)
     }
 
+    fn connected(set: &InstanceSet, key: &str) -> Arc<Instance> {
+        let instance = Arc::new(Instance::new(
+            key.into(),
+            tonic::transport::Endpoint::from_static("http://127.0.0.1:1"),
+            Placement::default(),
+        ));
+        instance.connected(crate::balance::connection::Connection::Tonic(
+            instance.endpoint.connect_lazy(),
+        ));
+        set.lock_all().push(instance.clone());
+        set.rebuild_ready();
+        instance
+    }
+
+    fn fail(set: &Arc<InstanceSet>, instance: &Instance, times: u32) {
+        for _ in 0..times {
+            set.count_outcome(instance, true);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ejected_instance_is_picked_when_it_is_all_that_is_left() {
+        let (set, _) = set_with_one_connecting_instance(Duration::from_secs(1));
+        set.remove("127.0.0.1:1");
+        let (a, _b) = (connected(&set, "a:1"), connected(&set, "b:1"));
+        fail(&set, &a, super::super::instance::EJECT_AFTER_FAILURES);
+        assert!(a.is_ejected());
+        assert_eq!(set.ready_count(), 1);
+        set.remove("b:1");
+        assert_eq!(set.ready_count(), 1, "the ejected instance is back");
+        let (picked, _) = set.pick(None, &[], None).await.expect("a is picked");
+        assert_eq!(picked.key, "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_cannot_be_made_asks_discovery_to_look_again() {
+        let refresh = Arc::new(Notify::new());
+        let settings = Settings {
+            connector: crate::endpoint::Connector::default(),
+            wait_timeout: Duration::from_secs(1),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(1),
+        };
+        let (set, _) = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, refresh.clone());
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        set.upsert(dead.to_string(), Placement::default())
+            .expect("an instance");
+        tokio::time::timeout(Duration::from_secs(5), refresh.notified())
+            .await
+            .expect("discovery was asked to look again");
+    }
+
+    #[tokio::test]
+    async fn two_instances_failing_at_once_are_never_both_ejected() {
+        for _ in 0..300 {
+            let (set, _) = set_with_one_connecting_instance(Duration::from_secs(1));
+            set.remove("127.0.0.1:1");
+            let both = [connected(&set, "a:1"), connected(&set, "b:1")];
+            for instance in &both {
+                fail(
+                    &set,
+                    instance,
+                    super::super::instance::EJECT_AFTER_FAILURES - 1,
+                );
+            }
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = both
+                .iter()
+                .map(|instance| {
+                    let (set, instance, start) = (set.clone(), instance.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        set.count_outcome(&instance, true);
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().expect("a failing thread");
+            }
+            assert_eq!(both.iter().filter(|i| i.is_ejected()).count(), 1);
+            assert_eq!(set.ready_count(), 1);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_call_waits_for_a_connecting_instance_until_its_deadline() {
         let (set, _instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
@@ -350,7 +463,7 @@ mod test {
             .pick(Some(started + Duration::from_secs(2)), &[], None)
             .await
             .unwrap_err();
-        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
         assert!(
             error
                 .message()

@@ -23,7 +23,7 @@ pub(crate) struct Deadlined {
 }
 
 struct Deadline {
-    /// Fires at the deadline; polled only while the body has nothing to give.
+    /// Fires at the deadline.
     expiry: Pin<Box<Sleep>>,
     /// For the status, made only when the deadline passes: the target and the timeout.
     instances: Arc<InstanceSet>,
@@ -70,21 +70,19 @@ impl HttpBody for Deadlined {
         if this.expired {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
+        // The deadline first: a body that always has a message ready (a server faster than
+        // its reader, an endless stream) must end at it too.
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.expiry.as_mut().poll(cx).is_ready() {
+                this.expired = true;
+                return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
+                    "the answer from `{}` did not end within the call's {:?} deadline",
+                    deadline.instances.target(),
+                    deadline.timeout
+                )))));
+            }
         }
-        let Some(deadline) = &mut this.deadline else {
-            return Poll::Pending;
-        };
-        if deadline.expiry.as_mut().poll(cx).is_ready() {
-            this.expired = true;
-            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
-                "the answer from `{}` did not end within the call's {:?} deadline",
-                deadline.instances.target(),
-                deadline.timeout
-            )))));
-        }
-        Poll::Pending
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -122,17 +122,19 @@ pub(crate) async fn run(
     }
 }
 
-/// The changes that turn `old` into `new`: removals first, then insertions and updates.
+/// The changes that turn `old` into `new`: insertions and updates first, then removals, so
+/// that an answer replacing every address never leaves the set empty in between (a call
+/// picking then would fail at once, the set known and empty).
 fn diff(old: &HashMap<SocketAddr, Placement>, new: &HashMap<SocketAddr, Placement>) -> Vec<Update> {
-    let mut changes: Vec<_> = old
-        .keys()
-        .filter(|addr| !new.contains_key(addr))
-        .map(|addr| Update::Remove(*addr))
+    let mut changes: Vec<_> = new
+        .iter()
+        .filter(|(addr, placement)| old.get(addr) != Some(placement))
+        .map(|(addr, placement)| Update::Insert(*addr, *placement))
         .collect();
     changes.extend(
-        new.iter()
-            .filter(|(addr, placement)| old.get(addr) != Some(placement))
-            .map(|(addr, placement)| Update::Insert(*addr, *placement)),
+        old.keys()
+            .filter(|addr| !new.contains_key(addr))
+            .map(|addr| Update::Remove(*addr)),
     );
     changes
 }

@@ -103,6 +103,25 @@ impl Accepting {
     }
 }
 
+/// Whether an accept error is about the one connection being accepted (it was reset or
+/// aborted, or the network failed under it), not about the listener or the process (out of
+/// file descriptors): accept(2) says to go on accepting at once, as after `EAGAIN`.
+fn of_one_connection(error: &io::Error) -> bool {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, TimedOut};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | TimedOut
+    ) {
+        return true;
+    }
+    // EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH (Linux).
+    #[cfg(target_os = "linux")]
+    if let Some(code) = error.raw_os_error() {
+        return matches!(code, 71 | 92 | 112 | 64 | 113 | 95 | 101);
+    }
+    false
+}
+
 impl Stream for Accepting {
     type Item = io::Result<Lingering>;
 
@@ -128,6 +147,9 @@ impl Stream for Accepting {
                         Lingering::new(stream, admitted, self.limits.handshake_timeout);
                     return Poll::Ready(Some(Ok(connection)));
                 }
+                Poll::Ready(Err(error)) if of_one_connection(&error) => {
+                    tracing::debug!(%error, "a connection failed before it was accepted");
+                }
                 Poll::Ready(Err(error)) => {
                     tracing::warn!(%error, pause = ?PAUSE_AFTER_ERROR, "accepting a connection failed; pausing");
                     self.pause = Some(Box::pin(tokio::time::sleep(PAUSE_AFTER_ERROR)));
@@ -135,5 +157,21 @@ impl Stream for Accepting {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn errors_of_one_connection_do_not_pause_accepting_and_running_out_of_files_does() {
+        assert!(of_one_connection(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+        #[cfg(target_os = "linux")]
+        assert!(of_one_connection(&io::Error::from_raw_os_error(71)));
+        // EMFILE: out of file descriptors.
+        assert!(!of_one_connection(&io::Error::from_raw_os_error(24)));
     }
 }

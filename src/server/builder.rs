@@ -15,6 +15,7 @@ use tower_service::Service;
 use super::accept::{Accepting, Limits};
 use super::layers::deadline::RecordDeadline;
 use super::layers::drain::Drain;
+use super::layers::messages::WholeMessages;
 use super::layers::observe::Observe;
 use super::layers::status;
 use super::layers::user::{Routes, UserLayers};
@@ -416,6 +417,7 @@ impl Server {
             .layer(tower::util::option_layer(
                 (!self.layers.is_empty()).then(|| self.layers.clone()),
             ))
+            .layer(WholeMessages)
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;

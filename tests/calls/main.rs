@@ -5,6 +5,15 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod deadlines;
+mod draining;
+mod ejection;
+mod given_up;
+mod outcomes;
+mod retries;
+mod routing;
+mod streams;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +37,8 @@ struct Counter {
     broken: bool,
     calls: Arc<AtomicUsize>,
     deadlines: Arc<Mutex<Vec<Option<Duration>>>>,
+    /// Sent as `grpc-retry-pushback-ms` with each failure.
+    pushback: Option<&'static str>,
 }
 
 impl Counter {
@@ -46,7 +57,13 @@ impl Counter {
             .unwrap()
             .push(Deadline::of(request).map(|d| d.remaining()));
         if self.broken {
-            return Err(Status::unavailable(format!("{} is broken", self.name)));
+            let mut status = Status::unavailable(format!("{} is broken", self.name));
+            if let Some(pushback) = self.pushback {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", pushback.parse().unwrap());
+            }
+            return Err(status);
         }
         Ok(Response::new(Count {
             value: 1,
@@ -164,10 +181,19 @@ async fn the_retry_budget_keeps_retries_from_multiplying_the_load() {
     let target = targets(&servers.iter().collect::<Vec<_>>());
     let client = CounterClient::connect(&target).await.unwrap();
     const CALLS: usize = 1000;
+    // All at once: retries back off, and the budget is counted over time.
+    let mut calls = tokio::task::JoinSet::new();
     for _ in 0..CALLS {
-        let status = client.get(GetRequest {}).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable);
+        let client = client.clone();
+        calls.spawn(async move { client.get(GetRequest {}).await.unwrap_err().code() });
     }
+    let ended = tokio::time::timeout(support::PATIENCE, async {
+        while let Some(code) = calls.join_next().await {
+            assert_eq!(code.expect("a call task"), Code::Unavailable);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the calls ended in time");
     let attempts: usize = instances.iter().map(Counter::calls).sum();
     // Without a budget: 3 attempts per call. With it: the calls, plus 20% of them, plus the
     // reserve of 10 per second over 10 s.

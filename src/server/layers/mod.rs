@@ -9,9 +9,12 @@
 //! 4. [`drain`]: while a server that publishes events shuts down, new calls are refused and
 //!    those in flight are counted down.
 //! 5. [`user`]: the layers added with [`Server::layer`](crate::Server::layer).
+//! 6. [`messages`]: request messages passed on whole, so that a length prefix alone reserves
+//!    no memory.
 
 pub(super) mod deadline;
 pub(super) mod drain;
+pub(super) mod messages;
 pub(super) mod observe;
 pub(super) mod status;
 pub(super) mod user;

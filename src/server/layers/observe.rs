@@ -84,11 +84,14 @@ where
         let span = tracing::debug_span!("meshless.serve", method, status = tracing::field::Empty);
         // The caller's span (W3C `traceparent`), when it sent one, is this one's parent.
         crate::trace_context::adopt_parent(&span, request.headers());
+        // A call given up before its handler returned (its deadline passed, or the client
+        // cancelled it) is reported when its future is dropped.
         let report = CallReport::new(
             &self.state.metrics,
             self.state.method_label(method),
             span.clone(),
-        );
+        )
+        .with_timeout(crate::deadline::grpc_timeout(&request));
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move { call.await.map(|response| report.watch(response)) })
     }
