@@ -1,5 +1,6 @@
 //! The client side: [`Channel`], which generated clients call through.
 
+mod attempt;
 mod budget;
 mod call;
 mod channel;
@@ -9,3 +10,5 @@ pub(crate) mod routing;
 
 pub use crate::endpoint::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT};
 pub use channel::{Channel, ChannelBuilder, ResponseFuture, DEFAULT_TIMEOUT};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
