@@ -55,6 +55,42 @@ pub(crate) enum GroupChange {
     Forgotten { group: String },
 }
 
+impl GroupChange {
+    /// What the change does to the groups a log keeps (a change of a group it does not know
+    /// does nothing).
+    pub(crate) fn apply_to(self, groups: &mut std::collections::BTreeMap<String, SavedGroup>) {
+        match self {
+            GroupChange::Created { group, start } => {
+                groups.insert(
+                    group,
+                    SavedGroup {
+                        start,
+                        ..SavedGroup::default()
+                    },
+                );
+            }
+            GroupChange::Acked { group, sequences } => {
+                if let Some(saved) = groups.get_mut(&group) {
+                    saved.acked.extend(sequences);
+                }
+            }
+            GroupChange::Missed { group, events } => {
+                if let Some(saved) = groups.get_mut(&group) {
+                    saved.missed += events;
+                }
+            }
+            GroupChange::HandedOut { group, through } => {
+                if let Some(saved) = groups.get_mut(&group) {
+                    saved.handed_out = saved.handed_out.max(through);
+                }
+            }
+            GroupChange::Forgotten { group } => {
+                groups.remove(&group);
+            }
+        }
+    }
+}
+
 /// A consumer group as a log kept it: the events from `start` on, less those acknowledged,
 /// are still owed to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

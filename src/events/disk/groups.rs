@@ -126,7 +126,7 @@ fn replay(path: &Path, groups: &mut BTreeMap<String, SavedGroup>) -> std::io::Re
     let mut at = 0;
     while at < data.len() {
         if let Some((change, end)) = change_at(&data, at) {
-            apply(groups, change);
+            change.apply_to(groups);
             at = end;
             continue;
         }
@@ -212,7 +212,7 @@ impl Journal {
         self.scratch.clear();
         for change in changes {
             encode_into(change, &mut self.scratch);
-            apply(&mut self.groups, change.clone());
+            change.clone().apply_to(&mut self.groups);
         }
         self.cut_partial()?;
         if let Err(error) = self.file.write_all(&self.scratch) {
@@ -324,38 +324,6 @@ fn make_spare(dir: &Path) -> std::io::Result<File> {
     file.set_len(0)?;
     epoch::sync_dir(dir)?;
     Ok(file)
-}
-
-fn apply(groups: &mut BTreeMap<String, SavedGroup>, change: GroupChange) {
-    match change {
-        GroupChange::Created { group, start } => {
-            groups.insert(
-                group,
-                SavedGroup {
-                    start,
-                    ..SavedGroup::default()
-                },
-            );
-        }
-        GroupChange::Acked { group, sequences } => {
-            if let Some(saved) = groups.get_mut(&group) {
-                saved.acked.extend(sequences);
-            }
-        }
-        GroupChange::Missed { group, events } => {
-            if let Some(saved) = groups.get_mut(&group) {
-                saved.missed += events;
-            }
-        }
-        GroupChange::HandedOut { group, through } => {
-            if let Some(saved) = groups.get_mut(&group) {
-                saved.handed_out = saved.handed_out.max(through);
-            }
-        }
-        GroupChange::Forgotten { group } => {
-            groups.remove(&group);
-        }
-    }
 }
 
 /// Keeps a group's record small: the events acknowledged from its start on move the start;

@@ -75,30 +75,7 @@ impl EventLog for KeptLog {
     fn record_groups(&mut self, changes: &[GroupChange]) {
         let mut groups = self.kept.groups.lock().unwrap();
         for change in changes.iter().cloned() {
-            match change {
-                GroupChange::Created { group, start } => {
-                    groups.insert(
-                        group,
-                        SavedGroup {
-                            start,
-                            ..SavedGroup::default()
-                        },
-                    );
-                }
-                GroupChange::Acked { group, sequences } => {
-                    groups.get_mut(&group).unwrap().acked.extend(sequences);
-                }
-                GroupChange::HandedOut { group, through } => {
-                    let saved = groups.get_mut(&group).unwrap();
-                    saved.handed_out = saved.handed_out.max(through);
-                }
-                GroupChange::Missed { group, events } => {
-                    groups.get_mut(&group).unwrap().missed += events;
-                }
-                GroupChange::Forgotten { group } => {
-                    groups.remove(&group);
-                }
-            }
+            change.apply_to(&mut groups);
         }
     }
 
