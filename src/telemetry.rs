@@ -12,6 +12,7 @@
 //! | `meshless_client_ready_instances` {target} | gauge | instances calls can be sent to |
 //! | `meshless_server_calls_total` {method, code} | counter | calls served, by gRPC status |
 //! | `meshless_server_call_duration_seconds` {method} | histogram | from the request to the status |
+//! | `meshless_server_connections_refused_total` {reason} | counter | connections closed as soon as accepted: `max_connections` (the server's cap) or `max_connections_per_peer` (the cap of one IP address, or of one IPv6 /64) |
 //! | `meshless_events_published_total` {rpc} | counter | events published |
 //! | `meshless_events_refused_total` {rpc} | counter | events `publish_*` refused (too large) |
 //! | `meshless_event_subscribers` {rpc} | gauge | open streams of subscribers without a group |
@@ -389,6 +390,14 @@ impl ObserverMetrics {
 /// The gauge of the instances of `target` that calls can be sent to.
 pub(crate) fn ready_instances(target: &str) -> metrics::Gauge {
     metrics::gauge!("meshless_client_ready_instances", "target" => target.to_owned())
+}
+
+/// The counters of connections a server refused at its caps: over all peers, and per peer.
+pub(crate) fn connections_refused() -> (metrics::Counter, metrics::Counter) {
+    (
+        metrics::counter!("meshless_server_connections_refused_total", "reason" => "max_connections"),
+        metrics::counter!("meshless_server_connections_refused_total", "reason" => "max_connections_per_peer"),
+    )
 }
 
 /// The counter of calls to `target` sent again.

@@ -3,15 +3,18 @@
 //! - After an accept error (file descriptors ran out, most often), accepting pauses for a moment
 //!   instead of retrying at once: the same error would come back at once, and the server would
 //!   spin at full CPU while well-behaved clients wait.
-//! - Connections are capped, over all peers and per peer IP address: past a cap, a new
-//!   connection is closed as soon as it is accepted.
-//! - A new connection must send the HTTP/2 preface within the handshake timeout (see
-//!   [`Lingering`]): an idle TCP connection cannot hold a file descriptor forever.
+//! - Connections are capped, over all peers and per peer: past a cap, a new connection is
+//!   closed as soon as it is accepted, and counted in
+//!   `meshless_server_connections_refused_total`. A peer is an IPv4 address, or an IPv6 /64:
+//!   the block one host or one subscriber is given, so that a host cannot evade the cap by
+//!   using more of its own addresses.
+//! - A new connection gets its handshake deadline (see [`Guarded`](super::guard::Guarded)): by
+//!   then it must have finished TLS, if the server speaks it, and sent the HTTP/2 preface.
 
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -41,6 +44,18 @@ struct Counts {
     per_peer: HashMap<IpAddr, usize>,
 }
 
+/// The peer a connection from `ip` counts against: an IPv4 address (an IPv4-mapped IPv6
+/// one included), or the /64 of an IPv6 address.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !0 << 64)),
+        },
+    }
+}
+
 /// Holds a connection's place in the counts until it is dropped.
 #[derive(Debug)]
 pub(crate) struct Admitted {
@@ -67,12 +82,21 @@ fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The connections of a listener, as a stream for tonic's `serve_with_incoming`.
+/// A connection just accepted.
+pub(crate) struct Accepted {
+    pub(crate) connection: Lingering,
+    /// When the connection must have sent the HTTP/2 preface (and finished TLS before it).
+    pub(crate) handshake_deadline: tokio::time::Instant,
+}
+
+/// The connections of a listener.
 pub(crate) struct Accepting {
     listener: TcpListener,
     limits: Limits,
     counts: Arc<Mutex<Counts>>,
     pause: Option<Pin<Box<Sleep>>>,
+    /// Connections refused at the cap over all peers, and at a peer's cap.
+    refused: (metrics::Counter, metrics::Counter),
 }
 
 impl Accepting {
@@ -82,21 +106,26 @@ impl Accepting {
             limits,
             counts: Arc::default(),
             pause: None,
+            refused: crate::telemetry::connections_refused(),
         }
     }
 
-    /// A place for a connection from `peer`, unless a cap is reached.
-    fn admit(&self, peer: IpAddr) -> Option<Admitted> {
+    /// A place for a connection from `ip`, or which cap is reached.
+    fn admit(&self, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let peer = peer_of(ip);
         let mut counts = lock(&self.counts);
         let from_peer = counts.per_peer.get(&peer).copied().unwrap_or(0);
-        if counts.total >= self.limits.max_connections
-            || from_peer >= self.limits.max_connections_per_peer
-        {
-            return None;
+        if counts.total >= self.limits.max_connections {
+            self.refused.0.increment(1);
+            return Err("max_connections");
+        }
+        if from_peer >= self.limits.max_connections_per_peer {
+            self.refused.1.increment(1);
+            return Err("max_connections_per_peer");
         }
         counts.total += 1;
         counts.per_peer.insert(peer, from_peer + 1);
-        Some(Admitted {
+        Ok(Admitted {
             counts: self.counts.clone(),
             peer,
         })
@@ -123,7 +152,7 @@ fn of_one_connection(error: &io::Error) -> bool {
 }
 
 impl Stream for Accepting {
-    type Item = io::Result<Lingering>;
+    type Item = Accepted;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -135,17 +164,22 @@ impl Stream for Accepting {
             }
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, peer))) => {
-                    let Some(admitted) = self.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "connection refused: too many connections");
-                        continue;
+                    let admitted = match self.admit(peer.ip()) {
+                        Ok(admitted) => admitted,
+                        Err(cap) => {
+                            tracing::debug!(%peer, cap, "connection refused: a cap is reached");
+                            continue;
+                        }
                     };
                     // Small messages (events, short replies) must not wait for Nagle.
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, %error, "setting TCP_NODELAY");
                     }
-                    let connection =
-                        Lingering::new(stream, admitted, self.limits.handshake_timeout);
-                    return Poll::Ready(Some(Ok(connection)));
+                    return Poll::Ready(Some(Accepted {
+                        connection: Lingering::new(stream, admitted),
+                        handshake_deadline: tokio::time::Instant::now()
+                            + self.limits.handshake_timeout,
+                    }));
                 }
                 Poll::Ready(Err(error)) if of_one_connection(&error) => {
                     tracing::debug!(%error, "a connection failed before it was accepted");
@@ -163,6 +197,22 @@ impl Stream for Accepting {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn an_ipv6_peer_is_its_64_and_an_ipv4_mapped_one_its_ipv4_address() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(peer_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            peer_of(ip("2001:db8:1:2::7"))
+        );
+        assert_ne!(
+            peer_of(ip("2001:db8:1:3::1")),
+            peer_of(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(peer_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(peer_of(ip("10.0.0.1")), ip("10.0.0.1"));
+    }
 
     #[test]
     fn errors_of_one_connection_do_not_pause_accepting_and_running_out_of_files_does() {

@@ -9,19 +9,12 @@ use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic_health::ServingStatus;
 use tower_service::Service;
 
-use super::accept::{Accepting, Limits};
-use super::layers::deadline::RecordDeadline;
-use super::layers::drain::Drain;
-use super::layers::messages::WholeMessages;
-use super::layers::observe::Observe;
-use super::layers::status;
+use super::accept::Limits;
 use super::layers::user::{Routes, UserLayers};
-use super::shutdown::{set_status, Shutdown};
 use super::DescribedService;
-use crate::events::{Acknowledgements, Publisher};
+use crate::events::Publisher;
 use crate::Error;
 
 /// Serves gRPC services, with the standard health service alongside, and reflection when asked.
@@ -55,21 +48,21 @@ use crate::Error;
 /// ```
 #[must_use]
 pub struct Server {
-    routes: RoutesBuilder,
-    service_names: Vec<&'static str>,
-    descriptor_sets: Vec<&'static [u8]>,
-    publishers: Vec<Publisher>,
-    grace_period: Duration,
-    health: bool,
-    reflection: bool,
-    max_concurrent_streams: u32,
-    max_local_error_resets: usize,
-    limits: Limits,
-    max_connection_age: Option<Duration>,
-    keepalive: (Duration, Duration),
-    layers: UserLayers,
+    pub(super) routes: RoutesBuilder,
+    pub(super) service_names: Vec<&'static str>,
+    pub(super) descriptor_sets: Vec<&'static [u8]>,
+    pub(super) publishers: Vec<Publisher>,
+    pub(super) grace_period: Duration,
+    pub(super) health: bool,
+    pub(super) reflection: bool,
+    pub(super) max_concurrent_streams: u32,
+    pub(super) max_local_error_resets: usize,
+    pub(super) limits: Limits,
+    pub(super) max_connection_age: Option<Duration>,
+    pub(super) keepalive: (Duration, Duration),
+    pub(super) layers: UserLayers,
     #[cfg(feature = "tls")]
-    tls: Option<crate::tls::ServerTlsConfig>,
+    pub(super) tls: Option<crate::tls::ServerTlsConfig>,
 }
 
 /// How many calls and streams one connection may have open at once, by default.
@@ -142,9 +135,10 @@ impl Server {
         self
     }
 
-    /// How many connections the server keeps open at once, over all peers, and per peer IP
-    /// address: past either, a new connection is closed as soon as it is accepted. Default:
-    /// 10,000 and 512.
+    /// How many connections the server keeps open at once, over all peers, and per peer (an
+    /// IPv4 address, or an IPv6 /64): past either, a new connection is closed as soon as it is
+    /// accepted, and counted in `meshless_server_connections_refused_total`. Default: 10,000
+    /// and 512.
     pub fn max_connections(mut self, total: usize, per_peer: usize) -> Self {
         self.limits.max_connections = total.max(1);
         self.limits.max_connections_per_peer = per_peer.max(1);
@@ -327,119 +321,5 @@ impl Server {
             .await
             .map_err(|e| Error::io(format!("binding {addr}"), e))?;
         self.serve_with_listener(listener, signal).await
-    }
-
-    /// Serves on a listener already bound (for tests: `127.0.0.1:0`) until `signal`
-    /// completes, then shuts down gracefully.
-    pub async fn serve_with_listener(
-        mut self,
-        listener: TcpListener,
-        signal: impl Future<Output = ()> + Send,
-    ) -> Result<(), Error> {
-        let reporter = if self.health {
-            let (reporter, health_service) = tonic_health::server::health_reporter();
-            self.routes.add_service(health_service);
-            Some(reporter)
-        } else {
-            None
-        };
-        set_status(
-            reporter.as_ref(),
-            &self.service_names,
-            ServingStatus::Serving,
-        )
-        .await;
-        if !self.publishers.is_empty() {
-            self.service_names
-                .push(<crate::v1::EventGroupsService<Acknowledgements> as NamedService>::NAME);
-            self.descriptor_sets.push(crate::v1::FILE_DESCRIPTOR_SET);
-            self.routes
-                .add_service(Acknowledgements::new(self.publishers.clone()).into_service());
-        }
-        if self.reflection {
-            // List the services served, not every service of the registered files.
-            let mut builder = tonic_reflection::server::Builder::configure()
-                .with_service_name("grpc.reflection.v1.ServerReflection");
-            for name in &self.service_names {
-                builder = builder.with_service_name(*name);
-            }
-            if self.health {
-                builder = builder
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                    .with_service_name("grpc.health.v1.Health");
-            }
-            for set in &self.descriptor_sets {
-                builder = builder.register_encoded_file_descriptor_set(set);
-            }
-            let reflection = builder
-                .build_v1()
-                .map_err(|e| Error::unsupported(format!("building the reflection service: {e}")))?;
-            self.routes.add_service(reflection);
-        }
-
-        let local_addr = listener.local_addr().ok();
-        let incoming = Accepting::new(listener, self.limits);
-        let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut served = self.service_names.clone();
-        served.extend([
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-        ]);
-        let drain = Drain::new(self.publishers.iter().flat_map(Publisher::paths).collect());
-        let builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .http2_max_local_error_reset_streams(Some(self.max_local_error_resets))
-            .http2_keepalive_interval(Some(self.keepalive.0))
-            .http2_keepalive_timeout(Some(self.keepalive.1));
-        // Not with tonic's grace: given one, tonic closes the connection at age + grace
-        // without sending GOAWAY at all.
-        let builder = match self.max_connection_age {
-            Some(age) => builder.max_connection_age(age),
-            None => builder,
-        };
-        #[cfg(feature = "tls")]
-        let builder = match self.tls.take() {
-            Some(tls) => builder
-                .tls_config(tls.timeout(self.limits.handshake_timeout))
-                .map_err(|e| {
-                    Error::invalid_input(format!(
-                        "TLS configuration: {}",
-                        crate::text::error_chain(&e)
-                    ))
-                })?,
-            None => builder,
-        };
-        let serving = builder
-            .layer(Observe::new(&served))
-            .layer(status::layer())
-            .layer(RecordDeadline)
-            .layer(drain.clone())
-            .layer(tower::util::option_layer(
-                (!self.layers.is_empty()).then(|| self.layers.clone()),
-            ))
-            .layer(WholeMessages)
-            .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            });
-        tokio::pin!(serving);
-        tracing::info!(addr = ?local_addr, services = ?self.service_names, "serving");
-
-        tokio::pin!(signal);
-        tokio::select! {
-            result = &mut serving => return result.map_err(Error::transport),
-            () = &mut signal => {}
-        }
-        Shutdown {
-            grace_period: self.grace_period,
-            publishers: self.publishers,
-            drain,
-            health: reporter,
-            services: self.service_names,
-            stop_serving,
-            addr: local_addr,
-        }
-        .run(serving)
-        .await
     }
 }

@@ -1,6 +1,5 @@
-//! [`Lingering`]: a server connection that must start with the HTTP/2 preface within the
-//! handshake timeout, and that, when closed, reads what the client still sends before the
-//! socket goes, as Go's and nginx's HTTP servers do.
+//! [`Lingering`]: a server's TCP connection that, when closed, reads what the client still
+//! sends before the socket goes, as Go's and nginx's HTTP servers do.
 //!
 //! A socket closed with unread data in it answers with a TCP reset, and a client that gets
 //! the reset while writing (a window update, a call sent before it read the server's GOAWAY)
@@ -14,18 +13,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::future::Future as _;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::accept::Admitted;
-
-/// The length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), or of the
-/// start of a TLS handshake: what a client must send within the handshake timeout.
-const PREFACE_LEN: usize = 24;
 
 /// How long a closed connection is read from, at most, for the client to close its end.
 const LINGER: Duration = Duration::from_secs(1);
@@ -36,18 +28,15 @@ pub(crate) struct Lingering {
     stream: Option<TcpStream>,
     /// Whether the client closed its end (a read returned end of stream).
     client_closed: bool,
-    /// Until the preface arrived: how many of its bytes are still to come, and by when.
-    preface: Option<(usize, Pin<Box<Sleep>>)>,
     /// The connection's place among the server's connections, given back when it ends.
     _admitted: Option<Admitted>,
 }
 
 impl Lingering {
-    pub(crate) fn new(stream: TcpStream, admitted: Admitted, handshake_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: TcpStream, admitted: Admitted) -> Self {
         Self {
             stream: Some(stream),
             client_closed: false,
-            preface: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(handshake_timeout)))),
             _admitted: Some(admitted),
         }
     }
@@ -99,21 +88,9 @@ impl AsyncRead for Lingering {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(self.stream()).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
         if let Poll::Ready(Ok(())) = polled {
-            if read == 0 && buf.remaining() > 0 {
+            if buf.filled().len() == before && buf.remaining() > 0 {
                 self.client_closed = true;
-            }
-        }
-        if let Some((missing, deadline)) = &mut self.preface {
-            *missing = missing.saturating_sub(read);
-            if *missing == 0 {
-                self.preface = None;
-            } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within the handshake timeout",
-                )));
             }
         }
         polled
@@ -166,7 +143,6 @@ mod test {
         let connection = Lingering {
             stream: Some(accepted),
             client_closed: false,
-            preface: None,
             _admitted: None,
         };
         (client, connection)

@@ -3,9 +3,13 @@
 
 mod accept;
 mod builder;
+mod guard;
 mod layers;
 mod linger;
+mod serve;
 mod shutdown;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use crate::peer::PeerIdentity;
 /// tonic's interceptor as a tower layer, for [`Server::layer`]: a function from

@@ -7,8 +7,9 @@
 //! 3. Events drain, while serving goes on (event streams and acknowledgements need it): the
 //!    calls in flight return, plain subscribers get every event published, consumer groups
 //!    with members acknowledge theirs; then the publishers close.
-//! 4. The listener closes and connections are told to go away; calls still in flight get
-//!    what is left of the grace period.
+//! 4. The listener closes and connections are told to go away; connections that have not
+//!    sent the HTTP/2 preface yet are closed. Calls still in flight get what is left of the
+//!    grace period; when it is over, every connection is cut.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use super::guard::Phase;
 use super::layers::drain::Drain;
 use crate::events::Publisher;
 use crate::Error;
@@ -30,6 +32,8 @@ pub(super) struct Shutdown {
     pub(super) services: Vec<&'static str>,
     /// Tells tonic to stop accepting and send connections away.
     pub(super) stop_serving: tokio::sync::oneshot::Sender<()>,
+    /// Tells the connections where the shutdown is.
+    pub(super) phases: tokio::sync::watch::Sender<Phase>,
     pub(super) addr: Option<SocketAddr>,
 }
 
@@ -38,7 +42,7 @@ impl Shutdown {
     /// once the grace period is over with calls still in flight.
     pub(super) async fn run<F>(self, mut serving: Pin<&mut F>) -> Result<(), Error>
     where
-        F: Future<Output = Result<(), tonic::transport::Error>>,
+        F: Future<Output = Result<(), tonic::transport::Error>> + ?Sized,
     {
         let addr = self.addr;
         tracing::info!(?addr, grace_period = ?self.grace_period, "shutting down");
@@ -76,10 +80,16 @@ impl Shutdown {
             }
         }
         let _ = self.stop_serving.send(());
-        match tokio::time::timeout_at(deadline, serving).await {
+        self.phases.send_replace(Phase::Stopping);
+        let served = tokio::time::timeout_at(deadline, serving).await;
+        self.phases.send_replace(Phase::Over);
+        match served {
             Ok(result) => result.map_err(Error::transport),
             Err(_) => {
-                tracing::warn!(?addr, "grace period over with calls still in flight");
+                tracing::warn!(
+                    ?addr,
+                    "grace period over with calls still in flight: their connections are cut"
+                );
                 Ok(())
             }
         }

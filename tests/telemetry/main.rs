@@ -86,6 +86,28 @@ async fn calls_events_and_gaps_are_counted() {
     let publisher = EchoPublisher::with_settings(PublisherSettings::default().retain("Echoed", 2));
     let server = Running::publishing(publisher.clone()).await;
     let target = server.target();
+    // A scanner calls made-up methods of the services served, health and reflection (off)
+    // included, before any real call: more than there are labels for methods.
+    let channel = meshless::Channel::connect(&target).await.unwrap();
+    let mut scanner = tonic::client::Grpc::new(channel);
+    for i in 0..600 {
+        let service = ["testing.v1.Echo", "grpc.health.v1.Health"][i % 2];
+        let path = format!("/{service}/Scan{i}").parse().unwrap();
+        scanner.ready().await.unwrap();
+        let refused = scanner
+            .unary(
+                tonic::Request::new(()),
+                path,
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), meshless::Code::Unimplemented);
+    }
+    assert_eq!(
+        seen.value("meshless_server_calls_total", &[("method", "unknown")]),
+        600.0
+    );
     let client = EchoClient::connect(&target).await.unwrap();
     for _ in 0..5 {
         client.unary(request("hi")).await.unwrap();
@@ -198,4 +220,30 @@ async fn calls_events_and_gaps_are_counted() {
     assert_eq!(seen.value("meshless_event_subscribers", &hub), 1.0);
     drop(stream);
     server.stop().await.unwrap();
+
+    // A connection past a peer's cap is closed, and counted.
+    let capped = Running::start(
+        meshless::Server::builder()
+            .max_connections(10, 1)
+            .add_service(support::EchoService::new(support::Echo::default())),
+    )
+    .await;
+    let _first = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        support::PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut second, &mut buf),
+    )
+    .await
+    .expect("the connection past the cap is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        seen.value(
+            "meshless_server_connections_refused_total",
+            &[("reason", "max_connections_per_peer")]
+        ),
+        1.0
+    );
+    capped.stop().await.unwrap();
 }

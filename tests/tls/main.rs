@@ -16,11 +16,13 @@ use support::testing::v1::EchoObserver;
 use support::{
     request, served_by, Echo, EchoClient, EchoPublisher, EchoService, EchoedEvent, Forward, Running,
 };
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 /// A certificate authority made for one test.
 struct Authority {
     certificate: String,
+    der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -29,9 +31,10 @@ impl Authority {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
-        let certificate = params.self_signed(&key).unwrap().pem();
+        let certificate = params.self_signed(&key).unwrap();
         Self {
-            certificate,
+            certificate: certificate.pem(),
+            der: certificate.der().to_vec(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -292,11 +295,107 @@ async fn a_group_member_belongs_to_the_client_certificate_that_joined_it() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    let left = EventGroupsClient::new(alice)
+    // Alice's certificate renewed (a new key and serial, the same name from the same CA) is
+    // still Alice.
+    let renewed = channel_of("alice.test").await;
+    let left = EventGroupsClient::new(renewed)
         .acknowledge(ack)
         .await
         .unwrap();
     assert_eq!(left.into_inner().unacknowledged, 0);
     drop(stream);
     server.stop().await.unwrap();
+}
+
+/// A TLS client that completes its handshake with the server at `addr` (named
+/// `echo.service.test`), then sends nothing: not even the HTTP/2 preface.
+async fn silent_after_the_handshake(
+    authority: &Authority,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki_types::CertificateDer::from(authority.der.clone()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = pki_types::ServerName::try_from("echo.service.test").unwrap();
+    tokio::time::timeout(
+        support::PATIENCE,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("the TLS handshake completes")
+    .expect("the TLS handshake succeeds")
+}
+
+/// Reads until the server closes the connection; what the server sent before is ignored
+/// (its HTTP/2 settings).
+async fn read_until_closed(connection: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 1024];
+    while let Ok(read) = connection.read(&mut buf).await {
+        if read == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_is_closed_at_the_handshake_timeout() {
+    let authority = Authority::new();
+    let server = Running::start(
+        Server::builder()
+            .tls(ServerTlsConfig::new().identity(authority.identity("echo.service.test")))
+            .handshake_timeout(Duration::from_millis(300))
+            .add_service(EchoService::new(Echo::named("secure"))),
+    )
+    .await;
+    let mut silent = silent_after_the_handshake(&authority, server.addr).await;
+    tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut silent))
+        .await
+        .expect("a connection without the HTTP/2 preface is closed at the handshake timeout");
+
+    // A client that speaks HTTP/2 after the handshake is served as before.
+    let echo = client(
+        &server.target(),
+        authority.client().server_name("echo.service.test"),
+    )
+    .await;
+    echo.unary(request("hello")).await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_does_not_hold_up_a_shutdown() {
+    let authority = Authority::new();
+    let server = Running::start(
+        Server::builder()
+            .tls(ServerTlsConfig::new().identity(authority.identity("echo.service.test")))
+            .handshake_timeout(Duration::from_secs(60))
+            .grace_period(Duration::from_secs(60))
+            .add_service(EchoService::new(Echo::named("secure"))),
+    )
+    .await;
+    let mut silent = silent_after_the_handshake(&authority, server.addr).await;
+    // The server's HTTP/2 settings arrive: it is past TLS, waiting for the preface.
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(support::PATIENCE, silent.read_exact(&mut settings))
+        .await
+        .expect("the server sends its settings")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("the shutdown does not wait for a connection that never sent the preface")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut silent))
+        .await
+        .expect("the silent connection is closed");
 }

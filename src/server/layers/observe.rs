@@ -1,11 +1,13 @@
 //! [`Observe`]: the `meshless.serve` span of each call and the server call metrics (see
 //! [`crate::telemetry`]).
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prost::Message as _;
 use tower::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -20,26 +22,63 @@ pub(crate) struct Observe {
 #[derive(Debug)]
 struct State {
     metrics: CallMetrics,
-    /// `/package.Service/` of every service served: other paths are labelled `unknown` in
-    /// metrics, so that made-up names cannot multiply them.
-    services: Vec<String>,
+    /// The path of every method the server's `.proto` descriptors declare: only these, and
+    /// the methods of services served without descriptors, get a `method` label of their own.
+    methods: HashSet<String>,
+    /// `/package.Service/` of each service served without descriptors.
+    undescribed: Vec<String>,
 }
 
 impl Observe {
-    pub(crate) fn new(services: &[&str]) -> Self {
+    /// Metrics and spans for the services named `services`, whose methods the encoded
+    /// `FileDescriptorSet`s `descriptors` declare (as far as they do).
+    pub(crate) fn new(services: &[&str], descriptors: &[&[u8]]) -> Self {
+        let mut declared: HashMap<String, Vec<String>> = HashMap::new();
+        for set in descriptors {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = match (package.as_str(), service.name()) {
+                        ("", service) => service.to_owned(),
+                        (package, service) => format!("{package}.{service}"),
+                    };
+                    let methods = declared.entry(name).or_default();
+                    methods.extend(service.method.iter().map(|m| m.name().to_owned()));
+                }
+            }
+        }
+        let mut methods = HashSet::new();
+        let mut undescribed = Vec::new();
+        for service in services {
+            match declared.get(*service) {
+                Some(names) => methods.extend(names.iter().map(|m| format!("/{service}/{m}"))),
+                None => undescribed.push(format!("/{service}/")),
+            }
+        }
         Self {
             state: Arc::new(State {
                 metrics: CallMetrics::new(Side::Server),
-                services: services.iter().map(|s| format!("/{s}/")).collect(),
+                methods,
+                undescribed,
             }),
         }
     }
 }
 
 impl State {
-    /// The method as metrics name it: its path, or `unknown` for a service not served.
+    /// The method as metrics name it: its path when the server serves it, else `unknown`,
+    /// so that made-up names can neither multiply the labels nor take the places of real
+    /// methods.
     fn method_label<'a>(&self, path: &'a str) -> &'a str {
-        if self.services.iter().any(|s| path.starts_with(s.as_str())) {
+        if self.methods.contains(path)
+            || self
+                .undescribed
+                .iter()
+                .any(|s| path.starts_with(s.as_str()))
+        {
             path
         } else {
             "unknown"
@@ -94,5 +133,31 @@ where
         .with_timeout(crate::deadline::grpc_timeout(&request));
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move { call.await.map(|response| report.watch(response)) })
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn only_methods_the_server_serves_get_labels_of_their_own() {
+        let observe = Observe::new(
+            &["grpc.health.v1.Health", "plain.Undescribed"],
+            &[tonic_health::pb::FILE_DESCRIPTOR_SET],
+        );
+        let label = |path| observe.state.method_label(path).to_owned();
+        assert_eq!(
+            label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        // A made-up method of a served service, or a service not served.
+        assert_eq!(label("/grpc.health.v1.Health/Scan0001"), "unknown");
+        assert_eq!(
+            label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "unknown"
+        );
+        // A service without descriptors is labelled by path, as it has no list of methods.
+        assert_eq!(label("/plain.Undescribed/Any"), "/plain.Undescribed/Any");
     }
 }

@@ -1,8 +1,9 @@
 //! TLS and mutual TLS (rustls), for servers, clients and observers. Needs the `tls` feature.
 //!
-//! - Servers: [`Server::tls`](crate::Server::tls) with a [`ServerTlsConfig`] (tonic's): an
-//!   [`Identity`] (certificate chain and key, PEM), and for mutual TLS a `client_ca_root`, the
-//!   CA that client certificates must chain to.
+//! - Servers: [`Server::tls`](crate::Server::tls) with a [`ServerTlsConfig`]: an [`Identity`]
+//!   (certificate chain and key, PEM), and for mutual TLS a `client_ca_root`, the CA that
+//!   client certificates must chain to. The server does the TLS handshake itself, so that its
+//!   handshake timeout also covers the HTTP/2 preface that follows it.
 //! - Clients and observers: [`ChannelBuilder::tls`](crate::ChannelBuilder::tls) and
 //!   [`ObserverOptions::tls`](crate::events::ObserverOptions::tls) with a [`ClientTls`]: the CA
 //!   to trust, and for mutual TLS the client's own identity.
@@ -13,8 +14,41 @@
 //! [`ClientTls::server_name`] when set. For `ipv4:`/`ipv6:` targets, set the name (or give
 //! the servers certificates for their IP addresses).
 
+mod server;
+
+pub use tonic::transport::Certificate;
 use tonic::transport::ClientTlsConfig;
-pub use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub use server::ServerTlsConfig;
+
+/// A certificate chain and its private key, PEM: who a server, or a client over mutual TLS,
+/// is. Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct Identity {
+    certificate: Certificate,
+    key: Vec<u8>,
+}
+
+impl Identity {
+    /// The certificate chain `certificate` (PEM, the leaf first) with its private key `key`
+    /// (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(certificate: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Self {
+        Self {
+            certificate: Certificate::from_pem(certificate),
+            key: key.as_ref().to_vec(),
+        }
+    }
+
+    fn tonic(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(self.certificate.get_ref(), &self.key)
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(<certificate and private key>)")
+    }
+}
 
 /// TLS settings of a client or an observer. Its `Debug` output never shows the private key.
 #[derive(Clone, Default)]
@@ -73,7 +107,7 @@ impl ClientTls {
             config = config.ca_certificate(certificate.clone());
         }
         if let Some(identity) = &self.identity {
-            config = config.identity(identity.clone());
+            config = config.identity(identity.tonic());
         }
         match self.server_name.as_deref().or(target_name) {
             Some(name) => config.domain_name(name),
