@@ -57,6 +57,8 @@ pub(crate) enum State {
 pub(crate) struct Instance {
     /// How the instance is named in logs and errors: `127.0.0.1:50051`.
     pub(crate) key: String,
+    /// The hash of `key`, for picks by routing key.
+    pub(crate) key_hash: u64,
     pub(crate) endpoint: Endpoint,
     state: AtomicU8,
     connection: ArcSwapOption<Connection>,
@@ -95,6 +97,7 @@ impl fmt::Debug for Instance {
 impl Instance {
     pub(crate) fn new(key: String, endpoint: Endpoint, placement: Placement) -> Self {
         Self {
+            key_hash: crate::keys::hash(key.as_bytes()),
             key,
             endpoint,
             state: AtomicU8::new(State::Connecting as u8),

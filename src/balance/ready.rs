@@ -53,10 +53,7 @@ impl Ready {
                 })
                 .collect()
         };
-        let hashes = instances
-            .iter()
-            .map(|instance| crate::keys::hash(instance.key.as_bytes()))
-            .collect();
+        let hashes = instances.iter().map(|instance| instance.key_hash).collect();
         Self {
             instances,
             cumulative,
