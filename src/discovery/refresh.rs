@@ -140,5 +140,4 @@ fn diff(old: &HashMap<SocketAddr, Placement>, new: &HashMap<SocketAddr, Placemen
 }
 
 #[cfg(test)]
-#[path = "refresh_test.rs"]
 mod test;

@@ -231,5 +231,4 @@ fn addresses(
 }
 
 #[cfg(test)]
-#[path = "test.rs"]
 mod test;
