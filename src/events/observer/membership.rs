@@ -254,7 +254,17 @@ async fn acknowledge_loop(
                 tracing::warn!(rpc = %base.rpc, group = %base.group, code = ?status.code(), message = status.message(), "acknowledgement refused");
             }
             Err(status) => {
-                tracing::debug!(rpc = %base.rpc, code = ?status.code(), message = status.message(), "acknowledgement failed; sending it again");
+                // Refused for who this observer is: a refreshed token, or the end of the
+                // lease of a member of the same name joined by another identity, may lift it.
+                // Said louder than a failure of the connection.
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) {
+                    tracing::warn!(rpc = %base.rpc, group = %base.group, code = ?status.code(), message = status.message(), "acknowledgement refused for this observer's identity; sending it again");
+                } else {
+                    tracing::debug!(rpc = %base.rpc, code = ?status.code(), message = status.message(), "acknowledgement failed; sending it again");
+                }
                 pending.call_ended(false);
                 tokio::time::sleep(backoff.next_pause()).await;
                 pending.added.notify_one();
