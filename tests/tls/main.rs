@@ -399,3 +399,48 @@ async fn a_client_silent_after_the_tls_handshake_does_not_hold_up_a_shutdown() {
         .await
         .expect("the silent connection is closed");
 }
+
+#[tokio::test]
+async fn handlers_and_layers_see_the_client_certificate_and_address_as_with_tonic() {
+    fn needs_a_certificate(
+        request: meshless::Request<()>,
+    ) -> Result<meshless::Request<()>, meshless::Status> {
+        let certificates = request.peer_certs().map_or(0, |chain| chain.len());
+        match (certificates, request.remote_addr()) {
+            (1.., Some(addr)) if addr.ip().is_loopback() => Ok(request),
+            (certificates, addr) => Err(meshless::Status::permission_denied(format!(
+                "{certificates} certificates from {addr:?}"
+            ))),
+        }
+    }
+    let authority = Authority::new();
+    let server = Running::start(
+        Server::builder()
+            .tls(
+                ServerTlsConfig::new()
+                    .identity(authority.identity("echo.service.test"))
+                    .client_ca_root(authority.certificate())
+                    .client_auth_optional(true),
+            )
+            .layer(meshless::server::InterceptorLayer::new(needs_a_certificate))
+            .add_service(EchoService::new(Echo::named("mutual"))),
+    )
+    .await;
+    let named = |tls: ClientTls| tls.server_name("echo.service.test");
+    let member = client(
+        &server.target(),
+        named(
+            authority
+                .client()
+                .identity(authority.identity("client.test")),
+        ),
+    )
+    .await;
+    member.unary(request("hello")).await.unwrap();
+    // Without a certificate (optional here), the layer sees none.
+    let anonymous = client(&server.target(), named(authority.client())).await;
+    let status = anonymous.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().starts_with("0 certificates"), "{status:?}");
+    server.stop().await.unwrap();
+}
