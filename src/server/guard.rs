@@ -10,7 +10,8 @@
 //!   `serve` returned.
 //!
 //! The server says which of its [`Phase`]s it is in through a watch channel; a connection
-//! waiting to read or write is woken when the phase changes.
+//! waiting to read or write is woken when the phase changes. A server whose `serve` future is
+//! dropped takes its connections with it, as a server that ended.
 
 use std::future::Future as _;
 use std::io;
@@ -63,11 +64,16 @@ impl<IO> Guarded<IO> {
     /// Why the connection must end now, if it must. Registers for a wake-up when the
     /// server's phase changes.
     fn must_end(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        while let Poll::Ready(Some(phase)) = Pin::new(&mut self.phases).poll_next(cx) {
-            self.phase = phase;
+        while self.phase != Phase::Over {
+            match Pin::new(&mut self.phases).poll_next(cx) {
+                Poll::Ready(Some(phase)) => self.phase = phase,
+                // The server is gone (its `serve` future was dropped): so are its connections.
+                Poll::Ready(None) => self.phase = Phase::Over,
+                Poll::Pending => break,
+            }
         }
         let why = match self.phase {
-            Phase::Over => "the server's grace period is over",
+            Phase::Over => "the server's grace period is over, or the server is gone",
             Phase::Stopping if self.preface.is_some() => {
                 "the server stopped before the connection sent the HTTP/2 preface"
             }
@@ -202,6 +208,19 @@ mod test {
         let reading = tokio::spawn(async move { server.read(&mut buf).await });
         tokio::task::yield_now().await;
         phases.send_replace(Phase::Over);
+        let error = reading.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_dropped_takes_its_connections_with_it() {
+        let (mut client, mut server, phases) = guarded(std::time::Duration::from_secs(10));
+        client.write_all(PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(server.read(&mut buf).await.unwrap(), PREFACE.len());
+        let reading = tokio::spawn(async move { server.read(&mut buf).await });
+        tokio::task::yield_now().await;
+        drop(phases);
         let error = reading.await.unwrap().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
     }
