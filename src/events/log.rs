@@ -122,6 +122,27 @@ pub(crate) trait EventLog: Send + 'static {
     /// Appends to `out` up to `max` events from sequence `from` on.
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read;
 
+    /// Where a reader from `time` (microseconds since the Unix epoch) starts: the first
+    /// retained event published at or after it ([`next_sequence`](Self::next_sequence) when
+    /// none is), and whether events published at or after it may have left the log already.
+    /// This default reads the log through; it cannot tell when dropped events were published.
+    fn since(&self, time: u64) -> (u64, bool) {
+        let oldest = self.oldest();
+        let mut batch = VecDeque::new();
+        let mut from = oldest;
+        loop {
+            let read = self.read(from, 1024, &mut batch);
+            if let Some(found) = batch.iter().find(|event| event.published_at >= time) {
+                return (found.sequence, oldest > 1 && found.sequence == oldest);
+            }
+            if batch.is_empty() {
+                return (self.next_sequence(), oldest > 1 && from == oldest);
+            }
+            batch.clear();
+            from = read.next;
+        }
+    }
+
     /// The latest sequence published; 0 before the first event.
     fn latest(&self) -> u64 {
         self.next_sequence() - 1
@@ -185,6 +206,9 @@ pub(crate) struct MemoryLog {
     /// The size of the events in the ring.
     bytes: u64,
     next: u64,
+    /// When the newest event dropped from the ring was published; `None` when this log
+    /// dropped none (it may still have been restored without the oldest events).
+    dropped_through: Option<u64>,
 }
 
 impl MemoryLog {
@@ -200,6 +224,7 @@ impl MemoryLog {
             limits,
             bytes: 0,
             next: 1,
+            dropped_through: None,
         }
     }
 
@@ -215,6 +240,7 @@ impl MemoryLog {
                 break;
             }
             self.bytes -= front.bytes.len() as u64;
+            self.dropped_through = Some(front.published_at);
             self.ring.pop_front();
         }
     }
@@ -237,6 +263,7 @@ impl MemoryLog {
         if self.ring.len() == self.retain {
             if let Some(dropped) = self.ring.pop_front() {
                 self.bytes -= dropped.bytes.len() as u64;
+                self.dropped_through = Some(dropped.published_at);
             }
         }
         let now = event.published_at;
@@ -268,6 +295,19 @@ impl EventLog for MemoryLog {
         if self.limits.max_age.is_some() {
             self.trim(now);
         }
+    }
+
+    fn since(&self, time: u64) -> (u64, bool) {
+        // Publish times follow sequences, but for publishes at once on several threads (the
+        // time is read just before the sequence is taken): microseconds out of order at most.
+        let at = self.ring.partition_point(|event| event.published_at < time);
+        let first = self.ring.get(at).map_or(self.next, |event| event.sequence);
+        let lost = match self.dropped_through {
+            Some(dropped) => dropped >= time,
+            // Restored without its oldest events: they may be from after `time`.
+            None => self.oldest() > 1 && at == 0,
+        };
+        (first, lost)
     }
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
@@ -306,6 +346,72 @@ mod test {
 
     fn sequences(out: &VecDeque<Stored>) -> Vec<u64> {
         out.iter().map(|e| e.sequence).collect()
+    }
+
+    /// A log of `retain` whose event n was published at time 10·n.
+    fn timed_log(retain: usize, events: u64) -> MemoryLog {
+        let mut log = MemoryLog::new(retain);
+        for sequence in 1..=events {
+            log.append(Stored {
+                sequence,
+                published_at: 10 * sequence,
+                bytes: Bytes::new(),
+                key: None,
+            })
+            .unwrap();
+        }
+        log
+    }
+
+    /// The log's answer, and the default's (which reads the log through).
+    fn since_both_ways(log: &MemoryLog, time: u64) -> [(u64, bool); 2] {
+        /// The same events, through the trait's own `since`.
+        struct Plain(MemoryLog);
+        impl EventLog for Plain {
+            fn next_sequence(&self) -> u64 {
+                self.0.next_sequence()
+            }
+            fn oldest(&self) -> u64 {
+                self.0.oldest()
+            }
+            fn append(&mut self, _: Stored) -> std::io::Result<()> {
+                unreachable!("only read")
+            }
+            fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
+                self.0.read(from, max, out)
+            }
+        }
+        let copy = MemoryLog {
+            ring: log.ring.clone(),
+            retain: log.retain,
+            limits: log.limits,
+            bytes: log.bytes,
+            next: log.next,
+            dropped_through: log.dropped_through,
+        };
+        [log.since(time), Plain(copy).since(time)]
+    }
+
+    #[test]
+    fn a_start_time_finds_the_first_event_published_since_and_whether_any_is_gone() {
+        let log = timed_log(5, 3);
+        assert_eq!(since_both_ways(&log, 15), [(2, false); 2]);
+        assert_eq!(since_both_ways(&log, 20), [(2, false); 2]);
+        assert_eq!(since_both_ways(&log, 0), [(1, false); 2]);
+        assert_eq!(since_both_ways(&log, 31), [(4, false); 2], "none yet: live");
+
+        // Events 1 to 3 (times 10 to 30) are gone.
+        let log = timed_log(5, 8);
+        assert_eq!(
+            log.since(35),
+            (4, false),
+            "only events from before 35 are gone"
+        );
+        assert_eq!(log.since(30), (4, true), "event 3, at 30, is gone");
+        // The default cannot tell when the dropped events were published.
+        assert_eq!(since_both_ways(&log, 35)[1], (4, true));
+        assert_eq!(since_both_ways(&log, 55), [(6, false); 2]);
+        assert_eq!(since_both_ways(&log, 1000), [(9, false); 2]);
     }
 
     #[test]

@@ -28,9 +28,20 @@ pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 pub(crate) struct Subscription {
     /// A cursor of some epoch, when the subscriber sent one.
     pub(crate) after: Option<Cursor>,
-    pub(crate) start_live: bool,
+    pub(crate) start: Start,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) membership: Option<Membership>,
+}
+
+/// Where a subscription without a usable cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// The oldest retained event.
+    Oldest,
+    /// The next event published.
+    Live,
+    /// The first event published at or after this time (microseconds since the Unix epoch).
+    Time(u64),
 }
 
 /// What a consumer group member asks for.
@@ -97,7 +108,19 @@ impl Subscription {
         };
         Ok(Self {
             after: request.after.filter(|c| c.epoch != 0),
-            start_live: request.start() == StartPosition::Live,
+            start: match request.start() {
+                StartPosition::Unspecified | StartPosition::Oldest => Start::Oldest,
+                StartPosition::Live => Start::Live,
+                StartPosition::Time => {
+                    Start::Time(u64::try_from(request.start_time_unix_micros).map_err(|_| {
+                        tonic::Status::invalid_argument(format!(
+                            "`start_time_unix_micros` is {}: a time before 1970 cannot be a \
+                             publish time",
+                            request.start_time_unix_micros
+                        ))
+                    })?)
+                }
+            },
             heartbeat: match request.heartbeat_interval_ms {
                 0 => None,
                 ms => Some(Duration::from_millis(u64::from(ms)).max(MIN_HEARTBEAT)),

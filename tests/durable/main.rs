@@ -7,6 +7,7 @@
 mod support;
 
 mod full_disk;
+mod start_time;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

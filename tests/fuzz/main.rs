@@ -122,9 +122,19 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
         prop_oneof![Just(0u32), any::<u32>()],
         any::<u32>(),
         any::<u32>(),
+        any::<i64>(),
     )
         .prop_map(
-            |(after, group, member, start, heartbeat_interval_ms, lease_ms, max_unacknowledged)| {
+            |(
+                after,
+                group,
+                member,
+                start,
+                heartbeat_interval_ms,
+                lease_ms,
+                max_unacknowledged,
+                start_time_unix_micros,
+            )| {
                 Subscribe {
                     after: after.map(|(epoch, sequence)| Cursor { epoch, sequence }),
                     group,
@@ -133,6 +143,7 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
                     heartbeat_interval_ms,
                     lease_ms,
                     max_unacknowledged,
+                    start_time_unix_micros,
                 }
             },
         )

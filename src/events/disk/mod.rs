@@ -271,6 +271,10 @@ impl EventLog for DiskLog {
         self.memory.read(from, max, out)
     }
 
+    fn since(&self, time: u64) -> (u64, bool) {
+        self.memory.since(time)
+    }
+
     fn expire(&mut self, now: u64) {
         self.memory.expire(now);
     }

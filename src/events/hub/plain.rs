@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{Hub, READ_BATCH};
 use crate::events::log::{EventLog, Read, Stored};
-use crate::events::protocol::{self, Refusal, Subscription};
+use crate::events::protocol::{self, Refusal, Start, Subscription};
 use crate::events::wire;
 
 /// Where a plain subscription starts.
@@ -47,17 +47,24 @@ impl Hub {
         let latest = log.latest();
         let oldest = log.oldest();
         let live = latest + 1;
-        let start = |missed_before_oldest: u64, previous_epoch: u64| {
-            if subscription.start_live {
+        let start = |missed_before_oldest: u64, previous_epoch: u64| match subscription.start {
+            Start::Live => Position {
+                next: live,
+                missed: missed_before_oldest + (live - oldest),
+                previous_epoch,
+            },
+            Start::Oldest => Position {
+                next: oldest,
+                missed: missed_before_oldest,
+                previous_epoch,
+            },
+            // From the cursor's point of view, as for a live start: what is not delivered
+            // after it is missed.
+            Start::Time(time) => {
+                let (first, _) = log.since(time);
                 Position {
-                    next: live,
-                    missed: missed_before_oldest + (live - oldest),
-                    previous_epoch,
-                }
-            } else {
-                Position {
-                    next: oldest,
-                    missed: missed_before_oldest,
+                    next: first,
+                    missed: missed_before_oldest + (first - oldest),
                     previous_epoch,
                 }
             }
@@ -85,15 +92,28 @@ impl Hub {
             // cursor is gone with it (how much is unknown); of this epoch, the events no longer
             // retained are missed.
             Some(cursor) => start(oldest - 1, cursor.epoch),
-            None if subscription.start_live => Position {
-                next: live,
-                missed: 0,
-                previous_epoch: 0,
-            },
-            None => Position {
-                next: oldest,
-                missed: 0,
-                previous_epoch: 0,
+            None => match subscription.start {
+                Start::Live => Position {
+                    next: live,
+                    missed: 0,
+                    previous_epoch: 0,
+                },
+                Start::Oldest => Position {
+                    next: oldest,
+                    missed: 0,
+                    previous_epoch: 0,
+                },
+                // Retained events from before the time are skipped, not missed. Events gone
+                // that may be from after it are missed: all of them, since when each was
+                // published is gone with it.
+                Start::Time(time) => {
+                    let (first, lost) = log.since(time);
+                    Position {
+                        next: first,
+                        missed: if lost { oldest - 1 } else { 0 },
+                        previous_epoch: 0,
+                    }
+                }
             },
         };
         Ok(match lost_epoch {

@@ -148,3 +148,37 @@ fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
     // Nothing was kept, and the next event gets the first sequence.
     assert_eq!(hub.publish(&WireCursor::default()).unwrap().sequence, 1);
 }
+
+#[test]
+fn a_start_time_skips_what_was_published_before_it_and_misses_what_may_be_gone() {
+    let hub = hub(3);
+    publish(&hub, 2);
+    let between = u64::try_from(wire::now_unix_micros()).unwrap() + 1;
+    while u64::try_from(wire::now_unix_micros()).unwrap() <= between {
+        std::hint::spin_loop();
+    }
+    publish(&hub, 1);
+    let at = |time: u64, after: Option<(u64, u64)>| {
+        hub.start(
+            &Subscription::parse(&crate::v1::Subscribe {
+                after: after.map(|(epoch, sequence)| WireCursor { epoch, sequence }),
+                start: StartPosition::Time as i32,
+                start_time_unix_micros: i64::try_from(time).unwrap(),
+                ..crate::v1::Subscribe::default()
+            })
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(at(between, None), position(3, 0, 0), "1 and 2 skipped");
+    assert_eq!(at(0, None), position(1, 0, 0));
+    // A cursor comes first; one of another epoch starts at the time, and what this epoch
+    // published before it is missed from that cursor's point of view.
+    assert_eq!(at(between, Some((77, 1))), position(2, 0, 0));
+    assert_eq!(at(between, Some((5, 9))), position(3, 2, 5));
+
+    // Event 1 leaves the window of 3: a start before it misses it.
+    publish(&hub, 1);
+    assert_eq!(at(0, None), position(2, 1, 0));
+    assert_eq!(at(between, None), position(3, 0, 0));
+}

@@ -51,6 +51,8 @@ pub struct ObserverOptions {
     pub(crate) heartbeat: Duration,
     pub(crate) removal_grace: Duration,
     pub(crate) start: StartPosition,
+    /// With [`StartPosition::Time`].
+    pub(crate) start_time: std::time::SystemTime,
     pub(crate) max_concurrent_handlers: Option<usize>,
     pub(crate) dns: DnsSettings,
     pub(crate) group: Option<String>,
@@ -75,6 +77,7 @@ impl fmt::Debug for ObserverOptions {
             .field("heartbeat", &self.heartbeat)
             .field("removal_grace", &self.removal_grace)
             .field("start", &self.start)
+            .field("start_time", &self.start_time)
             .field("max_concurrent_handlers", &self.max_concurrent_handlers)
             .field("group", &self.group)
             .field("metadata", &self.metadata)
@@ -98,6 +101,7 @@ impl Default for ObserverOptions {
             heartbeat: Duration::from_secs(5),
             removal_grace: Duration::from_secs(30),
             start: StartPosition::Oldest,
+            start_time: std::time::UNIX_EPOCH,
             max_concurrent_handlers: None,
             dns: DnsSettings::default(),
             group: None,
@@ -158,8 +162,21 @@ impl ObserverOptions {
     }
 
     /// Where a first subscription starts: the oldest retained event (the default), or live.
+    /// For a time, see [`start_at`](Self::start_at).
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = start;
+        self
+    }
+
+    /// A first subscription starts at the first event published at or after `time`, by
+    /// each producer's clock ("replay everything since 14:00"), then goes on live. Events
+    /// retained from before it are skipped. Where a producer no longer retains every event
+    /// that may be from after it, the observer starts at the oldest retained event and is
+    /// told of a gap. As with [`start`](Self::start), a cursor (from the cursor store, or of
+    /// a stream that broke) comes first.
+    pub fn start_at(mut self, time: std::time::SystemTime) -> Self {
+        self.start = StartPosition::Time;
+        self.start_time = time;
         self
     }
 

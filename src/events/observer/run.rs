@@ -164,6 +164,12 @@ where
         let request = Subscribe {
             after,
             start: options.start as i32,
+            start_time_unix_micros: options
+                .start_time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+                }),
             heartbeat_interval_ms: u32::try_from(options.heartbeat.as_millis()).unwrap_or(u32::MAX),
             group: options.group.clone().unwrap_or_default(),
             member: options
