@@ -158,6 +158,10 @@ pub struct EventRpc {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     hubs: Arc<[Arc<Hub>]>,
+    /// For a publisher on Postgres: its stream, which numbers and serves the events that
+    /// transactions published.
+    #[cfg(feature = "postgres")]
+    stream: Option<Arc<super::postgres::Stream>>,
 }
 
 impl Publisher {
@@ -174,7 +178,15 @@ impl Publisher {
                 Hub::with_log(hub, Box::new(log), None)
             })
             .collect();
-        Self { hubs }
+        Self::of(hubs)
+    }
+
+    fn of(hubs: Arc<[Arc<Hub>]>) -> Self {
+        Self {
+            hubs,
+            #[cfg(feature = "postgres")]
+            stream: None,
+        }
     }
 
     /// A publisher whose events are kept in files under `dir`, one folder per event RPC, and
@@ -226,7 +238,35 @@ impl Publisher {
             let hub = settings.configure(rpc, disk_rpc.method, epoch);
             hubs.push(Hub::with_log(hub, Box::new(log), Some(syncer)));
         }
-        Ok(Self { hubs: hubs.into() })
+        Ok(Self::of(hubs.into()))
+    }
+
+    /// A publisher whose events are kept in the `meshless` schema of `pool`'s database under
+    /// the stream `name`, and published inside transactions (see
+    /// [`postgres`](super::postgres)).
+    #[cfg(feature = "postgres")]
+    #[doc(hidden)]
+    pub async fn open_postgres(
+        service: &str,
+        rpcs: &[EventRpc],
+        settings: PublisherSettings,
+        pool: &sqlx::PgPool,
+        name: &str,
+    ) -> Result<Self, Error> {
+        settings.check_retain(service, rpcs);
+        let pg_rpcs = rpcs
+            .iter()
+            .map(|rpc| super::postgres::Rpc {
+                hub: settings.configure(rpc, format!("{service}/{}", rpc.name), 0),
+                retain: settings.retain_of(rpc),
+            })
+            .collect();
+        let opened =
+            super::postgres::open(pool, name, pg_rpcs, settings.limits(), new_epoch()).await?;
+        Ok(Self {
+            hubs: opened.hubs.into(),
+            stream: Some(Arc::new(opened.stream)),
+        })
     }
 
     /// The epoch of this publisher: random, drawn when it was created (at process start).
@@ -295,7 +335,58 @@ impl Publisher {
 
     #[doc(hidden)]
     pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Result<Cursor, PublishError> {
-        self.hubs[rpc].publish(event)
+        let hub = &self.hubs[rpc];
+        #[cfg(feature = "postgres")]
+        if let Some(stream) = &self.stream {
+            return Err(stream.refuse_plain(&hub.method));
+        }
+        hub.publish(event)
+    }
+
+    #[doc(hidden)]
+    #[cfg(feature = "postgres")]
+    pub async fn publish_in<T: Message>(
+        &self,
+        rpc: usize,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        event: &T,
+    ) -> Result<(), sqlx::Error> {
+        let hub = &self.hubs[rpc];
+        match &self.stream {
+            Some(stream) => stream.publish_in(hub, tx, event).await,
+            None => Err(sqlx::Error::Encode(Box::new(PublishError::Io {
+                rpc: hub.method.clone(),
+                reason: "this publisher keeps its events in memory or in files; open it with \
+                         open_postgres to publish inside a transaction"
+                    .to_owned(),
+            }))),
+        }
+    }
+
+    /// Commits a transaction that published with `publish_*_in`, and has its events served
+    /// at once (after a plain `tx.commit()` they are served within milliseconds). Returns the
+    /// database's error when the commit fails: then nothing it published is served.
+    #[cfg(feature = "postgres")]
+    pub async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        if let Some(stream) = &self.stream {
+            stream.committed();
+        }
+        Ok(())
+    }
+
+    /// For a publisher on Postgres: stops numbering and serving new events, and lets the
+    /// stream's name go; returns once another publisher may open it. Events already served
+    /// are still served. Dropping the last clone of the publisher lets the name go too, but
+    /// in the background.
+    #[cfg(feature = "postgres")]
+    pub async fn release(&self) {
+        if let Some(stream) = &self.stream {
+            stream.release().await;
+        }
     }
 
     #[doc(hidden)]
@@ -304,9 +395,8 @@ impl Publisher {
         rpc: usize,
         event: &T,
     ) -> Result<Cursor, PublishError> {
-        let hub = &self.hubs[rpc];
-        let cursor = hub.publish(event)?;
-        hub.synced(cursor).await
+        let cursor = self.publish(rpc, event)?;
+        self.hubs[rpc].synced(cursor).await
     }
 
     /// How many times the event logs were synced to stable storage (`fdatasync`), over all
