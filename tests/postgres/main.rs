@@ -1,5 +1,5 @@
 //! Events kept in Postgres, against a real server (see `cluster.rs`): published inside
-//! transactions, numbered without holes whatever order transactions commit in, never
+//! transactions, numbered in commit order without holes, never
 //! delivered when rolled back, one live publisher per stream name, and a replacement that
 //! continues the stream.
 //!
@@ -122,8 +122,8 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     let observer = Collector::default();
     let handle = observer.observe(&producer.target()).await;
 
-    // The first to insert commits last: numbering rows as they become visible would give
-    // "second" a sequence before "first" exists, and a reader past it would skip "first".
+    // The first to insert commits last. A serial id taken at insert would put "first" before
+    // "second"; a reader past "second" would then skip "first" when it commits.
     let mut first = pool.begin().await.unwrap();
     publisher
         .publish_echoed_in(&mut first, event("first"))
@@ -135,6 +135,8 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
         .await
         .unwrap();
     publisher.commit(second).await.unwrap();
+    // Served while "first" is still open: an open transaction holds up only its own events.
+    observer.until_count(1).await;
     publisher.commit(first).await.unwrap();
 
     observer.until_count(2).await;
@@ -143,10 +145,10 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     assert_eq!(
         seen,
         [
-            (epoch, 1, "first".to_owned()),
-            (epoch, 2, "second".to_owned())
+            (epoch, 1, "second".to_owned()),
+            (epoch, 2, "first".to_owned())
         ],
-        "both delivered, numbered in the stream's order without a hole"
+        "both delivered, in commit order, numbered without a hole"
     );
     assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
     handle.stop().await;
@@ -176,8 +178,8 @@ async fn a_rolled_back_publish_is_never_delivered() {
         publisher.publish_echoed(event("plain")),
         Err(PublishError::InTransaction { .. })
     ));
-    // Committed after the rollback, with a plain commit (no helper): its delivery shows the
-    // publisher has passed the rolled-back transaction.
+    // Committed after the rollback, with a plain commit (no helper): the publisher notices it
+    // by itself.
     let mut committed = pool.begin().await.unwrap();
     publisher
         .publish_echoed_in(&mut committed, event("committed"))

@@ -45,6 +45,11 @@ pub(crate) async fn claim(
         let _ = sqlx::Connection::close(conn).await;
         return Err(ClaimError::InUse(name.to_owned()));
     }
+    // The sequences it commits are on stable storage (and on synchronous standbys) before the
+    // events are served, whatever the database's default.
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut conn)
+        .await?;
     Ok(conn)
 }
 

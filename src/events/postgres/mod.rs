@@ -8,11 +8,10 @@
 //! ever sees it. The plain `publish_*` is refused ([`PublishError::InTransaction`]): an event of
 //! such a publisher is published by a transaction.
 //!
-//! - **Order without holes.** The publisher numbers committed events in the order of their
-//!   transactions' ids, once every transaction that could still add an earlier one has ended
-//!   (see `rows`), and serves them from its retained window like any event: cursors, gaps,
-//!   keys and trace context as with `publish_*`. A transaction kept open delays the events of
-//!   every transaction that began writing after it, until it ends.
+//! - **Commit order without holes.** The publisher numbers events as their transactions
+//!   commit, keeping each number in its row (see `rows`), and serves them from its retained
+//!   window like any event: cursors, gaps, keys and trace context as with `publish_*`. A
+//!   transaction kept open delays only its own events.
 //! - **Latency.** [`Publisher::commit`] commits and has the event served at once; a plain
 //!   `tx.commit()` is noticed within milliseconds (the publisher looks at doubling intervals
 //!   from 1 ms while the transaction runs), and rows written by other processes within

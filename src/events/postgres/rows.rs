@@ -1,14 +1,16 @@
-//! The rows of `meshless.events`: inserted in the caller's transaction, read back in the order
-//! of their transactions once no earlier transaction can still add one, and given their
-//! sequences.
+//! The rows of `meshless.events`: inserted in the caller's transaction, and numbered by the
+//! stream's one tailer in the order they become visible, that is, the order their transactions
+//! committed.
 //!
-//! A row is inserted without a sequence, stamped with its transaction's id (`xid8`). Ids are
-//! taken in the order transactions first write, but rows become visible when they commit, in
-//! another order: a reader that numbered rows as it saw them would number a late commit after
-//! rows it already numbered, or skip it. So rows are read only below the current snapshot's
-//! `xmin` (every transaction with a smaller id has ended, committed or rolled back), ordered by
-//! (transaction id, row id): that set only ever grows at its end, so numbering it in that
-//! order never leaves a hole behind.
+//! A row is inserted without a sequence, stamped with its transaction's id (`xid8`). A serial
+//! id taken at insert does not give commit order (a transaction that inserts first may commit
+//! last), so a reader that kept "the last id it read" as its cursor would skip such a row. Here
+//! nothing is skipped because nothing is read by such a cursor: each round reads every
+//! committed row that has no sequence yet and numbers it, and the number is kept in the row.
+//! A row committed after a round is without a sequence at the next one, and is numbered after
+//! everything numbered before: the sequences follow commit order, without a hole. Within a
+//! round, rows are numbered by (transaction id, row id), so the events of one transaction stay
+//! together and in the order it published them.
 
 use bytes::BytesMut;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
@@ -73,8 +75,8 @@ fn decode(row: &sqlx::postgres::PgRow) -> Result<Ready, sqlx::Error> {
     })
 }
 
-/// The rows of `stream` without a sequence whose transactions have all ended, of the event
-/// RPCs in `rpcs`, in the order they are to be numbered; at most [`BATCH`].
+/// The committed rows of `stream` without a sequence, of the event RPCs in `rpcs`, in the order
+/// they are to be numbered; at most [`BATCH`].
 pub(crate) async fn unsequenced(
     conn: &mut PgConnection,
     stream: &str,
@@ -83,7 +85,6 @@ pub(crate) async fn unsequenced(
     let sql = format!(
         "SELECT {COLUMNS} FROM meshless.events
          WHERE stream = $1 AND sequence IS NULL AND rpc = ANY($2)
-           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY transaction_id, id
          LIMIT $3"
     );
@@ -98,12 +99,19 @@ pub(crate) async fn unsequenced(
         .collect()
 }
 
-/// The oldest transaction id still running anywhere in the cluster: every transaction with a
-/// smaller id has ended.
-pub(crate) async fn xmin(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
-        .fetch_one(conn)
-        .await
+/// Those of the transactions `xids` that are still running (neither committed nor rolled
+/// back).
+pub(crate) async fn running(
+    conn: &mut PgConnection,
+    xids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT xid FROM unnest($1::int8[]) AS xid
+         WHERE pg_xact_status(xid::text::xid8) = 'in progress'",
+    )
+    .bind(xids)
+    .fetch_all(conn)
+    .await
 }
 
 /// Gives each row in `ids` the sequence beside it, unless a row has one already; returns how

@@ -2,14 +2,16 @@
 //! hubs, which serve them as any published event.
 //!
 //! It runs on the connection that holds the stream's lock, so only the stream's one live
-//! publisher numbers its rows. Each round reads the rows whose transactions have all ended
-//! (see `rows`), gives them the next sequences of their event RPCs in one `UPDATE`, and once
-//! that is done appends them to the hubs. A round runs:
+//! publisher numbers its rows. Each round reads the committed rows without a sequence (see
+//! `rows`), gives them the next sequences of their event RPCs in one `UPDATE` (committed with
+//! `synchronous_commit = on`: what is served is durable), and once that is done appends them
+//! to the hubs. A round runs:
 //!
 //! - at once when [`Publisher::commit`](crate::events::Publisher::commit) committed a
 //!   transaction that published;
 //! - soon after `publish_*_in`, while that transaction may still be running: after 1 ms, then
-//!   at doubling intervals up to the poll interval, until the transaction has ended;
+//!   at doubling intervals up to the poll interval, until the transaction has ended
+//!   (`pg_xact_status`);
 //! - every [`POLL_INTERVAL`] otherwise, for rows other processes committed (a publisher of
 //!   another instance, a crashed one, plain SQL).
 //!
@@ -82,9 +84,15 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forgets the transactions that ended: those before `xmin`.
-    fn ended_before(&self, xmin: i64) {
-        self.lock_pending().retain(|xid| *xid >= xmin);
+    /// The transactions that may not have ended.
+    fn pending(&self) -> Vec<i64> {
+        self.lock_pending().clone()
+    }
+
+    /// Forgets those of the transactions `asked` about that are not `running`.
+    fn ended(&self, asked: &[i64], running: &[i64]) {
+        self.lock_pending()
+            .retain(|xid| running.contains(xid) || !asked.contains(xid));
     }
 
     fn has_pending(&self) -> bool {
@@ -167,10 +175,15 @@ impl Tailer {
     /// One round: numbers the rows that are ready and hands them to the hubs. Returns whether
     /// a whole batch was read (more may wait).
     async fn round(&mut self, conn: &mut PgConnection) -> Result<bool, Failure> {
-        let xmin = if self.shared.has_pending() {
-            Some(rows::xmin(conn).await.map_err(Failure::Database)?)
+        // Asked before the rows are read: a transaction that ended by now has its rows read
+        // below, if it committed.
+        let asked = self.shared.pending();
+        let running = if asked.is_empty() {
+            Vec::new()
         } else {
-            None
+            rows::running(conn, &asked)
+                .await
+                .map_err(Failure::Database)?
         };
         let ready = rows::unsequenced(conn, &self.stream, &self.rpcs)
             .await
@@ -203,9 +216,7 @@ impl Tailer {
                 self.hand_over(rpc, sequence, event);
             }
         }
-        if let Some(xmin) = xmin {
-            self.shared.ended_before(xmin);
-        }
+        self.shared.ended(&asked, &running);
         Ok(full)
     }
 
