@@ -1,5 +1,5 @@
 //! Events kept in Postgres, against a real server (see `cluster.rs`): published inside
-//! transactions, numbered in commit order without holes, never
+//! transactions, numbered in commit order without holes, with their keys, never
 //! delivered when rolled back, one live publisher per stream name, and a replacement that
 //! continues the stream.
 //!
@@ -20,6 +20,10 @@ use cluster::Cluster;
 use meshless::events::postgres::sqlx::{self, PgPool};
 use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions, PublishError};
 use meshless::Server;
+use support::testing::orders::v1::{
+    ChangeReply, ChangeRequest, Order, OrderChangedEvent, OrderChangedObserver, OrdersHandler,
+    OrdersObserver, OrdersPublisher, OrdersService,
+};
 use support::testing::v1::EchoObserver;
 use support::{Echo, EchoPublisher, EchoService, EchoedEvent, EchoedObserver, Running, PATIENCE};
 use tokio::sync::Notify;
@@ -105,6 +109,13 @@ async fn serve(publisher: &EchoPublisher) -> Running {
     Running::publishing(publisher.clone()).await
 }
 
+/// Runs a test's body, failing the test when it takes longer than its time limit.
+async fn within(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(4 * PATIENCE, body)
+        .await
+        .expect("the test finished within its time limit");
+}
+
 async fn open(pool: &PgPool, name: &str) -> EchoPublisher {
     EchoPublisher::open_postgres(pool, name)
         .await
@@ -116,44 +127,47 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     let Some(cluster) = Cluster::start("a_transaction_that_commits_late_is_not_skipped") else {
         return;
     };
-    let pool = cluster.pool(8).await;
-    let publisher = open(&pool, "orders-0").await;
-    let producer = serve(&publisher).await;
-    let observer = Collector::default();
-    let handle = observer.observe(&producer.target()).await;
+    within(async {
+        let pool = cluster.pool(8).await;
+        let publisher = open(&pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
 
-    // The first to insert commits last. A serial id taken at insert would put "first" before
-    // "second"; a reader past "second" would then skip "first" when it commits.
-    let mut first = pool.begin().await.unwrap();
-    publisher
-        .publish_echoed_in(&mut first, event("first"))
-        .await
-        .unwrap();
-    let mut second = pool.begin().await.unwrap();
-    publisher
-        .publish_echoed_in(&mut second, event("second"))
-        .await
-        .unwrap();
-    publisher.commit(second).await.unwrap();
-    // Served while "first" is still open: an open transaction holds up only its own events.
-    observer.until_count(1).await;
-    publisher.commit(first).await.unwrap();
+        // The first to insert commits last. A serial id taken at insert would put "first" before
+        // "second"; a reader past "second" would then skip "first" when it commits.
+        let mut first = pool.begin().await.unwrap();
+        publisher
+            .publish_echoed_in(&mut first, event("first"))
+            .await
+            .unwrap();
+        let mut second = pool.begin().await.unwrap();
+        publisher
+            .publish_echoed_in(&mut second, event("second"))
+            .await
+            .unwrap();
+        publisher.commit(second).await.unwrap();
+        // Served while "first" is still open: an open transaction holds up only its own events.
+        observer.until_count(1).await;
+        publisher.commit(first).await.unwrap();
 
-    observer.until_count(2).await;
-    let seen = observer.seen();
-    let epoch = publisher.as_publisher().epoch();
-    assert_eq!(
-        seen,
-        [
-            (epoch, 1, "second".to_owned()),
-            (epoch, 2, "first".to_owned())
-        ],
-        "both delivered, in commit order, numbered without a hole"
-    );
-    assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
-    handle.stop().await;
-    producer.stop().await.unwrap();
-    publisher.as_publisher().release().await;
+        observer.until_count(2).await;
+        let seen = observer.seen();
+        let epoch = publisher.as_publisher().epoch();
+        assert_eq!(
+            seen,
+            [
+                (epoch, 1, "second".to_owned()),
+                (epoch, 2, "first".to_owned())
+            ],
+            "both delivered, in commit order, numbered without a hole"
+        );
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,38 +175,41 @@ async fn a_rolled_back_publish_is_never_delivered() {
     let Some(cluster) = Cluster::start("a_rolled_back_publish_is_never_delivered") else {
         return;
     };
-    let pool = cluster.pool(8).await;
-    let publisher = open(&pool, "orders-0").await;
-    let producer = serve(&publisher).await;
-    let observer = Collector::default();
-    let handle = observer.observe(&producer.target()).await;
+    within(async {
+        let pool = cluster.pool(8).await;
+        let publisher = open(&pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
 
-    let mut rolled_back = pool.begin().await.unwrap();
-    publisher
-        .publish_echoed_in(&mut rolled_back, event("rolled back"))
-        .await
-        .unwrap();
-    rolled_back.rollback().await.unwrap();
-    // A plain publish is refused: events of this publisher are published by transactions.
-    assert!(matches!(
-        publisher.publish_echoed(event("plain")),
-        Err(PublishError::InTransaction { .. })
-    ));
-    // Committed after the rollback, with a plain commit (no helper): the publisher notices it
-    // by itself.
-    let mut committed = pool.begin().await.unwrap();
-    publisher
-        .publish_echoed_in(&mut committed, event("committed"))
-        .await
-        .unwrap();
-    committed.commit().await.unwrap();
+        let mut rolled_back = pool.begin().await.unwrap();
+        publisher
+            .publish_echoed_in(&mut rolled_back, event("rolled back"))
+            .await
+            .unwrap();
+        rolled_back.rollback().await.unwrap();
+        // A plain publish is refused: events of this publisher are published by transactions.
+        assert!(matches!(
+            publisher.publish_echoed(event("plain")),
+            Err(PublishError::InTransaction { .. })
+        ));
+        // Committed after the rollback, with a plain commit (no helper): the publisher notices it
+        // by itself.
+        let mut committed = pool.begin().await.unwrap();
+        publisher
+            .publish_echoed_in(&mut committed, event("committed"))
+            .await
+            .unwrap();
+        committed.commit().await.unwrap();
 
-    observer.until_count(1).await;
-    let epoch = publisher.as_publisher().epoch();
-    assert_eq!(observer.seen(), [(epoch, 1, "committed".to_owned())]);
-    handle.stop().await;
-    producer.stop().await.unwrap();
-    publisher.as_publisher().release().await;
+        observer.until_count(1).await;
+        let epoch = publisher.as_publisher().epoch();
+        assert_eq!(observer.seen(), [(epoch, 1, "committed".to_owned())]);
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,72 +220,76 @@ async fn concurrent_transactions_with_rollbacks_are_each_delivered_once() {
     else {
         return;
     };
-    // A connection per transaction: all of them open at once.
-    let pool = cluster.pool(TRANSACTIONS as u32 + 4).await;
-    let publisher = open(&pool, "orders-0").await;
-    let producer = serve(&publisher).await;
-    let observer = Collector::default();
-    let handle = observer.observe(&producer.target()).await;
+    within(async {
+        // A connection per transaction: all of them open at once.
+        let pool = cluster.pool(TRANSACTIONS as u32 + 4).await;
+        let publisher = open(&pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
 
-    let all_begun = Arc::new(tokio::sync::Barrier::new(TRANSACTIONS));
-    let tasks: Vec<_> = (0..TRANSACTIONS)
-        .map(|n| {
-            let (pool, publisher, all_begun) = (pool.clone(), publisher.clone(), all_begun.clone());
-            let commit = fastrand::u8(0..5) != 0;
-            let delay = Duration::from_millis(fastrand::u64(0..40));
-            tokio::spawn(async move {
-                let message = format!("t{n}");
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
-                all_begun.wait().await;
-                publisher
-                    .publish_echoed_in(&mut tx, event(&message))
-                    .await
-                    .unwrap();
-                tokio::time::sleep(delay).await;
-                if !commit {
-                    tx.rollback().await.unwrap();
-                } else if n % 2 == 0 {
-                    publisher.commit(tx).await.unwrap();
-                } else {
-                    tx.commit().await.unwrap();
-                }
-                (message, commit)
+        let all_begun = Arc::new(tokio::sync::Barrier::new(TRANSACTIONS));
+        let tasks: Vec<_> = (0..TRANSACTIONS)
+            .map(|n| {
+                let (pool, publisher, all_begun) =
+                    (pool.clone(), publisher.clone(), all_begun.clone());
+                let commit = fastrand::u8(0..5) != 0;
+                let delay = Duration::from_millis(fastrand::u64(0..40));
+                tokio::spawn(async move {
+                    let message = format!("t{n}");
+                    let mut tx = pool.begin().await.unwrap();
+                    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+                    all_begun.wait().await;
+                    publisher
+                        .publish_echoed_in(&mut tx, event(&message))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(delay).await;
+                    if !commit {
+                        tx.rollback().await.unwrap();
+                    } else if n % 2 == 0 {
+                        publisher.commit(tx).await.unwrap();
+                    } else {
+                        tx.commit().await.unwrap();
+                    }
+                    (message, commit)
+                })
             })
-        })
-        .collect();
-    let mut committed = BTreeSet::new();
-    let mut rolled_back = HashSet::new();
-    for task in tasks {
-        let (message, commit) = tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("a transaction within the patience")
-            .unwrap();
-        if commit {
-            committed.insert(message);
-        } else {
-            rolled_back.insert(message);
+            .collect();
+        let mut committed = BTreeSet::new();
+        let mut rolled_back = HashSet::new();
+        for task in tasks {
+            let (message, commit) = tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("a transaction within the patience")
+                .unwrap();
+            if commit {
+                committed.insert(message);
+            } else {
+                rolled_back.insert(message);
+            }
         }
-    }
-    assert!(!rolled_back.is_empty() && !committed.is_empty());
+        assert!(!rolled_back.is_empty() && !committed.is_empty());
 
-    observer.until_count(committed.len()).await;
-    let seen = observer.seen();
-    let handled: Vec<String> = seen.iter().map(|(_, _, m)| m.clone()).collect();
-    let unique: BTreeSet<String> = handled.iter().cloned().collect();
-    assert_eq!(unique.len(), handled.len(), "an event was handled twice");
-    assert_eq!(unique, committed, "every committed event, and nothing else");
-    assert!(handled.iter().all(|m| !rolled_back.contains(m)));
-    let sequences: Vec<u64> = seen.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(
-        sequences,
-        (1..=committed.len() as u64).collect::<Vec<_>>(),
-        "numbered in order without a hole"
-    );
-    assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
-    handle.stop().await;
-    producer.stop().await.unwrap();
-    publisher.as_publisher().release().await;
+        observer.until_count(committed.len()).await;
+        let seen = observer.seen();
+        let handled: Vec<String> = seen.iter().map(|(_, _, m)| m.clone()).collect();
+        let unique: BTreeSet<String> = handled.iter().cloned().collect();
+        assert_eq!(unique.len(), handled.len(), "an event was handled twice");
+        assert_eq!(unique, committed, "every committed event, and nothing else");
+        assert!(handled.iter().all(|m| !rolled_back.contains(m)));
+        let sequences: Vec<u64> = seen.iter().map(|(_, s, _)| *s).collect();
+        assert_eq!(
+            sequences,
+            (1..=committed.len() as u64).collect::<Vec<_>>(),
+            "numbered in order without a hole"
+        );
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,21 +297,24 @@ async fn a_second_publisher_with_the_same_name_is_refused() {
     let Some(cluster) = Cluster::start("a_second_publisher_with_the_same_name_is_refused") else {
         return;
     };
-    let pool = cluster.pool(8).await;
-    let first = open(&pool, "orders-0").await;
-    let second = EchoPublisher::open_postgres(&pool, "orders-0").await;
-    let error = second.expect_err("a second live publisher of one name");
-    assert!(error.is_stream_in_use(), "{error}");
-    assert!(error.to_string().contains("\"orders-0\""), "{error}");
-    // Another name is another stream.
-    let other = open(&pool, "orders-1").await;
-    assert_ne!(other.as_publisher().epoch(), first.as_publisher().epoch());
-    // Released, the name can be opened again, with the same epoch.
-    first.as_publisher().release().await;
-    let again = open(&pool, "orders-0").await;
-    assert_eq!(again.as_publisher().epoch(), first.as_publisher().epoch());
-    again.as_publisher().release().await;
-    other.as_publisher().release().await;
+    within(async {
+        let pool = cluster.pool(8).await;
+        let first = open(&pool, "orders-0").await;
+        let second = EchoPublisher::open_postgres(&pool, "orders-0").await;
+        let error = second.expect_err("a second live publisher of one name");
+        assert!(error.is_stream_in_use(), "{error}");
+        assert!(error.to_string().contains("\"orders-0\""), "{error}");
+        // Another name is another stream.
+        let other = open(&pool, "orders-1").await;
+        assert_ne!(other.as_publisher().epoch(), first.as_publisher().epoch());
+        // Released, the name can be opened again, with the same epoch.
+        first.as_publisher().release().await;
+        let again = open(&pool, "orders-0").await;
+        assert_eq!(again.as_publisher().epoch(), first.as_publisher().epoch());
+        again.as_publisher().release().await;
+        other.as_publisher().release().await;
+    })
+    .await;
 }
 
 /// A server for `publisher` on `addr` (the address of a server before it).
@@ -325,6 +349,7 @@ async fn a_replacement_with_the_same_name_continues_the_stream() {
     else {
         return;
     };
+    within(async {
     let pool = cluster.pool(8).await;
     let names =
         |range: std::ops::Range<usize>| -> Vec<String> { range.map(|n| format!("e{n}")).collect() };
@@ -376,6 +401,8 @@ async fn a_replacement_with_the_same_name_continues_the_stream() {
     handle.stop().await;
     producer.stop().await.unwrap();
     replacement.as_publisher().release().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,15 +410,124 @@ async fn a_schema_newer_than_the_code_is_refused() {
     let Some(cluster) = Cluster::start("a_schema_newer_than_the_code_is_refused") else {
         return;
     };
-    let pool = cluster.pool(4).await;
-    let publisher = open(&pool, "orders-0").await;
-    publisher.as_publisher().release().await;
-    sqlx::query("INSERT INTO meshless.schema_version (version) VALUES (999)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let error = EchoPublisher::open_postgres(&pool, "orders-0")
-        .await
-        .expect_err("a schema from a newer meshless");
-    assert!(error.to_string().contains("version 999"), "{error}");
+    within(async {
+        let pool = cluster.pool(4).await;
+        let publisher = open(&pool, "orders-0").await;
+        publisher.as_publisher().release().await;
+        sqlx::query("INSERT INTO meshless.schema_version (version) VALUES (999)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let error = EchoPublisher::open_postgres(&pool, "orders-0")
+            .await
+            .expect_err("a schema from a newer meshless");
+        assert!(error.to_string().contains("version 999"), "{error}");
+    })
+    .await;
+}
+
+/// What a member of a consumer group handled: (order id, step, key of the event).
+#[derive(Clone, Default)]
+struct Keyed {
+    seen: Arc<Mutex<Vec<(String, u64, Vec<u8>)>>>,
+    changed: Arc<Notify>,
+}
+
+impl OrderChangedObserver for Keyed {
+    async fn order_changed(&self, event: Event<OrderChangedEvent>) -> Result<(), HandlerError> {
+        let order = event.message().order.clone().unwrap_or_default();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((order.id, event.message().step, event.key().to_vec()));
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reach_observers_and_consumer_groups() {
+    let Some(cluster) = Cluster::start("keys_reach_observers_and_consumer_groups") else {
+        return;
+    };
+    within(async {
+        let pool = cluster.pool(8).await;
+        let publisher = OrdersPublisher::open_postgres(&pool, "orders-0")
+            .await
+            .expect("a publisher on Postgres");
+        let producer = Running::start(
+            Server::builder()
+                .add_service(OrdersService::with_publisher(NoCalls, publisher.clone())),
+        )
+        .await;
+        let member = Keyed::default();
+        let handle = OrdersObserver::new()
+            .order_changed(member.clone())
+            .options(
+                ObserverOptions::default()
+                    .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+                    .consumer_group("shipping"),
+            )
+            .start(producer.target())
+            .await
+            .unwrap();
+
+        let mut tx = pool.begin().await.unwrap();
+        for (id, step) in [("order-a", 0), ("order-b", 0), ("order-a", 1)] {
+            let event = OrderChangedEvent {
+                order: Some(Order { id: id.into() }),
+                step,
+            };
+            publisher
+                .publish_order_changed_in(&mut tx, event)
+                .await
+                .unwrap();
+        }
+        publisher.commit(tx).await.unwrap();
+
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let changed = member.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if member.seen.lock().unwrap().len() >= 3 {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "the group's member got {:?}",
+            member.seen.lock().unwrap()
+        );
+        let mut seen = member.seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("order-a".to_owned(), 0, b"order-a".to_vec()),
+                ("order-a".to_owned(), 1, b"order-a".to_vec()),
+                ("order-b".to_owned(), 0, b"order-b".to_vec()),
+            ],
+            "each event once, with its key"
+        );
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
+}
+
+/// An Orders handler for a producer that is only asked for events.
+struct NoCalls;
+
+impl OrdersHandler for NoCalls {
+    async fn change(
+        &self,
+        _: meshless::Request<ChangeRequest>,
+    ) -> Result<meshless::Response<ChangeReply>, meshless::Status> {
+        Err(meshless::Status::unimplemented("events only"))
+    }
 }
