@@ -426,10 +426,13 @@ async fn a_schema_newer_than_the_code_is_refused() {
     .await;
 }
 
-/// What a member of a consumer group handled: (order id, step, key of the event).
+/// An event as a member handled it: (order id, step, key of the event).
+type KeyedEvent = (String, u64, Vec<u8>);
+
+/// What a member of a consumer group handled.
 #[derive(Clone, Default)]
 struct Keyed {
-    seen: Arc<Mutex<Vec<(String, u64, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<KeyedEvent>>>,
     changed: Arc<Notify>,
 }
 
