@@ -64,7 +64,7 @@ impl Default for PublisherSettings {
 
 impl PublisherSettings {
     /// How many events `rpc` keeps: as set here, else its proto option, else the default.
-    fn retain_of(&self, rpc: &EventRpc) -> usize {
+    pub(super) fn retain_of(&self, rpc: &EventRpc) -> usize {
         self.retain
             .iter()
             .rev()
@@ -77,7 +77,7 @@ impl PublisherSettings {
     }
 
     /// Warns of retention set for event RPCs `service` does not have.
-    fn check_retain(&self, service: &str, rpcs: &[EventRpc]) {
+    pub(super) fn check_retain(&self, service: &str, rpcs: &[EventRpc]) {
         for (name, _) in &self.retain {
             if !rpcs.iter().any(|rpc| rpc.name == name) {
                 tracing::warn!(service, rpc = %name, "retain set for an event RPC the service does not have");
@@ -86,7 +86,7 @@ impl PublisherSettings {
     }
 
     /// The settings of the hub of `rpc`, served as `method` in `epoch`.
-    fn configure(&self, rpc: &EventRpc, method: String, epoch: u64) -> HubSettings {
+    pub(super) fn configure(&self, rpc: &EventRpc, method: String, epoch: u64) -> HubSettings {
         HubSettings {
             method,
             epoch,
@@ -99,7 +99,7 @@ impl PublisherSettings {
     }
 
     /// The log limits every event RPC of the publisher takes.
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         Limits {
             max_bytes: self.max_retained_bytes,
             max_age: self.max_retained_age,
@@ -157,11 +157,11 @@ pub struct EventRpc {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    hubs: Arc<[Arc<Hub>]>,
+    pub(super) hubs: Arc<[Arc<Hub>]>,
     /// For a publisher on Postgres: its stream, which numbers and serves the events that
     /// transactions published.
     #[cfg(feature = "postgres")]
-    stream: Option<Arc<super::postgres::Stream>>,
+    pub(super) stream: Option<Arc<super::postgres::Stream>>,
 }
 
 impl Publisher {
@@ -241,34 +241,6 @@ impl Publisher {
         Ok(Self::of(hubs.into()))
     }
 
-    /// A publisher whose events are kept in the `meshless` schema of `pool`'s database under
-    /// the stream `name`, and published inside transactions (see
-    /// [`postgres`](super::postgres)).
-    #[cfg(feature = "postgres")]
-    #[doc(hidden)]
-    pub async fn open_postgres(
-        service: &str,
-        rpcs: &[EventRpc],
-        settings: PublisherSettings,
-        pool: &sqlx::PgPool,
-        name: &str,
-    ) -> Result<Self, Error> {
-        settings.check_retain(service, rpcs);
-        let pg_rpcs = rpcs
-            .iter()
-            .map(|rpc| super::postgres::Rpc {
-                hub: settings.configure(rpc, format!("{service}/{}", rpc.name), 0),
-                retain: settings.retain_of(rpc),
-            })
-            .collect();
-        let opened =
-            super::postgres::open(pool, name, pg_rpcs, settings.limits(), new_epoch()).await?;
-        Ok(Self {
-            hubs: opened.hubs.into(),
-            stream: Some(Arc::new(opened.stream)),
-        })
-    }
-
     /// The epoch of this publisher: random, drawn when it was created (at process start).
     pub fn epoch(&self) -> u64 {
         self.hubs.first().map_or(0, |hub| hub.epoch)
@@ -344,52 +316,6 @@ impl Publisher {
     }
 
     #[doc(hidden)]
-    #[cfg(feature = "postgres")]
-    pub async fn publish_in<T: Message>(
-        &self,
-        rpc: usize,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        event: &T,
-    ) -> Result<(), sqlx::Error> {
-        let hub = &self.hubs[rpc];
-        match &self.stream {
-            Some(stream) => stream.publish_in(hub, tx, event).await,
-            None => Err(sqlx::Error::Encode(Box::new(PublishError::Io {
-                rpc: hub.method.clone(),
-                reason: "this publisher keeps its events in memory or in files; open it with \
-                         open_postgres to publish inside a transaction"
-                    .to_owned(),
-            }))),
-        }
-    }
-
-    /// Commits a transaction that published with `publish_*_in`, and has its events served
-    /// at once (after a plain `tx.commit()` they are served within milliseconds). Returns the
-    /// database's error when the commit fails: then nothing it published is served.
-    #[cfg(feature = "postgres")]
-    pub async fn commit(
-        &self,
-        tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
-        if let Some(stream) = &self.stream {
-            stream.committed();
-        }
-        Ok(())
-    }
-
-    /// For a publisher on Postgres: stops numbering and serving new events, and lets the
-    /// stream's name go; returns once another publisher may open it. Events already served
-    /// are still served. Dropping the last clone of the publisher lets the name go too, but
-    /// in the background.
-    #[cfg(feature = "postgres")]
-    pub async fn release(&self) {
-        if let Some(stream) = &self.stream {
-            stream.release().await;
-        }
-    }
-
-    #[doc(hidden)]
     pub async fn publish_durable<T: Message>(
         &self,
         rpc: usize,
@@ -435,7 +361,7 @@ impl Publisher {
 }
 
 /// A random epoch: zero is "no cursor" on the wire, so an epoch is never zero.
-fn new_epoch() -> u64 {
+pub(super) fn new_epoch() -> u64 {
     loop {
         let epoch = fastrand::u64(..);
         if epoch != 0 {

@@ -29,6 +29,7 @@
 //! [`Publisher::release`]: crate::events::Publisher::release
 
 mod claim;
+mod publisher;
 mod rows;
 mod schema;
 mod tail;
