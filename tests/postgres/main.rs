@@ -1,5 +1,5 @@
 //! Events kept in Postgres, against a real server (see `cluster.rs`): published inside
-//! transactions, numbered in commit order without holes, with their keys, never
+//! transactions, numbered in commit order without holes, with their keys and trace context, never
 //! delivered when rolled back, one live publisher per stream name, and a replacement that
 //! continues the stream.
 //!
@@ -548,4 +548,66 @@ impl OrdersHandler for NoCalls {
     ) -> Result<meshless::Response<ChangeReply>, meshless::Status> {
         Err(meshless::Status::unimplemented("events only"))
     }
+}
+
+#[tokio::test]
+async fn the_observer_span_links_to_the_span_the_event_was_published_in() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let Some(cluster) =
+        Cluster::start("the_observer_span_links_to_the_span_the_event_was_published_in")
+    else {
+        return;
+    };
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("meshless-test"));
+    // This test's thread only: the runtime is single-threaded, so every task runs here.
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    within(async {
+        let pool = cluster.pool(4).await;
+        let publisher = open(&pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
+
+        async {
+            let mut tx = pool.begin().await.unwrap();
+            publisher
+                .publish_echoed_in(&mut tx, event("traced"))
+                .await
+                .unwrap();
+            publisher.commit(tx).await.unwrap();
+        }
+        .instrument(tracing::info_span!("place order"))
+        .await;
+        observer.until_count(1).await;
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
+
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let named = |name: &str| -> Vec<_> { spans.iter().filter(|s| s.name == name).collect() };
+    let (placing, handling) = (named("place order"), named("meshless.event"));
+    assert_eq!((placing.len(), handling.len()), (1, 1), "{spans:#?}");
+    let links: Vec<_> = handling[0]
+        .links
+        .iter()
+        .map(|link| (link.span_context.trace_id(), link.span_context.span_id()))
+        .collect();
+    assert_eq!(
+        links,
+        [(
+            placing[0].span_context.trace_id(),
+            placing[0].span_context.span_id()
+        )],
+        "the observer's span links to the span that published in the transaction"
+    );
 }
