@@ -312,7 +312,63 @@ async fn a_second_publisher_with_the_same_name_is_refused() {
         let again = open(&pool, "orders-0").await;
         assert_eq!(again.as_publisher().epoch(), first.as_publisher().epoch());
         again.as_publisher().release().await;
-        other.as_publisher().release().await;
+        // Dropped, a publisher lets its name go too, in the background.
+        let other_epoch = other.as_publisher().epoch();
+        drop(other);
+        let reopened = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match EchoPublisher::open_postgres(&pool, "orders-1").await {
+                    Ok(publisher) => return publisher,
+                    Err(error) if error.is_stream_in_use() => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        })
+        .await
+        .expect("the name of a dropped publisher is released");
+        assert_eq!(reopened.as_publisher().epoch(), other_epoch);
+        reopened.as_publisher().release().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_refuses_what_publish_refuses() {
+    let Some(cluster) = Cluster::start("publish_in_refuses_what_publish_refuses") else {
+        return;
+    };
+    within(async {
+        let pool = cluster.pool(4).await;
+        let mut settings = meshless::events::PublisherSettings::default();
+        settings.max_event_size = 16;
+        let publisher = EchoPublisher::open_postgres_with_settings(&pool, "orders-0", settings)
+            .await
+            .expect("a publisher on Postgres");
+        let mut tx = pool.begin().await.unwrap();
+        let refused = publisher
+            .publish_echoed_in(&mut tx, event(&"x".repeat(100)))
+            .await
+            .expect_err("an event over max_event_size");
+        let sqlx::Error::Encode(refusal) = &refused else {
+            panic!("not sqlx::Error::Encode: {refused:?}");
+        };
+        assert!(
+            matches!(
+                refusal.downcast_ref::<PublishError>(),
+                Some(PublishError::TooLarge { limit: 16, .. })
+            ),
+            "{refused:?}"
+        );
+        // Nothing was inserted.
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM meshless.events")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+        tx.rollback().await.unwrap();
+        publisher.as_publisher().release().await;
     })
     .await;
 }
