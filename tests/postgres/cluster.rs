@@ -48,10 +48,19 @@ impl Cluster {
             fastrand::u64(..)
         ));
         std::fs::create_dir_all(&scratch).expect("a scratch directory");
+        // From here on the directory is removed when dropped, the server stopped if it runs.
+        let mut cluster = Cluster {
+            port: 0,
+            pid: 0,
+            scratch,
+        };
         if is_root() {
-            run(Command::new("chown").arg("nobody").arg(&scratch), "chown");
+            run(
+                Command::new("chown").arg("nobody").arg(&cluster.scratch),
+                "chown",
+            );
         }
-        let data = scratch.join("data");
+        let data = cluster.scratch.join("data");
         run(
             as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
                 "-U",
@@ -65,31 +74,42 @@ impl Cluster {
             ]),
             "initdb",
         );
-        let port = free_port();
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
-            scratch.display()
-        );
-        // From here on the directory is removed when dropped, the server stopped if it runs.
-        let mut cluster = Cluster {
-            port,
-            pid: 0,
-            scratch,
-        };
-        run(
-            as_postgres(&bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(cluster.scratch.join("server.log"))
-                .args(["-w", "-t", "60", "-o", &options, "start"]),
-            "pg_ctl start",
-        );
-        cluster.pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse().ok())
+        // A free port may be taken by someone else before the server binds it: then another.
+        for attempt in 1..=3 {
+            cluster.port = free_port();
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=300",
+                cluster.port,
+                cluster.scratch.display()
+            );
+            let started = output(
+                as_postgres(&bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(cluster.scratch.join("server.log"))
+                    .args(["-w", "-t", "60", "-o", &options, "start"]),
+                "pg_ctl start",
+            );
+            match started {
+                Ok(()) => break,
+                Err(failure) if attempt == 3 => panic!(
+                    "{failure}\n{}",
+                    std::fs::read_to_string(cluster.scratch.join("server.log")).unwrap_or_default()
+                ),
+                Err(_) => {}
+            }
+        }
+        cluster.pid = cluster
+            .postmaster_pid()
             .expect("the server's PID in postmaster.pid");
         Some(cluster)
+    }
+
+    /// The PID the server wrote in its data directory, if it did.
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.scratch.join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     pub(crate) fn url(&self) -> String {
@@ -109,6 +129,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.pid == 0 {
+            // A start that failed, or timed out with the server still starting.
+            self.pid = self.postmaster_pid().unwrap_or(0);
+        }
         if self.pid != 0 {
             // SIGINT: the fast shutdown (sessions ended, no waiting for clients).
             signal("-INT", self.pid);
@@ -167,17 +191,26 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 fn run(command: &mut Command, what: &str) {
+    if let Err(failure) = output(command, what) {
+        panic!("{failure}");
+    }
+}
+
+/// Runs `command`; what it printed when it failed.
+fn output(command: &mut Command, what: &str) -> Result<(), String> {
     let out = command
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    assert!(
-        out.status.success(),
+        .map_err(|error| format!("{what}: {error}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{what} failed: {}\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 fn signal(signal: &str, pid: u32) {
