@@ -2,9 +2,11 @@
 //! of its own, and the stream's row, which keeps its epoch.
 //!
 //! The lock is `pg_try_advisory_lock(hashtextextended('meshless.stream ' || name, 0))`, held
-//! for as long as the connection lives: when the publisher releases the stream, or its process
-//! or machine dies (the server ends the session and the lock with it), another publisher may
-//! claim the name. Two names whose hashes collide cannot be served at once; with 64-bit hashes
+//! for as long as the session lives: when the publisher releases the stream, or its process
+//! dies (its connection closes, and the server ends the session and the lock with it), another
+//! publisher may claim the name. When its machine is lost, the server ends the session once it
+//! finds the connection dead, which its TCP keepalive settings (`tcp_keepalives_idle` and the
+//! like) bound. Two names whose hashes collide cannot be served at once; with 64-bit hashes
 //! that takes billions of names.
 
 use sqlx::postgres::PgConnectOptions;

@@ -22,7 +22,8 @@
 //!   advisory lock on a connection of its own, and a second one is refused with an error
 //!   ([`Error::is_stream_in_use`](crate::Error::is_stream_in_use)).
 //!   [`Publisher::release`] lets the name go; so does dropping the publisher (shortly after),
-//!   or the end of its process (when the server notices the session is gone).
+//!   or the end of its process (its connection closes). When its machine is lost, the name is
+//!   free once the server finds the connection dead (its TCP keepalive settings).
 //!
 //! [`PublishError::InTransaction`]: crate::events::PublishError::InTransaction
 //! [`Publisher::commit`]: crate::events::Publisher::commit
