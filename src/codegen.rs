@@ -55,3 +55,28 @@ pub fn limit_status<T>(result: Result<T, tonic::Status>) -> Result<T, tonic::Sta
         }
     })
 }
+
+/// sqlx, for the generated `publish_*_in` (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use sqlx;
+
+/// Expands to the items given when meshless is built with the `postgres` feature, and to
+/// nothing otherwise: the generated Postgres methods exist exactly when meshless can serve
+/// them, whatever the features of the crate they are generated into.
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_postgres {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Expands to the items given when meshless is built with the `postgres` feature, and to
+/// nothing otherwise.
+#[cfg(not(feature = "postgres"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_postgres {
+    ($($item:tt)*) => {};
+}
+
+pub use crate::__with_postgres as with_postgres;

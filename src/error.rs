@@ -27,6 +27,16 @@ enum Kind {
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "postgres")]
+    #[error("{context}: {source}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[cfg(feature = "postgres")]
+    #[error("{0}")]
+    StreamInUse(String),
 }
 
 impl Error {
@@ -54,6 +64,39 @@ impl Error {
                 context: context.into(),
                 source,
             },
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn database(context: impl Into<String>, source: sqlx::Error) -> Self {
+        Self {
+            kind: Kind::Database {
+                context: context.into(),
+                source,
+            },
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn stream_in_use(message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::StreamInUse(message.into()),
+        }
+    }
+
+    /// Whether opening a publisher on Postgres failed because another live publisher serves
+    /// the same stream name (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    pub fn is_stream_in_use(&self) -> bool {
+        matches!(self.kind, Kind::StreamInUse(_))
+    }
+
+    /// The database's error, when the error is one (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    pub fn as_database_error(&self) -> Option<&sqlx::Error> {
+        match &self.kind {
+            Kind::Database { source, .. } => Some(source),
+            _ => None,
         }
     }
 

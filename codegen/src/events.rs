@@ -74,6 +74,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             }
         }
     });
+    let postgres = postgres_methods(service);
     quote! {
         #doc
         #[derive(Debug, Clone)]
@@ -125,6 +126,79 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             }
 
             #(#methods)*
+        }
+
+        #postgres
+    }
+}
+
+/// The publisher's Postgres methods (`open_postgres`, `publish_*_in`, `commit`), which exist
+/// when meshless is built with its `postgres` feature.
+fn postgres_methods(service: &Service) -> TokenStream {
+    let publisher = format_ident!("{}Publisher", service.proto_name);
+    let full_name = &service.full_name;
+    let methods = event_methods(service).map(|(method, _)| {
+        let publish = format_ident!("publish_{}", method.name);
+        let publish_in = format_ident!("publish_{}_in", method.name);
+        let event = rust_type(&method.output_type);
+        let index = event_index(service, method);
+        let doc = docs::lines(&[
+            format!("Publishes one `{}` event inside the transaction `tx`: it is delivered once the", method.proto_name),
+            "transaction commits, and never if it rolls back. Returns the database's error, or".to_owned(),
+            format!("`sqlx::Error::Encode` holding a `PublishError` for an event [`{publish}`](Self::{publish})"),
+            "would refuse. The publisher must have been opened with `open_postgres` on the same".to_owned(),
+            "database. Commit with [`commit`](Self::commit) to have it served at once.".to_owned(),
+        ]);
+        quote! {
+            #doc
+            pub async fn #publish_in(
+                &self,
+                tx: &mut ::meshless::codegen::sqlx::Transaction<'_, ::meshless::codegen::sqlx::Postgres>,
+                event: #event,
+            ) -> ::core::result::Result<(), ::meshless::codegen::sqlx::Error> {
+                self.inner.publish_in(#index, tx, &event).await
+            }
+        }
+    });
+    quote! {
+        ::meshless::codegen::with_postgres! {
+            #[allow(dead_code)]
+            impl #publisher {
+                /// A publisher whose events are kept in the `meshless` schema of `pool`'s database as
+                /// the stream `name` (created and migrated on open), published inside transactions
+                /// with `publish_*_in`. A publisher opened later with the same name continues its
+                /// epoch and sequences. Fails when the database fails, when its schema is newer
+                /// than this meshless knows, or when another live publisher serves `name`
+                /// (`Error::is_stream_in_use`).
+                pub async fn open_postgres(
+                    pool: &::meshless::codegen::sqlx::PgPool,
+                    name: &str,
+                ) -> ::core::result::Result<Self, ::meshless::Error> {
+                    Self::open_postgres_with_settings(pool, name, ::core::default::Default::default()).await
+                }
+
+                /// [`open_postgres`](Self::open_postgres), with these settings.
+                pub async fn open_postgres_with_settings(
+                    pool: &::meshless::codegen::sqlx::PgPool,
+                    name: &str,
+                    settings: ::meshless::events::PublisherSettings,
+                ) -> ::core::result::Result<Self, ::meshless::Error> {
+                    ::meshless::events::Publisher::open_postgres(#full_name, Self::EVENT_RPCS, settings, pool, name)
+                        .await
+                        .map(|inner| Self { inner })
+                }
+
+                /// Commits `tx`, in which events were published with `publish_*_in`, and has them
+                /// served at once. Returns the database's error when the commit fails.
+                pub async fn commit(
+                    &self,
+                    tx: ::meshless::codegen::sqlx::Transaction<'_, ::meshless::codegen::sqlx::Postgres>,
+                ) -> ::core::result::Result<(), ::meshless::codegen::sqlx::Error> {
+                    self.inner.commit(tx).await
+                }
+
+                #(#methods)*
+            }
         }
     }
 }

@@ -28,4 +28,13 @@ pub enum PublishError {
         /// What failed.
         reason: String,
     },
+    /// The publisher keeps its events in Postgres (feature `postgres`): its events are
+    /// published inside a transaction, with `publish_{event}_in`.
+    #[error(
+        "the {rpc} events are kept in Postgres: publish them inside a transaction with publish_*_in"
+    )]
+    InTransaction {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+    },
 }

@@ -35,6 +35,8 @@ mod group;
 mod hub;
 mod log;
 pub mod observer;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod protocol;
 mod publisher;
 mod stream;

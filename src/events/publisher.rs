@@ -64,7 +64,7 @@ impl Default for PublisherSettings {
 
 impl PublisherSettings {
     /// How many events `rpc` keeps: as set here, else its proto option, else the default.
-    fn retain_of(&self, rpc: &EventRpc) -> usize {
+    pub(super) fn retain_of(&self, rpc: &EventRpc) -> usize {
         self.retain
             .iter()
             .rev()
@@ -77,7 +77,7 @@ impl PublisherSettings {
     }
 
     /// Warns of retention set for event RPCs `service` does not have.
-    fn check_retain(&self, service: &str, rpcs: &[EventRpc]) {
+    pub(super) fn check_retain(&self, service: &str, rpcs: &[EventRpc]) {
         for (name, _) in &self.retain {
             if !rpcs.iter().any(|rpc| rpc.name == name) {
                 tracing::warn!(service, rpc = %name, "retain set for an event RPC the service does not have");
@@ -86,7 +86,7 @@ impl PublisherSettings {
     }
 
     /// The settings of the hub of `rpc`, served as `method` in `epoch`.
-    fn configure(&self, rpc: &EventRpc, method: String, epoch: u64) -> HubSettings {
+    pub(super) fn configure(&self, rpc: &EventRpc, method: String, epoch: u64) -> HubSettings {
         HubSettings {
             method,
             epoch,
@@ -99,7 +99,7 @@ impl PublisherSettings {
     }
 
     /// The log limits every event RPC of the publisher takes.
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         Limits {
             max_bytes: self.max_retained_bytes,
             max_age: self.max_retained_age,
@@ -157,7 +157,11 @@ pub struct EventRpc {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    hubs: Arc<[Arc<Hub>]>,
+    pub(super) hubs: Arc<[Arc<Hub>]>,
+    /// For a publisher on Postgres: its stream, which numbers and serves the events that
+    /// transactions published.
+    #[cfg(feature = "postgres")]
+    pub(super) stream: Option<Arc<super::postgres::Stream>>,
 }
 
 impl Publisher {
@@ -174,7 +178,15 @@ impl Publisher {
                 Hub::with_log(hub, Box::new(log), None)
             })
             .collect();
-        Self { hubs }
+        Self::of(hubs)
+    }
+
+    fn of(hubs: Arc<[Arc<Hub>]>) -> Self {
+        Self {
+            hubs,
+            #[cfg(feature = "postgres")]
+            stream: None,
+        }
     }
 
     /// A publisher whose events are kept in files under `dir`, one folder per event RPC, and
@@ -226,7 +238,7 @@ impl Publisher {
             let hub = settings.configure(rpc, disk_rpc.method, epoch);
             hubs.push(Hub::with_log(hub, Box::new(log), Some(syncer)));
         }
-        Ok(Self { hubs: hubs.into() })
+        Ok(Self::of(hubs.into()))
     }
 
     /// The epoch of this publisher: random, drawn when it was created (at process start).
@@ -295,7 +307,12 @@ impl Publisher {
 
     #[doc(hidden)]
     pub fn publish<T: Message>(&self, rpc: usize, event: &T) -> Result<Cursor, PublishError> {
-        self.hubs[rpc].publish(event)
+        let hub = &self.hubs[rpc];
+        #[cfg(feature = "postgres")]
+        if let Some(stream) = &self.stream {
+            return Err(stream.refuse_plain(&hub.method));
+        }
+        hub.publish(event)
     }
 
     #[doc(hidden)]
@@ -304,9 +321,8 @@ impl Publisher {
         rpc: usize,
         event: &T,
     ) -> Result<Cursor, PublishError> {
-        let hub = &self.hubs[rpc];
-        let cursor = hub.publish(event)?;
-        hub.synced(cursor).await
+        let cursor = self.publish(rpc, event)?;
+        self.hubs[rpc].synced(cursor).await
     }
 
     /// How many times the event logs were synced to stable storage (`fdatasync`), over all
@@ -345,7 +361,7 @@ impl Publisher {
 }
 
 /// A random epoch: zero is "no cursor" on the wire, so an epoch is never zero.
-fn new_epoch() -> u64 {
+pub(super) fn new_epoch() -> u64 {
     loop {
         let epoch = fastrand::u64(..);
         if epoch != 0 {

@@ -223,6 +223,13 @@ impl Hub {
     /// Publishes an event: never waits for subscribers. An event too large for the stream's
     /// message limit is refused, so that it can never hold up the events behind it.
     pub(crate) fn publish(&self, event: &impl Message) -> Result<Cursor, PublishError> {
+        let encoded = self.encode(event)?;
+        self.append(encoded, None)
+    }
+
+    /// Encodes an event for this event RPC, outside any lock: refuses one too large for the
+    /// stream's message limit, and takes its key and the publisher's span.
+    pub(crate) fn encode(&self, event: &impl Message) -> Result<Encoded, PublishError> {
         let size = event.encoded_len();
         if size > self.max_event_size {
             self.metrics.refused.increment(1);
@@ -239,33 +246,34 @@ impl Hub {
             BytesMut::with_capacity(size + 32 + traceparent.len() + tracestate.len() + 8);
         event.encode_raw(&mut bytes);
         let key = self.key.map(|path| path.key_of(&bytes));
-        // An empty key (a string or bytes key left unset) is no key.
-        let key_hash = key
-            .as_deref()
-            .filter(|key| !key.is_empty())
-            .map(crate::keys::hash);
-        let published_at = wire::now_unix_micros();
+        Ok(Encoded {
+            bytes,
+            key,
+            traceparent,
+            tracestate,
+            published_at: wire::now_unix_micros(),
+        })
+    }
 
+    /// Appends an encoded event under the next sequence (which must be `expected`, when
+    /// given), hands it to the groups and wakes the plain streams waiting for it.
+    pub(crate) fn append(
+        &self,
+        encoded: Encoded,
+        expected: Option<u64>,
+    ) -> Result<Cursor, PublishError> {
         let mut state = self.lock();
         let sequence = state.log.next_sequence();
-        // Straight into the event's buffer, which has room for it.
-        wire::append_published(
-            &mut bytes,
-            wire::Published {
-                epoch: self.epoch,
-                sequence,
-                published_at,
-                traceparent,
-                tracestate,
-                key: key.unwrap_or_default(),
-            },
-        );
-        let stored = Stored {
-            sequence,
-            published_at: u64::try_from(published_at).unwrap_or(0),
-            bytes: bytes.freeze(),
-            key: key_hash,
-        };
+        if expected.is_some_and(|expected| expected != sequence) {
+            drop(state);
+            return Err(PublishError::Io {
+                rpc: self.method.clone(),
+                reason: format!(
+                    "the event's sequence is {expected:?}, the log's next is {sequence}"
+                ),
+            });
+        }
+        let stored = encoded.stored(self.epoch, sequence);
         if let Err(error) = state.log.append(stored.clone()) {
             drop(state);
             self.metrics.log_errors.increment(1);
@@ -291,6 +299,56 @@ impl Hub {
             epoch: self.epoch,
             sequence,
         })
+    }
+}
+
+/// An event encoded for an event RPC, waiting for its sequence.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    /// The event's message, encoded; its metadata is appended with the sequence.
+    pub(crate) bytes: BytesMut,
+    /// The event's key, for an event RPC with keys.
+    pub(crate) key: Option<Vec<u8>>,
+    /// The publisher's span (W3C trace context), empty without one.
+    pub(crate) traceparent: String,
+    pub(crate) tracestate: String,
+    /// Microseconds since the Unix epoch.
+    pub(crate) published_at: i64,
+}
+
+impl Encoded {
+    /// The event as the log keeps it: its metadata appended, under `sequence` of `epoch`.
+    pub(crate) fn stored(self, epoch: u64, sequence: u64) -> Stored {
+        let Encoded {
+            mut bytes,
+            key,
+            traceparent,
+            tracestate,
+            published_at,
+        } = self;
+        // An empty key (a string or bytes key left unset) is no key.
+        let key_hash = key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+            .map(crate::keys::hash);
+        // Straight into the event's buffer, which has room for it.
+        wire::append_published(
+            &mut bytes,
+            wire::Published {
+                epoch,
+                sequence,
+                published_at,
+                traceparent,
+                tracestate,
+                key: key.unwrap_or_default(),
+            },
+        );
+        Stored {
+            sequence,
+            published_at: u64::try_from(published_at).unwrap_or(0),
+            bytes: bytes.freeze(),
+            key: key_hash,
+        }
     }
 }
 

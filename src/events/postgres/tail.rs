@@ -1,0 +1,279 @@
+//! The tailer: the task that numbers a stream's committed rows in order and hands them to the
+//! hubs, which serve them as any published event.
+//!
+//! It runs on the connection that holds the stream's lock, so only the stream's one live
+//! publisher numbers its rows. Each round reads the committed rows without a sequence (see
+//! `rows`), gives them the next sequences of their event RPCs in one `UPDATE` (committed with
+//! `synchronous_commit = on`: what is served is durable), and once that is done appends them
+//! to the hubs. A round runs:
+//!
+//! - at once when [`Publisher::commit`](crate::events::Publisher::commit) committed a
+//!   transaction that published;
+//! - soon after `publish_*_in`, while that transaction may still be running: after 1 ms, then
+//!   at doubling intervals up to the poll interval, until the transaction has ended
+//!   (`pg_xact_status`);
+//! - every [`POLL_INTERVAL`] otherwise, for rows other processes committed (a publisher of
+//!   another instance, a crashed one, plain SQL).
+//!
+//! If the connection fails, the tailer connects again, claims the name again and reads back
+//! what it numbered (an `UPDATE` whose commit was lost with the connection may have been
+//! applied), then goes on. If another publisher claimed the name meanwhile, it stops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgConnection;
+use tokio::sync::Notify;
+
+use super::{claim, rows};
+use crate::events::hub::Hub;
+
+/// How often the tailer looks for rows nobody told it of.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The first wait after `publish_*_in`, doubled while the transaction runs.
+const FIRST_WAIT: Duration = Duration::from_millis(1);
+
+/// The longest wait between attempts to connect again.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the publisher and its tailer share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Transactions of this publisher that published and may not have ended.
+    pending: Mutex<Vec<i64>>,
+    /// A transaction committed: run a round now.
+    committed: Notify,
+    /// A transaction published: look soon.
+    published: Notify,
+    /// Set when the tailer is to stop (then `committed` is notified).
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// A transaction `xid` published an event.
+    pub(crate) fn published(&self, xid: i64) {
+        let mut pending = self.lock_pending();
+        if !pending.contains(&xid) {
+            pending.push(xid);
+        }
+        drop(pending);
+        self.published.notify_one();
+    }
+
+    /// A transaction that published committed.
+    pub(crate) fn committed(&self) {
+        self.committed.notify_one();
+    }
+
+    /// Asks the tailer to stop.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.committed.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The transactions that may not have ended.
+    fn pending(&self) -> Vec<i64> {
+        self.lock_pending().clone()
+    }
+
+    /// Forgets those of the transactions `asked` about that are not `running`.
+    fn ended(&self, asked: &[i64], running: &[i64]) {
+        self.lock_pending()
+            .retain(|xid| running.contains(xid) || !asked.contains(xid));
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock_pending().is_empty()
+    }
+}
+
+/// The tailer of one stream.
+pub(crate) struct Tailer {
+    pub(crate) stream: String,
+    pub(crate) options: PgConnectOptions,
+    /// `package.Service/Method` of each event RPC, and its hub.
+    pub(crate) rpcs: Vec<String>,
+    pub(crate) hubs: Vec<Arc<Hub>>,
+    /// The next sequence of each event RPC.
+    pub(crate) next: Vec<u64>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Why a round failed.
+enum Failure {
+    /// The connection or a statement failed: connect again.
+    Database(sqlx::Error),
+    /// Rows this tailer was to number were numbered by another: it no longer owns the stream.
+    Lost,
+}
+
+impl Tailer {
+    /// Runs until asked to stop (or until another publisher took the stream), then releases
+    /// the stream.
+    pub(crate) async fn run(mut self, mut conn: PgConnection) {
+        let mut wait = POLL_INTERVAL;
+        let mut deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.shared.stopping() {
+                break;
+            }
+            tokio::select! {
+                () = self.shared.committed.notified() => {}
+                () = self.shared.published.notified() => {
+                    // The transaction has hardly begun: look again shortly.
+                    wait = FIRST_WAIT;
+                    deadline = deadline.min(tokio::time::Instant::now() + wait);
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            if self.shared.stopping() {
+                break;
+            }
+            match self.round(&mut conn).await {
+                Ok(full) => {
+                    wait = if full {
+                        // More rows wait: no sleep.
+                        Duration::ZERO
+                    } else if self.shared.has_pending() {
+                        (wait * 2).clamp(FIRST_WAIT, POLL_INTERVAL)
+                    } else {
+                        POLL_INTERVAL
+                    };
+                    deadline = tokio::time::Instant::now() + wait;
+                }
+                Err(Failure::Lost) => {
+                    tracing::error!(stream = %self.stream, "rows of this stream were numbered by another publisher: it no longer serves the stream's new events");
+                    return;
+                }
+                Err(Failure::Database(error)) => {
+                    tracing::warn!(stream = %self.stream, %error, "reading the stream's events failed; connecting again");
+                    match self.reconnect().await {
+                        Some(new) => conn = new,
+                        None => return,
+                    }
+                    deadline = tokio::time::Instant::now();
+                }
+            }
+        }
+        claim::release(conn, &self.stream).await;
+    }
+
+    /// One round: numbers the rows that are ready and hands them to the hubs. Returns whether
+    /// a whole batch was read (more may wait).
+    async fn round(&mut self, conn: &mut PgConnection) -> Result<bool, Failure> {
+        // Asked before the rows are read: a transaction that ended by now has its rows read
+        // below, if it committed.
+        let asked = self.shared.pending();
+        let running = if asked.is_empty() {
+            Vec::new()
+        } else {
+            rows::running(conn, &asked)
+                .await
+                .map_err(Failure::Database)?
+        };
+        let ready = rows::unsequenced(conn, &self.stream, &self.rpcs)
+            .await
+            .map_err(Failure::Database)?;
+        let full = ready.len() as i64 >= rows::BATCH;
+        if !ready.is_empty() {
+            let mut next = self.next.clone();
+            let mut ids = Vec::with_capacity(ready.len());
+            let mut sequences = Vec::with_capacity(ready.len());
+            let mut numbered = Vec::with_capacity(ready.len());
+            for row in ready {
+                // Only rows of known event RPCs are read.
+                let Some(rpc) = self.rpcs.iter().position(|rpc| *rpc == row.rpc) else {
+                    continue;
+                };
+                let sequence = next[rpc];
+                next[rpc] += 1;
+                ids.push(row.id);
+                sequences.push(i64::try_from(sequence).unwrap_or(i64::MAX));
+                numbered.push((rpc, sequence, row.event));
+            }
+            let done = rows::number(conn, &ids, &sequences)
+                .await
+                .map_err(Failure::Database)?;
+            if done != ids.len() as u64 {
+                return Err(Failure::Lost);
+            }
+            self.next = next;
+            for (rpc, sequence, event) in numbered {
+                self.hand_over(rpc, sequence, event);
+            }
+        }
+        self.shared.ended(&asked, &running);
+        Ok(full)
+    }
+
+    fn hand_over(&self, rpc: usize, sequence: u64, event: crate::events::hub::Encoded) {
+        if let Err(error) = self.hubs[rpc].append(event, Some(sequence)) {
+            tracing::error!(stream = %self.stream, rpc = %self.rpcs[rpc], %error, "a numbered event could not be served");
+        }
+    }
+
+    /// Connects again, claims the stream again and serves what was numbered meanwhile.
+    /// `None` when it is to stop.
+    async fn reconnect(&mut self) -> Option<PgConnection> {
+        let mut backoff = crate::backoff::Backoff::new(FIRST_WAIT * 100, MAX_RECONNECT_WAIT);
+        loop {
+            if self.shared.stopping() {
+                return None;
+            }
+            tokio::select! {
+                () = self.shared.committed.notified() => {}
+                () = tokio::time::sleep(backoff.next_pause()) => {}
+            }
+            if self.shared.stopping() {
+                return None;
+            }
+            let mut conn = match claim::claim(&self.options, &self.stream).await {
+                Ok(conn) => conn,
+                Err(claim::ClaimError::InUse(_)) => {
+                    tracing::error!(stream = %self.stream, "another publisher claimed the stream while this one was disconnected: this one no longer serves its new events");
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(stream = %self.stream, %error, "connecting again failed");
+                    continue;
+                }
+            };
+            match self.catch_up(&mut conn).await {
+                Ok(()) => return Some(conn),
+                Err(error) => {
+                    tracing::warn!(stream = %self.stream, %error, "reading back the stream's events failed");
+                    claim::release(conn, &self.stream).await;
+                }
+            }
+        }
+    }
+
+    /// Serves the rows numbered past what the hubs have (a numbering whose answer was lost).
+    async fn catch_up(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        for rpc in 0..self.rpcs.len() {
+            let numbered =
+                rows::numbered_from(conn, &self.stream, &self.rpcs[rpc], self.next[rpc]).await?;
+            for (sequence, event) in numbered {
+                if sequence == self.next[rpc] {
+                    self.next[rpc] += 1;
+                    self.hand_over(rpc, sequence, event);
+                }
+            }
+        }
+        Ok(())
+    }
+}
