@@ -206,7 +206,7 @@ pub(crate) struct MemoryLog {
     /// The size of the events in the ring.
     bytes: u64,
     next: u64,
-    /// When the newest event dropped from the ring was published; `None` when this log
+    /// The latest publish time of the events dropped from the ring; `None` when this log
     /// dropped none (it may still have been restored without the oldest events).
     dropped_through: Option<u64>,
 }
@@ -240,7 +240,7 @@ impl MemoryLog {
                 break;
             }
             self.bytes -= front.bytes.len() as u64;
-            self.dropped_through = Some(front.published_at);
+            self.dropped_through = self.dropped_through.max(Some(front.published_at));
             self.ring.pop_front();
         }
     }
@@ -263,7 +263,7 @@ impl MemoryLog {
         if self.ring.len() == self.retain {
             if let Some(dropped) = self.ring.pop_front() {
                 self.bytes -= dropped.bytes.len() as u64;
-                self.dropped_through = Some(dropped.published_at);
+                self.dropped_through = self.dropped_through.max(Some(dropped.published_at));
             }
         }
         let now = event.published_at;
@@ -298,9 +298,13 @@ impl EventLog for MemoryLog {
     }
 
     fn since(&self, time: u64) -> (u64, bool) {
-        // Publish times follow sequences, but for publishes at once on several threads (the
-        // time is read just before the sequence is taken): microseconds out of order at most.
-        let at = self.ring.partition_point(|event| event.published_at < time);
+        // Not a binary search: publish times need not follow sequences (publishes at once on
+        // several threads, rows of a database numbered in commit order).
+        let at = self
+            .ring
+            .iter()
+            .position(|event| event.published_at >= time)
+            .unwrap_or(self.ring.len());
         let first = self.ring.get(at).map_or(self.next, |event| event.sequence);
         let lost = match self.dropped_through {
             Some(dropped) => dropped >= time,
