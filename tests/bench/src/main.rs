@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|keys|discovery|durable|bounds|tracing|stores] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|keys|discovery|durable|bounds|tracing|stores|postgres] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -14,6 +14,7 @@ mod durable;
 mod events;
 mod ginepro;
 mod keyed;
+mod postgres;
 mod proto;
 mod servers;
 mod stats;
@@ -155,6 +156,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("durable") {
         durable::section(bench).await;
+    }
+    if only.as_deref() == Some("postgres") {
+        postgres::section(bench).await;
     }
     if only.as_deref() == Some("stores") {
         stores::section(bench).await;
