@@ -1,6 +1,6 @@
 //! A real PostgreSQL server for one test: a cluster made with `initdb` in a directory of its
-//! own, started with `pg_ctl` on a free port of 127.0.0.1, and stopped by its PID when the
-//! test ends, passed or panicked.
+//! own, started with `pg_ctl` on a free port of 127.0.0.1 (and restarted there when a test
+//! asks), and stopped by its PID when the test ends, passed or panicked.
 //!
 //! The binaries are taken from the directory `MESHLESS_POSTGRES_BIN` when it is set, else from
 //! `/usr/lib/postgresql/<version>/bin` (Debian's packages; the newest version), else from
@@ -23,6 +23,7 @@ pub(crate) struct Cluster {
     pub(crate) port: u16,
     pid: u32,
     scratch: PathBuf,
+    bin: PathBuf,
 }
 
 impl Cluster {
@@ -53,6 +54,7 @@ impl Cluster {
             port: 0,
             pid: 0,
             scratch,
+            bin: bin.clone(),
         };
         if is_root() {
             run(
@@ -104,6 +106,36 @@ impl Cluster {
             .postmaster_pid()
             .expect("the server's PID in postmaster.pid");
         Some(cluster)
+    }
+
+    /// Restarts the server on the same data directory and port, with a fast shutdown: its
+    /// sessions are ended (their transactions roll back), then it starts again. Returns once
+    /// it accepts connections; fails the test when stopping or starting takes longer than
+    /// [`PATIENCE`]. It blocks: from a test's runtime, call it in `block_in_place`.
+    pub(crate) fn restart(&mut self) {
+        let data = self.scratch.join("data");
+        let patience = PATIENCE.as_secs().to_string();
+        // The options it was started with are in the data directory (`postmaster.opts`).
+        let restarted = output(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(self.scratch.join("server.log"))
+                .args(["-w", "-t", &patience, "-m", "fast", "restart"]),
+            "pg_ctl restart",
+        );
+        // A new postmaster: the old PID no longer names the server (0 if none is written yet,
+        // and then `drop` reads it again).
+        let before = self.pid;
+        self.pid = self.postmaster_pid().unwrap_or(0);
+        if let Err(failure) = restarted {
+            panic!(
+                "{failure}\n{}",
+                std::fs::read_to_string(self.scratch.join("server.log")).unwrap_or_default()
+            );
+        }
+        assert_ne!(self.pid, before, "a new server process after the restart");
     }
 
     /// The PID the server wrote in its data directory, if it did.

@@ -1,7 +1,7 @@
 //! Events kept in Postgres, against a real server (see `cluster.rs`): published inside
 //! transactions, numbered in commit order without holes, with their keys and trace context, never
-//! delivered when rolled back, one live publisher per stream name, and a replacement that
-//! continues the stream.
+//! delivered when rolled back, one live publisher per stream name, a replacement that
+//! continues the stream, and a restart of the database server that loses nothing committed.
 //!
 //! Run with `cargo test --features meshless/postgres --test postgres`; without the PostgreSQL
 //! binaries each test says it is skipped (and fails with `MESHLESS_REQUIRE_POSTGRES=1`).
@@ -666,4 +666,173 @@ async fn the_observer_span_links_to_the_span_the_event_was_published_in() {
         )],
         "the observer's span links to the span that published in the transaction"
     );
+}
+
+/// What the publishing task of the restart test saw: the messages whose commit returned `Ok`,
+/// and those whose commit itself failed (it may have committed before the answer was lost).
+#[derive(Default)]
+struct Published {
+    committed: Vec<String>,
+    unsure: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_server_restarted_while_events_flow_loses_nothing_committed() {
+    const BEFORE: usize = 60;
+    const AFTER: usize = 60;
+    let Some(mut cluster) =
+        Cluster::start("the_database_server_restarted_while_events_flow_loses_nothing_committed")
+    else {
+        return;
+    };
+    within(async {
+        let pool = cluster.pool(8).await;
+        let publisher = open(&pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
+
+        // Publishes one event per transaction until told to stop; a transaction that fails
+        // (the server going away or not back yet) is not retried: its event has a name of its
+        // own and counts as not committed, unless its commit was what failed.
+        let published = Arc::new(Mutex::new(Published::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Notify::new());
+        let task = {
+            let (pool, publisher, published, stop, failures, progress) = (
+                pool.clone(),
+                publisher.clone(),
+                published.clone(),
+                stop.clone(),
+                failures.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let message = format!("e{n}");
+                    n += 1;
+                    let mut tx = match pool.begin().await {
+                        Ok(tx) => tx,
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    if publisher
+                        .publish_echoed_in(&mut tx, event(&message))
+                        .await
+                        .is_err()
+                    {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        drop(tx);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    match publisher.commit(tx).await {
+                        Ok(()) => published.lock().unwrap().committed.push(message),
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            published.lock().unwrap().unsure.push(message);
+                        }
+                    }
+                    progress.notify_waiters();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let committed_count = || published.lock().unwrap().committed.len();
+        let until_committed = |count: usize| {
+            let (progress, published) = (progress.clone(), published.clone());
+            async move {
+                let waited = tokio::time::timeout(PATIENCE, async {
+                    loop {
+                        let changed = progress.notified();
+                        tokio::pin!(changed);
+                        changed.as_mut().enable();
+                        if published.lock().unwrap().committed.len() >= count {
+                            return;
+                        }
+                        changed.await;
+                    }
+                })
+                .await;
+                assert!(waited.is_ok(), "timed out waiting for {count} commits");
+            }
+        };
+
+        until_committed(BEFORE).await;
+        tokio::task::block_in_place(|| cluster.restart());
+        let at_restart = committed_count();
+        // Publishing goes on once the pool connects again.
+        until_committed(at_restart + AFTER).await;
+        stop.store(true, Ordering::Release);
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the publishing task stops")
+            .unwrap();
+        let published = std::mem::take(&mut *published.lock().unwrap());
+
+        // What the database holds is the truth for commits whose answer was lost.
+        let mut in_table = HashSet::new();
+        for payload in sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT payload FROM meshless.events WHERE stream = 'orders-0'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        {
+            let decoded: EchoedEvent =
+                meshless::codegen::prost::Message::decode(&payload[..]).unwrap();
+            in_table.insert(decoded.message);
+        }
+        assert!(
+            published.committed.iter().all(|m| in_table.contains(m)),
+            "a commit that returned Ok is in the table"
+        );
+        let expected: BTreeSet<String> = published
+            .committed
+            .iter()
+            .chain(published.unsure.iter().filter(|m| in_table.contains(*m)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            expected.len(),
+            in_table.len(),
+            "nothing in the table that was not published"
+        );
+
+        observer.until_count(expected.len()).await;
+        // Time for an event handled twice, or one that never committed, to show.
+        tokio::time::sleep(3 * meshless::events::postgres::POLL_INTERVAL).await;
+        let seen = observer.seen();
+        let handled: Vec<String> = seen.iter().map(|(_, _, m)| m.clone()).collect();
+        let unique: BTreeSet<String> = handled.iter().cloned().collect();
+        assert_eq!(unique.len(), handled.len(), "an event was handled twice");
+        assert_eq!(unique, expected, "every committed event, and nothing else");
+        let epoch = publisher.as_publisher().epoch();
+        assert!(seen.iter().all(|(e, _, _)| *e == epoch));
+        assert_eq!(
+            seen.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(),
+            (1..=expected.len() as u64).collect::<Vec<_>>(),
+            "handled in sequence order, without a hole"
+        );
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0, "no gap");
+        // Events published one transaction at a time are numbered in the order they committed.
+        let order: Vec<usize> = handled.iter().map(|m| m[1..].parse().unwrap()).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "in commit order");
+        eprintln!(
+            "restart: {} committed ({} of them after the restart), {} unsure, {} failed attempts",
+            published.committed.len(),
+            published.committed.len() - at_restart,
+            published.unsure.len(),
+            failures.load(Ordering::Relaxed)
+        );
+        handle.stop().await;
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
 }
