@@ -122,6 +122,37 @@ async fn open(pool: &PgPool, name: &str) -> EchoPublisher {
         .expect("a publisher on Postgres")
 }
 
+/// A publisher of the stream `orders-0`, served on 127.0.0.1, with a plain observer that
+/// collects what it handles.
+struct Watched {
+    publisher: EchoPublisher,
+    producer: Running,
+    observer: Collector,
+    handle: ObserverHandle,
+}
+
+impl Watched {
+    async fn start(pool: &PgPool) -> Self {
+        let publisher = open(pool, "orders-0").await;
+        let producer = serve(&publisher).await;
+        let observer = Collector::default();
+        let handle = observer.observe(&producer.target()).await;
+        Self {
+            publisher,
+            producer,
+            observer,
+            handle,
+        }
+    }
+
+    /// Stops the observer and the producer, and lets the name go.
+    async fn stop(self) {
+        self.handle.stop().await;
+        self.producer.stop().await.unwrap();
+        self.publisher.as_publisher().release().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_commits_late_is_not_skipped() {
     let Some(cluster) = Cluster::start("a_transaction_that_commits_late_is_not_skipped") else {
@@ -129,10 +160,8 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     };
     within(async {
         let pool = cluster.pool(8).await;
-        let publisher = open(&pool, "orders-0").await;
-        let producer = serve(&publisher).await;
-        let observer = Collector::default();
-        let handle = observer.observe(&producer.target()).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
 
         // The first to insert commits last. A serial id taken at insert would put "first" before
         // "second"; a reader past "second" would then skip "first" when it commits.
@@ -163,9 +192,7 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
             "both delivered, in commit order, numbered without a hole"
         );
         assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
-        handle.stop().await;
-        producer.stop().await.unwrap();
-        publisher.as_publisher().release().await;
+        watched.stop().await;
     })
     .await;
 }
@@ -177,10 +204,8 @@ async fn a_rolled_back_publish_is_never_delivered() {
     };
     within(async {
         let pool = cluster.pool(8).await;
-        let publisher = open(&pool, "orders-0").await;
-        let producer = serve(&publisher).await;
-        let observer = Collector::default();
-        let handle = observer.observe(&producer.target()).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
 
         let mut rolled_back = pool.begin().await.unwrap();
         publisher
@@ -205,9 +230,7 @@ async fn a_rolled_back_publish_is_never_delivered() {
         observer.until_count(1).await;
         let epoch = publisher.as_publisher().epoch();
         assert_eq!(observer.seen(), [(epoch, 1, "committed".to_owned())]);
-        handle.stop().await;
-        producer.stop().await.unwrap();
-        publisher.as_publisher().release().await;
+        watched.stop().await;
     })
     .await;
 }
@@ -223,10 +246,8 @@ async fn concurrent_transactions_with_rollbacks_are_each_delivered_once() {
     within(async {
         // A connection per transaction: all of them open at once.
         let pool = cluster.pool(TRANSACTIONS as u32 + 4).await;
-        let publisher = open(&pool, "orders-0").await;
-        let producer = serve(&publisher).await;
-        let observer = Collector::default();
-        let handle = observer.observe(&producer.target()).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
 
         let all_begun = Arc::new(tokio::sync::Barrier::new(TRANSACTIONS));
         let tasks: Vec<_> = (0..TRANSACTIONS)
@@ -285,9 +306,7 @@ async fn concurrent_transactions_with_rollbacks_are_each_delivered_once() {
             "numbered in order without a hole"
         );
         assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
-        handle.stop().await;
-        producer.stop().await.unwrap();
-        publisher.as_publisher().release().await;
+        watched.stop().await;
     })
     .await;
 }
@@ -626,10 +645,8 @@ async fn the_observer_span_links_to_the_span_the_event_was_published_in() {
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
     within(async {
         let pool = cluster.pool(4).await;
-        let publisher = open(&pool, "orders-0").await;
-        let producer = serve(&publisher).await;
-        let observer = Collector::default();
-        let handle = observer.observe(&producer.target()).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
 
         async {
             let mut tx = pool.begin().await.unwrap();
@@ -642,9 +659,7 @@ async fn the_observer_span_links_to_the_span_the_event_was_published_in() {
         .instrument(tracing::info_span!("place order"))
         .await;
         observer.until_count(1).await;
-        handle.stop().await;
-        producer.stop().await.unwrap();
-        publisher.as_publisher().release().await;
+        watched.stop().await;
     })
     .await;
 
@@ -687,10 +702,8 @@ async fn the_database_server_restarted_while_events_flow_loses_nothing_committed
     };
     within(async {
         let pool = cluster.pool(8).await;
-        let publisher = open(&pool, "orders-0").await;
-        let producer = serve(&publisher).await;
-        let observer = Collector::default();
-        let handle = observer.observe(&producer.target()).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
 
         // Publishes one event per transaction until told to stop; a transaction that fails
         // (the server going away or not back yet) is not retried: its event has a name of its
@@ -830,9 +843,7 @@ async fn the_database_server_restarted_while_events_flow_loses_nothing_committed
             published.unsure.len(),
             failures.load(Ordering::Relaxed)
         );
-        handle.stop().await;
-        producer.stop().await.unwrap();
-        publisher.as_publisher().release().await;
+        watched.stop().await;
     })
     .await;
 }
