@@ -643,6 +643,11 @@ async fn the_observer_span_links_to_the_span_the_event_was_published_in() {
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("meshless-test"));
     // This test's thread only: the runtime is single-threaded, so every task runs here.
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    // With one dispatcher registered, tracing-core decides a callsite's interest from the
+    // default of whichever thread reaches it first: another test's thread, with no subscriber,
+    // would disable `meshless.event` for the whole process. A second registered dispatcher
+    // makes every callsite ask the current thread's dispatcher each time.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     within(async {
         let pool = cluster.pool(4).await;
         let watched = Watched::start(&pool).await;
