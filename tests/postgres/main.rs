@@ -10,6 +10,7 @@
 mod support;
 
 mod cluster;
+mod retention;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

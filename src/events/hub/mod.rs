@@ -190,6 +190,15 @@ impl Hub {
         self.latest.load(Ordering::Acquire)
     }
 
+    /// The oldest sequence the log keeps, once what is past its age limit has left it.
+    pub(crate) fn oldest_retained(&self) -> u64 {
+        let mut state = self.lock();
+        state
+            .log
+            .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
+        state.log.oldest()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update of the state is complete before it can panic; poisoning is harmless.
         self.state

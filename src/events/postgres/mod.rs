@@ -137,7 +137,9 @@ pub(crate) async fn open(
         options,
         rpcs: methods,
         hubs: hubs.clone(),
+        deleted_below: vec![0; next.len()],
         next,
+        pruned_at: tokio::time::Instant::now(),
         shared: shared.clone(),
     };
     // Rows committed while no publisher served the name are numbered at once.

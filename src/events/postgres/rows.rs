@@ -176,3 +176,28 @@ pub(crate) async fn numbered_from(
         })
         .collect()
 }
+
+/// Deletes at most `limit` rows of `rpc` in `stream` numbered below `before`, oldest first;
+/// returns how many. One short statement: it locks only the rows it deletes.
+pub(crate) async fn delete_before(
+    conn: &mut PgConnection,
+    stream: &str,
+    rpc: &str,
+    before: u64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM meshless.events WHERE id = ANY(ARRAY(
+             SELECT id FROM meshless.events
+             WHERE stream = $1 AND rpc = $2 AND sequence < $3
+             ORDER BY sequence
+             LIMIT $4))",
+    )
+    .bind(stream)
+    .bind(rpc)
+    .bind(i64::try_from(before).unwrap_or(i64::MAX))
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -15,6 +15,10 @@
 //! - every [`POLL_INTERVAL`] otherwise, for rows other processes committed (a publisher of
 //!   another instance, a crashed one, plain SQL).
 //!
+//! After a round, the rows of events that have left the hubs' retained windows (by count,
+//! bytes or age) are deleted, [`rows::BATCH`] at a time, once [`PRUNE_AT`] have gathered or a
+//! poll interval has passed.
+//!
 //! If the connection fails, the tailer connects again, claims the name again and reads back
 //! what it numbered (an `UPDATE` whose commit was lost with the connection may have been
 //! applied), then goes on. If another publisher claimed the name meanwhile, it stops.
@@ -35,6 +39,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The first wait after `publish_*_in`, doubled while the transaction runs.
 const FIRST_WAIT: Duration = Duration::from_millis(1);
+
+/// How many rows past retention start a deletion before the poll interval has passed, and
+/// at most how many batches a round deletes.
+const PRUNE_AT: u64 = 256;
+const PRUNE_BATCHES_PER_ROUND: usize = 4;
 
 /// The longest wait between attempts to connect again.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -109,6 +118,10 @@ pub(crate) struct Tailer {
     pub(crate) hubs: Vec<Arc<Hub>>,
     /// The next sequence of each event RPC.
     pub(crate) next: Vec<u64>,
+    /// Below which sequence the rows of each event RPC are deleted, as far as this tailer knows.
+    pub(crate) deleted_below: Vec<u64>,
+    /// When rows past retention were last deleted.
+    pub(crate) pruned_at: tokio::time::Instant,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -217,7 +230,39 @@ impl Tailer {
             }
         }
         self.shared.ended(&asked, &running);
-        Ok(full)
+        let more_to_delete = self.prune(conn).await.map_err(Failure::Database)?;
+        Ok(full || more_to_delete)
+    }
+
+    /// Deletes the rows of events that have left the hubs, once enough have gathered; returns
+    /// whether some are left for the next round.
+    async fn prune(&mut self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        let now = tokio::time::Instant::now();
+        let due = now.duration_since(self.pruned_at) >= POLL_INTERVAL;
+        let mut more = false;
+        for rpc in 0..self.rpcs.len() {
+            let oldest = self.hubs[rpc].oldest_retained();
+            let behind = oldest.saturating_sub(self.deleted_below[rpc]);
+            if behind == 0 || (behind < PRUNE_AT && !due) {
+                continue;
+            }
+            self.pruned_at = now;
+            let mut batches = 0;
+            while self.deleted_below[rpc] < oldest {
+                if batches == PRUNE_BATCHES_PER_ROUND {
+                    more = true;
+                    break;
+                }
+                let deleted =
+                    rows::delete_before(conn, &self.stream, &self.rpcs[rpc], oldest, rows::BATCH)
+                        .await?;
+                batches += 1;
+                if deleted < rows::BATCH as u64 {
+                    self.deleted_below[rpc] = oldest;
+                }
+            }
+        }
+        Ok(more)
     }
 
     fn hand_over(&self, rpc: usize, sequence: u64, event: crate::events::hub::Encoded) {
