@@ -24,6 +24,8 @@ pub(crate) struct Cluster {
     pid: u32,
     scratch: PathBuf,
     bin: PathBuf,
+    /// The server's options, to start it again with.
+    options: String,
 }
 
 impl Cluster {
@@ -55,6 +57,7 @@ impl Cluster {
             pid: 0,
             scratch,
             bin: bin.clone(),
+            options: String::new(),
         };
         if is_root() {
             run(
@@ -79,21 +82,12 @@ impl Cluster {
         // A free port may be taken by someone else before the server binds it: then another.
         for attempt in 1..=3 {
             cluster.port = free_port();
-            let options = format!(
+            cluster.options = format!(
                 "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=300",
                 cluster.port,
                 cluster.scratch.display()
             );
-            let started = output(
-                as_postgres(&bin.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(cluster.scratch.join("server.log"))
-                    .args(["-w", "-t", "60", "-o", &options, "start"]),
-                "pg_ctl start",
-            );
-            match started {
+            match cluster.pg_ctl_start() {
                 Ok(()) => break,
                 Err(failure) if attempt == 3 => panic!(
                     "{failure}\n{}",
@@ -136,6 +130,48 @@ impl Cluster {
             );
         }
         assert_ne!(self.pid, before, "a new server process after the restart");
+    }
+
+    /// Stops the server with a fast shutdown (its sessions end, their transactions roll
+    /// back), until [`start_again`](Self::start_again). Blocks: from a test's runtime, call it
+    /// in `block_in_place`.
+    pub(crate) fn stop_for_now(&mut self) {
+        let patience = PATIENCE.as_secs().to_string();
+        run(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.scratch.join("data"))
+                .args(["-w", "-t", &patience, "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        );
+        self.pid = 0;
+    }
+
+    /// Starts the server stopped by [`stop_for_now`](Self::stop_for_now) on the same data
+    /// directory and port. Blocks, as that does.
+    pub(crate) fn start_again(&mut self) {
+        if let Err(failure) = self.pg_ctl_start() {
+            panic!(
+                "{failure}\n{}",
+                std::fs::read_to_string(self.scratch.join("server.log")).unwrap_or_default()
+            );
+        }
+        self.pid = self
+            .postmaster_pid()
+            .expect("the server's PID in postmaster.pid");
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let patience = PATIENCE.as_secs().to_string();
+        output(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.scratch.join("data"))
+                .arg("-l")
+                .arg(self.scratch.join("server.log"))
+                .args(["-w", "-t", &patience, "-o", &self.options, "start"]),
+            "pg_ctl start",
+        )
     }
 
     /// The PID the server wrote in its data directory, if it did.

@@ -10,6 +10,7 @@
 mod support;
 
 mod cluster;
+mod faults;
 mod retention;
 
 use std::collections::{BTreeSet, HashSet};
