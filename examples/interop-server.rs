@@ -6,6 +6,11 @@
 //! Run with: cargo run --example interop-server -- --listen 127.0.0.1:0 [--data-dir DIR]
 //! It prints `listening on ADDR` once it serves, and stops on Ctrl-C or SIGTERM.
 //!
+//! With the `postgres` feature, `--postgres URL NAME` keeps the `Echoed` events in that
+//! database under the stream `NAME`, each published in a transaction of its own: a call is
+//! answered once its transaction committed. While another process still holds the name, it
+//! waits for it (up to 60 s), as a replacement of a killed instance does.
+//!
 //! Its spans are OpenTelemetry spans (not exported): a unary call with the message
 //! `trace-id?` is answered with the trace id of the span that served it, so that a caller can
 //! check that its trace context (W3C `traceparent`) went through.
@@ -48,6 +53,28 @@ impl OrdersHandler for Orders {
 
 struct Echo {
     publisher: EchoPublisher,
+    /// Set when the events are kept in Postgres.
+    #[cfg(feature = "postgres")]
+    pool: Option<meshless::events::postgres::sqlx::PgPool>,
+}
+
+impl Echo {
+    async fn publish(&self, event: EchoedEvent) -> Result<(), Status> {
+        #[cfg(feature = "postgres")]
+        if let Some(pool) = &self.pool {
+            let unavailable = |error: meshless::events::postgres::sqlx::Error| {
+                Status::unavailable(format!("publishing in Postgres: {error}"))
+            };
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            self.publisher
+                .publish_echoed_in(&mut tx, event)
+                .await
+                .map_err(unavailable)?;
+            return self.publisher.commit(tx).await.map_err(unavailable);
+        }
+        self.publisher.publish_echoed(event)?;
+        Ok(())
+    }
 }
 
 type Replies = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
@@ -108,9 +135,10 @@ impl EchoHandler for Echo {
                 _ => {}
             }
         }
-        self.publisher.publish_echoed(EchoedEvent {
+        self.publish(EchoedEvent {
             message: request.into_inner().message,
-        })?;
+        })
+        .await?;
         Ok(response)
     }
 
@@ -177,16 +205,29 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let usage = "usage: interop-server --listen ADDR:PORT [--data-dir DIR]";
+    let usage = "usage: interop-server --listen ADDR:PORT [--data-dir DIR | --postgres URL NAME]";
     let mut args = std::env::args().skip(1);
     let listen = match (args.next().as_deref(), args.next()) {
         (Some("--listen"), Some(addr)) => addr,
         _ => return Err(usage.into()),
     };
     // With a data directory, the events survive a crash or restart of this process.
+    #[cfg(feature = "postgres")]
+    let mut pool = None;
     let publisher = match (args.next().as_deref(), args.next()) {
         (None, _) => EchoPublisher::new(),
         (Some("--data-dir"), Some(dir)) => EchoPublisher::open(dir)?,
+        #[cfg(feature = "postgres")]
+        (Some("--postgres"), Some(url)) => {
+            let name = args.next().ok_or(usage)?;
+            let opened = postgres::open(&url, &name).await?;
+            pool = Some(opened.1);
+            opened.0
+        }
+        #[cfg(not(feature = "postgres"))]
+        (Some("--postgres"), _) => {
+            return Err("--postgres needs the example built with `--features postgres`".into())
+        }
         _ => return Err(usage.into()),
     };
     // Spans become OpenTelemetry spans, children of the caller's when it sent its context.
@@ -207,6 +248,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(EchoService::with_publisher(
             Echo {
                 publisher: publisher.clone(),
+                #[cfg(feature = "postgres")]
+                pool,
             },
             publisher,
         ))
@@ -224,4 +267,32 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::{Duration, Instant};
+
+    use meshless::events::postgres::sqlx::PgPool;
+
+    use super::EchoPublisher;
+
+    /// The publisher of the stream `name` in the database at `url`, once no other process
+    /// holds the name (a killed one holds it until the server sees its connection closed).
+    pub(super) async fn open(
+        url: &str,
+        name: &str,
+    ) -> Result<(EchoPublisher, PgPool), Box<dyn std::error::Error>> {
+        let pool = PgPool::connect(url).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match EchoPublisher::open_postgres(&pool, name).await {
+                Ok(publisher) => return Ok((publisher, pool)),
+                Err(error) if error.is_stream_in_use() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
 }

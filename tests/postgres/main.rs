@@ -12,6 +12,7 @@ mod support;
 mod cluster;
 mod faults;
 mod retention;
+mod sigkill;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -461,6 +461,15 @@ impl ProducerProcess {
     /// Starts one listening on `listen` (`127.0.0.1:0` for a free port), keeping its events
     /// in `data_dir` if given.
     pub fn start(listen: &str, data_dir: Option<&std::path::Path>) -> Self {
+        let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(dir) = data_dir {
+            args.extend(["--data-dir".as_ref(), dir.as_os_str()]);
+        }
+        Self::start_with(listen, &args)
+    }
+
+    /// Starts one listening on `listen`, with more arguments (`--postgres URL NAME`).
+    pub fn start_with(listen: &str, args: &[&std::ffi::OsStr]) -> Self {
         use std::io::BufRead;
         let exe = std::env::current_exe().expect("the test's path");
         // target/debug/deps/TEST-HASH -> target/debug/examples/interop-server
@@ -475,10 +484,7 @@ impl ProducerProcess {
             server.display()
         );
         let mut command = std::process::Command::new(&server);
-        command.args(["--listen", listen]);
-        if let Some(dir) = data_dir {
-            command.arg("--data-dir").arg(dir);
-        }
+        command.args(["--listen", listen]).args(args);
         let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

@@ -1,0 +1,191 @@
+//! A producer process whose events live in Postgres (the `interop-server` example with
+//! `--postgres`), killed with SIGKILL in the middle of a burst of transactions, again and
+//! again. Each replacement starts under the same stream name with nothing of its own: no data
+//! directory, no memory of the killed one. An observer that stays subscribed handles every
+//! committed event once, in commit order, without a gap.
+
+use std::ffi::OsStr;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use meshless::Channel;
+use support::{request, EchoClient, ProducerProcess};
+
+use super::*;
+
+/// What the burst's calls came to: answered (their transaction committed) or failed (it may
+/// have committed before the answer was lost).
+#[derive(Default)]
+struct Calls {
+    committed: Vec<String>,
+    unsure: Vec<String>,
+}
+
+fn burst(
+    client: &EchoClient,
+    cycle: usize,
+    calls: &Arc<Mutex<Calls>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
+        .map(|task| {
+            let (client, calls, stop) = (client.clone(), calls.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let message = format!("c{cycle}-t{task}-{n}");
+                    n += 1;
+                    let mut call = meshless::Request::new(request(&message));
+                    call.set_timeout(Duration::from_secs(2));
+                    if client.unary(call).await.is_ok() {
+                        calls.lock().unwrap().committed.push(message);
+                    } else {
+                        calls.lock().unwrap().unsure.push(message);
+                        // The producer is down: wait for its replacement.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+impl Collector {
+    /// Waits until every one of `messages` was handled, failing the test after [`PATIENCE`].
+    async fn until_all(&self, messages: &[String]) {
+        let missing = || {
+            let seen: HashSet<String> = self.messages().into_iter().collect();
+            messages.iter().filter(|m| !seen.contains(*m)).count()
+        };
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if missing() == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "{} committed events never handled",
+            missing()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing() {
+    const CYCLES: usize = 3;
+    let Some(cluster) =
+        Cluster::start("a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing")
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let start = || {
+        let listen = format!("127.0.0.1:{port}");
+        let args: [&OsStr; 3] = ["--postgres".as_ref(), url.as_ref(), "orders-0".as_ref()];
+        // Returns once it serves: after it opened the stream.
+        tokio::task::block_in_place(|| ProducerProcess::start_with(&listen, &args))
+    };
+    within(async {
+        let mut producer = start();
+        let target = format!("ipv4:127.0.0.1:{port}");
+        let observer = Collector::default();
+        let handle = observer.observe(&target).await;
+        let channel = Channel::builder()
+            .attempts(1)
+            .wait_timeout(Duration::from_secs(2))
+            .connect(&target)
+            .await
+            .unwrap();
+        let client = EchoClient::new(channel);
+        let calls = Arc::new(Mutex::new(Calls::default()));
+        let mut takeovers = Vec::new();
+
+        for cycle in 0..CYCLES {
+            let stop = Arc::new(AtomicBool::new(false));
+            let tasks = burst(&client, cycle, &calls, &stop);
+            // Killed mid-burst, transactions in flight.
+            let goal = calls.lock().unwrap().committed.len() + 50;
+            support::eventually("50 more transactions committed", || {
+                calls.lock().unwrap().committed.len() >= goal
+            })
+            .await;
+            let killed = Instant::now();
+            producer.kill();
+            producer = start();
+            takeovers.push(killed.elapsed());
+            stop.store(true, Ordering::Relaxed);
+            for task in tasks {
+                tokio::time::timeout(PATIENCE, task)
+                    .await
+                    .expect("the burst's tasks end")
+                    .unwrap();
+            }
+        }
+        // One more after the last replacement: once it is handled, so is everything before.
+        let last = "last".to_owned();
+        tokio::time::timeout(PATIENCE, async {
+            while client.unary(request(&last)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the replacement takes calls");
+        let Calls { committed, unsure } = std::mem::take(&mut *calls.lock().unwrap());
+        observer.until_all(&committed).await;
+        observer.until_all(std::slice::from_ref(&last)).await;
+        handle.stop().await;
+        drop(producer);
+
+        let seen = observer.seen();
+        let messages: Vec<&str> = seen.iter().map(|(_, _, m)| m.as_str()).collect();
+        let once: HashSet<&str> = messages.iter().copied().collect();
+        assert_eq!(once.len(), messages.len(), "each event handled once");
+        let may_have_committed: HashSet<&str> = committed
+            .iter()
+            .chain(&unsure)
+            .map(String::as_str)
+            .chain(["last"])
+            .collect();
+        let never_sent: Vec<_> = messages
+            .iter()
+            .filter(|m| !may_have_committed.contains(*m))
+            .collect();
+        assert!(
+            never_sent.is_empty(),
+            "handled but never sent: {never_sent:?}"
+        );
+        assert_eq!(
+            seen.iter()
+                .map(|(e, _, _)| *e)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            1,
+            "one epoch: the stream's, across every replacement"
+        );
+        assert_eq!(
+            seen.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(),
+            (1..=seen.len() as u64).collect::<Vec<_>>(),
+            "in order, every sequence once"
+        );
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0, "no gap");
+        eprintln!(
+            "{} transactions committed over {CYCLES} SIGKILLs ({} calls unsure), {} events \
+             handled, each once; from SIGKILL to the replacement serving: {takeovers:?}",
+            committed.len(),
+            unsure.len(),
+            seen.len()
+        );
+    })
+    .await;
+}
