@@ -191,6 +191,7 @@ impl Hub {
     }
 
     /// The oldest sequence the log keeps, once what is past its age limit has left it.
+    #[cfg(feature = "postgres")]
     pub(crate) fn oldest_retained(&self) -> u64 {
         let mut state = self.lock();
         state
