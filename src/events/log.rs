@@ -56,6 +56,17 @@ pub(crate) enum GroupChange {
 }
 
 impl GroupChange {
+    /// The group the change is to.
+    pub(crate) fn group(&self) -> &str {
+        match self {
+            GroupChange::Created { group, .. }
+            | GroupChange::Acked { group, .. }
+            | GroupChange::HandedOut { group, .. }
+            | GroupChange::Missed { group, .. }
+            | GroupChange::Forgotten { group } => group,
+        }
+    }
+
     /// What the change does to the groups a log keeps (a change of a group it does not know
     /// does nothing).
     pub(crate) fn apply_to(self, groups: &mut std::collections::BTreeMap<String, SavedGroup>) {
@@ -101,6 +112,26 @@ pub(crate) struct SavedGroup {
     pub(crate) missed: u64,
     /// Events up to this one may have been handed to members.
     pub(crate) handed_out: u64,
+}
+
+impl SavedGroup {
+    /// Keeps the record small: the events acknowledged from its start on move the start;
+    /// what it was owed that is no longer retained (before `oldest`) becomes a count of missed
+    /// events.
+    pub(crate) fn prune(&mut self, oldest: u64) {
+        while self.acked.remove(&self.start) {
+            self.start += 1;
+        }
+        if self.start < oldest {
+            let acked_gone = self.acked.range(..oldest).count() as u64;
+            self.missed += oldest - self.start - acked_gone;
+            self.acked = self.acked.split_off(&oldest);
+            self.start = oldest;
+            while self.acked.remove(&self.start) {
+                self.start += 1;
+            }
+        }
+    }
 }
 
 /// Where the events of one event RPC are kept.
@@ -160,6 +191,14 @@ pub(crate) trait EventLog: Send + 'static {
     /// The groups the log kept from before, by name, handed over once.
     fn take_saved_groups(&mut self) -> Vec<(String, SavedGroup)> {
         Vec::new()
+    }
+
+    /// Whether the group changes recorded last may be missing from the saved groups after a
+    /// crash, in any order (a log that writes them in the background): then every event a
+    /// restored group is owed up to its handed-out mark goes out again marked, not only the
+    /// first of each key.
+    fn may_lose_recent_group_changes(&self) -> bool {
+        false
     }
 
     /// When this log's epoch continues `epoch` (a recovery kept that epoch's events up to a

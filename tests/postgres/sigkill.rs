@@ -2,7 +2,8 @@
 //! `--postgres`), killed with SIGKILL in the middle of a burst of transactions, again and
 //! again. Each replacement starts under the same stream name with nothing of its own: no data
 //! directory, no memory of the killed one. An observer that stays subscribed handles every
-//! committed event once, in commit order, without a gap.
+//! committed event once, in commit order, without a gap; a consumer group's member handles
+//! every one too, and one it handles again is marked as a redelivery.
 
 use std::ffi::OsStr;
 use std::sync::atomic::AtomicBool;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use meshless::Channel;
 use support::{request, EchoClient, ProducerProcess};
 
+use super::groups::Member;
 use super::*;
 
 /// What the burst's calls came to: answered (their transaction committed) or failed (it may
@@ -101,6 +103,8 @@ async fn a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing()
         let target = format!("ipv4:127.0.0.1:{port}");
         let observer = Collector::default();
         let handle = observer.observe(&target).await;
+        let member = Member::default();
+        let member_handle = member.join(&target, "billing").await;
         let channel = Channel::builder()
             .attempts(1)
             .wait_timeout(Duration::from_secs(2))
@@ -144,7 +148,10 @@ async fn a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing()
         let Calls { committed, unsure } = std::mem::take(&mut *calls.lock().unwrap());
         observer.until_all(&committed).await;
         observer.until_all(std::slice::from_ref(&last)).await;
+        member.until_all(&committed).await;
+        member.until_all(std::slice::from_ref(&last)).await;
         handle.stop().await;
+        member_handle.stop().await;
         drop(producer);
 
         let seen = observer.seen();
@@ -179,6 +186,24 @@ async fn a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing()
             "in order, every sequence once"
         );
         assert_eq!(observer.gaps.load(Ordering::Relaxed), 0, "no gap");
+        let mut by_message: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+        let in_group = member.seen.lock().unwrap().clone();
+        for (message, _, deliveries) in &in_group {
+            by_message.entry(message).or_default().push(*deliveries);
+        }
+        let unmarked: Vec<_> = by_message
+            .iter()
+            .filter(|(_, deliveries)| deliveries[1..].iter().any(|count| *count < 2))
+            .collect();
+        assert!(
+            unmarked.is_empty(),
+            "handled again without the mark: {unmarked:?}"
+        );
+        let again = by_message.values().filter(|d| d.len() > 1).count();
+        eprintln!(
+            "the group member handled {} events, {again} of them again (marked)",
+            by_message.len()
+        );
         eprintln!(
             "{} transactions committed over {CYCLES} SIGKILLs ({} calls unsure), {} events \
              handled, each once; from SIGKILL to the replacement serving: {takeovers:?}",

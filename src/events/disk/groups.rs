@@ -173,7 +173,7 @@ impl Journal {
             group.acked.retain(|sequence| *sequence <= latest);
             group.handed_out = group.handed_out.min(latest);
             group.start = group.start.min(latest + 1);
-            prune(group, oldest);
+            group.prune(oldest);
         }
         write_base(dir, &groups, generation)?;
         let tail = generation + 1;
@@ -252,7 +252,7 @@ impl Journal {
         (self.file, self.generation, self.bytes, self.partial) = (spare, covered + 1, 0, false);
         self.records = 0;
         for group in self.groups.values_mut() {
-            prune(group, oldest);
+            group.prune(oldest);
         }
         let groups = self.groups.clone();
         let (dir, compacting, spare) = (
@@ -324,23 +324,6 @@ fn make_spare(dir: &Path) -> std::io::Result<File> {
     file.set_len(0)?;
     epoch::sync_dir(dir)?;
     Ok(file)
-}
-
-/// Keeps a group's record small: the events acknowledged from its start on move the start;
-/// what it was owed that is no longer retained becomes a count of missed events.
-fn prune(group: &mut SavedGroup, oldest: u64) {
-    while group.acked.remove(&group.start) {
-        group.start += 1;
-    }
-    if group.start < oldest {
-        let acked_gone = group.acked.range(..oldest).count() as u64;
-        group.missed += oldest - group.start - acked_gone;
-        group.acked = group.acked.split_off(&oldest);
-        group.start = oldest;
-        while group.acked.remove(&group.start) {
-            group.start += 1;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ pub(super) fn restore(
     let from = saved.start.max(log.oldest());
     let mut owed = VecDeque::new();
     let mut keys_seen = HashSet::new();
+    let mark_every_owed = log.may_lose_recent_group_changes();
     let mut next = from;
     while next <= log.latest() {
         let read = log.read(next, 256, scratch);
@@ -107,7 +108,7 @@ pub(super) fn restore(
             if !saved.acked.contains(&event.sequence) {
                 let mut unacked = Unacked::new(event);
                 let first_of_key = unacked.event.key.is_none_or(|key| keys_seen.insert(key));
-                if unacked.event.sequence <= saved.handed_out && first_of_key {
+                if unacked.event.sequence <= saved.handed_out && (first_of_key || mark_every_owed) {
                     unacked.deliveries = 1;
                 }
                 owed.push_back(unacked);

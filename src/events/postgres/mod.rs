@@ -25,11 +25,15 @@
 //!   or the end of its process (its connection closes). When its machine is lost, the name is
 //!   free once the server finds the connection dead (its TCP keepalive settings).
 //!
+//! - **Consumer groups** keep their progress in `meshless.groups` (see `groups`), and
+//!   **retention** deletes the rows of events past the retained window (see `tail`).
+//!
 //! [`PublishError::InTransaction`]: crate::events::PublishError::InTransaction
 //! [`Publisher::commit`]: crate::events::Publisher::commit
 //! [`Publisher::release`]: crate::events::Publisher::release
 
 mod claim;
+mod groups;
 mod publisher;
 mod rows;
 mod schema;
@@ -113,7 +117,9 @@ pub(crate) async fn open(
     let mut hubs = Vec::with_capacity(rpcs.len());
     let mut methods = Vec::with_capacity(rpcs.len());
     let mut next = Vec::with_capacity(rpcs.len());
-    for Rpc { mut hub, retain } in rpcs {
+    let mut loaded_groups = Vec::with_capacity(rpcs.len());
+    let outbox = Arc::new(groups::Outbox::default());
+    for (index, Rpc { mut hub, retain }) in rpcs.into_iter().enumerate() {
         let latest = rows::latest(&mut conn, name, &hub.method)
             .await
             .map_err(database("reading the stream's latest sequence"))?;
@@ -126,9 +132,19 @@ pub(crate) async fn open(
             log.restore(event.stored(epoch, sequence));
         }
         log.set_next(latest + 1);
+        let saved = groups::load(&mut conn, name, &hub.method, latest)
+            .await
+            .map_err(database("reading the stream's consumer groups"))?;
+        loaded_groups.push(saved.iter().cloned().collect());
         hub.epoch = epoch;
         methods.push(hub.method.clone());
         next.push(latest + 1);
+        let log = groups::PgLog {
+            memory: log,
+            rpc: index,
+            saved,
+            outbox: outbox.clone(),
+        };
         hubs.push(Hub::with_log(hub, Box::new(log), None));
     }
     let shared = Arc::new(tail::Shared::default());
@@ -140,6 +156,8 @@ pub(crate) async fn open(
         deleted_below: vec![0; next.len()],
         next,
         pruned_at: tokio::time::Instant::now(),
+        outbox,
+        written: groups::Written::new(loaded_groups),
         shared: shared.clone(),
     };
     // Rows committed while no publisher served the name are numbered at once.

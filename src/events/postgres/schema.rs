@@ -36,6 +36,20 @@ CREATE INDEX events_to_sequence ON meshless.events (stream, transaction_id, id)
 CREATE UNIQUE INDEX events_by_sequence ON meshless.events (stream, rpc, sequence)
     WHERE sequence IS NOT NULL;
 "#,
+    // Version 2: consumer groups' progress.
+    r#"
+CREATE TABLE meshless.groups (
+    stream text NOT NULL,
+    rpc text NOT NULL,
+    name text NOT NULL,
+    start bigint NOT NULL,
+    missed bigint NOT NULL DEFAULT 0,
+    handed_out bigint NOT NULL DEFAULT 0,
+    acked bigint[] NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream, rpc, name)
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -15,6 +15,9 @@
 //! - every [`POLL_INTERVAL`] otherwise, for rows other processes committed (a publisher of
 //!   another instance, a crashed one, plain SQL).
 //!
+//! The consumer groups' changes are written on the same connection as soon as the hubs
+//! record them (see `groups`), and once more before the name is let go.
+//!
 //! After a round, the rows of events that have left the hubs' retained windows (by count,
 //! bytes or age) are deleted, [`rows::BATCH`] at a time, once [`PRUNE_AT`] have gathered or a
 //! poll interval has passed.
@@ -31,6 +34,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
+use super::groups::{Outbox, Written};
 use super::{claim, rows};
 use crate::events::hub::Hub;
 
@@ -122,6 +126,9 @@ pub(crate) struct Tailer {
     pub(crate) deleted_below: Vec<u64>,
     /// When rows past retention were last deleted.
     pub(crate) pruned_at: tokio::time::Instant,
+    /// The consumer groups' changes, as recorded and as written.
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) written: Written,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -152,6 +159,16 @@ impl Tailer {
                     continue;
                 }
                 () = tokio::time::sleep_until(deadline) => {}
+                () = self.outbox.changed.notified() => {
+                    if let Err(error) = self.write_groups(&mut conn).await {
+                        tracing::warn!(stream = %self.stream, %error, "writing consumer group progress failed; connecting again");
+                        match self.reconnect().await {
+                            Some(new) => conn = new,
+                            None => return,
+                        }
+                    }
+                    continue;
+                }
             }
             if self.shared.stopping() {
                 break;
@@ -182,7 +199,24 @@ impl Tailer {
                 }
             }
         }
+        // What the groups did until now is theirs when the name is opened again.
+        if let Err(error) = self.write_groups(&mut conn).await {
+            tracing::warn!(stream = %self.stream, %error, "writing consumer group progress failed as the stream was let go; their latest events go out again, marked");
+        }
         claim::release(conn, &self.stream).await;
+    }
+
+    /// Writes the changes the groups recorded since the last write.
+    async fn write_groups(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.written.take(&self.outbox) {
+            return Ok(());
+        }
+        let hubs = &self.hubs;
+        self.written
+            .write(conn, &self.stream, &self.rpcs, |rpc| {
+                hubs[rpc].oldest_retained()
+            })
+            .await
     }
 
     /// One round: numbers the rows that are ready and hands them to the hubs. Returns whether

@@ -38,10 +38,10 @@ fn pruning_moves_the_start_past_what_was_acknowledged_and_counts_what_is_gone() 
         acked: [1, 2, 3, 5, 8].into(),
         ..SavedGroup::default()
     };
-    prune(&mut group, 1);
+    group.prune(1);
     assert_eq!((group.start, group.acked.len()), (4, 2));
     // Events 4..7 left the log: 4, 6 and 7 were owed and are lost; 5 was handled.
-    prune(&mut group, 8);
+    group.prune(8);
     assert_eq!(group.missed, 3);
     assert_eq!(group.start, 9);
     assert!(group.acked.is_empty());
