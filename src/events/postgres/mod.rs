@@ -25,11 +25,18 @@
 //!   or the end of its process (its connection closes). When its machine is lost, the name is
 //!   free once the server finds the connection dead (its TCP keepalive settings).
 //!
+//!
+//! An observer whose handler writes to the same database keeps its cursor there with
+//! [`PgCursors`]: the handler's transaction records the event as handled, so that its effects
+//! happen exactly once.
+//!
 //! [`PublishError::InTransaction`]: crate::events::PublishError::InTransaction
 //! [`Publisher::commit`]: crate::events::Publisher::commit
 //! [`Publisher::release`]: crate::events::Publisher::release
 
 mod claim;
+mod cursor_rows;
+mod cursors;
 mod publisher;
 mod rows;
 mod schema;
@@ -40,6 +47,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub use cursors::PgCursors;
 pub use sqlx;
 pub use tail::POLL_INTERVAL;
 
@@ -95,10 +103,9 @@ pub(crate) async fn open(
         let what = format!("{what} (event stream {name:?})");
         move |error| Error::database(what, error)
     };
-    schema::migrate(pool).await.map_err(|error| match error {
-        schema::SchemaError::Database(error) => database("migrating the meshless schema")(error),
-        too_new @ schema::SchemaError::TooNew { .. } => Error::unsupported(too_new.to_string()),
-    })?;
+    schema::migrate(pool)
+        .await
+        .map_err(|error| error.into_error(&format!("event stream {name:?}")))?;
     let options = (*pool.connect_options()).clone();
     let mut conn = claim::claim(&options, name)
         .await
