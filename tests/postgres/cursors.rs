@@ -20,6 +20,10 @@ use super::support::testing::v1::EchoObserver;
 use super::support::{EchoedEvent, EchoedObserver, Running, PATIENCE};
 use super::{open, publish_committed, serve, within, Cluster, NoCalls};
 
+/// What a retry of a failed event found in the database before handling it again: the event,
+/// its effects, its records, and whether a cursor passed it.
+type Retried = (String, i64, i64, bool);
+
 /// The handler of the tests: inserts one row into `effects` per event, in the transaction
 /// `PgCursors::begin` gives it.
 #[derive(Clone)]
@@ -36,8 +40,7 @@ struct Effects {
     fail_once: Arc<Mutex<BTreeMap<String, bool>>>,
     /// Events whose attempt failed so, until retried.
     failed: Arc<Mutex<BTreeSet<String>>>,
-    /// What a retry of such an event found: (event, its effects, its records, cursor past it).
-    retried: Arc<Mutex<Vec<(String, i64, i64, bool)>>>,
+    retried: Arc<Mutex<Vec<Retried>>>,
 }
 
 impl Effects {
