@@ -2,14 +2,13 @@
 //! each event its handler handled written in the handler's own transaction, so that a
 //! handler's effects and that record commit together, or neither does.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::Notify;
 
+use super::cursor_state::{Producer, Shared, MOST_AHEAD};
 use super::{cursor_rows, schema};
 use crate::events::{CursorStore, Event};
 use crate::v1::Cursor;
@@ -63,56 +62,6 @@ impl Drop for Handle {
     }
 }
 
-struct Shared {
-    pool: PgPool,
-    observer: String,
-    state: Mutex<State>,
-    /// A cursor moved: wakes the writer.
-    moved: Notify,
-    /// Write now (the observer stops, or the store is dropped): ends the writer's pause.
-    urgent: Notify,
-    /// Held while writing, so that [`PgCursors::save`] returns after a write in progress.
-    writing: tokio::sync::Mutex<()>,
-    /// An observer loaded the store: it is given the cursors as they move.
-    loaded: AtomicBool,
-    warned_unloaded: AtomicBool,
-}
-
-#[derive(Default)]
-struct State {
-    producers: BTreeMap<(String, u64), Producer>,
-    /// The cursors moved since the last write.
-    moved: BTreeMap<(String, u64), u64>,
-    closed: bool,
-}
-
-/// What is known of one producer (event RPC and epoch).
-#[derive(Default)]
-struct Producer {
-    /// Every event up to it handled.
-    cursor: Option<u64>,
-    /// Events handled past the cursor.
-    ahead: BTreeSet<u64>,
-}
-
-impl Producer {
-    fn passed(&mut self, sequence: u64) {
-        self.cursor = self.cursor.max(Some(sequence));
-        while self.ahead.first().is_some_and(|&ahead| ahead <= sequence) {
-            self.ahead.pop_first();
-        }
-    }
-}
-
-/// How often the cursors are written while they move.
-const WRITE_EVERY: Duration = Duration::from_millis(100);
-
-/// The most producers kept per observer; the ones updated longest ago are forgotten beyond.
-const MAX_PRODUCERS: usize = 4096;
-
-/// The most events kept in memory ahead of one producer's cursor: more than a stream holds.
-const MOST_AHEAD: usize = 16 * 1024;
-
 impl PgCursors {
     /// The cursors of the observer named `observer` in the pool's database: migrates the
     /// `meshless` schema, reads what was stored, and starts the task that writes the cursors.
@@ -139,19 +88,7 @@ impl PgCursors {
         for (rpc, epoch, sequence) in cursors {
             producers.entry((rpc, epoch)).or_default().passed(sequence);
         }
-        let shared = Arc::new(Shared {
-            pool: pool.clone(),
-            observer: observer.to_owned(),
-            state: Mutex::new(State {
-                producers,
-                ..State::default()
-            }),
-            moved: Notify::new(),
-            urgent: Notify::new(),
-            writing: tokio::sync::Mutex::new(()),
-            loaded: AtomicBool::new(false),
-            warned_unloaded: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(pool, observer, producers));
         tokio::spawn(shared.clone().write_behind());
         Ok(Self {
             handle: Arc::new(Handle { shared }),
@@ -213,85 +150,6 @@ impl PgCursors {
                 error,
             )
         })
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn warn_if_unloaded(&self) {
-        if !self.loaded.load(Ordering::Relaxed)
-            && !self.warned_unloaded.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                observer = %self.observer,
-                "PgCursors used by a handler but not given to its observer \
-                 (ObserverOptions::cursor_store): its records are never pruned, and a restart \
-                 does not resume from its cursor"
-            );
-        }
-    }
-
-    /// The writer: writes when a cursor moved, at most every [`WRITE_EVERY`] unless asked to
-    /// write now; ends once the store is dropped, having written what was left.
-    async fn write_behind(self: Arc<Self>) {
-        loop {
-            let (closed, pending) = {
-                let state = self.lock();
-                (state.closed, !state.moved.is_empty())
-            };
-            if pending {
-                if let Err(error) = self.write().await {
-                    tracing::warn!(observer = %self.observer, %error, "writing the observer's cursors failed; retrying (the records of handled events are kept meanwhile)");
-                }
-            }
-            if closed {
-                return;
-            }
-            if pending {
-                let _ = tokio::time::timeout(WRITE_EVERY, self.urgent.notified()).await;
-            } else {
-                tokio::select! {
-                    () = self.moved.notified() => {}
-                    () = self.urgent.notified() => {}
-                }
-            }
-        }
-    }
-
-    async fn write(&self) -> Result<(), sqlx::Error> {
-        let _writing = self.writing.lock().await;
-        let moved = std::mem::take(&mut self.lock().moved);
-        if moved.is_empty() {
-            return Ok(());
-        }
-        if let Err(error) = cursor_rows::write(&self.pool, &self.observer, &moved).await {
-            let mut state = self.lock();
-            for (producer, sequence) in moved {
-                let again = state.moved.entry(producer).or_default();
-                *again = (*again).max(sequence);
-            }
-            return Err(error);
-        }
-        if self.lock().producers.len() > MAX_PRODUCERS {
-            self.forget().await?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the producers updated longest ago beyond [`MAX_PRODUCERS`]; each is logged.
-    async fn forget(&self) -> Result<(), sqlx::Error> {
-        let forgotten = cursor_rows::forget(&self.pool, &self.observer, MAX_PRODUCERS).await?;
-        let mut state = self.lock();
-        for (rpc, epoch, sequence) in forgotten {
-            tracing::warn!(observer = %self.observer, rpc, epoch, sequence, "forgetting the cursor of a producer updated longest ago: an observer's cursors keep 4096");
-            state.producers.remove(&(rpc, epoch));
-        }
-        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@
 
 mod claim;
 mod cursor_rows;
+mod cursor_state;
 mod cursors;
 mod publisher;
 mod rows;
