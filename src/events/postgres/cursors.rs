@@ -20,7 +20,8 @@ use crate::Error;
 /// neither does, so each event has its effects exactly once, across retries, restarts and
 /// crashes, keyed lanes or not.
 ///
-/// Give one clone to the observer ([`ObserverOptions::cursor_store`]) and one to the handler:
+/// Give one clone to the observer ([`ObserverOptions::cursor_store`]) and one to the handler
+/// (see the README's Postgres section). How it stays exact, and bounded:
 ///
 /// - The observer's cursor (every event up to it handled) is written by a task of the store,
 ///   at most every 100 ms while it moves and when the observer stops, in a short transaction
@@ -28,8 +29,8 @@ use crate::Error;
 ///   handled since the last write, and those handled ahead of the cursor by keyed lanes.
 ///   [`save`](Self::save) writes at once.
 /// - A restarted observer resumes after the stored cursor and skips the events recorded past
-///   it. An event it handles again anyway (one the handler did not handle through `begin`,
-///   after a crash) finds its record: `begin` says so.
+///   it. An event given to the handler again anyway (a retry after a commit whose answer was
+///   lost) finds its record, or the cursor past it: `begin` returns `None`.
 ///
 /// The name is the observer's, not the process's: an observer restarted anywhere with the same
 /// name resumes where it stopped. Give each observer its own name, and run one observer of a
