@@ -1,12 +1,13 @@
 //! `PgCursors`: observers whose handlers write their effects in the transaction that records the
-//! event as handled, stopped and restarted mid-stream, with failing transactions and keyed
-//! lanes: every event's effect exactly once.
+//! event as handled, stopped or crashed mid-stream and restarted, with failing transactions and
+//! keyed lanes: every event's effect exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshless::events::postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use meshless::events::postgres::sqlx::{self, PgPool};
 use meshless::events::postgres::PgCursors;
 use meshless::events::{Event, HandlerError, ObserverHandle, ObserverOptions};
@@ -548,6 +549,94 @@ async fn observers_with_different_names_keep_separate_cursors() {
         assert_eq!(effects(&pool, "audit").await, names(0..10));
         assert_eq!(stored_cursors(&pool, "welcome-email").await, [15]);
         assert_eq!(stored_cursors(&pool, "audit").await, [10]);
+        producer.stop().await.unwrap();
+        publisher.as_publisher().release().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_that_crashes_mid_stream_has_each_effect_exactly_once() {
+    const EVENTS: usize = 400;
+    let Some(cluster) =
+        Cluster::start("an_observer_that_crashes_mid_stream_has_each_effect_exactly_once")
+    else {
+        return;
+    };
+    within(async {
+        let pool = cluster.pool(8).await;
+        create_effects(&pool).await;
+        let publisher = open(&pool, "echo-0").await;
+        let producer = serve(&publisher).await;
+        publish_committed(&pool, &publisher, &names(0..EVENTS)).await;
+
+        // The first observer runs on a runtime of its own, dropped mid-stream without a stop:
+        // its tasks end where they are, its connections close, as when a process crashes.
+        let (url, target) = (cluster.url(), producer.target());
+        let crashed = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let options: PgConnectOptions = url.parse().unwrap();
+                let pool = PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options.application_name("crashing"))
+                    .await
+                    .unwrap();
+                let first = Effects::open(&pool, "crashing").await;
+                let handle = first.observe_echo(&target).await;
+                first.committed.until(100).await;
+                // Dropped without a stop; no task runs again once `block_on` returns.
+                drop((handle, first));
+            });
+            drop(runtime);
+        });
+        tokio::time::timeout(PATIENCE, crashed)
+            .await
+            .expect("the first observer crashes")
+            .unwrap();
+        // Once its connections are gone, what it committed is all there is.
+        tokio::time::timeout(PATIENCE, async {
+            while sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'crashing'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the crashed observer's connections close");
+        let committed = effects(&pool, "crashing").await.len();
+        eprintln!(
+            "crash: {committed} events committed, the cursor written at {:?}",
+            stored_cursors(&pool, "crashing").await
+        );
+        assert!(
+            (100..EVENTS).contains(&committed),
+            "crashed mid-stream: {committed}"
+        );
+
+        let second = Effects::open(&pool, "crashing").await;
+        let handle = second.observe_echo(&producer.target()).await;
+        second.committed.until(EVENTS - committed).await;
+        handle.stop().await;
+        assert_eq!(
+            effects(&pool, "crashing").await,
+            names(0..EVENTS),
+            "every event's effect exactly once, in order"
+        );
+        assert_eq!(
+            second.calls.load(Ordering::Relaxed),
+            EVENTS - committed,
+            "the restarted observer skipped every event handled, recorded past the cursor \
+             written or not"
+        );
         producer.stop().await.unwrap();
         publisher.as_publisher().release().await;
     })
