@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::cursor_rows::Position;
 use super::cursor_state::{Producer, Shared, MOST_AHEAD};
 use super::{cursor_rows, schema};
 use crate::events::{CursorStore, Event};
@@ -78,17 +79,7 @@ impl PgCursors {
         let (cursors, handled) = cursor_rows::load(pool, observer)
             .await
             .map_err(|error| Error::database(format!("reading {opening}"), error))?;
-        let mut producers: BTreeMap<(String, u64), Producer> = BTreeMap::new();
-        for (rpc, epoch, sequence) in handled {
-            producers
-                .entry((rpc, epoch))
-                .or_default()
-                .ahead
-                .insert(sequence);
-        }
-        for (rpc, epoch, sequence) in cursors {
-            producers.entry((rpc, epoch)).or_default().passed(sequence);
-        }
+        let producers = known(cursors, handled);
         let shared = Arc::new(Shared::new(pool, observer, producers));
         tokio::spawn(shared.clone().write_behind());
         Ok(Self {
@@ -152,6 +143,23 @@ impl PgCursors {
             )
         })
     }
+}
+
+/// What is known of each producer from its stored cursor and its records: the records behind
+/// the cursor are dropped.
+fn known(cursors: Vec<Position>, handled: Vec<Position>) -> BTreeMap<(String, u64), Producer> {
+    let mut producers: BTreeMap<(String, u64), Producer> = BTreeMap::new();
+    for (rpc, epoch, sequence) in handled {
+        producers
+            .entry((rpc, epoch))
+            .or_default()
+            .ahead
+            .insert(sequence);
+    }
+    for (rpc, epoch, sequence) in cursors {
+        producers.entry((rpc, epoch)).or_default().passed(sequence);
+    }
+    producers
 }
 
 impl CursorStore for PgCursors {
@@ -235,3 +243,6 @@ impl CursorStore for PgCursors {
         self.handle.shared.urgent.notify_one();
     }
 }
+
+#[cfg(test)]
+mod test;

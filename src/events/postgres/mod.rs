@@ -25,7 +25,6 @@
 //!   or the end of its process (its connection closes). When its machine is lost, the name is
 //!   free once the server finds the connection dead (its TCP keepalive settings).
 //!
-//!
 //! An observer whose handler writes to the same database keeps its cursor there with
 //! [`PgCursors`]: the handler's transaction records the event as handled, so that its effects
 //! happen exactly once.
