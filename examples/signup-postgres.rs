@@ -175,7 +175,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let _ = stopped.await;
             }),
     );
-    println!("users-0 serves {target}, its events in Postgres (epoch {:#x})", publisher.as_publisher().epoch());
+    println!(
+        "users-0 serves {target}, its events in Postgres (epoch {:#x})",
+        publisher.as_publisher().epoch()
+    );
 
     let cursors = PgCursors::open(&pool, "welcome-email").await?;
     let observer = UsersObserver::new()

@@ -57,6 +57,7 @@ pub(crate) enum GroupChange {
 
 impl GroupChange {
     /// The group the change is to.
+    #[cfg(feature = "postgres")]
     pub(crate) fn group(&self) -> &str {
         match self {
             GroupChange::Created { group, .. }

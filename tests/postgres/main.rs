@@ -1,7 +1,8 @@
 //! Events kept in Postgres, against a real server (see `cluster.rs`): published inside
 //! transactions, numbered in commit order without holes, with their keys and trace context, never
 //! delivered when rolled back, one live publisher per stream name, a replacement that
-//! continues the stream, and a restart of the database server that loses nothing committed.
+//! continues the stream, a restart of the database server that loses nothing committed, and
+//! observers whose cursors are in Postgres (`cursors.rs`).
 //!
 //! Run with `cargo test --features meshless/postgres --test postgres`; without the PostgreSQL
 //! binaries each test says it is skipped (and fails with `MESHLESS_REQUIRE_POSTGRES=1`).
@@ -10,6 +11,7 @@
 mod support;
 
 mod cluster;
+mod cursors;
 mod faults;
 mod groups;
 mod retention;

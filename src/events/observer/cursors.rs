@@ -20,7 +20,8 @@ use crate::Error;
 ///
 /// Implement it to keep cursors where the handler keeps its own data: a handler that writes
 /// its effects and its cursor in one database transaction handles each event exactly once,
-/// even across crashes; `handled` can then do nothing, and `load` read the cursors back.
+/// even across crashes; `handled` can then do nothing, and `load` read the cursors back. With
+/// the feature `postgres`, `meshless::events::postgres::PgCursors` is such a store.
 /// Consumer group members do not use it: their group's position is kept by the producer.
 pub trait CursorStore: Send + Sync + 'static {
     /// The cursors stored, by event RPC path (`/package.Service/Method`).

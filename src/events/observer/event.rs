@@ -20,6 +20,7 @@ struct Inner<T> {
     message: T,
     metadata: EventMetadata,
     instance: Arc<str>,
+    rpc: &'static str,
 }
 
 impl<T> Clone for Event<T> {
@@ -31,12 +32,18 @@ impl<T> Clone for Event<T> {
 }
 
 impl<T> Event<T> {
-    pub(crate) fn new(message: T, metadata: EventMetadata, instance: Arc<str>) -> Self {
+    pub(crate) fn new(
+        message: T,
+        metadata: EventMetadata,
+        instance: Arc<str>,
+        rpc: &'static str,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 message,
                 metadata,
                 instance,
+                rpc,
             }),
         }
     }
@@ -61,6 +68,12 @@ impl<T> Event<T> {
             epoch: self.inner.metadata.epoch,
             sequence: self.inner.metadata.sequence,
         }
+    }
+
+    /// The event RPC it came from, `/package.Service/Method`: with [`cursor`](Self::cursor),
+    /// what names the event among all that an observer handles.
+    pub fn rpc(&self) -> &'static str {
+        self.inner.rpc
     }
 
     /// When it was published, by the publisher's clock.

@@ -162,7 +162,8 @@ where
                     let received = match &mut lanes {
                         Some(lanes) => {
                             if self.noticed(&metadata) {
-                                let event = Event::new(message, metadata, self.instance.clone());
+                                let event =
+                                    Event::new(message, metadata, self.instance.clone(), self.rpc);
                                 lanes.arrive(&self.handling, &mut self.progress, event);
                             }
                             Ok(None)
@@ -287,7 +288,12 @@ where
         }
         let published_at = metadata.published_at_unix_micros;
         self.handling
-            .handle(Event::new(message, metadata, self.instance.clone()))
+            .handle(Event::new(
+                message,
+                metadata,
+                self.instance.clone(),
+                self.rpc,
+            ))
             .await?;
         lag.handled(published_at, &self.metrics.lag);
         // In a group, the cursor is the last event handled, for the producer to acknowledge

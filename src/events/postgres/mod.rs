@@ -28,11 +28,18 @@
 //! - **Consumer groups** keep their progress in `meshless.groups` (see `groups`), and
 //!   **retention** deletes the rows of events past the retained window (see `tail`).
 //!
+//! An observer whose handler writes to the same database keeps its cursor there with
+//! [`PgCursors`]: the handler's transaction records the event as handled, so that its effects
+//! happen exactly once.
+//!
 //! [`PublishError::InTransaction`]: crate::events::PublishError::InTransaction
 //! [`Publisher::commit`]: crate::events::Publisher::commit
 //! [`Publisher::release`]: crate::events::Publisher::release
 
 mod claim;
+mod cursor_rows;
+mod cursor_state;
+mod cursors;
 mod groups;
 mod publisher;
 mod rows;
@@ -44,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub use cursors::PgCursors;
 pub use sqlx;
 pub use tail::POLL_INTERVAL;
 
@@ -99,10 +107,9 @@ pub(crate) async fn open(
         let what = format!("{what} (event stream {name:?})");
         move |error| Error::database(what, error)
     };
-    schema::migrate(pool).await.map_err(|error| match error {
-        schema::SchemaError::Database(error) => database("migrating the meshless schema")(error),
-        too_new @ schema::SchemaError::TooNew { .. } => Error::unsupported(too_new.to_string()),
-    })?;
+    schema::migrate(pool)
+        .await
+        .map_err(|error| error.into_error(&format!("event stream {name:?}")))?;
     let options = (*pool.connect_options()).clone();
     let mut conn = claim::claim(&options, name)
         .await

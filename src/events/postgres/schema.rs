@@ -1,5 +1,5 @@
-//! The `meshless` schema: created and migrated by the publisher that opens a stream, in
-//! versions, each applied once.
+//! The `meshless` schema: created and migrated by the publisher that opens a stream (and by
+//! `PgCursors::open`), in versions, each applied once.
 //!
 //! Every migration runs in one transaction under a transaction-scoped advisory lock, so that
 //! instances starting together migrate once, one after the other. A database whose schema is
@@ -7,6 +7,8 @@
 //! says so, rather than written with assumptions that may no longer hold.
 
 use sqlx::PgPool;
+
+use crate::Error;
 
 /// The SQL of each version, the first being version 1. Never edit one that shipped: add the
 /// next.
@@ -36,7 +38,27 @@ CREATE INDEX events_to_sequence ON meshless.events (stream, transaction_id, id)
 CREATE UNIQUE INDEX events_by_sequence ON meshless.events (stream, rpc, sequence)
     WHERE sequence IS NOT NULL;
 "#,
-    // Version 2: consumer groups' progress.
+    // Version 2: plain observers' cursors (`PgCursors`), and the events their handlers'
+    // transactions recorded past them.
+    r#"
+CREATE TABLE meshless.observer_cursors (
+    observer text NOT NULL,
+    rpc text NOT NULL,
+    epoch bigint NOT NULL,
+    sequence bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (observer, rpc, epoch)
+);
+CREATE TABLE meshless.observer_handled (
+    observer text NOT NULL,
+    rpc text NOT NULL,
+    epoch bigint NOT NULL,
+    sequence bigint NOT NULL,
+    handled_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (observer, rpc, epoch, sequence)
+);
+"#,
+    // Version 3: consumer groups' progress.
     r#"
 CREATE TABLE meshless.groups (
     stream text NOT NULL,
@@ -70,6 +92,18 @@ pub(crate) enum SchemaError {
         /// The version in the database.
         found: i32,
     },
+}
+
+impl SchemaError {
+    /// The error to give the caller, `opening` saying what was being opened.
+    pub(crate) fn into_error(self, opening: &str) -> Error {
+        match self {
+            Self::Database(error) => {
+                Error::database(format!("migrating the meshless schema ({opening})"), error)
+            }
+            too_new @ Self::TooNew { .. } => Error::unsupported(too_new.to_string()),
+        }
+    }
 }
 
 /// Creates the schema, or migrates it to [`VERSION`]; returns the version found before.
