@@ -118,6 +118,19 @@ mod enabled {
         (captured.traceparent, captured.tracestate)
     }
 
+    /// Whether the handling of an event whose metadata carries `traceparent` is traced: only
+    /// when the publisher's span was sampled. An event published outside a trace, or in an
+    /// unsampled one, is handled without a span: OpenTelemetry's sampling decision is the
+    /// publisher's, and a span per event and observer would otherwise cost every delivery.
+    pub(crate) fn traces_event(traceparent: &str) -> bool {
+        // version "-" trace-id "-" parent-id "-" trace-flags, the sampled flag being bit 0.
+        let flags = traceparent
+            .rsplit('-')
+            .next()
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok());
+        traceparent.len() == 55 && flags.is_some_and(|flags| flags & 1 == 1)
+    }
+
     /// Links `span` to the publisher's span that an event's metadata names.
     pub(crate) fn link(span: &tracing::Span, traceparent: &str, tracestate: &str) {
         if span.is_disabled() || traceparent.is_empty() {
@@ -148,6 +161,28 @@ mod enabled {
     }
 
     pub(crate) fn link(_: &tracing::Span, _: &str, _: &str) {}
+
+    /// Without OpenTelemetry, spans are for logs: every event is handled in one.
+    pub(crate) fn traces_event(_: &str) -> bool {
+        true
+    }
 }
 
-pub(crate) use enabled::{adopt_parent, inject, link, of_current_span};
+pub(crate) use enabled::{adopt_parent, inject, link, of_current_span, traces_event};
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod test {
+    use super::traces_event;
+
+    #[test]
+    fn only_an_event_published_in_a_sampled_span_is_traced() {
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(traces_event(sampled));
+        assert!(!traces_event(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        assert!(!traces_event(""));
+        assert!(!traces_event("garbage"));
+        assert!(!traces_event(&sampled[..54]));
+    }
+}

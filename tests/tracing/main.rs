@@ -123,7 +123,7 @@ async fn one_trace_from_a_call_through_an_event_to_the_call_its_handler_makes() 
         Publishing {
             publisher: publisher.clone(),
         },
-        publisher,
+        publisher.clone(),
     )))
     .await;
     let (done, mut handled) = mpsc::unbounded_channel();
@@ -149,6 +149,16 @@ async fn one_trace_from_a_call_through_an_event_to_the_call_its_handler_makes() 
         .await
         .expect("the event is handled in time");
     assert_eq!(message.as_deref(), Some("ada@example.com"));
+    // An event published outside any trace is handled without a span of its own.
+    publisher
+        .publish_echoed(EchoedEvent {
+            message: "untraced".into(),
+        })
+        .unwrap();
+    let message = tokio::time::timeout(PATIENCE, handled.recv())
+        .await
+        .expect("the event is handled in time");
+    assert_eq!(message.as_deref(), Some("untraced"));
 
     observer.stop().await;
     users.stop().await.unwrap();
@@ -164,7 +174,8 @@ async fn one_trace_from_a_call_through_an_event_to_the_call_its_handler_makes() 
     let attempt = child_of(&spans, call, "meshless.attempt");
     let serve = child_of(&spans, attempt, "meshless.serve");
 
-    // The observer's span is linked to the span the event was published in, not its child.
+    // The observer's span is linked to the span the event was published in, not its child;
+    // the untraced event has none.
     let handling = named(&spans, "meshless.event");
     assert_eq!(handling.len(), 1, "{spans:#?}");
     let handling = handling[0];

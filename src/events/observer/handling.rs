@@ -85,6 +85,10 @@ where
         if event.delivery_count() > 1 {
             self.metrics.redelivered.increment(1);
         }
+        let metadata = event.metadata();
+        if !crate::trace_context::traces_event(&metadata.traceparent) {
+            return self.handle_with_retries(&event).await;
+        }
         let span = tracing::debug_span!(
             "meshless.event",
             rpc = self.rpc,
@@ -95,7 +99,6 @@ where
         );
         // A link to the publisher's span (`opentelemetry` feature): one publish is handled by
         // many observers, maybe much later, so it is not this span's parent.
-        let metadata = event.metadata();
         crate::trace_context::link(&span, &metadata.traceparent, &metadata.tracestate);
         if span.is_disabled() {
             self.handle_with_retries(&event).await
