@@ -103,13 +103,12 @@ pub enum Producer {
 
 impl Producer {
     async fn publish(&self, count: u64, size: usize, per_second: Option<u64>) {
-        let mut ticker = per_second
-            .map(|rate| tokio::time::interval(Duration::from_secs_f64(100.0 / rate as f64)));
+        // At a rate, each event goes out at its own time, not in bursts.
+        let started = Instant::now();
         for i in 0..count {
-            if let Some(ticker) = &mut ticker {
-                if i % 100 == 0 {
-                    ticker.tick().await;
-                }
+            if let Some(rate) = per_second {
+                crate::floor::pace_until(started + Duration::from_secs_f64(i as f64 / rate as f64))
+                    .await;
             }
             let message = message(size);
             match self {

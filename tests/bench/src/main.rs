@@ -12,6 +12,7 @@
 mod bounds;
 mod durable;
 mod events;
+mod floor;
 mod ginepro;
 mod keyed;
 mod postgres;
@@ -468,6 +469,17 @@ async fn events_section(bench: &Bench) {
             format!("{:.2}", p99 / raw_p99)
         };
         println!("  {:<24} {:>9.0} {:>9.0} {:>10}", name, p50, p99, ratio);
+    }
+    // The floor: one round trip, one message in flight.
+    let rounds = if bench.quick { 2_000 } else { 20_000 };
+    for (name, (p50, p99)) in [
+        (
+            "floor: HTTP/2 round trip",
+            floor::http2(bench, rounds).await,
+        ),
+        ("floor: TCP round trip", floor::tcp(bench, rounds).await),
+    ] {
+        println!("  {:<24} {:>9.0} {:>9.0} {:>10}", name, p50, p99, "-");
     }
     println!();
     stop_nats(nats);
