@@ -25,10 +25,22 @@ impl EchoedObserver for Member {
 impl Member {
     /// A member of the group `group` of the producer at `target`.
     pub(crate) async fn join(&self, target: &str, group: &str) -> ObserverHandle {
+        self.join_from(target, group, meshless::v1::StartPosition::Oldest)
+            .await
+    }
+
+    /// A member of the group `group`, which starts at `start` if it has to form the group.
+    pub(crate) async fn join_from(
+        &self,
+        target: &str,
+        group: &str,
+        start: meshless::v1::StartPosition,
+    ) -> ObserverHandle {
         EchoObserver::new()
             .echoed(self.clone())
             .options(
                 ObserverOptions::default()
+                    .start(start)
                     .consumer_group(group)
                     .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100)),
             )

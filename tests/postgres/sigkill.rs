@@ -214,3 +214,87 @@ async fn a_producer_killed_mid_burst_is_replaced_under_its_name_losing_nothing()
     })
     .await;
 }
+
+/// A name whose producer crashed and never comes back (a StatefulSet scaled down after the
+/// crash): one instance started under that name, once, serves what the name still owes, and
+/// on SIGTERM drains, waiting until the consumer group acknowledged everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_never_comes_back_is_drained_by_a_one_off_instance() {
+    const EVENTS: usize = 50;
+    let Some(cluster) =
+        Cluster::start("a_name_that_never_comes_back_is_drained_by_a_one_off_instance")
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let start = |listen: &str| {
+        let args: [&OsStr; 3] = ["--postgres".as_ref(), url.as_ref(), "orders-9".as_ref()];
+        tokio::task::block_in_place(|| ProducerProcess::start_with(listen, &args))
+    };
+    within(async {
+        let pool = cluster.pool(2).await;
+        let mut crashed = start("127.0.0.1:0");
+        let target = format!("ipv4:{}", crashed.addr);
+        // The group exists (in the table), its member away, when events are published; then
+        // the producer is killed with them all owed to the group.
+        let member = Member::default();
+        let away = member.join(&target, "billing").await;
+        let known = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM meshless.groups")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                if groups == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(known.is_ok(), "the group is in the table");
+        away.stop().await;
+        let client = EchoClient::new(Channel::builder().connect(&target).await.unwrap());
+        let messages: Vec<String> = (0..EVENTS).map(|n| format!("owed-{n}")).collect();
+        for message in &messages {
+            client.unary(request(message)).await.unwrap();
+        }
+        crashed.kill();
+
+        // The one-off instance, elsewhere (another port), reachable by the group's member.
+        // The member would start a new group at the live edge: it is the group kept in the
+        // table that is owed the events.
+        let mut one_off = start("127.0.0.1:0");
+        let handle = member
+            .join_from(
+                &format!("ipv4:{}", one_off.addr),
+                "billing",
+                meshless::v1::StartPosition::Live,
+            )
+            .await;
+        member.until_all(&messages).await;
+        // SIGTERM: it drains, waiting for the group, and exits successfully.
+        tokio::task::block_in_place(|| one_off.terminate());
+        handle.stop().await;
+
+        let (start, acked): (i64, Vec<i64>) =
+            sqlx::query_as("SELECT start, acked FROM meshless.groups WHERE name = 'billing'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (start, acked),
+            (EVENTS as i64 + 1, Vec::new()),
+            "the group acknowledged every event of the name"
+        );
+        let handled: HashSet<String> = member
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _, _)| m.clone())
+            .collect();
+        assert_eq!(handled.len(), EVENTS);
+    })
+    .await;
+}
