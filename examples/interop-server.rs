@@ -285,10 +285,15 @@ mod postgres {
     ) -> Result<(EchoPublisher, PgPool), Box<dyn std::error::Error>> {
         let pool = PgPool::connect(url).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut said = false;
         loop {
             match EchoPublisher::open_postgres(&pool, name).await {
                 Ok(publisher) => return Ok((publisher, pool)),
                 Err(error) if error.is_stream_in_use() && Instant::now() < deadline => {
+                    if !said {
+                        println!("waiting: another instance serves the stream {name}");
+                        said = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(error) => return Err(error.into()),

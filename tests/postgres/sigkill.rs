@@ -298,3 +298,61 @@ async fn a_name_that_never_comes_back_is_drained_by_a_one_off_instance() {
     })
     .await;
 }
+
+/// Two producer processes configured with the same name: the second waits while the first
+/// serves (`open_postgres` refuses it; the example tries again), and serves the name, on the
+/// same address, once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_name_waits_until_the_first_is_gone() {
+    let Some(cluster) =
+        Cluster::start("a_second_process_with_the_same_name_waits_until_the_first_is_gone")
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let args: [&OsStr; 3] = ["--postgres".as_ref(), url.as_ref(), "orders-0".as_ref()];
+    within(async {
+        let mut first =
+            tokio::task::block_in_place(|| ProducerProcess::start_with("127.0.0.1:0", &args));
+        let listen = first.addr.to_string();
+        let target = format!("ipv4:{listen}");
+        let observer = Collector::default();
+        let handle = observer.observe(&target).await;
+        let client = EchoClient::new(Channel::builder().connect(&target).await.unwrap());
+
+        let second = ProducerProcess::spawn_with(&listen, &args);
+        let said = tokio::task::block_in_place(|| second.next_line());
+        assert_eq!(
+            said.as_deref(),
+            Some("waiting: another instance serves the stream orders-0"),
+            "the second is refused the name while the first holds it"
+        );
+        for n in 0..10 {
+            client.unary(request(&format!("first-{n}"))).await.unwrap();
+        }
+        observer.until_count(10).await;
+
+        first.kill();
+        let mut second = tokio::task::block_in_place(|| second.serving());
+        assert_eq!(second.addr, first.addr, "the same address");
+        tokio::time::timeout(PATIENCE, async {
+            while client.unary(request("second")).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the second takes calls");
+        observer.until_count(11).await;
+        let seen = observer.seen();
+        assert_eq!(seen[10].2, "second");
+        assert_eq!(
+            seen.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(),
+            (1..=11).collect::<Vec<_>>(),
+            "the second continues the first's sequences"
+        );
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
+        handle.stop().await;
+        tokio::task::block_in_place(|| second.terminate());
+    })
+    .await;
+}

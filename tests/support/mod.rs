@@ -457,6 +457,44 @@ pub struct ProducerProcess {
     pub addr: SocketAddr,
 }
 
+/// A producer process started, not yet known to serve. Killed by its PID when dropped.
+pub struct StartingProducer {
+    /// Taken once it serves.
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl StartingProducer {
+    /// The next line it prints, within [`PATIENCE`] (`None` if none comes).
+    pub fn next_line(&self) -> Option<String> {
+        self.lines.recv_timeout(PATIENCE).ok()
+    }
+
+    /// Waits until it serves (it prints `listening on ADDR`); fails the test after
+    /// [`PATIENCE`].
+    pub fn serving(mut self) -> ProducerProcess {
+        loop {
+            let line = self
+                .next_line()
+                .unwrap_or_else(|| panic!("interop-server did not say it serves"));
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let addr = addr.trim().parse().expect("an address");
+                let child = self.child.take().expect("the process");
+                return ProducerProcess { child, addr };
+            }
+        }
+    }
+}
+
+impl Drop for StartingProducer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl ProducerProcess {
     /// Starts one listening on `listen` (`127.0.0.1:0` for a free port), keeping its events
     /// in `data_dir` if given.
@@ -468,8 +506,14 @@ impl ProducerProcess {
         Self::start_with(listen, &args)
     }
 
-    /// Starts one listening on `listen`, with more arguments (`--postgres URL NAME`).
+    /// Starts one listening on `listen`, with more arguments (`--postgres URL NAME`); returns
+    /// once it serves.
     pub fn start_with(listen: &str, args: &[&std::ffi::OsStr]) -> Self {
+        Self::spawn_with(listen, args).serving()
+    }
+
+    /// Starts one without waiting for it to serve: what it prints comes line by line.
+    pub fn spawn_with(listen: &str, args: &[&std::ffi::OsStr]) -> StartingProducer {
         use std::io::BufRead;
         let exe = std::env::current_exe().expect("the test's path");
         // target/debug/deps/TEST-HASH -> target/debug/examples/interop-server
@@ -491,16 +535,20 @@ impl ProducerProcess {
             .spawn()
             .expect("start interop-server");
         let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("its first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("interop-server said {line:?}"));
-        Self { child, addr }
+        let (sender, lines) = std::sync::mpsc::channel();
+        // Ends with the process's stdout.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        StartingProducer {
+            child: Some(child),
+            lines,
+        }
     }
 
     /// Sends SIGTERM, as an orchestrator does, and waits for the drain to end the process.
