@@ -1,6 +1,7 @@
 //! Events in Postgres (`--only postgres`): a transactional publish against the same INSERT and
 //! COMMIT without meshless (the floor) and against the file log, and the time from a commit to
-//! the handler at 1,000 transactions a second. The server is a cluster of its own, made with
+//! the handler at 1,000 transactions a second, and the takeover of a name whose publisher
+//! died. The server is a cluster of its own, made with
 //! `initdb` and started with `pg_ctl` as `tests/postgres` does; without PostgreSQL's binaries
 //! the rows are skipped.
 
@@ -148,6 +149,7 @@ pub async fn section(bench: &Bench) {
     let _ = std::fs::remove_dir_all(&scratch);
 
     latency(bench, &pool, &publisher).await;
+    takeover(&pool).await;
     publisher.as_publisher().release().await;
     drop(cluster);
     println!();
@@ -228,4 +230,65 @@ async fn latency(bench: &Bench, pool: &PgPool, publisher: &mesh::EchoPublisher) 
             latencies.quantile(0.99),
         );
     }
+}
+
+/// From the death of a publisher (its runtime gone at once, as with its process: its tasks
+/// stop and its connections close) to a replacement under the same name opened and ready to
+/// serve, the replacement trying every millisecond while the name is held.
+async fn takeover(pool: &PgPool) {
+    const ROUNDS: usize = 5;
+    let options = (*pool.connect_options()).clone();
+    let mut times = Latencies::default();
+    for round in 0..ROUNDS {
+        let name = format!("takeover-{round}");
+        let (opened, is_open) = tokio::sync::oneshot::channel::<()>();
+        let (die, dying) = tokio::sync::oneshot::channel::<()>();
+        let doomed = {
+            let (options, name) = (options.clone(), name.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                let publisher = runtime.block_on(async {
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(2)
+                        .connect_with(options)
+                        .await
+                        .expect("a pool");
+                    let publisher = mesh::EchoPublisher::open_postgres(&pool, &name)
+                        .await
+                        .expect("the publisher that dies");
+                    opened.send(()).expect("the bench waits");
+                    let _ = dying.await;
+                    publisher
+                });
+                // Its tasks are dropped and its sockets closed, with no release.
+                runtime.shutdown_background();
+                drop(publisher);
+            })
+        };
+        is_open.await.expect("opened");
+        let died = Instant::now();
+        let _ = die.send(());
+        let replacement = loop {
+            match mesh::EchoPublisher::open_postgres(pool, &name).await {
+                Ok(publisher) => break publisher,
+                Err(error) if error.is_stream_in_use() => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(error) => panic!("opening the replacement: {error}"),
+            }
+        };
+        times.record(died.elapsed());
+        replacement.as_publisher().release().await;
+        doomed
+            .join()
+            .expect("the thread of the publisher that died");
+    }
+    println!(
+        "  takeover, from a publisher's death to its replacement opened: p50 {:.0} us, max {:.0} us ({ROUNDS} rounds)",
+        times.quantile(0.5),
+        times.quantile(1.0),
+    );
 }
