@@ -19,7 +19,7 @@ use super::support::testing::orders::v1::{
 };
 use super::support::testing::v1::EchoObserver;
 use super::support::{EchoedEvent, EchoedObserver, Running, PATIENCE};
-use super::{open, publish_committed, serve, within, Cluster, NoCalls};
+use super::{open, publish_committed, serve, until_notified, within, Cluster, NoCalls};
 
 /// What a retry of a failed event found in the database before handling it again: the event,
 /// its effects, its records, and whether a cursor passed it.
@@ -183,20 +183,9 @@ impl Counter {
 
     /// Waits until the count reaches `count`, failing the test after [`PATIENCE`].
     async fn until(&self, count: usize) {
-        let waited = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if self.get() >= count {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
+        let waited = until_notified(&self.changed, || self.get() >= count).await;
         assert!(
-            waited.is_ok(),
+            waited,
             "timed out waiting for {count} commits; {} so far",
             self.get()
         );

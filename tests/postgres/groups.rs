@@ -51,33 +51,11 @@ impl Member {
 
     /// Waits until every one of `messages` was handled, failing the test after [`PATIENCE`].
     pub(crate) async fn until_all(&self, messages: &[String]) {
-        let missing = || {
-            let seen: HashSet<String> = self
-                .seen
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(m, _, _)| m.clone())
-                .collect();
-            messages.iter().filter(|m| !seen.contains(*m)).count()
+        let handled = || {
+            let seen = self.seen.lock().unwrap();
+            seen.iter().map(|(m, _, _)| m.clone()).collect()
         };
-        let waited = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if missing() == 0 {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
-        assert!(
-            waited.is_ok(),
-            "{} events never handled in the group",
-            missing()
-        );
+        until_all_handled(&self.changed, handled, messages).await;
     }
 }
 

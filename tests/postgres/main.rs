@@ -66,20 +66,10 @@ impl Collector {
 
     /// Waits until `count` events were handled, failing the test after [`PATIENCE`].
     async fn until_count(&self, count: usize) {
-        let waited = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if self.seen.lock().unwrap().len() >= count {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
+        let waited =
+            until_notified(&self.changed, || self.seen.lock().unwrap().len() >= count).await;
         assert!(
-            waited.is_ok(),
+            waited,
             "timed out waiting for {count} events; handled {:?}",
             self.messages()
         );
@@ -113,6 +103,39 @@ fn event(message: &str) -> EchoedEvent {
 /// A producer serving `publisher`'s events on 127.0.0.1.
 async fn serve(publisher: &EchoPublisher) -> Running {
     Running::publishing(publisher.clone()).await
+}
+
+/// Waits until `done`, looked at again each time `changed` is notified; `false` when that
+/// takes longer than [`PATIENCE`].
+async fn until_notified(changed: &Notify, done: impl Fn() -> bool) -> bool {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done() {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Waits until every one of `messages` is among those `handled` gives, looked at again each
+/// time `changed` is notified; fails the test after [`PATIENCE`], saying how many are missing.
+async fn until_all_handled(
+    changed: &Notify,
+    handled: impl Fn() -> Vec<String>,
+    messages: &[String],
+) {
+    let missing = || {
+        let seen: HashSet<String> = handled().into_iter().collect();
+        messages.iter().filter(|m| !seen.contains(*m)).count()
+    };
+    let waited = until_notified(changed, || missing() == 0).await;
+    assert!(waited, "{} of the events never handled", missing());
 }
 
 /// Runs a test's body, failing the test when it takes longer than its time limit.
@@ -602,20 +625,10 @@ async fn keys_reach_observers_and_consumer_groups() {
         }
         publisher.commit(tx).await.unwrap();
 
-        let waited = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let changed = member.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if member.seen.lock().unwrap().len() >= 3 {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
+        let waited =
+            until_notified(&member.changed, || member.seen.lock().unwrap().len() >= 3).await;
         assert!(
-            waited.is_ok(),
+            waited,
             "the group's member got {:?}",
             member.seen.lock().unwrap()
         );
@@ -789,19 +802,11 @@ async fn the_database_server_restarted_while_events_flow_loses_nothing_committed
         let until_committed = |count: usize| {
             let (progress, published) = (progress.clone(), published.clone());
             async move {
-                let waited = tokio::time::timeout(PATIENCE, async {
-                    loop {
-                        let changed = progress.notified();
-                        tokio::pin!(changed);
-                        changed.as_mut().enable();
-                        if published.lock().unwrap().committed.len() >= count {
-                            return;
-                        }
-                        changed.await;
-                    }
+                let waited = until_notified(&progress, || {
+                    published.lock().unwrap().committed.len() >= count
                 })
                 .await;
-                assert!(waited.is_ok(), "timed out waiting for {count} commits");
+                assert!(waited, "timed out waiting for {count} commits");
             }
         };
 

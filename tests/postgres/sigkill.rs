@@ -55,27 +55,7 @@ fn burst(
 impl Collector {
     /// Waits until every one of `messages` was handled, failing the test after [`PATIENCE`].
     async fn until_all(&self, messages: &[String]) {
-        let missing = || {
-            let seen: HashSet<String> = self.messages().into_iter().collect();
-            messages.iter().filter(|m| !seen.contains(*m)).count()
-        };
-        let waited = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if missing() == 0 {
-                    return;
-                }
-                changed.await;
-            }
-        })
-        .await;
-        assert!(
-            waited.is_ok(),
-            "{} committed events never handled",
-            missing()
-        );
+        until_all_handled(&self.changed, || self.messages(), messages).await;
     }
 }
 
