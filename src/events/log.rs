@@ -120,12 +120,15 @@ impl SavedGroup {
     /// what it was owed that is no longer retained (before `oldest`) becomes a count of missed
     /// events.
     pub(crate) fn prune(&mut self, oldest: u64) {
+        // An acknowledgement of an event already behind the start (owed, held by a member
+        // while it left the log) changes nothing here.
+        self.acked = self.acked.split_off(&self.start);
         while self.acked.remove(&self.start) {
             self.start += 1;
         }
         if self.start < oldest {
             let acked_gone = self.acked.range(..oldest).count() as u64;
-            self.missed += oldest - self.start - acked_gone;
+            self.missed += (oldest - self.start).saturating_sub(acked_gone);
             self.acked = self.acked.split_off(&oldest);
             self.start = oldest;
             while self.acked.remove(&self.start) {

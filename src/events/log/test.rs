@@ -168,3 +168,17 @@ fn bytes_and_age_limit_what_is_retained() {
         "nothing left, the sequence kept"
     );
 }
+
+#[test]
+fn a_group_record_takes_acknowledgements_of_events_behind_its_start() {
+    // Events 95..99 left the log while members held them; the record moved past them, then
+    // their acknowledgements came.
+    let mut group = SavedGroup {
+        start: 100,
+        acked: (95..100).collect(),
+        ..SavedGroup::default()
+    };
+    group.prune(101);
+    assert_eq!((group.start, group.missed), (101, 1));
+    assert!(group.acked.is_empty());
+}

@@ -70,21 +70,45 @@ pub(crate) async fn release(mut conn: PgConnection, name: &str) {
     let _ = sqlx::Connection::close(conn).await;
 }
 
-/// The epoch of `name`: the one it was given when first opened, or `new` for a new name.
-pub(crate) async fn epoch_of(
+/// What opening `name` found: its epoch, and when this opening took it.
+pub(crate) struct Opened {
+    pub(crate) epoch: u64,
+    /// The stream's `opened_at`, in microseconds: it changes with every opening, so a
+    /// publisher that claims the name again after losing its connection can tell whether
+    /// another opened it meanwhile.
+    pub(crate) opened_at: i64,
+}
+
+/// Opens `name`: its epoch is the one it was given when first opened, or `new` for a new
+/// name.
+pub(crate) async fn open(
     conn: &mut PgConnection,
     name: &str,
     new: u64,
-) -> Result<u64, sqlx::Error> {
-    let epoch: i64 = sqlx::query_scalar(
+) -> Result<Opened, sqlx::Error> {
+    let (epoch, opened_at): (i64, i64) = sqlx::query_as(
         "INSERT INTO meshless.streams (name, epoch) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET opened_at = now()
-         RETURNING epoch",
+         ON CONFLICT (name) DO UPDATE SET opened_at = clock_timestamp()
+         RETURNING epoch, (extract(epoch FROM opened_at) * 1000000)::int8",
     )
     .bind(name)
     // The epoch's 64 bits, as Postgres's signed bigint.
     .bind(i64::from_ne_bytes(new.to_ne_bytes()))
     .fetch_one(conn)
     .await?;
-    Ok(u64::from_ne_bytes(epoch.to_ne_bytes()))
+    Ok(Opened {
+        epoch: u64::from_ne_bytes(epoch.to_ne_bytes()),
+        opened_at,
+    })
+}
+
+/// When `name` was last opened (see [`Opened::opened_at`]).
+pub(crate) async fn opened_at(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM opened_at) * 1000000)::int8 FROM meshless.streams
+         WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await
 }

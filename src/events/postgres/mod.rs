@@ -118,7 +118,7 @@ pub(crate) async fn open(
             in_use @ claim::ClaimError::InUse(_) => Error::stream_in_use(in_use.to_string()),
         })?;
     // From here on the name is ours; an error closes the connection, and the lock with it.
-    let epoch = claim::epoch_of(&mut conn, name, new_epoch)
+    let claim::Opened { epoch, opened_at } = claim::open(&mut conn, name, new_epoch)
         .await
         .map_err(database("reading the stream's epoch"))?;
     let mut hubs = Vec::with_capacity(rpcs.len());
@@ -163,6 +163,7 @@ pub(crate) async fn open(
         deleted_below: vec![0; next.len()],
         next,
         pruned_at: tokio::time::Instant::now(),
+        opened_at,
         outbox,
         written: groups::Written::new(loaded_groups),
         shared: shared.clone(),

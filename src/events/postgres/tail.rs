@@ -126,6 +126,8 @@ pub(crate) struct Tailer {
     pub(crate) deleted_below: Vec<u64>,
     /// When rows past retention were last deleted.
     pub(crate) pruned_at: tokio::time::Instant,
+    /// When this publisher opened the stream (`claim::Opened::opened_at`).
+    pub(crate) opened_at: i64,
     /// The consumer groups' changes, as recorded and as written.
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) written: Written,
@@ -162,7 +164,7 @@ impl Tailer {
                 () = self.outbox.changed.notified() => {
                     if let Err(error) = self.write_groups(&mut conn).await {
                         tracing::warn!(stream = %self.stream, %error, "writing consumer group progress failed; connecting again");
-                        match self.reconnect().await {
+                        match self.reconnect(conn).await {
                             Some(new) => conn = new,
                             None => return,
                         }
@@ -191,7 +193,7 @@ impl Tailer {
                 }
                 Err(Failure::Database(error)) => {
                     tracing::warn!(stream = %self.stream, %error, "reading the stream's events failed; connecting again");
-                    match self.reconnect().await {
+                    match self.reconnect(conn).await {
                         Some(new) => conn = new,
                         None => return,
                     }
@@ -265,6 +267,8 @@ impl Tailer {
         }
         self.shared.ended(&asked, &running);
         let more_to_delete = self.prune(conn).await.map_err(Failure::Database)?;
+        // Also what a failed write left (the hubs may be quiet now).
+        self.write_groups(conn).await.map_err(Failure::Database)?;
         Ok(full || more_to_delete)
     }
 
@@ -275,7 +279,11 @@ impl Tailer {
         let due = now.duration_since(self.pruned_at) >= POLL_INTERVAL;
         let mut more = false;
         for rpc in 0..self.rpcs.len() {
-            let oldest = self.hubs[rpc].oldest_retained();
+            // The latest event's row is kept, whatever retention says (an age limit can leave
+            // no event retained): a publisher opening the name again continues after it.
+            let oldest = self.hubs[rpc]
+                .oldest_retained()
+                .min(self.next[rpc].saturating_sub(1));
             let behind = oldest.saturating_sub(self.deleted_below[rpc]);
             if behind == 0 || (behind < PRUNE_AT && !due) {
                 continue;
@@ -305,9 +313,15 @@ impl Tailer {
         }
     }
 
-    /// Connects again, claims the stream again and serves what was numbered meanwhile.
-    /// `None` when it is to stop.
-    async fn reconnect(&mut self) -> Option<PgConnection> {
+    /// Lets the failed connection go, connects again, claims the stream again and serves what
+    /// was numbered meanwhile. `None` when it is to stop: asked to, or another publisher
+    /// claimed or opened the stream meanwhile.
+    async fn reconnect(&mut self, failed: PgConnection) -> Option<PgConnection> {
+        // A session still alive (a statement that failed, not the connection) holds the lock:
+        // unlocked first, or the claim below would find the name in use by this very
+        // publisher. Closing ends a dead one.
+        let _ = tokio::time::timeout(Duration::from_secs(1), claim::release(failed, &self.stream))
+            .await;
         let mut backoff = crate::backoff::Backoff::new(FIRST_WAIT * 100, MAX_RECONNECT_WAIT);
         loop {
             if self.shared.stopping() {
@@ -331,6 +345,19 @@ impl Tailer {
                     continue;
                 }
             };
+            match claim::opened_at(&mut conn, &self.stream).await {
+                Ok(opened_at) if opened_at == self.opened_at => {}
+                Ok(_) => {
+                    tracing::error!(stream = %self.stream, "another publisher opened the stream while this one was disconnected: this one no longer serves its new events");
+                    claim::release(conn, &self.stream).await;
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(stream = %self.stream, %error, "reading the stream's owner failed");
+                    claim::release(conn, &self.stream).await;
+                    continue;
+                }
+            }
             match self.catch_up(&mut conn).await {
                 Ok(()) => return Some(conn),
                 Err(error) => {
