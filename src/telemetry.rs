@@ -172,6 +172,12 @@ pub(crate) struct CallReport {
     reported: bool,
 }
 
+/// How close to its deadline a call the client gave up counts as `DEADLINE_EXCEEDED` on the
+/// server (at most half the timeout). The server's deadline is later than the client's by the
+/// time the request took to arrive, so a client that gives up at its deadline cancels just
+/// before the server's.
+const NEAR_DEADLINE: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl CallReport {
     pub(crate) fn new(metrics: &CallMetrics, method: &str, span: tracing::Span) -> Self {
         Self {
@@ -183,10 +189,13 @@ impl CallReport {
         }
     }
 
-    /// The call's deadline, `timeout` from now: a call dropped after it counts as
-    /// `DEADLINE_EXCEEDED`.
+    /// The call's deadline, `timeout` from now: a call dropped after it, or shortly before
+    /// (see [`NEAR_DEADLINE`]), counts as `DEADLINE_EXCEEDED`.
     pub(crate) fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
-        self.deadline = timeout.and_then(|timeout| self.started.checked_add(timeout));
+        self.deadline = timeout.and_then(|timeout| {
+            let margin = NEAR_DEADLINE.min(timeout / 2);
+            self.started.checked_add(timeout - margin)
+        });
         self
     }
 

@@ -218,3 +218,58 @@ async fn while_the_database_is_down_what_committed_is_served_and_publishing_fail
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_of_the_publisher_cancelled_does_not_stop_it() {
+    let Some(cluster) = Cluster::start("a_statement_of_the_publisher_cancelled_does_not_stop_it")
+    else {
+        return;
+    };
+    within(async {
+        let pool = cluster.pool(4).await;
+        let watched = Watched::start(&pool).await;
+        let (publisher, observer) = (&watched.publisher, &watched.observer);
+        publish_committed(&pool, publisher, &["before".to_owned()]).await;
+        observer.until_count(1).await;
+
+        // The publisher's next look at the table waits behind a lock; then it is cancelled:
+        // the statement fails, the session (and its lock on the name) lives on.
+        let mut blocker = pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE meshless.events IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        let waiting = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let pid: Option<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity
+                     WHERE application_name = 'meshless stream' AND wait_event_type = 'Lock'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                if let Some(pid) = pid {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the publisher waits for the lock");
+        let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+            .bind(waiting)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(cancelled);
+        blocker.rollback().await.unwrap();
+
+        // It claims the name again and goes on.
+        publish_committed(&pool, publisher, &["after".to_owned()]).await;
+        observer.until_count(2).await;
+        assert_eq!(observer.messages(), ["before", "after"]);
+        assert_eq!(observer.gaps.load(Ordering::Relaxed), 0);
+        watched.stop().await;
+    })
+    .await;
+}
