@@ -90,6 +90,48 @@ impl KeyKind {
     }
 }
 
+/// A scalar field's value, read as its type says, for comparing with a filter's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scalar<'a> {
+    /// A signed integer or an enum's number.
+    Int(i64),
+    Uint(u64),
+    Bool(bool),
+    /// A string's or a bytes field's bytes.
+    Bytes(&'a [u8]),
+}
+
+/// The value of the field at `fields` (a path of field numbers) in `message`, read as `kind`;
+/// an unset field (or one the wire has as another type) reads as its default.
+pub(crate) fn scalar_at<'a>(message: &'a [u8], fields: &[u32], kind: KeyKind) -> Scalar<'a> {
+    use KeyKind as K;
+    match (kind, find(message, fields)) {
+        (K::String | K::Bytes, Some(Found::Delimited(bytes))) => Scalar::Bytes(bytes),
+        (K::String | K::Bytes, _) => Scalar::Bytes(&[]),
+        (K::Bool, Some(Found::Varint(value))) => Scalar::Bool(value != 0),
+        (K::Bool, _) => Scalar::Bool(false),
+        (K::Int32 | K::Enum, Some(Found::Varint(value))) => Scalar::Int(i64::from(value as i32)),
+        (K::Int64, Some(Found::Varint(value))) => Scalar::Int(value as i64),
+        (K::Sint32, Some(Found::Varint(value))) => {
+            let value = value as u32;
+            Scalar::Int(i64::from(((value >> 1) as i32) ^ -((value & 1) as i32)))
+        }
+        (K::Sint64, Some(Found::Varint(value))) => {
+            Scalar::Int(((value >> 1) as i64) ^ -((value & 1) as i64))
+        }
+        (K::Sfixed32, Some(Found::Fixed32(value))) => Scalar::Int(i64::from(value as i32)),
+        (K::Sfixed64, Some(Found::Fixed64(value))) => Scalar::Int(value as i64),
+        (K::Int32 | K::Enum | K::Int64 | K::Sint32 | K::Sint64 | K::Sfixed32 | K::Sfixed64, _) => {
+            Scalar::Int(0)
+        }
+        (K::Uint32, Some(Found::Varint(value))) => Scalar::Uint(u64::from(value as u32)),
+        (K::Uint64, Some(Found::Varint(value))) => Scalar::Uint(value),
+        (K::Fixed32, Some(Found::Fixed32(value))) => Scalar::Uint(u64::from(value)),
+        (K::Fixed64, Some(Found::Fixed64(value))) => Scalar::Uint(value),
+        (K::Uint32 | K::Uint64 | K::Fixed32 | K::Fixed64, _) => Scalar::Uint(0),
+    }
+}
+
 /// A field's value as the wire has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found<'a> {

@@ -194,7 +194,8 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Error::io(format_args!("creating {}", out_dir.display()), e))?;
-        if self.build_server {
+        // Servers serve it by reflection; observers check their filters against it.
+        if self.build_server || self.build_client {
             let path = out_dir.join(&descriptor_file);
             write_if_changed(&path, &compiled.encoded_for_reflection)
                 .map_err(|e| Error::io(format_args!("writing {}", path.display()), e))?;

@@ -34,7 +34,16 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
     let rpcs = event_methods(service).map(|(method, retain)| {
         let name = &method.proto_name;
         let key = key_path(method);
-        quote! { ::meshless::events::EventRpc { name: #name, retain: #retain, key: #key } }
+        let event = &method.output_type;
+        quote! {
+            ::meshless::events::EventRpc {
+                name: #name,
+                retain: #retain,
+                key: #key,
+                event: #event,
+                descriptors: FILE_DESCRIPTOR_SET,
+            }
+        }
     });
     let methods = event_methods(service).map(|(method, retain)| {
         let publish = format_ident!("publish_{}", method.name);
@@ -240,7 +249,18 @@ pub(crate) fn observer(service: &Service) -> TokenStream {
         let path = format!("/{full_name}/{}", method.proto_name);
         let keyed = method.key.is_some();
         let doc = format!(" Subscribes to `{}` and hands its events to `observer`.", method.proto_name);
+        let filter = format_ident!("{}_filter", method.name);
+        let filter_doc = docs::lines(&[
+            format!("Takes only the `{}` events that match `filter`, which the producers evaluate: events", method.proto_name),
+            "filtered out never cross the network. `start` checks it against the event message.".to_owned(),
+        ]);
+        let event_name = &method.output_type;
         quote! {
+            #filter_doc
+            pub fn #filter(self, filter: ::meshless::events::Filter) -> Self {
+                Self { inner: self.inner.filter(#path, FILE_DESCRIPTOR_SET, #event_name, filter) }
+            }
+
             #[doc = #doc]
             pub fn #name<O: #trait_name>(self, observer: impl ::core::convert::Into<::std::sync::Arc<O>>) -> Self {
                 let observer: ::std::sync::Arc<O> = observer.into();

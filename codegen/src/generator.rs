@@ -97,7 +97,9 @@ impl prost_build::ServiceGenerator for Generator {
 
     fn finalize_package(&mut self, package: &str, buf: &mut String) {
         self.tonic.finalize_package(package, buf);
-        if self.build_server && self.packages_with_descriptors.insert(package.to_owned()) {
+        if (self.build_server || self.build_client)
+            && self.packages_with_descriptors.insert(package.to_owned())
+        {
             let bytes = match &self.descriptor_set {
                 DescriptorSetPath::InOutDir(name) => {
                     let name = Literal::string(&format!("/{name}"));
@@ -110,8 +112,9 @@ impl prost_build::ServiceGenerator for Generator {
             };
             let tokens = quote! {
                 /// The encoded `FileDescriptorSet` of the `.proto` files this package was
-                /// generated from, and their imports: served by gRPC server reflection. One
-                /// file per build, shared by its packages.
+                /// generated from, and their imports: served by gRPC server reflection, and
+                /// what observers' filters are checked against. One file per build, shared by
+                /// its packages.
                 pub const FILE_DESCRIPTOR_SET: &[u8] = #bytes;
             };
             buf.push_str(&tokens.to_string());

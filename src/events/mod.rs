@@ -31,6 +31,7 @@ mod acknowledgements;
 mod disk;
 mod error;
 mod fanout;
+mod filter;
 mod group;
 mod hub;
 mod log;
@@ -44,6 +45,7 @@ mod wire;
 
 pub use acknowledgements::Acknowledgements;
 pub use error::PublishError;
+pub use filter::Filter;
 pub use observer::{
     CursorStore, DeadLetter, Event, FileCursors, Gap, HandlerError, ObserverBuilder,
     ObserverHandle, ObserverOptions,

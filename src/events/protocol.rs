@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::PublishError;
 use super::group::{self, AckError, JoinError};
 use crate::peer::PeerIdentity;
-use crate::v1::{Acknowledgement, Cursor, StartPosition, Subscribe};
+use crate::v1::{Acknowledgement, Cursor, Filter, StartPosition, Subscribe};
 
 /// The longest a member name or group name may be, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
@@ -31,6 +31,8 @@ pub(crate) struct Subscription {
     pub(crate) start: Start,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) membership: Option<Membership>,
+    /// Only the events that match; no conditions: every event.
+    pub(crate) filter: Filter,
 }
 
 /// Where a subscription without a usable cursor starts.
@@ -126,6 +128,7 @@ impl Subscription {
                 ms => Some(Duration::from_millis(u64::from(ms)).max(MIN_HEARTBEAT)),
             },
             membership,
+            filter: request.filter.clone().unwrap_or_default(),
         })
     }
 }
@@ -163,6 +166,11 @@ pub(crate) fn cut_off(method: &str, buffer: usize, epoch: u64, last_sent: u64) -
     ))
 }
 
+/// The status of a subscription to `method` whose filter does not fit its event message.
+pub(crate) fn bad_filter(method: &str, why: &str) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("the filter does not fit {method}'s events: {why}"))
+}
+
 /// The status of a refused subscription to `method`.
 pub(crate) fn refused(
     method: &str,
@@ -190,6 +198,11 @@ pub(crate) fn refused(
             "consumer group `{}` on {method} already has {} members",
             group(),
             group::MAX_MEMBERS
+        )),
+        Refusal::Join(JoinError::OtherFilter) => tonic::Status::failed_precondition(format!(
+            "consumer group `{}` on {method} was formed with another filter: its members all \
+             take the events of the filter its first member asked for",
+            group()
         )),
         Refusal::Join(JoinError::NotYours) => not_yours(
             method,

@@ -95,6 +95,10 @@ impl PublisherSettings {
             max_event_size: self.max_event_size,
             max_subscribers: self.max_subscribers,
             key: rpc.key,
+            schema: Some(super::filter::EventSchema {
+                descriptors: rpc.descriptors,
+                message: rpc.event,
+            }),
         }
     }
 
@@ -125,6 +129,11 @@ pub struct EventRpc {
     pub retain: u64,
     /// Where the event's key is (`key` of its proto option), if it has one.
     pub key: Option<crate::codegen::KeyPath>,
+    /// The event message's full name (`.package.Message`), described in `descriptors`: what
+    /// subscribers' filters are checked against.
+    pub event: &'static str,
+    /// The encoded `FileDescriptorSet` of the service's package.
+    pub descriptors: &'static [u8],
 }
 
 /// Publishes the events of one service instance: per event RPC, a sequence, the retained

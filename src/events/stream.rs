@@ -16,11 +16,16 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 
+use super::filter::EventFilter;
 use super::group::{Delivery, Joined};
 use super::hub::{Fetched, Hub, Position};
 use super::log::Stored;
 use super::protocol::{self, Subscription};
 use super::wire::{delivery_field, Envelope};
+
+/// How many events filtered out one poll of a stream passes over before it lets other tasks
+/// run.
+const PASS_OVER_BUDGET: usize = 1024;
 
 /// The events of one subscription, as the server stream of an event RPC.
 ///
@@ -58,6 +63,10 @@ enum Feed {
         id: u64,
         /// The hub's round of wake-ups this stream is registered in.
         registered: Option<u64>,
+        /// The subscriber's filter: events that do not match are passed over.
+        filter: Option<EventFilter>,
+        /// The last sequence sent or passed over: where a subscriber with a filter may resume.
+        scanned: u64,
     },
     Member {
         group: String,
@@ -86,12 +95,17 @@ impl<T> EventStream<T> {
     pub(crate) fn open(hub: &Arc<Hub>, subscription: &Subscription) -> Result<Self, tonic::Status> {
         match &subscription.membership {
             None => {
+                let filter = hub
+                    .filters
+                    .compile(&subscription.filter)
+                    .map_err(|why| protocol::bad_filter(&hub.method, &why))?;
                 let (position, floor) = hub.admit_plain(subscription)?;
                 Ok(Self::plain(
                     hub.clone(),
                     position,
                     floor,
                     subscription.heartbeat,
+                    filter,
                 ))
             }
             Some(membership) => {
@@ -107,7 +121,13 @@ impl<T> EventStream<T> {
     }
 
     /// A plain subscriber's stream. The hub has counted it.
-    fn plain(hub: Arc<Hub>, start: Position, floor: u64, heartbeat: Option<Duration>) -> Self {
+    fn plain(
+        hub: Arc<Hub>,
+        start: Position,
+        floor: u64,
+        heartbeat: Option<Duration>,
+        filter: Option<EventFilter>,
+    ) -> Self {
         static STREAMS: AtomicU64 = AtomicU64::new(1);
         let feed = Feed::Plain {
             next: start.next,
@@ -115,6 +135,8 @@ impl<T> EventStream<T> {
             batch: VecDeque::new(),
             id: STREAMS.fetch_add(1, Ordering::Relaxed),
             registered: None,
+            filter,
+            scanned: start.next - 1,
         };
         let mut stream = Self::new(hub, feed, start.missed, heartbeat);
         stream.previous_epoch = start.previous_epoch;
@@ -207,28 +229,48 @@ impl<T> EventStream<T> {
                 batch,
                 id,
                 registered,
+                filter,
+                scanned,
             } => {
-                let event = match batch.pop_front() {
-                    Some(event) => event,
-                    None => match self
-                        .hub
-                        .fetch(next, *floor, batch, (*id, registered), cx.waker())
-                    {
-                        Fetched::Events { missed } => {
-                            self.missed += missed;
-                            match batch.pop_front() {
-                                Some(event) => event,
-                                // Everything asked for was gone: report it with what follows.
-                                None => {
-                                    cx.waker().wake_by_ref();
-                                    return Poll::Pending;
+                let mut passed_over = 0;
+                let event = loop {
+                    let event = match batch.pop_front() {
+                        Some(event) => event,
+                        None => {
+                            match self
+                                .hub
+                                .fetch(next, *floor, batch, (*id, registered), cx.waker())
+                            {
+                                Fetched::Events { missed } => {
+                                    self.missed += missed;
+                                    match batch.pop_front() {
+                                        Some(event) => event,
+                                        // Everything asked for was gone: report it with what
+                                        // follows.
+                                        None => {
+                                            cx.waker().wake_by_ref();
+                                            return Poll::Pending;
+                                        }
+                                    }
                                 }
+                                Fetched::Waiting => return Poll::Pending,
+                                Fetched::End => return Poll::Ready(None),
+                                Fetched::CutOff => return Poll::Ready(Some(Err(self.cut_off()))),
                             }
                         }
-                        Fetched::Waiting => return Poll::Pending,
-                        Fetched::End => return Poll::Ready(None),
-                        Fetched::CutOff => return Poll::Ready(Some(Err(self.cut_off()))),
-                    },
+                    };
+                    *scanned = event.sequence;
+                    match filter {
+                        Some(filter) if !filter.matches(&event.bytes) => {
+                            passed_over += 1;
+                            // A long run of events filtered out yields to the other tasks.
+                            if passed_over == PASS_OVER_BUDGET {
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                        }
+                        _ => break event,
+                    }
                 };
                 let envelope = self.envelope(event.bytes, event.sequence, None);
                 Poll::Ready(Some(Ok(envelope)))
@@ -260,6 +302,22 @@ impl<T> EventStream<T> {
     }
 }
 
+impl Feed {
+    /// For a plain stream with a filter: the last sequence it sent or passed over, which its
+    /// heartbeats carry (a subscriber may resume after it). `None`: heartbeats carry the
+    /// latest sequence published.
+    fn resume_point(&self) -> Option<u64> {
+        match self {
+            Feed::Plain {
+                filter: Some(_),
+                scanned,
+                ..
+            } => Some(*scanned),
+            _ => None,
+        }
+    }
+}
+
 impl<T> Stream for EventStream<T> {
     type Item = Result<Envelope<T>, tonic::Status>;
 
@@ -286,8 +344,11 @@ impl<T> Stream for EventStream<T> {
                     // Idle for a whole period: a heartbeat (at most two periods after the last event).
                     let missed = std::mem::take(&mut this.missed);
                     let previous_epoch = std::mem::take(&mut this.previous_epoch);
-                    let heartbeat =
-                        Envelope::encoded(this.hub.heartbeat_bytes(missed, previous_epoch), None);
+                    let heartbeat = Envelope::encoded(
+                        this.hub
+                            .heartbeat_bytes(this.feed.resume_point(), missed, previous_epoch),
+                        None,
+                    );
                     return Poll::Ready(Some(Ok(heartbeat)));
                 }
             }

@@ -6,7 +6,9 @@
 mod support;
 
 use meshless::events::{Envelope, EVENT_METADATA_FIELD};
-use meshless::v1::{Cursor, EventMetadata, Subscribe};
+use meshless::v1::{
+    filter_value, Cursor, EventMetadata, FieldFilter, Filter, FilterValue, Subscribe,
+};
 use meshless::{Code, Target};
 use proptest::prelude::*;
 use prost::Message;
@@ -123,6 +125,7 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
         any::<u32>(),
         any::<u32>(),
         any::<i64>(),
+        proptest::option::of(filter()),
     )
         .prop_map(
             |(
@@ -134,6 +137,7 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
                 lease_ms,
                 max_unacknowledged,
                 start_time_unix_micros,
+                filter,
             )| {
                 Subscribe {
                     after: after.map(|(epoch, sequence)| Cursor { epoch, sequence }),
@@ -144,9 +148,35 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
                     lease_ms,
                     max_unacknowledged,
                     start_time_unix_micros,
+                    filter,
                 }
             },
         )
+}
+
+/// Filters on the event's one field, on fields it does not have, with values of every type.
+fn filter() -> impl Strategy<Value = Filter> {
+    let value = prop_oneof![
+        Just(None),
+        ".{0,20}".prop_map(|text| Some(filter_value::Value::Text(text))),
+        proptest::collection::vec(any::<u8>(), 0..8)
+            .prop_map(|bytes| Some(filter_value::Value::Bytes(bytes))),
+        any::<i64>().prop_map(|number| Some(filter_value::Value::Int(number))),
+        any::<u64>().prop_map(|number| Some(filter_value::Value::Uint(number))),
+        any::<bool>().prop_map(|boolean| Some(filter_value::Value::Boolean(boolean))),
+    ]
+    .prop_map(|value| FilterValue { value });
+    let condition = (
+        prop_oneof![
+            Just("message".to_owned()),
+            Just("message.deeper".to_owned()),
+            ".{0,300}"
+        ],
+        proptest::collection::vec(value, 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(path, any_of, not)| FieldFilter { path, any_of, not });
+    proptest::collection::vec(condition, 0..20).prop_map(|all_of| Filter { all_of })
 }
 
 #[test]
@@ -196,7 +226,10 @@ fn a_producer_answers_any_subscription_clearly() {
                 prop_assert!(
                     matches!(
                         status.code(),
-                        Code::InvalidArgument | Code::ResourceExhausted | Code::Unavailable
+                        Code::InvalidArgument
+                            | Code::ResourceExhausted
+                            | Code::Unavailable
+                            | Code::FailedPrecondition
                     ),
                     "{:?} for {:?}",
                     status,

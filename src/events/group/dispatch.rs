@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::journal::{HandedOut, Journal, Restored};
 use super::keyed::Keyed;
 use super::member::{Delivery, Join, JoinError, Member, Members, Unacked, MAX_MEMBERS};
+use crate::events::filter::EventFilter;
 use crate::events::log::{EventLog, GroupChange, Stored};
 
 #[derive(Debug)]
@@ -37,6 +38,11 @@ pub(super) struct Group {
     pub(super) redelivered: u64,
     /// The keys handled one event at a time.
     pub(super) keyed: Keyed,
+    /// The group's filter, set by its first member; events that do not match are passed over
+    /// (acknowledged at once).
+    filter: Option<Arc<EventFilter>>,
+    /// Whether `filter` was set: a group formed again from a log takes its first member's.
+    filter_set: bool,
 }
 
 impl Group {
@@ -55,6 +61,8 @@ impl Group {
             idle_since: Some(Instant::now()),
             redelivered: 0,
             keyed: Keyed::default(),
+            filter: None,
+            filter_set: false,
         }
     }
 
@@ -87,6 +95,13 @@ impl Group {
             None if self.members.len() >= MAX_MEMBERS => return Err(JoinError::TooManyMembers),
             Some(member) if member.identity != join.identity => return Err(JoinError::NotYours),
             _ => {}
+        }
+        let wire = |filter: &Option<Arc<EventFilter>>| filter.as_ref().map(|f| f.wire.clone());
+        if !self.filter_set {
+            self.filter = join.filter.clone();
+            self.filter_set = true;
+        } else if wire(&self.filter) != wire(&join.filter) {
+            return Err(JoinError::OtherFilter);
         }
         let (sender, deliveries) = mpsc::unbounded_channel();
         let superseded = Arc::new(AtomicBool::new(false));
@@ -161,9 +176,30 @@ impl Group {
         log: &mut dyn EventLog,
         capacity: usize,
         scratch: &mut VecDeque<Stored>,
+        journal: &mut Journal,
     ) {
         self.dispatch_held(log, capacity);
-        self.dispatch_owed(log, capacity, scratch);
+        let mut passed_over = Vec::new();
+        self.dispatch_owed(log, capacity, scratch, &mut passed_over);
+        self.passed_over(passed_over, journal);
+    }
+
+    /// Whether the group's filter lets `event` through.
+    pub(super) fn wants(&self, event: &Stored) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|filter| filter.matches(&event.bytes))
+    }
+
+    /// Events the group's filter passed over count as acknowledged, so that a log that keeps
+    /// the group never owes them to it again.
+    pub(super) fn passed_over(&self, sequences: Vec<u64>, journal: &mut Journal) {
+        if !sequences.is_empty() {
+            journal.push(|| GroupChange::Acked {
+                group: self.name.clone(),
+                sequences,
+            });
+        }
     }
 
     /// Hands out the events given back and those still in the log, in order, holding those
@@ -173,6 +209,7 @@ impl Group {
         log: &mut dyn EventLog,
         capacity: usize,
         scratch: &mut VecDeque<Stored>,
+        passed_over: &mut Vec<u64>,
     ) {
         while self.in_flight < capacity {
             if !self.members.any_ready() {
@@ -194,6 +231,12 @@ impl Group {
                     }
                 }
             };
+            // Events given back matched when they were delivered; those a group formed again
+            // from a log owes may not.
+            if !self.wants(&unacked.event) {
+                passed_over.push(unacked.event.sequence);
+                continue;
+            }
             let to = match unacked.event.key {
                 None => self.members.least_loaded(),
                 Some(key) => {

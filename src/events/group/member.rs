@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::lease::Lease;
+use crate::events::filter::EventFilter;
 use crate::events::log::Stored;
 use crate::peer::PeerIdentity;
 
@@ -60,6 +61,8 @@ pub(crate) struct Join {
     pub(crate) handled: Option<u64>,
     /// Who joins: only it may take the member over, acknowledge or leave.
     pub(crate) identity: Option<PeerIdentity>,
+    /// The member's filter: the group's, or the group is formed with it.
+    pub(crate) filter: Option<Arc<EventFilter>>,
 }
 
 /// A member's connection, as the hub hands it to the member's stream.
@@ -95,6 +98,8 @@ pub(crate) enum JoinError {
     TooManyMembers,
     /// The member exists, joined by another identity.
     NotYours,
+    /// The group was formed with another filter.
+    OtherFilter,
 }
 
 /// What a member acknowledges: `handled` and everything delivered to it before, the events

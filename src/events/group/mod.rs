@@ -193,7 +193,7 @@ impl Groups {
         let (deliveries, superseded) = group.join(&join, connection, &mut self.journal)?;
         self.connections = connection;
         self.journal.write(log);
-        group.dispatch(log, self.capacity, &mut self.scratch);
+        group.dispatch(log, self.capacity, &mut self.scratch, &mut self.journal);
         Ok(Joined {
             member: join.member,
             connection,
@@ -207,6 +207,11 @@ impl Groups {
     /// the log, so that it costs `publish` nothing.
     pub(crate) fn offer(&mut self, event: &Stored, log: &mut dyn EventLog) {
         for group in self.by_name.values_mut() {
+            if group.next == event.sequence && group.again.is_empty() && !group.wants(event) {
+                group.next += 1;
+                group.passed_over(vec![event.sequence], &mut self.journal);
+                continue;
+            }
             let in_turn = group.next == event.sequence
                 && group.again.is_empty()
                 && group.in_flight < self.capacity;
@@ -220,7 +225,7 @@ impl Groups {
                 // An event with a key waits for nobody's acknowledgement but its key's:
                 // behind others that wait, it is read into the held ones now.
                 None if event.key.is_some() => {
-                    group.dispatch(log, self.capacity, &mut self.scratch);
+                    group.dispatch(log, self.capacity, &mut self.scratch, &mut self.journal);
                 }
                 None => {}
             }
@@ -260,7 +265,7 @@ impl Groups {
         if ack.leave {
             group.release(key);
         }
-        group.dispatch(log, self.capacity, &mut self.scratch);
+        group.dispatch(log, self.capacity, &mut self.scratch, &mut self.journal);
         let unacknowledged = group
             .members
             .get(key)
@@ -302,7 +307,7 @@ impl Groups {
                 group.release(key);
             }
         }
-        group.dispatch(log, self.capacity, &mut self.scratch);
+        group.dispatch(log, self.capacity, &mut self.scratch, &mut self.journal);
         if group.members.is_empty() {
             self.idle.went_idle();
             self.keep_time();
@@ -326,7 +331,7 @@ impl Groups {
             return false;
         };
         group.release(key);
-        group.dispatch(log, self.capacity, &mut self.scratch);
+        group.dispatch(log, self.capacity, &mut self.scratch, &mut self.journal);
         if group.members.is_empty() {
             self.idle.went_idle();
             self.keep_time();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Hub, State};
+use crate::events::filter::EventFilter;
 use crate::events::group::{Ack, Join, Joined};
 use crate::events::protocol::{self, Membership, Refusal, Subscription};
 use crate::events::wire;
@@ -19,6 +20,7 @@ impl Hub {
         &self,
         subscription: &Subscription,
         membership: &Membership,
+        filter: Option<EventFilter>,
     ) -> Result<Joined, Refusal> {
         let mut state = self.lock();
         if state.closed {
@@ -63,6 +65,7 @@ impl Hub {
                     lease: membership.lease,
                     handled,
                     identity: membership.identity.clone(),
+                    filter: filter.map(Arc::new),
                 },
                 log.as_mut(),
             )
@@ -156,7 +159,11 @@ impl Hub {
         subscription: &Subscription,
         membership: &Membership,
     ) -> Result<Joined, tonic::Status> {
-        self.join_group(subscription, membership)
+        let filter = self
+            .filters
+            .compile(&subscription.filter)
+            .map_err(|why| protocol::bad_filter(&self.method, &why))?;
+        self.join_group(subscription, membership, filter)
             .map_err(|refusal| protocol::refused(&self.method, &refusal, Some(membership)))
     }
 

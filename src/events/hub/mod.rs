@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::disk::Syncer;
 use super::error::PublishError;
 use super::fanout::{self, Waiters};
+use super::filter::{EventSchema, Filters};
 use super::group::{Groups, Sweep};
 use super::log::{EventLog, Stored};
 use super::wire;
@@ -57,6 +58,8 @@ pub(crate) struct Hub {
     syncer: Option<Syncer>,
     /// Where each event's key is, for an event RPC with keys.
     key: Option<KeyPath>,
+    /// Checks subscribers' filters against the event message.
+    pub(crate) filters: Filters,
 }
 
 /// What a hub is made with.
@@ -72,6 +75,8 @@ pub(crate) struct HubSettings {
     pub(crate) max_event_size: usize,
     pub(crate) max_subscribers: usize,
     pub(crate) key: Option<KeyPath>,
+    /// The event message's schema, for subscribers' filters.
+    pub(crate) schema: Option<EventSchema>,
 }
 
 impl HubSettings {
@@ -87,6 +92,7 @@ impl HubSettings {
             max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             max_subscribers: usize::MAX,
             key: None,
+            schema: None,
         }
     }
 }
@@ -153,6 +159,7 @@ impl Hub {
             max_event_size,
             max_subscribers,
             key,
+            schema,
         } = settings;
         let buffer = buffer.max(1);
         let latest = log.latest();
@@ -182,6 +189,7 @@ impl Hub {
             metrics: EventMetrics::new(&method),
             syncer,
             key,
+            filters: Filters::new(schema),
             method,
         }
     }

@@ -211,8 +211,15 @@ impl Hub {
         self.changed.notify_waiters();
     }
 
-    /// The metadata field of a heartbeat (and of a pending gap report).
-    pub(crate) fn heartbeat_bytes(&self, missed: u64, previous_epoch: u64) -> Bytes {
-        wire::heartbeat_field(self.epoch, self.latest(), missed, previous_epoch)
+    /// The metadata field of a heartbeat (and of a pending gap report), carrying `sequence`,
+    /// or by default the latest sequence published.
+    pub(crate) fn heartbeat_bytes(
+        &self,
+        sequence: Option<u64>,
+        missed: u64,
+        previous_epoch: u64,
+    ) -> Bytes {
+        let sequence = sequence.unwrap_or_else(|| self.latest());
+        wire::heartbeat_field(self.epoch, sequence, missed, previous_epoch)
     }
 }

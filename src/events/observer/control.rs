@@ -2,6 +2,7 @@
 //! ([`Subscription`], one per event RPC), what it tells each stream ([`Instance`]), and what it
 //! gives all of them ([`Shared`]).
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) member: String,
     /// Where this observer stands with each producer (plain subscriptions).
     pub(crate) book: Book,
+    /// The filters of the event RPCs observed with one, by gRPC path.
+    pub(crate) filters: HashMap<&'static str, crate::v1::Filter>,
 }
 
 /// What the supervisor says of one producer instance.

@@ -34,6 +34,8 @@ pub(crate) struct Reader<T, H> {
     handling: Arc<Handling<T, H>>,
     /// Whether the event RPC declares a key.
     keyed: bool,
+    /// What the subscription asks the producer to filter by.
+    pub(crate) filter: Option<crate::v1::Filter>,
     metrics: ObserverMetrics,
 }
 
@@ -82,6 +84,7 @@ where
             .clone()
             .filter(|_| shared.options.group.is_none());
         let metrics = ObserverMetrics::new(typed.rpc);
+        let filter = shared.filters.get(typed.rpc).cloned();
         let handling = Arc::new(Handling {
             rpc: typed.rpc,
             handler: typed.handler.clone(),
@@ -99,6 +102,7 @@ where
             progress: Progress::new(typed.rpc, store),
             handling,
             keyed: typed.keyed,
+            filter,
             metrics,
         }
     }
@@ -158,6 +162,13 @@ where
             };
             heard = true;
             match next {
+                Some(Ok((_, metadata))) if metadata.heartbeat && self.filter.is_some() => {
+                    self.noticed(&metadata);
+                    let idle = lanes.as_ref().is_none_or(|lanes| lanes.lanes.held() == 0);
+                    if idle && self.plain() {
+                        self.passed_over(&metadata);
+                    }
+                }
                 Some(Ok((message, metadata))) => {
                     let received = match &mut lanes {
                         Some(lanes) => {
@@ -265,6 +276,23 @@ where
                 .progress
                 .cursor
                 .is_some_and(|c| c.epoch == metadata.epoch && c.sequence >= metadata.sequence))
+    }
+
+    /// A heartbeat to a subscriber with a filter carries the last sequence the producer sent
+    /// or filtered out: with every event received handled, the cursor moves there, so that a
+    /// resubscription does not go over the events filtered out again.
+    fn passed_over(&mut self, heartbeat: &EventMetadata) {
+        let cursor = Cursor {
+            epoch: heartbeat.epoch,
+            sequence: heartbeat.sequence,
+        };
+        let behind = self
+            .progress
+            .cursor
+            .is_none_or(|c| c.epoch != cursor.epoch || c.sequence < cursor.sequence);
+        if behind && cursor.epoch != 0 {
+            self.progress.moved(cursor);
+        }
     }
 
     /// Handles one event (or heartbeat); returns the event's cursor once handled.

@@ -179,6 +179,7 @@ where
                 .unwrap_or_default(),
             lease_ms: u32::try_from(options.member_lease.as_millis()).unwrap_or(u32::MAX),
             max_unacknowledged: options.max_unacknowledged,
+            filter: self.reader.filter.clone(),
         };
         let member = options
             .group

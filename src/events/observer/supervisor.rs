@@ -17,6 +17,7 @@ use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
 use crate::discovery::{self, InstanceUpdate, Resolution};
 use crate::endpoint::Connector;
+use crate::events::filter::{EventSchema, Filter, Filters};
 use crate::{Error, Target};
 
 /// Collects the event handlers of an observer, then starts it. The generated
@@ -27,6 +28,8 @@ pub struct ObserverBuilder {
     subscriptions: Vec<Arc<dyn Subscription>>,
     rpcs: Vec<&'static str>,
     options: ObserverOptions,
+    /// The filters given, by gRPC path, with the event message's schema to check them.
+    filters: HashMap<&'static str, (EventSchema, Filter)>,
 }
 
 impl std::fmt::Debug for ObserverBuilder {
@@ -47,7 +50,27 @@ impl ObserverBuilder {
             subscriptions: Vec::new(),
             rpcs: Vec::new(),
             options: ObserverOptions::default(),
+            filters: HashMap::new(),
         }
+    }
+
+    /// Takes only the events of `rpc` (its gRPC path) that match `filter`, which `start`
+    /// checks against the event message `event` (`.package.Message`) that `descriptors` (an
+    /// encoded `FileDescriptorSet`) describes. The generated `{event}_filter` methods call it.
+    #[doc(hidden)]
+    pub fn filter(
+        mut self,
+        rpc: &'static str,
+        descriptors: &'static [u8],
+        event: &'static str,
+        filter: Filter,
+    ) -> Self {
+        let schema = EventSchema {
+            descriptors,
+            message: event,
+        };
+        self.filters.insert(rpc, (schema, filter));
+        self
     }
 
     #[doc(hidden)]
@@ -84,6 +107,18 @@ impl ObserverBuilder {
                 self.service
             )));
         }
+        let mut filters = HashMap::new();
+        for (rpc, (schema, filter)) in self.filters {
+            let filter = filter.to_proto();
+            Filters::new(Some(schema)).compile(&filter).map_err(|why| {
+                Error::invalid_input(format!(
+                    "the filter of {rpc} does not fit its events: {why}"
+                ))
+            })?;
+            if !filter.all_of.is_empty() {
+                filters.insert(rpc, filter);
+            }
+        }
         let parsed: Target = target.parse()?;
         let connector = Connector::new(self.options.connect_timeout, self.options.keepalive);
         #[cfg(feature = "tls")]
@@ -118,6 +153,7 @@ impl ObserverBuilder {
             // Random, so that two observers never take each other for the same member.
             member: format!("{:016x}", fastrand::u64(..)),
             book,
+            filters,
         });
         let listed = Arc::new(Mutex::new(BTreeSet::new()));
         let mut instances = Instances {

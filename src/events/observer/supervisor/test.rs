@@ -55,6 +55,7 @@ fn instances(recorder: &Arc<Recorder>, grace: Duration) -> Instances {
             handlers: None,
             member: "m".into(),
             book: Book::default(),
+            filters: Default::default(),
         }),
         stop: stopped,
         running: HashMap::new(),

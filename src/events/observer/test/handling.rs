@@ -17,6 +17,7 @@ async fn retries_pause_no_longer_than_the_ceiling_then_the_event_is_dead_lettere
         handlers: None,
         member: "m".into(),
         book: Book::default(),
+        filters: Default::default(),
     });
     let handler = move |_: Event<String>| -> Handled {
         tried.lock().unwrap().push(tokio::time::Instant::now());

@@ -247,6 +247,7 @@ impl Running {
             options,
             member: "m".into(),
             book,
+            filters: Default::default(),
         });
         let typed = Typed {
             rpc: RPC,
