@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/testing/v1/shop.proto",
             "proto/testing/v1/counter.proto",
             "proto/testing/v1/orders.proto",
+            "proto/testing/v1/shipping.proto",
         ],
         &["proto"],
     )?;

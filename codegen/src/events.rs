@@ -34,7 +34,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
     let rpcs = event_methods(service).map(|(method, retain)| {
         let name = &method.proto_name;
         let key = key_path(method);
-        let event = &method.output_type;
+        let event = &method.output_message;
         quote! {
             ::meshless::events::EventRpc {
                 name: #name,
@@ -254,7 +254,7 @@ pub(crate) fn observer(service: &Service) -> TokenStream {
             format!("Takes only the `{}` events that match `filter`, which the producers evaluate: events", method.proto_name),
             "filtered out never cross the network. `start` checks it against the event message.".to_owned(),
         ]);
-        let event_name = &method.output_type;
+        let event_name = &method.output_message;
         quote! {
             #filter_doc
             pub fn #filter(self, filter: ::meshless::events::Filter) -> Self {

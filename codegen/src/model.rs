@@ -88,6 +88,8 @@ pub(crate) struct Method {
     /// Rust paths of the request and response messages, relative to the package module.
     pub(crate) input_type: String,
     pub(crate) output_type: String,
+    /// The response message's full proto name, `.package.Message`.
+    pub(crate) output_message: String,
     pub(crate) shape: Shape,
     /// Doc comment lines from the `.proto` file.
     pub(crate) docs: Vec<String>,
@@ -150,6 +152,10 @@ impl Service {
                     name: method.name.clone(),
                     input_type: method.input_type.clone(),
                     output_type: method.output_type.clone(),
+                    output_message: reflected
+                        .as_ref()
+                        .map(|m| format!(".{}", m.output().full_name()))
+                        .unwrap_or_default(),
                     shape,
                     docs: doc_lines(&method.comments),
                     deprecated: method.options.deprecated(),
