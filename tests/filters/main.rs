@@ -35,20 +35,20 @@ fn placed(step: u64) -> OrderPlacedEvent {
                 region: REGIONS[(step % 3) as usize].to_owned(),
                 zone: (step % 4) as u32,
             }),
-            priority: if step % 2 == 0 {
+            priority: if step.is_multiple_of(2) {
                 Priority::High
             } else {
                 Priority::Low
             } as i32,
         }),
         step,
-        gift: step % 5 == 0,
+        gift: step.is_multiple_of(5),
     }
 }
 
 /// Whether the event of `step` is a high-priority order to Europe.
 fn european_high(step: u64) -> bool {
-    step % 3 == 0 && step % 2 == 0
+    step.is_multiple_of(3) && step.is_multiple_of(2)
 }
 
 fn european_high_filter() -> Filter {
