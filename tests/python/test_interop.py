@@ -144,6 +144,36 @@ def test_an_event_stream_is_a_stream_of_the_declared_message(stub):
     assert all(metadata.epoch != 0 and metadata.published_at_unix_micros > 0 for _, metadata in received)
 
 
+def test_a_grpcio_client_subscribes_with_a_filter_the_producer_evaluates(stub):
+    run = uuid.uuid4().hex[:8]
+    wanted = [f"{run}-keep-1", f"{run}-keep-2"]
+    for message in [f"{run}-drop-1", wanted[0], f"{run}-drop-2", wanted[1], f"{run}-drop-3"]:
+        stub.Unary(echo_pb2.EchoRequest(message=message))
+
+    condition = meshless_pb2.FieldFilter(
+        path="message", any_of=[meshless_pb2.FilterValue(text=text) for text in wanted]
+    )
+    stream = stub.Echoed(
+        meshless_pb2.Subscribe(filter=meshless_pb2.Filter(all_of=[condition])), timeout=30
+    )
+    received = []
+    try:
+        for event in stream:
+            received.append(event.message)
+            if len(received) == len(wanted):
+                break
+    finally:
+        stream.cancel()
+    assert received == wanted, "only the matching events, in publish order"
+
+    # A path the event does not have is refused when subscribing, saying why.
+    wrong = meshless_pb2.FieldFilter(path="mesage", any_of=[meshless_pb2.FilterValue(text="x")])
+    with pytest.raises(grpc.RpcError) as error:
+        next(iter(stub.Echoed(meshless_pb2.Subscribe(filter=meshless_pb2.Filter(all_of=[wrong])), timeout=30)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has no field `mesage`" in error.value.details()
+
+
 def test_a_grpcio_client_is_a_consumer_group_member(stub):
     run = uuid.uuid4().hex[:8]
     sent = [f"{run}-{i}" for i in range(3)]
