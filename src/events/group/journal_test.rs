@@ -37,6 +37,11 @@ impl Kept {
             fields: &[2],
             kind: KeyKind::Uint64,
         });
+        // The events are `Cursor`s, filtered on their sequence (the key).
+        settings.schema = Some(crate::events::filter::EventSchema {
+            descriptors: crate::v1::FILE_DESCRIPTOR_SET,
+            message: ".meshless.v1.Cursor",
+        });
         let log = KeptLog {
             kept: self.clone(),
             handed_over: false,
@@ -103,15 +108,57 @@ fn publish(hub: &Hub, key: u64) -> u64 {
 }
 
 fn join(hub: &Hub, member: &str) -> Joined {
+    join_filtered(hub, member, None).unwrap()
+}
+
+/// Joins `member` with a filter that takes the events whose key is one of `keys`.
+fn join_filtered(hub: &Hub, member: &str, keys: Option<&[u64]>) -> Result<Joined, tonic::Status> {
+    let filter = keys.map(|keys| {
+        crate::events::Filter::new()
+            .any_of("sequence", keys.iter().copied())
+            .into()
+    });
     let request = Subscribe {
         group: "g".into(),
         member: member.into(),
         max_unacknowledged: 100,
+        filter,
         ..Subscribe::default()
     };
     let subscription = Subscription::parse(&request).unwrap();
     let membership = subscription.membership.clone().unwrap();
-    hub.join(&subscription, &membership).unwrap()
+    hub.join(&subscription, &membership)
+}
+
+#[test]
+fn events_a_groups_filter_passes_over_are_kept_acknowledged_across_a_restart() {
+    let kept = Kept::default();
+    let hub = kept.hub();
+    let mut a = join_filtered(&hub, "a", Some(&[2, 4])).unwrap();
+    let published: Vec<u64> = (1..=6).map(|key| publish(&hub, key)).collect();
+    let handled = handle_everything(&hub, &mut a);
+    assert_eq!(handled, [(published[1], 1), (published[3], 1)]);
+    let mut saved = kept.groups.lock().unwrap()["g"].clone();
+    saved.prune(1);
+    assert_eq!(
+        (saved.start, saved.acked.len()),
+        (7, 0),
+        "the events passed over are acknowledged: the record stays small"
+    );
+    drop(a);
+    drop(hub);
+
+    // Restarted, the group takes the filter of its first member to join again.
+    let hub = kept.hub();
+    let mut b = join_filtered(&hub, "b", Some(&[4])).unwrap();
+    let refused = join_filtered(&hub, "c", None).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let new: Vec<u64> = [2, 4, 5].iter().map(|key| publish(&hub, *key)).collect();
+    assert_eq!(handle_everything(&hub, &mut b), [(new[1], 1)]);
 }
 
 fn ack(hub: &Hub, member: &str, sequence: u64) {
