@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["testing/v1/echo.proto"];
     let includes = ["../../proto"];
     meshless_build::configure().compile_protos(
-        &["testing/v1/echo.proto", "testing/v1/orders.proto"],
+        &[
+            "testing/v1/echo.proto",
+            "testing/v1/orders.proto",
+            "testing/v1/shipping.proto",
+        ],
         &includes,
     )?;
 

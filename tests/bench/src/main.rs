@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|keys|discovery|durable|bounds|tracing|stores|postgres] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|keys|filters|discovery|durable|bounds|tracing|stores|postgres] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -12,6 +12,7 @@
 mod bounds;
 mod durable;
 mod events;
+mod filters;
 mod floor;
 mod ginepro;
 mod keyed;
@@ -151,6 +152,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("keys") {
         keyed::section(bench).await;
+    }
+    if wanted("filters") {
+        filters::section(bench).await;
     }
     if wanted("discovery") {
         discovery_section(bench).await;
