@@ -242,21 +242,21 @@ async fn a_filtered_stream_broken_mid_burst_resumes_without_loss_or_repeat() {
     let steps = Steps::default();
     let options = ObserverOptions::default()
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
-    let observer = observe(
-        &steps,
-        european_high_filter(),
-        options,
-        &format!("ipv4:{}", proxy.addr),
-    )
-    .await;
+    let target = format!("ipv4:{}", proxy.addr);
+    let observer = observe(&steps, european_high_filter(), options.clone(), &target).await;
+    // The same through keyed lanes: orders handled side by side, each in order.
+    let laned = Steps::default();
+    let laned_options = options.max_concurrent_handlers(4);
+    let laned_observer = observe(&laned, european_high_filter(), laned_options, &target).await;
     let mut published = 0;
     for _ in 0..5 {
         publish(&publisher, published..published + 400);
         published += 400;
         let matching = (0..published).filter(|s| european_high(*s)).count();
-        // Cut while the observer is still taking the burst, then once it has it all.
+        // Cut while the observers are still taking the burst, then once they have it all.
         proxy.cut();
         steps.until(matching).await;
+        laned.until(matching).await;
         proxy.cut();
     }
     let expected: Vec<u64> = (0..published).filter(|step| european_high(*step)).collect();
@@ -265,10 +265,19 @@ async fn a_filtered_stream_broken_mid_burst_resumes_without_loss_or_repeat() {
     assert!(european_high(last));
     publisher.publish_order_placed(placed(last)).unwrap();
     steps.until(expected.len() + 1).await;
+    laned.until(expected.len() + 1).await;
     let mut all = expected;
     all.push(last);
     assert_eq!(steps.handled(), all, "every matching event once, in order");
+    let mut handled = laned.handled();
+    for key in 0..7 {
+        let of_key: Vec<u64> = handled.iter().copied().filter(|s| s % 7 == key).collect();
+        assert!(of_key.is_sorted(), "order {key}: {of_key:?}");
+    }
+    handled.sort_unstable();
+    assert_eq!(handled, all, "every matching event once, through lanes");
     observer.stop().await;
+    laned_observer.stop().await;
     producer.stop().await.unwrap();
 }
 
