@@ -23,7 +23,7 @@
 //! |---|---|
 //! | `testing` | `testing::TestDns`, an in-process DNS server whose records tests change at run time |
 //! | `tls` | TLS and mutual TLS with rustls for servers, clients and observers (`meshless::tls`) |
-//! | `opentelemetry` | W3C trace context through calls and events: server spans continue their caller's trace, observers' spans link to the publisher's (through `tracing-opentelemetry`; see the README) |
+//! | `opentelemetry` | W3C trace context through calls and events: server spans continue their caller's trace, observers' spans (for events published in a sampled span; other events are handled without one) link to the publisher's (through `tracing-opentelemetry`; see the README) |
 //! | `postgres` | events kept in the service's own PostgreSQL database and published inside its sqlx transactions: `{Service}Publisher::open_postgres`, `publish_*_in`; observers' cursors there, written in the handler's transaction: `PgCursors` (`meshless::events::postgres`; see the README) |
 //!
 //! # Example
