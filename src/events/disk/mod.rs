@@ -8,12 +8,15 @@
 //!   machine too, for publishers that wait for it.
 //! - The last `retain` events are also kept in memory ([`MemoryLog`]), which every read is
 //!   served from; segments wholly older than them are removed.
+//! - With compaction by key, the latest event of every key that left the memory window is
+//!   kept too (see `kept`): written to a file of its own before the segments holding it go.
 //! - On open ([`open`]), the segments are read back and checked, and what the last run left
 //!   decides the epoch: see `open`.
 
 mod crc;
 mod epoch;
 mod groups;
+mod kept;
 mod lock;
 mod open;
 mod record;
@@ -79,6 +82,7 @@ impl DiskLog {
             retain,
             mut segments,
             events,
+            kept,
             next,
             damage,
             groups,
@@ -93,6 +97,9 @@ impl DiskLog {
         let current = create_segment(&dir, &segments[segments.len() - 1].1)?;
         let current = Arc::new(current);
         let mut memory = MemoryLog::with_limits(retain, limits);
+        for event in kept {
+            memory.restore_kept(recover::restamp(event, epoch));
+        }
         for event in events {
             memory.restore(recover::restamp(event, epoch));
         }
@@ -122,7 +129,11 @@ impl DiskLog {
             lineage,
             run,
         };
-        for path in log.old_segments() {
+        let old = log.old_segments();
+        if let (false, Some(kept)) = (old.is_empty(), log.kept_events()) {
+            kept::store(&log.dir, &kept)?;
+        }
+        for path in old {
             std::fs::remove_file(path)?;
         }
         Ok(log)
@@ -155,8 +166,20 @@ impl DiskLog {
         self.current_events = 0;
         self.segments.push_back((next, path));
         let old = self.old_segments();
-        self.syncer.rolled(file, left, next - 1, old);
+        // Their kept events are written before the segments are removed.
+        let kept = if old.is_empty() {
+            None
+        } else {
+            self.kept_events()
+        };
+        self.syncer.rolled(file, left, next - 1, (old, kept));
         Ok(())
+    }
+
+    /// With compaction by key: the events kept past the memory window, oldest first.
+    fn kept_events(&self) -> Option<Vec<Stored>> {
+        let compaction = self.memory.compaction()?;
+        Some(compaction.kept().cloned().collect())
     }
 
     /// Takes the segments whose events are all older than the oldest retained off the list:
@@ -273,6 +296,18 @@ impl EventLog for DiskLog {
 
     fn since(&self, time: u64) -> (u64, bool) {
         self.memory.since(time)
+    }
+
+    fn latest_per_key(&self) -> Vec<Stored> {
+        self.memory.latest_per_key()
+    }
+
+    fn compacts(&self) -> bool {
+        self.memory.compacts()
+    }
+
+    fn dropped_past_bound(&self) -> u64 {
+        self.memory.dropped_past_bound()
     }
 
     fn expire(&mut self, now: u64) {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::epoch;
+use crate::events::log::Stored;
 
 /// The name of the segment created ahead, in the log's folder.
 pub(super) const SPARE: &str = "next.spare";
@@ -71,6 +72,9 @@ struct State {
     renamed: bool,
     /// Segments older than retention, to remove.
     old: Vec<PathBuf>,
+    /// With compaction by key: the events to keep past the segments, written before any of
+    /// `old` is removed (the latest list; see `kept`).
+    kept: Option<Vec<Stored>>,
     /// The next segment, created ahead.
     spare: Option<File>,
     /// A spare is to be made (the last was taken, or a roll found none).
@@ -84,6 +88,7 @@ impl State {
         self.requested
             || !self.rolled.is_empty()
             || !self.old.is_empty()
+            || self.kept.is_some()
             || !self.chores.is_empty()
             || (self.spare_wanted && self.spare.is_none())
     }
@@ -151,14 +156,24 @@ impl Syncer {
     }
 
     /// The log moved on to segment `file` (the spare, renamed into place); `old` (whose last
-    /// event is `last`) is to be synced, and `remove` removed.
-    pub(super) fn rolled(&self, file: Arc<File>, old: Arc<File>, last: u64, remove: Vec<PathBuf>) {
+    /// event is `last`) is to be synced, and `remove` removed, once the events kept past them
+    /// (with compaction by key) are written.
+    pub(super) fn rolled(
+        &self,
+        file: Arc<File>,
+        old: Arc<File>,
+        last: u64,
+        (remove, kept): (Vec<PathBuf>, Option<Vec<Stored>>),
+    ) {
         let mut state = self.lock();
         state.file = Some(file);
         state.rolled.push((old, last));
         state.renamed = true;
         state.spare_wanted = true;
         state.old.extend(remove);
+        if kept.is_some() {
+            state.kept = kept;
+        }
         drop(state);
         self.shared.wake.notify_one();
     }
@@ -253,6 +268,7 @@ fn run(shared: &Shared) {
                 rolled: std::mem::take(&mut state.rolled),
                 renamed: std::mem::take(&mut state.renamed),
                 old: std::mem::take(&mut state.old),
+                kept: state.kept.take(),
                 spare: None,
                 spare_wanted: false,
                 chores: std::mem::take(&mut state.chores),
@@ -304,6 +320,12 @@ fn work(shared: &Shared, state: State) -> Vec<Chore> {
                 .synced
                 .send_modify(|synced| synced.sequence = synced.sequence.max(reached)),
             Err(error) => fail(shared, &error),
+        }
+    }
+    if let Some(kept) = &state.kept {
+        if let Err(error) = super::kept::store(&shared.dir, kept) {
+            tracing::warn!(dir = %shared.dir.display(), %error, "writing the events kept by compaction failed; the segments holding them stay until the next open");
+            return state.chores;
         }
     }
     if !state.old.is_empty() {

@@ -35,6 +35,7 @@ fn sequences(hub: &Hub, start: &Position) -> Vec<u64> {
 
 fn position(next: u64, missed: u64, previous_epoch: u64) -> Position {
     Position {
+        snapshot: super::plain::Snapshot::default(),
         next,
         missed,
         previous_epoch,

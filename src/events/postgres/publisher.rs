@@ -30,7 +30,14 @@ impl Publisher {
                 retain: settings.retain_of(rpc),
             })
             .collect();
-        let opened = super::open(pool, name, pg_rpcs, settings.limits(), new_epoch()).await?;
+        let opened = super::open(
+            pool,
+            name,
+            pg_rpcs,
+            settings.retention_limits(),
+            new_epoch(),
+        )
+        .await?;
         Ok(Self {
             hubs: opened.hubs.into(),
             stream: Some(Arc::new(opened.stream)),
