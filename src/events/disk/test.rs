@@ -1,6 +1,7 @@
 //! The disk log on its own: reopening, retention, write errors, group commit. Recovery after
 //! crashes is in `recovery`.
 
+mod compaction;
 mod recovery;
 
 use std::collections::VecDeque;
