@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod compaction;
 mod full_disk;
 mod start_time;
 

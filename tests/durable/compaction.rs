@@ -1,0 +1,343 @@
+//! Compaction by key and starts at the latest event of every key (`OrderState`: a window of
+//! 16, `compact_by_key`): subscribers that start while events are published get every key's
+//! final state, each event at most once, in order per key; the kept events survive a reopen
+//! of the producer's directory; a cursor older than the window resumes from them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use meshless::events::{Event, HandlerError, ObserverOptions};
+use meshless::v1::{Cursor, EventMetadata, StartPosition, Subscribe};
+use meshless::{Request, Response, Server, Status};
+use tokio::sync::{watch, Notify};
+use tokio_stream::StreamExt;
+
+use super::scratch;
+use super::support::testing::orders::v1::{
+    ChangeReply, ChangeRequest, Order, OrderChangedEvent, OrderStateObserver, OrdersClient,
+    OrdersHandler, OrdersObserver, OrdersPublisher, OrdersService,
+};
+use super::support::{Running, PATIENCE};
+
+/// Answers no calls: only the events are served.
+#[derive(Clone)]
+struct NoCalls;
+
+impl OrdersHandler for NoCalls {
+    async fn change(&self, _: Request<ChangeRequest>) -> Result<Response<ChangeReply>, Status> {
+        Err(Status::unimplemented("events only"))
+    }
+}
+
+async fn serve(publisher: OrdersPublisher) -> Running {
+    Running::start(Server::builder().add_service(OrdersService::with_publisher(NoCalls, publisher)))
+        .await
+}
+
+fn change(key: usize, step: u64) -> OrderChangedEvent {
+    OrderChangedEvent {
+        order: Some(Order {
+            id: format!("order-{key}"),
+        }),
+        step,
+    }
+}
+
+/// What one subscriber got: (order, step, sequence) in arrival order.
+#[derive(Clone, Default)]
+struct Got {
+    events: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    changed: Arc<Notify>,
+}
+
+impl Got {
+    fn push(&self, event: &OrderChangedEvent, sequence: u64) {
+        let order = event.order.clone().unwrap_or_default().id;
+        self.events
+            .lock()
+            .unwrap()
+            .push((order, event.step, sequence));
+        self.changed.notify_waiters();
+    }
+
+    /// Whether every key of `last` was seen at its last step.
+    fn has_final(&self, last: &HashMap<String, u64>) -> bool {
+        let events = self.events.lock().unwrap();
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for (order, step, _) in events.iter() {
+            let at = seen.entry(order).or_default();
+            *at = (*at).max(*step);
+        }
+        last.iter()
+            .all(|(order, step)| seen.get(order.as_str()) == Some(step))
+    }
+
+    async fn until_final(&self, last: &HashMap<String, u64>, who: &str) {
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.has_final(last) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "{who}: not every key's final state within the patience"
+        );
+    }
+
+    /// Each event at most once, the steps of each key in order and without a gap from the
+    /// first one got (and, when `in_sequence`, every event in sequence order).
+    fn check(&self, who: &str, in_sequence: bool) {
+        let events = self.events.lock().unwrap();
+        let mut sequences: Vec<u64> = events.iter().map(|(_, _, sequence)| *sequence).collect();
+        if in_sequence {
+            assert!(
+                sequences.windows(2).all(|pair| pair[0] < pair[1]),
+                "{who}: events out of sequence order"
+            );
+        }
+        sequences.sort_unstable();
+        let before = sequences.len();
+        sequences.dedup();
+        assert_eq!(before, sequences.len(), "{who}: an event came twice");
+        let mut steps: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (order, step, _) in events.iter() {
+            steps.entry(order).or_default().push(*step);
+        }
+        for (order, steps) in steps {
+            // From the latest at the start on, every change: none missed, none twice.
+            assert!(
+                steps.windows(2).all(|pair| pair[0] + 1 == pair[1]),
+                "{who}: the steps of {order} out of order or with a gap: {steps:?}"
+            );
+        }
+    }
+}
+
+impl OrderStateObserver for Got {
+    async fn order_state(&self, event: Event<OrderChangedEvent>) -> Result<(), HandlerError> {
+        self.push(event.message(), event.cursor().sequence);
+        Ok(())
+    }
+}
+
+/// A plain gRPC subscription to `OrderState`: every event it gets goes to `got`, and every
+/// gap it is told of to `missed`, until the stream is dropped.
+async fn subscribe_raw(
+    target: &str,
+    request: Subscribe,
+    got: Got,
+    missed: Arc<Mutex<u64>>,
+) -> tokio::task::JoinHandle<()> {
+    let client = OrdersClient::connect(target).await.unwrap();
+    let mut stream = client
+        .into_tonic()
+        .order_state(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let (event, metadata): (OrderChangedEvent, EventMetadata) =
+                item.unwrap().into_parts().unwrap();
+            *missed.lock().unwrap() += metadata.missed;
+            if !metadata.heartbeat {
+                got.push(&event, metadata.sequence);
+            }
+        }
+    })
+}
+
+fn latest_per_key() -> Subscribe {
+    Subscribe {
+        start: StartPosition::LatestPerKey as i32,
+        ..Subscribe::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_per_key_then_live_with_publishes_racing_the_snapshot() {
+    const KEYS: usize = 300;
+    const STEPS: u64 = 100;
+    let dir = scratch();
+    let publisher = OrdersPublisher::open(&dir.0).unwrap();
+    let producer = serve(publisher.clone()).await;
+    let target = producer.target();
+
+    // Publishes round after round of a change of every key, telling how many went out.
+    let (published, progress) = watch::channel(0u64);
+    let publishing = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut count = 0;
+            for step in 0..STEPS {
+                for key in 0..KEYS {
+                    publisher.publish_order_state(change(key, step)).unwrap();
+                    count += 1;
+                    if count % 50 == 0 {
+                        published.send_replace(count);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            published.send_replace(count);
+        })
+    };
+
+    // Subscribers start one after another while the rounds go out: plain gRPC clients, a
+    // meshless observer, and one with keyed lanes.
+    let mut subscribers = Vec::new();
+    let total = KEYS as u64 * STEPS;
+    for (index, at) in [
+        0,
+        total / 10,
+        total / 4,
+        total / 3,
+        total / 2,
+        2 * total / 3,
+        9 * total / 10,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut progress = progress.clone();
+        tokio::time::timeout(PATIENCE, progress.wait_for(|count| *count >= at))
+            .await
+            .expect("the publisher goes on")
+            .unwrap();
+        let got = Got::default();
+        match index % 3 {
+            0 | 1 => {
+                let missed = Arc::new(Mutex::new(0));
+                let task =
+                    subscribe_raw(&target, latest_per_key(), got.clone(), missed.clone()).await;
+                subscribers.push((format!("raw {index}"), got, Some((task, missed)), None));
+            }
+            _ => {
+                let lanes = if index == 5 { 4 } else { 1 };
+                let observer = OrdersObserver::new()
+                    .order_state(got.clone())
+                    .options(
+                        ObserverOptions::default()
+                            .start(StartPosition::LatestPerKey)
+                            .max_concurrent_handlers(lanes),
+                    )
+                    .start(&target)
+                    .await
+                    .unwrap();
+                subscribers.push((
+                    format!("observer {index}, lanes {lanes}"),
+                    got,
+                    None,
+                    Some(observer),
+                ));
+            }
+        }
+    }
+    publishing.await.unwrap();
+
+    let last: HashMap<String, u64> = (0..KEYS)
+        .map(|key| (format!("order-{key}"), STEPS - 1))
+        .collect();
+    let mut mid_stream = 0;
+    for (who, got, raw, observer) in subscribers {
+        got.until_final(&last, &who).await;
+        // Started while the rounds went out: its first event is a change of a round between
+        // the first and the last.
+        let first_step = got.events.lock().unwrap()[0].1;
+        if (1..STEPS - 1).contains(&first_step) {
+            mid_stream += 1;
+        }
+        // Raw streams keep sequence order; keyed lanes finish keys out of order.
+        got.check(&who, raw.is_some() || who.ends_with("lanes 1"));
+        if let Some((task, missed)) = raw {
+            assert_eq!(
+                *missed.lock().unwrap(),
+                0,
+                "{who}: superseded is not missed"
+            );
+            task.abort();
+        }
+        if let Some(observer) = observer {
+            observer.stop().await;
+        }
+    }
+    assert!(
+        mid_stream >= 3,
+        "only {mid_stream} subscribers started while events were published"
+    );
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn kept_events_survive_a_reopen_and_a_cursor_before_the_window_resumes_from_them() {
+    const KEYS: usize = 40;
+    let dir = scratch();
+    let publisher = OrdersPublisher::open(&dir.0).unwrap();
+    let mut first = None;
+    for step in 0..3 {
+        for key in 0..KEYS {
+            let cursor = publisher.publish_order_state(change(key, step)).unwrap();
+            first.get_or_insert(cursor);
+        }
+    }
+    let first: Cursor = first.unwrap();
+    drop(publisher);
+
+    let reopened = OrdersPublisher::open(&dir.0).unwrap();
+    let producer = serve(reopened.clone()).await;
+    let last: HashMap<String, u64> = (0..KEYS).map(|key| (format!("order-{key}"), 2)).collect();
+
+    // The latest of every key, each once and in sequence order, then what is published next.
+    let got = Got::default();
+    let missed = Arc::new(Mutex::new(0));
+    let task = subscribe_raw(
+        &producer.target(),
+        latest_per_key(),
+        got.clone(),
+        missed.clone(),
+    )
+    .await;
+    got.until_final(&last, "latest per key").await;
+    assert_eq!(got.events.lock().unwrap().len(), KEYS, "one event per key");
+    reopened.publish_order_state(change(0, 3)).unwrap();
+    let live: HashMap<String, u64> = [("order-0".to_string(), 3)].into();
+    got.until_final(&live, "live").await;
+    got.check("latest per key", true);
+    assert_eq!(got.events.lock().unwrap().len(), KEYS + 1);
+    assert_eq!(*missed.lock().unwrap(), 0);
+    task.abort();
+
+    // A cursor at the first event (long gone from the window of 16): the kept events after
+    // it, then the window; what is not among them was superseded, not missed.
+    let resumed = Got::default();
+    let missed = Arc::new(Mutex::new(0));
+    let request = Subscribe {
+        after: Some(first),
+        start: StartPosition::Live as i32,
+        ..Subscribe::default()
+    };
+    let task = subscribe_raw(&producer.target(), request, resumed.clone(), missed.clone()).await;
+    let mut everything = last.clone();
+    everything.insert("order-0".into(), 3);
+    resumed.until_final(&everything, "resumed").await;
+    resumed.check("resumed", true);
+    assert_eq!(*missed.lock().unwrap(), 0);
+    assert!(
+        resumed
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, sequence)| *sequence > first.sequence),
+        "nothing at or before the cursor"
+    );
+    task.abort();
+    producer.stop().await.unwrap();
+}
