@@ -10,9 +10,11 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 pub(crate) use compact::Compaction;
+pub(crate) use continued::continued_cursor;
 pub(crate) use groups::{GroupChange, SavedGroup};
 
 mod compact;
+mod continued;
 mod groups;
 
 /// One published event, encoded once with its metadata, shared by every subscriber (a clone
@@ -125,6 +127,12 @@ pub(crate) trait EventLog: Send + 'static {
         0
     }
 
+    /// With compaction by key: the sequences of the events kept past the window.
+    #[cfg(feature = "postgres")]
+    fn kept_sequences(&self) -> Option<Vec<u64>> {
+        None
+    }
+
     /// The latest sequence published; 0 before the first event.
     fn latest(&self) -> u64 {
         self.next_sequence() - 1
@@ -156,34 +164,6 @@ pub(crate) trait EventLog: Send + 'static {
     /// point, under the same sequences): the last event kept of it.
     fn continued(&self, _epoch: u64) -> Option<u64> {
         None
-    }
-}
-
-/// A subscriber's cursor as the log's epoch `epoch` takes it: a cursor of an epoch it
-/// continues names the same event in `epoch` when that event was kept; past what was kept,
-/// it stands at the last event kept, and the second value is the epoch whose events after
-/// it are lost (0: none).
-pub(crate) fn continued_cursor(
-    log: &dyn EventLog,
-    epoch: u64,
-    cursor: Option<crate::v1::Cursor>,
-) -> (Option<crate::v1::Cursor>, u64) {
-    let Some(cursor) = cursor.filter(|cursor| cursor.epoch != epoch) else {
-        return (cursor, 0);
-    };
-    match log.continued(cursor.epoch) {
-        Some(through) => (
-            Some(crate::v1::Cursor {
-                epoch,
-                sequence: cursor.sequence.min(through),
-            }),
-            if cursor.sequence > through {
-                cursor.epoch
-            } else {
-                0
-            },
-        ),
-        None => (Some(cursor), 0),
     }
 }
 
@@ -243,7 +223,7 @@ impl MemoryLog {
     /// any other.
     pub(crate) fn restore_kept(&mut self, event: Stored) {
         if let Some(compaction) = &mut self.compaction {
-            compaction.restore(event);
+            self.dropped_past_bound += compaction.restore(event);
         }
     }
 
@@ -358,6 +338,11 @@ impl EventLog for MemoryLog {
 
     fn dropped_past_bound(&self) -> u64 {
         self.dropped_past_bound
+    }
+
+    #[cfg(feature = "postgres")]
+    fn kept_sequences(&self) -> Option<Vec<u64>> {
+        self.compaction.as_ref().map(Compaction::kept_sequences)
     }
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {

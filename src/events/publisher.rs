@@ -109,17 +109,9 @@ impl PublisherSettings {
     /// The log limits of `rpc`.
     pub(super) fn limits(&self, rpc: &EventRpc) -> Limits {
         Limits {
-            compact: (rpc.compact_by_key && rpc.key.is_some()).then_some(self.max_compacted_keys),
-            ..self.retention_limits()
-        }
-    }
-
-    /// The log limits every event RPC takes, compaction aside.
-    pub(super) fn retention_limits(&self) -> Limits {
-        Limits {
             max_bytes: self.max_retained_bytes,
             max_age: self.max_retained_age,
-            compact: None,
+            compact: (rpc.compact_by_key && rpc.key.is_some()).then_some(self.max_compacted_keys),
         }
     }
 

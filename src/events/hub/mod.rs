@@ -203,6 +203,12 @@ impl Hub {
         state.log.oldest()
     }
 
+    /// With compaction by key: the sequences of the events kept past the window.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn kept_sequences(&self) -> Option<Vec<u64>> {
+        self.lock().log.kept_sequences()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update of the state is complete before it can panic; poisoning is harmless.
         self.state

@@ -81,10 +81,17 @@ impl Compaction {
         dropped
     }
 
-    /// Puts back an event kept before a restart, the oldest first, before the window's events.
-    pub(crate) fn restore(&mut self, event: Stored) {
-        self.latest.insert(key_of(&event), event.sequence);
-        self.left(event);
+    /// Puts back an event kept before a restart, the oldest first, before the window's events
+    /// (one it supersedes goes). Returns how many were dropped past the bound.
+    pub(crate) fn restore(&mut self, event: Stored) -> u64 {
+        self.entered(&event);
+        self.left(event)
+    }
+
+    /// The sequences of the kept events, oldest first.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn kept_sequences(&self) -> Vec<u64> {
+        self.kept.keys().copied().collect()
     }
 
     /// How many events from `from` up to (not including) `before` were dropped past the
