@@ -341,3 +341,36 @@ async fn kept_events_survive_a_reopen_and_a_cursor_before_the_window_resumes_fro
     task.abort();
     producer.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_consumer_group_is_refused_a_start_at_the_latest_per_key() {
+    let refused = OrdersObserver::new()
+        .order_state(Got::default())
+        .options(
+            ObserverOptions::default()
+                .consumer_group("billing")
+                .start(StartPosition::LatestPerKey),
+        )
+        .start("ipv4:127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("consumer group `billing`"),
+        "{refused}"
+    );
+
+    // On the wire too.
+    let producer = serve(OrdersPublisher::new()).await;
+    let client = OrdersClient::connect(producer.target()).await.unwrap();
+    let status = client
+        .into_tonic()
+        .order_state(Subscribe {
+            group: "billing".into(),
+            member: "m".into(),
+            ..latest_per_key()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), meshless::Code::InvalidArgument, "{status:?}");
+    producer.stop().await.unwrap();
+}

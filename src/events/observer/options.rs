@@ -169,7 +169,8 @@ impl ObserverOptions {
     /// every event published after, none left out and none twice. Events superseded by a later
     /// event of their key are skipped, not reported as a gap. For an event RPC without a key,
     /// every event is its own key (the same as the oldest). Consumer groups refuse it
-    /// (`INVALID_ARGUMENT`): a group stands at one place in each producer's log.
+    /// (`INVALID_ARGUMENT`; `start` of an observer with a group returns an error): a group
+    /// stands at one place in each producer's log.
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = start;
         self

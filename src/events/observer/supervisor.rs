@@ -84,6 +84,14 @@ impl ObserverBuilder {
                 self.service
             )));
         }
+        if let (Some(group), crate::v1::StartPosition::LatestPerKey) =
+            (&self.options.group, self.options.start)
+        {
+            return Err(Error::invalid_input(format!(
+                "consumer group `{group}` cannot start at the latest event of every key: a group \
+                 stands at one place in each producer's log (start it at the oldest event)"
+            )));
+        }
         let parsed: Target = target.parse()?;
         let connector = Connector::new(self.options.connect_timeout, self.options.keepalive);
         #[cfg(feature = "tls")]
