@@ -374,3 +374,60 @@ async fn a_consumer_group_is_refused_a_start_at_the_latest_per_key() {
     assert_eq!(status.code(), meshless::Code::InvalidArgument, "{status:?}");
     producer.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_observer_restarted_on_its_cursor_file_goes_on_after_the_latest_per_key() {
+    const KEYS: usize = 30;
+    let dir = scratch();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cursors = dir.0.join("state.cursors");
+    let publisher = OrdersPublisher::new();
+    for step in 0..4 {
+        for key in 0..KEYS {
+            publisher.publish_order_state(change(key, step)).unwrap();
+        }
+    }
+    let producer = serve(publisher.clone()).await;
+    let target = producer.target();
+    let start = |got: Got| {
+        OrdersObserver::new()
+            .order_state(got)
+            .options(
+                ObserverOptions::default()
+                    .start(StartPosition::LatestPerKey)
+                    .max_concurrent_handlers(4)
+                    .cursor_store(meshless::events::FileCursors::open(&cursors).unwrap()),
+            )
+            .start(&target)
+    };
+    let first = Got::default();
+    let observer = start(first.clone()).await.unwrap();
+    let last: HashMap<String, u64> = (0..KEYS).map(|key| (format!("order-{key}"), 3)).collect();
+    first.until_final(&last, "first run").await;
+    first.check("first run", false);
+    assert_eq!(
+        first.events.lock().unwrap().len(),
+        KEYS,
+        "one event per key"
+    );
+    observer.stop().await;
+
+    // Published while it was stopped: the restart handles those, and nothing again.
+    for key in 0..KEYS / 2 {
+        publisher.publish_order_state(change(key, 4)).unwrap();
+    }
+    let second = Got::default();
+    let observer = start(second.clone()).await.unwrap();
+    let next: HashMap<String, u64> = (0..KEYS / 2)
+        .map(|key| (format!("order-{key}"), 4))
+        .collect();
+    second.until_final(&next, "second run").await;
+    second.check("second run", false);
+    assert_eq!(
+        second.events.lock().unwrap().len(),
+        KEYS / 2,
+        "only what was published since"
+    );
+    observer.stop().await;
+    producer.stop().await.unwrap();
+}
