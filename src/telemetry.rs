@@ -1,8 +1,7 @@
 //! What meshless reports about itself: `tracing` spans, and metrics through the [`metrics`]
 //! facade, which any exporter (Prometheus, StatsD, OpenTelemetry...) installed by the
-//! application collects. Without an exporter, recording costs next to nothing.
-//!
-//! Metrics (labels in braces):
+//! application collects. Without an exporter, recording costs next to nothing. The metrics
+//! (labels in braces):
 //!
 //! | name | kind | what |
 //! |---|---|---|

@@ -1,7 +1,7 @@
-//! Compaction by key and starts at the latest event of every key (`OrderState`: a window of
-//! 16, `compact_by_key`): subscribers that start while events are published get every key's
-//! final state, each event at most once, in order per key; the kept events survive a reopen
-//! of the producer's directory; a cursor older than the window resumes from them.
+//! Compaction by key (`OrderState`: a window of 16, `compact_by_key`): the kept events
+//! survive a reopen of the producer's directory, and a cursor older than the window resumes
+//! from them; consumer groups are refused a start at the latest per key. The subscribers'
+//! side is in `latest_per_key`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use meshless::events::{Event, HandlerError, ObserverOptions};
 use meshless::v1::{Cursor, EventMetadata, StartPosition, Subscribe};
 use meshless::{Request, Response, Server, Status};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
 use super::scratch;
@@ -29,12 +29,12 @@ impl OrdersHandler for NoCalls {
     }
 }
 
-async fn serve(publisher: OrdersPublisher) -> Running {
+pub(super) async fn serve(publisher: OrdersPublisher) -> Running {
     Running::start(Server::builder().add_service(OrdersService::with_publisher(NoCalls, publisher)))
         .await
 }
 
-fn change(key: usize, step: u64) -> OrderChangedEvent {
+pub(super) fn change(key: usize, step: u64) -> OrderChangedEvent {
     OrderChangedEvent {
         order: Some(Order {
             id: format!("order-{key}"),
@@ -45,13 +45,13 @@ fn change(key: usize, step: u64) -> OrderChangedEvent {
 
 /// What one subscriber got: (order, step, sequence) in arrival order.
 #[derive(Clone, Default)]
-struct Got {
-    events: Arc<Mutex<Vec<(String, u64, u64)>>>,
+pub(super) struct Got {
+    pub(super) events: Arc<Mutex<Vec<(String, u64, u64)>>>,
     changed: Arc<Notify>,
 }
 
 impl Got {
-    fn push(&self, event: &OrderChangedEvent, sequence: u64) {
+    pub(super) fn push(&self, event: &OrderChangedEvent, sequence: u64) {
         let order = event.order.clone().unwrap_or_default().id;
         self.events
             .lock()
@@ -61,7 +61,7 @@ impl Got {
     }
 
     /// Whether every key of `last` was seen at its last step.
-    fn has_final(&self, last: &HashMap<String, u64>) -> bool {
+    pub(super) fn has_final(&self, last: &HashMap<String, u64>) -> bool {
         let events = self.events.lock().unwrap();
         let mut seen: HashMap<&str, u64> = HashMap::new();
         for (order, step, _) in events.iter() {
@@ -72,7 +72,7 @@ impl Got {
             .all(|(order, step)| seen.get(order.as_str()) == Some(step))
     }
 
-    async fn until_final(&self, last: &HashMap<String, u64>, who: &str) {
+    pub(super) async fn until_final(&self, last: &HashMap<String, u64>, who: &str) {
         let waited = tokio::time::timeout(PATIENCE, async {
             loop {
                 let changed = self.changed.notified();
@@ -93,7 +93,7 @@ impl Got {
 
     /// Each event at most once, the steps of each key in order and without a gap from the
     /// first one got (and, when `in_sequence`, every event in sequence order).
-    fn check(&self, who: &str, in_sequence: bool) {
+    pub(super) fn check(&self, who: &str, in_sequence: bool) {
         let events = self.events.lock().unwrap();
         let mut sequences: Vec<u64> = events.iter().map(|(_, _, sequence)| *sequence).collect();
         if in_sequence {
@@ -129,7 +129,7 @@ impl OrderStateObserver for Got {
 
 /// A plain gRPC subscription to `OrderState`: every event it gets goes to `got`, and every
 /// gap it is told of to `missed`, until the stream is dropped.
-async fn subscribe_raw(
+pub(super) async fn subscribe_raw(
     target: &str,
     request: Subscribe,
     got: Got,
@@ -154,125 +154,11 @@ async fn subscribe_raw(
     })
 }
 
-fn latest_per_key() -> Subscribe {
+pub(super) fn latest_per_key() -> Subscribe {
     Subscribe {
         start: StartPosition::LatestPerKey as i32,
         ..Subscribe::default()
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latest_per_key_then_live_with_publishes_racing_the_snapshot() {
-    const KEYS: usize = 300;
-    const STEPS: u64 = 100;
-    let dir = scratch();
-    let publisher = OrdersPublisher::open(&dir.0).unwrap();
-    let producer = serve(publisher.clone()).await;
-    let target = producer.target();
-
-    // Publishes round after round of a change of every key, telling how many went out.
-    let (published, progress) = watch::channel(0u64);
-    let publishing = {
-        let publisher = publisher.clone();
-        tokio::spawn(async move {
-            let mut count = 0;
-            for step in 0..STEPS {
-                for key in 0..KEYS {
-                    publisher.publish_order_state(change(key, step)).unwrap();
-                    count += 1;
-                    if count % 50 == 0 {
-                        published.send_replace(count);
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
-            published.send_replace(count);
-        })
-    };
-
-    // Subscribers start one after another while the rounds go out: plain gRPC clients, a
-    // meshless observer, and one with keyed lanes.
-    let mut subscribers = Vec::new();
-    let total = KEYS as u64 * STEPS;
-    for (index, at) in [
-        0,
-        total / 10,
-        total / 4,
-        total / 3,
-        total / 2,
-        2 * total / 3,
-        9 * total / 10,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut progress = progress.clone();
-        tokio::time::timeout(PATIENCE, progress.wait_for(|count| *count >= at))
-            .await
-            .expect("the publisher goes on")
-            .unwrap();
-        let got = Got::default();
-        match index % 3 {
-            0 | 1 => {
-                let missed = Arc::new(Mutex::new(0));
-                let task =
-                    subscribe_raw(&target, latest_per_key(), got.clone(), missed.clone()).await;
-                subscribers.push((format!("raw {index}"), got, Some((task, missed)), None));
-            }
-            _ => {
-                let lanes = if index == 5 { 4 } else { 1 };
-                let observer = OrdersObserver::new()
-                    .order_state(got.clone())
-                    .options(
-                        ObserverOptions::default()
-                            .start(StartPosition::LatestPerKey)
-                            .max_concurrent_handlers(lanes),
-                    )
-                    .start(&target)
-                    .await
-                    .unwrap();
-                subscribers.push((
-                    format!("observer {index}, lanes {lanes}"),
-                    got,
-                    None,
-                    Some(observer),
-                ));
-            }
-        }
-    }
-    publishing.await.unwrap();
-
-    let last: HashMap<String, u64> = (0..KEYS)
-        .map(|key| (format!("order-{key}"), STEPS - 1))
-        .collect();
-    let mut mid_stream = 0;
-    for (who, got, raw, observer) in subscribers {
-        got.until_final(&last, &who).await;
-        // Started while the rounds went out: its first event is a change of a round between
-        // the first and the last.
-        let first_step = got.events.lock().unwrap()[0].1;
-        if (1..STEPS - 1).contains(&first_step) {
-            mid_stream += 1;
-        }
-        // Raw streams keep sequence order; keyed lanes finish keys out of order.
-        got.check(&who, raw.is_some() || who.ends_with("lanes 1"));
-        if let Some((task, missed)) = raw {
-            assert_eq!(
-                *missed.lock().unwrap(),
-                0,
-                "{who}: superseded is not missed"
-            );
-            task.abort();
-        }
-        if let Some(observer) = observer {
-            observer.stop().await;
-        }
-    }
-    assert!(
-        mid_stream >= 3,
-        "only {mid_stream} subscribers started while events were published"
-    );
-    producer.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -372,62 +258,5 @@ async fn a_consumer_group_is_refused_a_start_at_the_latest_per_key() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), meshless::Code::InvalidArgument, "{status:?}");
-    producer.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn an_observer_restarted_on_its_cursor_file_goes_on_after_the_latest_per_key() {
-    const KEYS: usize = 30;
-    let dir = scratch();
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cursors = dir.0.join("state.cursors");
-    let publisher = OrdersPublisher::new();
-    for step in 0..4 {
-        for key in 0..KEYS {
-            publisher.publish_order_state(change(key, step)).unwrap();
-        }
-    }
-    let producer = serve(publisher.clone()).await;
-    let target = producer.target();
-    let start = |got: Got| {
-        OrdersObserver::new()
-            .order_state(got)
-            .options(
-                ObserverOptions::default()
-                    .start(StartPosition::LatestPerKey)
-                    .max_concurrent_handlers(4)
-                    .cursor_store(meshless::events::FileCursors::open(&cursors).unwrap()),
-            )
-            .start(&target)
-    };
-    let first = Got::default();
-    let observer = start(first.clone()).await.unwrap();
-    let last: HashMap<String, u64> = (0..KEYS).map(|key| (format!("order-{key}"), 3)).collect();
-    first.until_final(&last, "first run").await;
-    first.check("first run", false);
-    assert_eq!(
-        first.events.lock().unwrap().len(),
-        KEYS,
-        "one event per key"
-    );
-    observer.stop().await;
-
-    // Published while it was stopped: the restart handles those, and nothing again.
-    for key in 0..KEYS / 2 {
-        publisher.publish_order_state(change(key, 4)).unwrap();
-    }
-    let second = Got::default();
-    let observer = start(second.clone()).await.unwrap();
-    let next: HashMap<String, u64> = (0..KEYS / 2)
-        .map(|key| (format!("order-{key}"), 4))
-        .collect();
-    second.until_final(&next, "second run").await;
-    second.check("second run", false);
-    assert_eq!(
-        second.events.lock().unwrap().len(),
-        KEYS / 2,
-        "only what was published since"
-    );
-    observer.stop().await;
     producer.stop().await.unwrap();
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod compaction;
 mod full_disk;
+mod latest_per_key;
 mod start_time;
 
 use std::collections::HashMap;
