@@ -277,3 +277,70 @@ async fn a_consumer_group_is_refused_a_start_at_the_latest_per_key() {
     assert_eq!(status.code(), meshless::Code::InvalidArgument, "{status:?}");
     producer.stop().await.unwrap();
 }
+
+/// Holds the first change of `order-0` until the test opens its gate.
+#[derive(Clone)]
+struct HeldFirst {
+    got: Got,
+    gate: super::support::Gate,
+}
+
+impl OrderStateObserver for HeldFirst {
+    async fn order_state(&self, event: Event<OrderChangedEvent>) -> Result<(), HandlerError> {
+        let order = event.message().order.clone().unwrap_or_default().id;
+        if order == "order-0" && event.message().step == 0 {
+            self.gate.entered_once();
+            self.gate.pass().await;
+        }
+        self.got.push(event.message(), event.cursor().sequence);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_group_behind_the_window_reads_the_kept_events() {
+    const KEYS: usize = 40;
+    let publisher = OrdersPublisher::new();
+    let producer = serve(publisher.clone()).await;
+    let held = HeldFirst {
+        got: Got::default(),
+        gate: super::support::Gate::default(),
+    };
+    let gaps = Arc::new(Mutex::new(0u64));
+    let observer = OrdersObserver::new()
+        .order_state(held.clone())
+        .options(
+            ObserverOptions::default()
+                .consumer_group("state")
+                .max_unacknowledged(4)
+                .on_gap({
+                    let gaps = gaps.clone();
+                    move |gap| *gaps.lock().unwrap() += gap.missed
+                }),
+        )
+        .start(&producer.target())
+        .await
+        .unwrap();
+    publisher.publish_order_state(change(0, 0)).unwrap();
+    tokio::time::timeout(PATIENCE, held.gate.entered())
+        .await
+        .expect("the first change reached the handler");
+    // While it is held, 200 changes go out: the group falls behind the window of 16.
+    for step in 1..=5 {
+        for key in 0..KEYS {
+            publisher.publish_order_state(change(key, step)).unwrap();
+        }
+    }
+    held.gate.open();
+    let last: HashMap<String, u64> = (0..KEYS).map(|key| (format!("order-{key}"), 5)).collect();
+    held.got.until_final(&last, "group member").await;
+    held.got.check("group member", false, false);
+    let handled = held.got.events.lock().unwrap().len();
+    assert!(
+        handled < 1 + 5 * KEYS,
+        "superseded changes skipped: {handled}"
+    );
+    assert_eq!(*gaps.lock().unwrap(), 0, "superseded is not missed");
+    observer.stop().await;
+    producer.stop().await.unwrap();
+}
