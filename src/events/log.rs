@@ -3,7 +3,9 @@
 //! This is the seam between the hub (fan-out, groups, drain) and where events are kept.
 //! [`MemoryLog`] keeps the last `retain` events in a ring; every subscriber reads from it by
 //! sequence, so a subscription costs a cursor, never a copy of the ring. The disk log
-//! (`disk::DiskLog`) keeps them in files too, and reads from such a ring.
+//! (`disk::DiskLog`) keeps them in files too, and reads from such a ring. With compaction by
+//! key, the ring's events that leave it are kept while they are the latest of their key (see
+//! [`Compaction`]): a reader from before the ring reads those after its cursor.
 
 use std::collections::VecDeque;
 
