@@ -1,11 +1,16 @@
 //! The events an event RPC with compaction by key keeps past its retained ones, in the file
-//! `compacted.kept` of its folder: the same records as a segment's, oldest first.
+//! `compacted.kept` of its folder: the same records as a segment's, in sequence order.
 //!
-//! The file is replaced whole (written aside, synced, renamed, the folder synced) before the
-//! segments that held its events are removed, so that a crash at any point leaves either the
-//! old file with those segments or the new one: the kept events are read back from the file,
-//! then from the segments, which supersede what they must.
+//! Before segments are removed, the events of theirs that are kept are appended to the file
+//! and synced; once more of its records are superseded than kept, the file is replaced whole
+//! instead (written aside, synced, renamed, the folder synced), so that writing it costs a
+//! constant per kept event over time. A crash at any point leaves the segments whose kept
+//! events may not be in the file: the kept events are read back from the file, then from the
+//! segments, and each event supersedes the earlier ones of its key. A failed append is cut
+//! off again; after a failure nothing more is written to the file, and no segment removed,
+//! until the log is opened again, which replaces the file.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -17,6 +22,52 @@ use crate::events::wire;
 
 /// The file's name in the event RPC's folder.
 pub(super) const FILE: &str = "compacted.kept";
+
+/// A change to the file, for the sync thread to make before it removes segments.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// The kept events of the segments removed.
+    Append(Vec<Stored>),
+    /// Every kept event.
+    Replace(Vec<Stored>),
+}
+
+/// Makes `writes`, in order, to the file of `dir`.
+pub(super) fn apply(dir: &Path, writes: &[Write]) -> std::io::Result<()> {
+    for write in writes {
+        match write {
+            Write::Replace(events) => store(dir, events)?,
+            Write::Append(events) => append(dir, events)?,
+        }
+    }
+    Ok(())
+}
+
+/// Appends `events` to the file of `dir` and syncs it; on failure, cuts the file back.
+fn append(dir: &Path, events: &[Stored]) -> std::io::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(FILE);
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let length = file.metadata()?.len();
+    let mut data = Vec::new();
+    for event in events {
+        record::encode(event.sequence, event.published_at, &event.bytes, &mut data);
+    }
+    if let Err(error) = (&file).write_all(&data).and_then(|()| file.sync_data()) {
+        let _ = file.set_len(length);
+        return Err(error);
+    }
+    if !existed {
+        epoch::sync_dir(dir)?;
+    }
+    Ok(())
+}
 
 /// Replaces the file of `dir` with `events`.
 pub(super) fn store(dir: &Path, events: &[Stored]) -> std::io::Result<()> {

@@ -65,6 +65,9 @@ pub(crate) struct DiskLog {
     lineage: Vec<(u64, u64)>,
     /// The publisher's run on the directory (its lock), shared by its event RPCs' logs.
     run: Arc<run::Run>,
+    /// With compaction by key: the records of the file of kept events, once the sync thread
+    /// made the writes handed to it.
+    kept_records: u64,
 }
 
 impl DiskLog {
@@ -128,10 +131,15 @@ impl DiskLog {
             saved_groups,
             lineage,
             run,
+            kept_records: 0,
         };
         let old = log.old_segments();
-        if let (false, Some(kept)) = (old.is_empty(), log.kept_events()) {
+        // A clean file of the kept events (whatever a crash left in it), before any segment
+        // goes.
+        if let Some(compaction) = log.memory.compaction() {
+            let kept: Vec<Stored> = compaction.kept().cloned().collect();
             kept::store(&log.dir, &kept)?;
+            log.kept_records = kept.len() as u64;
         }
         for path in old {
             std::fs::remove_file(path)?;
@@ -165,21 +173,32 @@ impl DiskLog {
         self.current_bytes = 0;
         self.current_events = 0;
         self.segments.push_back((next, path));
+        let from = self.segments.front().map_or(next, |(first, _)| *first);
         let old = self.old_segments();
+        let to = self.segments.front().map_or(next, |(first, _)| *first);
         // Their kept events are written before the segments are removed.
-        let kept = if old.is_empty() {
-            None
-        } else {
-            self.kept_events()
-        };
+        let kept = self.kept_write(from..to);
         self.syncer.rolled(file, left, next - 1, (old, kept));
         Ok(())
     }
 
-    /// With compaction by key: the events kept past the memory window, oldest first.
-    fn kept_events(&self) -> Option<Vec<Stored>> {
+    /// With compaction by key: what to write of the kept events before the segments holding
+    /// `removed` go: those of theirs, or every kept event once the file holds more superseded
+    /// records than kept ones.
+    fn kept_write(&mut self, removed: std::ops::Range<u64>) -> Option<kept::Write> {
         let compaction = self.memory.compaction()?;
-        Some(compaction.kept().cloned().collect())
+        if removed.is_empty() {
+            return None;
+        }
+        let new: Vec<Stored> = compaction.kept_in(removed).cloned().collect();
+        let live = compaction.len() as u64;
+        if self.kept_records + new.len() as u64 > 2 * live + 1024 {
+            self.kept_records = live;
+            Some(kept::Write::Replace(compaction.kept().cloned().collect()))
+        } else {
+            self.kept_records += new.len() as u64;
+            Some(kept::Write::Append(new))
+        }
     }
 
     /// Takes the segments whose events are all older than the oldest retained off the list:

@@ -16,7 +16,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::epoch;
-use crate::events::log::Stored;
 
 /// The name of the segment created ahead, in the log's folder.
 pub(super) const SPARE: &str = "next.spare";
@@ -48,6 +47,8 @@ struct Shared {
     /// Syncs run so far, for tests and metrics.
     syncs: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writing the events kept by compaction failed: no segment is removed until the next open.
+    kept_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -72,9 +73,9 @@ struct State {
     renamed: bool,
     /// Segments older than retention, to remove.
     old: Vec<PathBuf>,
-    /// With compaction by key: the events to keep past the segments, written before any of
-    /// `old` is removed (the latest list; see `kept`).
-    kept: Option<Vec<Stored>>,
+    /// With compaction by key: the changes to the file of kept events, made before any of
+    /// `old` is removed (see `kept`).
+    kept: Vec<super::kept::Write>,
     /// The next segment, created ahead.
     spare: Option<File>,
     /// A spare is to be made (the last was taken, or a roll found none).
@@ -88,7 +89,7 @@ impl State {
         self.requested
             || !self.rolled.is_empty()
             || !self.old.is_empty()
-            || self.kept.is_some()
+            || !self.kept.is_empty()
             || !self.chores.is_empty()
             || (self.spare_wanted && self.spare.is_none())
     }
@@ -118,6 +119,7 @@ impl Syncer {
             }),
             syncs: AtomicU64::new(0),
             thread: Mutex::new(None),
+            kept_failed: std::sync::atomic::AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -163,7 +165,7 @@ impl Syncer {
         file: Arc<File>,
         old: Arc<File>,
         last: u64,
-        (remove, kept): (Vec<PathBuf>, Option<Vec<Stored>>),
+        (remove, kept): (Vec<PathBuf>, Option<super::kept::Write>),
     ) {
         let mut state = self.lock();
         state.file = Some(file);
@@ -171,9 +173,7 @@ impl Syncer {
         state.renamed = true;
         state.spare_wanted = true;
         state.old.extend(remove);
-        if kept.is_some() {
-            state.kept = kept;
-        }
+        state.kept.extend(kept);
         drop(state);
         self.shared.wake.notify_one();
     }
@@ -268,7 +268,7 @@ fn run(shared: &Shared) {
                 rolled: std::mem::take(&mut state.rolled),
                 renamed: std::mem::take(&mut state.renamed),
                 old: std::mem::take(&mut state.old),
-                kept: state.kept.take(),
+                kept: std::mem::take(&mut state.kept),
                 spare: None,
                 spare_wanted: false,
                 chores: std::mem::take(&mut state.chores),
@@ -322,11 +322,13 @@ fn work(shared: &Shared, state: State) -> Vec<Chore> {
             Err(error) => fail(shared, &error),
         }
     }
-    if let Some(kept) = &state.kept {
-        if let Err(error) = super::kept::store(&shared.dir, kept) {
-            tracing::warn!(dir = %shared.dir.display(), %error, "writing the events kept by compaction failed; the segments holding them stay until the next open");
-            return state.chores;
-        }
+    if shared.kept_failed.load(Ordering::Relaxed) {
+        return state.chores;
+    }
+    if let Err(error) = super::kept::apply(&shared.dir, &state.kept) {
+        shared.kept_failed.store(true, Ordering::Relaxed);
+        tracing::warn!(dir = %shared.dir.display(), %error, "writing the events kept by compaction failed; no segment is removed until the log is opened again");
+        return state.chores;
     }
     if !state.old.is_empty() {
         for path in &state.old {

@@ -127,4 +127,14 @@ impl Compaction {
     pub(crate) fn kept(&self) -> impl Iterator<Item = &Stored> {
         self.kept.values()
     }
+
+    /// The kept events of sequences in `range`, oldest first.
+    pub(crate) fn kept_in(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = &Stored> {
+        self.kept.range(range).map(|(_, event)| event)
+    }
+
+    /// How many events are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len()
+    }
 }

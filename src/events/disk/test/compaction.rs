@@ -107,3 +107,31 @@ fn first_sequence(segment: &Path) -> u64 {
         .and_then(|stem| stem.parse().ok())
         .unwrap()
 }
+
+#[test]
+fn the_file_of_kept_events_is_replaced_once_mostly_superseded() {
+    let scratch = Scratch::new();
+    let (_, mut log) = open_with(&scratch.0, 40, compacting());
+    // 50 keys in turn, a window of 40: each event leaves the window the latest of its key,
+    // is written to the file as its segment goes, and is superseded 10 events later.
+    for n in 0..2000u64 {
+        let sequence = log.next_sequence();
+        log.append(keyed(sequence, (n % 50) as u8)).unwrap();
+        if n % 10 == 9 {
+            settle(&log.syncer);
+        }
+    }
+    let records = kept::read(&scratch.0.join(FOLDER), u64::MAX).unwrap().len();
+    assert!(
+        (50..=2 * 50 + 1024 + 20).contains(&records),
+        "{records} records in the file"
+    );
+    drop(log);
+    let (_, log) = open_with(&scratch.0, 40, compacting());
+    assert_eq!(latest(&log), (1951..=2000).collect::<Vec<_>>());
+    let records = kept::read(&scratch.0.join(FOLDER), u64::MAX).unwrap().len();
+    assert_eq!(
+        records, 10,
+        "replaced on open: the kept events before the window"
+    );
+}
