@@ -75,14 +75,14 @@ impl Hub {
             previous_epoch,
         };
         // Without keys, every event is its own key.
-        let first = match subscription.start {
+        let wanted = match subscription.start {
             Start::LatestPerKey if self.key.is_none() => Start::Oldest,
-            first => first,
+            wanted => wanted,
         };
         // A plain reader from a cursor before the window of a log that compacts reads the
         // events kept past it; a group stands at the window.
         let reads_kept = log.compacts() && subscription.membership.is_none();
-        let start = |missed_before_oldest: u64, previous_epoch: u64| match first {
+        let start = |missed_before_oldest: u64, previous_epoch: u64| match wanted {
             // What is not in the snapshot was superseded (or is gone from a log that does not
             // compact, which counts as missed from the cursor's point of view).
             Start::LatestPerKey => Position {
@@ -127,7 +127,7 @@ impl Hub {
             // cursor is gone with it (how much is unknown); of this epoch, the events no longer
             // retained are missed.
             Some(cursor) => start(oldest - 1, cursor.epoch),
-            None => match first {
+            None => match wanted {
                 Start::LatestPerKey => start(0, 0),
                 Start::Live => at(live, 0, 0),
                 Start::Oldest => at(oldest, 0, 0),
