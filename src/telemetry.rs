@@ -1,8 +1,7 @@
 //! What meshless reports about itself: `tracing` spans, and metrics through the [`metrics`]
 //! facade, which any exporter (Prometheus, StatsD, OpenTelemetry...) installed by the
-//! application collects. Without an exporter, recording costs next to nothing.
-//!
-//! Metrics (labels in braces):
+//! application collects. Without an exporter, recording costs next to nothing. The metrics
+//! (labels in braces):
 //!
 //! | name | kind | what |
 //! |---|---|---|
@@ -19,6 +18,7 @@
 //! | `meshless_event_subscribers_cut_off_total` {rpc} | counter | subscribers that fell behind |
 //! | `meshless_event_redeliveries_total` {rpc} | counter | events handed out again to a consumer group (a member left, or its lease ran out, with them unacknowledged; or after a restart of the producer) |
 //! | `meshless_event_log_errors_total` {rpc} | counter | writes and syncs of the event log that failed (`publish_*` returned `PublishError::Io`) |
+//! | `meshless_event_compaction_dropped_total` {rpc} | counter | with `compact_by_key`: kept events dropped because more keys were kept than `PublisherSettings::max_compacted_keys` |
 //! | `meshless_observer_events_total` {rpc, outcome} | counter | events handled (`handled`, `dead_letter`) |
 //! | `meshless_observer_lag_seconds` {rpc} | gauge | publish-to-handled time of the latest event handled, from any producer instance (no per-instance label: instances come and go) |
 //! | `meshless_observer_missed_events_total` {rpc} | counter | events reported missed (gaps of a known count) |
@@ -336,6 +336,7 @@ pub(crate) struct EventMetrics {
     pub(crate) cut_off: metrics::Counter,
     pub(crate) redeliveries: metrics::Counter,
     pub(crate) log_errors: metrics::Counter,
+    pub(crate) compaction_dropped: metrics::Counter,
 }
 
 impl EventMetrics {
@@ -347,7 +348,8 @@ impl EventMetrics {
             subscribers: metrics::gauge!("meshless_event_subscribers", "rpc" => rpc.clone()),
             cut_off: metrics::counter!("meshless_event_subscribers_cut_off_total", "rpc" => rpc.clone()),
             redeliveries: metrics::counter!("meshless_event_redeliveries_total", "rpc" => rpc.clone()),
-            log_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => rpc),
+            log_errors: metrics::counter!("meshless_event_log_errors_total", "rpc" => rpc.clone()),
+            compaction_dropped: metrics::counter!("meshless_event_compaction_dropped_total", "rpc" => rpc),
         }
     }
 }

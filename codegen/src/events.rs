@@ -12,9 +12,9 @@ use crate::docs;
 use crate::model::{Method, Service, Shape};
 use crate::server::{event_index, rust_type};
 
-fn event_methods(service: &Service) -> impl Iterator<Item = (&Method, u64)> {
+fn event_methods(service: &Service) -> impl Iterator<Item = (&Method, u64, bool)> {
     service.methods.iter().filter_map(|m| match &m.shape {
-        Shape::Event(options) => Some((m, options.retain)),
+        Shape::Event(options) => Some((m, options.retain, options.compact_by_key)),
         _ => None,
     })
 }
@@ -31,7 +31,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
         "for the streams is refused. Clones publish into the same streams, so give one to each handler".to_owned(),
         "that publishes.".to_owned(),
     ]);
-    let rpcs = event_methods(service).map(|(method, retain)| {
+    let rpcs = event_methods(service).map(|(method, retain, compact_by_key)| {
         let name = &method.proto_name;
         let key = key_path(method);
         let event = &method.output_message;
@@ -40,12 +40,13 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
                 name: #name,
                 retain: #retain,
                 key: #key,
+                compact_by_key: #compact_by_key,
                 event: #event,
                 descriptors: FILE_DESCRIPTOR_SET,
             }
         }
     });
-    let methods = event_methods(service).map(|(method, retain)| {
+    let methods = event_methods(service).map(|(method, retain, compact_by_key)| {
         let publish = format_ident!("publish_{}", method.name);
         let event = rust_type(&method.output_type);
         let index = event_index(service, method);
@@ -54,13 +55,18 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             lines.push(String::new());
         }
         lines.push(format!(
-            "Publishes one `{}` event (kept: the last {} events) and returns its cursor; refuses an \
+            "Publishes one `{}` event (kept: the last {} events{}) and returns its cursor; refuses an \
              event too large to deliver (`PublishError::TooLarge`), which is then not kept.",
             method.proto_name,
             if retain == 0 {
                 "1024".to_owned()
             } else {
                 retain.to_string()
+            },
+            if compact_by_key {
+                ", and the latest of every key"
+            } else {
+                ""
             }
         ));
         let doc = docs::lines(&lines);
@@ -146,7 +152,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
 fn postgres_methods(service: &Service) -> TokenStream {
     let publisher = format_ident!("{}Publisher", service.proto_name);
     let full_name = &service.full_name;
-    let methods = event_methods(service).map(|(method, _)| {
+    let methods = event_methods(service).map(|(method, _, _)| {
         let publish = format_ident!("publish_{}", method.name);
         let publish_in = format_ident!("publish_{}_in", method.name);
         let event = rust_type(&method.output_type);
@@ -215,7 +221,7 @@ fn postgres_methods(service: &Service) -> TokenStream {
 pub(crate) fn observer(service: &Service) -> TokenStream {
     let observer = format_ident!("{}Observer", service.proto_name);
     let full_name = &service.full_name;
-    let traits = event_methods(service).map(|(method, _)| {
+    let traits = event_methods(service).map(|(method, _, _)| {
         let trait_name = format_ident!("{}Observer", method.proto_name);
         let name = format_ident!("{}", method.name);
         let event = rust_type(&method.output_type);
@@ -242,7 +248,7 @@ pub(crate) fn observer(service: &Service) -> TokenStream {
             }
         }
     });
-    let registrations = event_methods(service).map(|(method, _)| {
+    let registrations = event_methods(service).map(|(method, _, _)| {
         let trait_name = format_ident!("{}Observer", method.proto_name);
         let name = format_ident!("{}", method.name);
         let event = rust_type(&method.output_type);

@@ -22,6 +22,8 @@ pub(crate) struct EventOptions {
     pub(crate) retain: u64,
     /// `key`, as written; empty when unset.
     pub(crate) key: String,
+    /// `compact_by_key`: keep the latest event of every key past `retain`.
+    pub(crate) compact_by_key: bool,
 }
 
 /// The event options of `method`, or `None` when it is not an event RPC.
@@ -34,7 +36,7 @@ pub(crate) fn event_options(
     if !options.has_extension(&extension) {
         return None;
     }
-    let (retain, key) = match &*options.get_extension(&extension) {
+    let (retain, key, compact_by_key) = match &*options.get_extension(&extension) {
         Value::Message(message) => (
             message
                 .get_field_by_name("retain")
@@ -44,10 +46,18 @@ pub(crate) fn event_options(
                 .get_field_by_name("key")
                 .and_then(|value| value.as_str().map(str::to_owned))
                 .unwrap_or_default(),
+            message
+                .get_field_by_name("compact_by_key")
+                .and_then(|value| value.as_bool())
+                .unwrap_or(false),
         ),
-        _ => (0, String::new()),
+        _ => (0, String::new(), false),
     };
-    Some(EventOptions { retain, key })
+    Some(EventOptions {
+        retain,
+        key,
+        compact_by_key,
+    })
 }
 
 /// The routing key of `method` as written in `option (meshless.v1.routing)`, or `None` when it

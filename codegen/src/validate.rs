@@ -101,6 +101,15 @@ fn check_service(
         let Some(options) = event_options(compiled, &method) else {
             continue;
         };
+        if options.compact_by_key && options.key.is_empty() {
+            problems.push(format!(
+                "{}: event rpc `{name}` asks for `compact_by_key` but has no `key`: compaction \
+                 keeps the latest event of every key\n  help: name the event's key, as in \
+                 `option (meshless.v1.event) = {{ key: \"order.order_id\", compact_by_key: true }}`, \
+                 or remove `compact_by_key`",
+                option_place(EVENT_OPTION)
+            ));
+        }
         if !options.key.is_empty() {
             if let Err(problem) = keys::resolve(&method.output(), &options.key) {
                 problems.push(format!(

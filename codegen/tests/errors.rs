@@ -311,3 +311,32 @@ fn routing_keys_belong_on_calls_with_one_request() {
         ],
     );
 }
+
+#[test]
+fn compaction_needs_a_key() {
+    let event = |options: &str| {
+        proto(&format!(
+            "message E {{ string id = 1; }}\n\
+             service S {{\n  \
+             rpc Changed(meshless.v1.Subscribe) returns (stream E) {{ option (meshless.v1.event) = {{ {options} }}; }}\n}}\n"
+        ))
+    };
+    let (kind, message) = compile_error(&[("demo.proto", &event("compact_by_key: true"))]);
+    assert_eq!(kind, ErrorKind::Rule, "{message}");
+    assert_mentions(
+        &message,
+        &[
+            "demo.proto:",
+            "event rpc `Changed` asks for `compact_by_key` but has no `key`",
+            "help:",
+        ],
+    );
+
+    let dir = compile_ok(&[("demo.proto", &event("key: \"id\", compact_by_key: true"))]);
+    let generated = std::fs::read_to_string(dir.join("out/demo.v1.rs")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_mentions(
+        &generated,
+        &["compact_by_key: true", "and the latest of every key"],
+    );
+}

@@ -3,11 +3,21 @@
 //! This is the seam between the hub (fan-out, groups, drain) and where events are kept.
 //! [`MemoryLog`] keeps the last `retain` events in a ring; every subscriber reads from it by
 //! sequence, so a subscription costs a cursor, never a copy of the ring. The disk log
-//! (`disk::DiskLog`) keeps them in files too, and reads from such a ring.
+//! (`disk::DiskLog`) keeps them in files too, and reads from such a ring. With compaction by
+//! key, the ring's events that leave it are kept while they are the latest of their key (see
+//! [`Compaction`]): a reader from before the ring reads those after its cursor.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+
+pub(crate) use compact::Compaction;
+pub(crate) use continued::continued_cursor;
+pub(crate) use groups::{GroupChange, SavedGroup};
+
+mod compact;
+mod continued;
+mod groups;
 
 /// One published event, encoded once with its metadata, shared by every subscriber (a clone
 /// shares the bytes).
@@ -27,6 +37,9 @@ pub(crate) struct Stored {
 pub(crate) struct Limits {
     pub(crate) max_bytes: Option<u64>,
     pub(crate) max_age: Option<std::time::Duration>,
+    /// With compaction by key: at most this many events kept past the window (see
+    /// [`Compaction`]).
+    pub(crate) compact: Option<usize>,
 }
 
 /// What a read found: the events from the first retained sequence at or after the one asked
@@ -37,105 +50,6 @@ pub(crate) struct Read {
     pub(crate) missed: u64,
     /// The sequence to read from next time.
     pub(crate) next: u64,
-}
-
-/// A change to a consumer group that a log keeping groups records, so that the group's
-/// progress survives a restart of the producer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum GroupChange {
-    /// The group was formed, its first event being `start`.
-    Created { group: String, start: u64 },
-    /// Its members acknowledged these events.
-    Acked { group: String, sequences: Vec<u64> },
-    /// Events up to `through` may have been handed to members.
-    HandedOut { group: String, through: u64 },
-    /// Events owed to the group left the log before they were acknowledged.
-    Missed { group: String, events: u64 },
-    /// The group was forgotten (without members for too long, or to make room).
-    Forgotten { group: String },
-}
-
-impl GroupChange {
-    /// The group the change is to.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn group(&self) -> &str {
-        match self {
-            GroupChange::Created { group, .. }
-            | GroupChange::Acked { group, .. }
-            | GroupChange::HandedOut { group, .. }
-            | GroupChange::Missed { group, .. }
-            | GroupChange::Forgotten { group } => group,
-        }
-    }
-
-    /// What the change does to the groups a log keeps (a change of a group it does not know
-    /// does nothing).
-    pub(crate) fn apply_to(self, groups: &mut std::collections::BTreeMap<String, SavedGroup>) {
-        match self {
-            GroupChange::Created { group, start } => {
-                groups.insert(
-                    group,
-                    SavedGroup {
-                        start,
-                        ..SavedGroup::default()
-                    },
-                );
-            }
-            GroupChange::Acked { group, sequences } => {
-                if let Some(saved) = groups.get_mut(&group) {
-                    saved.acked.extend(sequences);
-                }
-            }
-            GroupChange::Missed { group, events } => {
-                if let Some(saved) = groups.get_mut(&group) {
-                    saved.missed += events;
-                }
-            }
-            GroupChange::HandedOut { group, through } => {
-                if let Some(saved) = groups.get_mut(&group) {
-                    saved.handed_out = saved.handed_out.max(through);
-                }
-            }
-            GroupChange::Forgotten { group } => {
-                groups.remove(&group);
-            }
-        }
-    }
-}
-
-/// A consumer group as a log kept it: the events from `start` on, less those acknowledged,
-/// are still owed to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct SavedGroup {
-    pub(crate) start: u64,
-    pub(crate) acked: std::collections::BTreeSet<u64>,
-    /// Events owed to it that left the log before it acknowledged them.
-    pub(crate) missed: u64,
-    /// Events up to this one may have been handed to members.
-    pub(crate) handed_out: u64,
-}
-
-impl SavedGroup {
-    /// Keeps the record small: the events acknowledged from its start on move the start;
-    /// what it was owed that is no longer retained (before `oldest`) becomes a count of missed
-    /// events.
-    pub(crate) fn prune(&mut self, oldest: u64) {
-        // An acknowledgement of an event already behind the start (owed, held by a member
-        // while it left the log) changes nothing here.
-        self.acked = self.acked.split_off(&self.start);
-        while self.acked.remove(&self.start) {
-            self.start += 1;
-        }
-        if self.start < oldest {
-            let acked_gone = self.acked.range(..oldest).count() as u64;
-            self.missed += (oldest - self.start).saturating_sub(acked_gone);
-            self.acked = self.acked.split_off(&oldest);
-            self.start = oldest;
-            while self.acked.remove(&self.start) {
-                self.start += 1;
-            }
-        }
-    }
 }
 
 /// Where the events of one event RPC are kept.
@@ -178,6 +92,49 @@ pub(crate) trait EventLog: Send + 'static {
         }
     }
 
+    /// The event that is the latest of its key, of every key the log has, in sequence order:
+    /// a reader that starts "latest per key" gets them, then what is published after
+    /// [`latest`](Self::latest). Events without a key have the empty key. This default reads
+    /// the retained events through (a log that compacts overrides it).
+    fn latest_per_key(&self) -> Vec<Stored> {
+        let mut all = VecDeque::new();
+        let mut from = self.oldest();
+        loop {
+            let before = all.len();
+            from = self.read(from, 1024, &mut all).next;
+            if all.len() == before {
+                break;
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut latest: Vec<Stored> = all
+            .into_iter()
+            .rev()
+            .filter(|event| seen.insert(compact::key_of(event)))
+            .collect();
+        latest.reverse();
+        latest
+    }
+
+    /// Whether the log keeps the latest event of every key past its window (then a reader
+    /// from before the window reads the kept events after it, and misses only those dropped
+    /// past the bound).
+    fn compacts(&self) -> bool {
+        false
+    }
+
+    /// How many events kept past the window were dropped past the bound, since the log was
+    /// opened.
+    fn dropped_past_bound(&self) -> u64 {
+        0
+    }
+
+    /// With compaction by key: the sequences of the events kept past the window.
+    #[cfg(feature = "postgres")]
+    fn kept_sequences(&self) -> Option<Vec<u64>> {
+        None
+    }
+
     /// The latest sequence published; 0 before the first event.
     fn latest(&self) -> u64 {
         self.next_sequence() - 1
@@ -212,34 +169,6 @@ pub(crate) trait EventLog: Send + 'static {
     }
 }
 
-/// A subscriber's cursor as the log's epoch `epoch` takes it: a cursor of an epoch it
-/// continues names the same event in `epoch` when that event was kept; past what was kept,
-/// it stands at the last event kept, and the second value is the epoch whose events after
-/// it are lost (0: none).
-pub(crate) fn continued_cursor(
-    log: &dyn EventLog,
-    epoch: u64,
-    cursor: Option<crate::v1::Cursor>,
-) -> (Option<crate::v1::Cursor>, u64) {
-    let Some(cursor) = cursor.filter(|cursor| cursor.epoch != epoch) else {
-        return (cursor, 0);
-    };
-    match log.continued(cursor.epoch) {
-        Some(through) => (
-            Some(crate::v1::Cursor {
-                epoch,
-                sequence: cursor.sequence.min(through),
-            }),
-            if cursor.sequence > through {
-                cursor.epoch
-            } else {
-                0
-            },
-        ),
-        None => (Some(cursor), 0),
-    }
-}
-
 /// The last `retain` events, in memory, within the byte and age limits.
 #[derive(Debug)]
 pub(crate) struct MemoryLog {
@@ -252,6 +181,10 @@ pub(crate) struct MemoryLog {
     /// The latest publish time of the events dropped from the ring; `None` when this log
     /// dropped none (it may still have been restored without the oldest events).
     dropped_through: Option<u64>,
+    /// The latest event of every key past the window, for an event RPC with compaction.
+    compaction: Option<Compaction>,
+    /// Kept events dropped past the compaction's bound.
+    dropped_past_bound: u64,
 }
 
 impl MemoryLog {
@@ -268,6 +201,31 @@ impl MemoryLog {
             bytes: 0,
             next: 1,
             dropped_through: None,
+            compaction: limits.compact.map(Compaction::new),
+            dropped_past_bound: 0,
+        }
+    }
+
+    /// An event leaves the window: remembered as dropped, kept if it is the latest of its key
+    /// and the log compacts.
+    fn left(&mut self, event: Stored) {
+        self.bytes -= event.bytes.len() as u64;
+        self.dropped_through = self.dropped_through.max(Some(event.published_at));
+        if let Some(compaction) = &mut self.compaction {
+            self.dropped_past_bound += compaction.left(event);
+        }
+    }
+
+    /// The compaction of the log, if it compacts.
+    pub(crate) fn compaction(&self) -> Option<&Compaction> {
+        self.compaction.as_ref()
+    }
+
+    /// Puts back an event kept past the window before a restart, the oldest first, before
+    /// any other.
+    pub(crate) fn restore_kept(&mut self, event: Stored) {
+        if let Some(compaction) = &mut self.compaction {
+            self.dropped_past_bound += compaction.restore(event);
         }
     }
 
@@ -282,9 +240,9 @@ impl MemoryLog {
             if !over_bytes && front.published_at >= too_old {
                 break;
             }
-            self.bytes -= front.bytes.len() as u64;
-            self.dropped_through = self.dropped_through.max(Some(front.published_at));
-            self.ring.pop_front();
+            if let Some(front) = self.ring.pop_front() {
+                self.left(front);
+            }
         }
     }
 
@@ -300,13 +258,18 @@ impl MemoryLog {
     }
 
     fn push(&mut self, event: Stored) {
+        if let Some(compaction) = &mut self.compaction {
+            compaction.entered(&event);
+        }
         if self.retain == 0 {
+            if let Some(compaction) = &mut self.compaction {
+                self.dropped_past_bound += compaction.left(event);
+            }
             return;
         }
         if self.ring.len() == self.retain {
             if let Some(dropped) = self.ring.pop_front() {
-                self.bytes -= dropped.bytes.len() as u64;
-                self.dropped_through = self.dropped_through.max(Some(dropped.published_at));
+                self.left(dropped);
             }
         }
         let now = event.published_at;
@@ -357,10 +320,56 @@ impl EventLog for MemoryLog {
         (first, lost)
     }
 
+    fn latest_per_key(&self) -> Vec<Stored> {
+        let Some(compaction) = &self.compaction else {
+            let mut seen = std::collections::HashSet::new();
+            let mut latest: Vec<Stored> = (self.ring.iter().rev())
+                .filter(|event| seen.insert(compact::key_of(event)))
+                .cloned()
+                .collect();
+            latest.reverse();
+            return latest;
+        };
+        let in_window = self.ring.iter().filter(|e| compaction.is_latest(e));
+        compaction.kept().chain(in_window).cloned().collect()
+    }
+
+    fn compacts(&self) -> bool {
+        self.compaction.is_some()
+    }
+
+    fn dropped_past_bound(&self) -> u64 {
+        self.dropped_past_bound
+    }
+
+    #[cfg(feature = "postgres")]
+    fn kept_sequences(&self) -> Option<Vec<u64>> {
+        self.compaction.as_ref().map(Compaction::kept_sequences)
+    }
+
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
         let oldest = self.oldest();
+        let mut from = from;
+        let mut max = max;
+        let mut missed = 0;
+        if let Some(compaction) = self.compaction.as_ref().filter(|_| from < oldest) {
+            // Kept events first: what is not kept between them was superseded, not missed,
+            // unless dropped past the bound.
+            let before = out.len();
+            let next = compaction.read(from, max, out);
+            let read = out.len() - before;
+            if read == max {
+                return Read {
+                    missed: compaction.missed(from, next),
+                    next,
+                };
+            }
+            missed = compaction.missed(from, oldest);
+            max -= read;
+            from = oldest;
+        }
         let first = from.max(oldest).min(self.next);
-        let missed = first - from.min(first);
+        let missed = missed + first - from.min(first);
         // Sequences in the ring are consecutive, so the position is arithmetic.
         let skip = usize::try_from(first - oldest).unwrap_or(usize::MAX);
         let taken = self.ring.iter().skip(skip).take(max);
@@ -375,3 +384,6 @@ impl EventLog for MemoryLog {
 
 #[cfg(test)]
 mod test;
+
+#[cfg(test)]
+mod compact_test;

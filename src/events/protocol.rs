@@ -44,6 +44,8 @@ pub(crate) enum Start {
     Live,
     /// The first event published at or after this time (microseconds since the Unix epoch).
     Time(u64),
+    /// The latest event of every key, then live.
+    LatestPerKey,
 }
 
 /// What a consumer group member asks for.
@@ -108,9 +110,19 @@ impl Subscription {
                 identity: None,
             })
         };
+        if membership.is_some() && request.start() == StartPosition::LatestPerKey {
+            return Err(tonic::Status::invalid_argument(format!(
+                "consumer group `{}` cannot start at the latest event of every key: a group \
+                 stands at one sequence of the log, and the latest events of the keys are \
+                 scattered over it; start the group at the oldest event (with compaction by key, \
+                 a group behind the retained events reads the events kept past them)",
+                crate::text::shown(&request.group)
+            )));
+        }
         Ok(Self {
             after: request.after.filter(|c| c.epoch != 0),
             start: match request.start() {
+                StartPosition::LatestPerKey => Start::LatestPerKey,
                 StartPosition::Unspecified | StartPosition::Oldest => Start::Oldest,
                 StartPosition::Live => Start::Live,
                 StartPosition::Time => {

@@ -43,6 +43,13 @@ pub struct PublisherSettings {
     /// Events older than this are not retained (checked as events are published and read).
     /// Default: none.
     pub max_retained_age: Option<std::time::Duration>,
+    /// For an event RPC with `compact_by_key`: at most this many events are kept past its
+    /// retained ones (one per key). Past it, the kept event published first is dropped (each
+    /// counted in `meshless_event_compaction_dropped_total`, the first logged), and readers
+    /// from before it are told of it as missed. Each kept event costs its encoded size plus
+    /// about 150 bytes of memory (and its size on disk, for a publisher with a directory).
+    /// Default: 100,000.
+    pub max_compacted_keys: usize,
     retain: Vec<(String, usize)>,
 }
 
@@ -57,6 +64,7 @@ impl Default for PublisherSettings {
             max_event_size: crate::DEFAULT_MAX_MESSAGE_SIZE - METADATA_ROOM,
             max_retained_bytes: None,
             max_retained_age: None,
+            max_compacted_keys: 100_000,
             retain: Vec::new(),
         }
     }
@@ -102,11 +110,12 @@ impl PublisherSettings {
         }
     }
 
-    /// The log limits every event RPC of the publisher takes.
-    pub(super) fn limits(&self) -> Limits {
+    /// The log limits of `rpc`.
+    pub(super) fn limits(&self, rpc: &EventRpc) -> Limits {
         Limits {
             max_bytes: self.max_retained_bytes,
             max_age: self.max_retained_age,
+            compact: (rpc.compact_by_key && rpc.key.is_some()).then_some(self.max_compacted_keys),
         }
     }
 
@@ -129,6 +138,8 @@ pub struct EventRpc {
     pub retain: u64,
     /// Where the event's key is (`key` of its proto option), if it has one.
     pub key: Option<crate::codegen::KeyPath>,
+    /// `compact_by_key` from its proto option: keep the latest event of every key.
+    pub compact_by_key: bool,
     /// The event message's full name (`.package.Message`), described in `descriptors`: what
     /// subscribers' filters are checked against.
     pub event: &'static str,
@@ -181,7 +192,7 @@ impl Publisher {
         let hubs = rpcs
             .iter()
             .map(|rpc| {
-                let log = MemoryLog::with_limits(settings.retain_of(rpc), settings.limits());
+                let log = MemoryLog::with_limits(settings.retain_of(rpc), settings.limits(rpc));
                 let method = format!("{service}/{}", rpc.name);
                 let hub = settings.configure(rpc, method, epoch);
                 Hub::with_log(hub, Box::new(log), None)
@@ -236,11 +247,11 @@ impl Publisher {
                 folder: rpc.name,
                 method: format!("{service}/{}", rpc.name),
                 retain: settings.retain_of(rpc),
+                limits: settings.limits(rpc),
             })
             .collect();
         let disk::Opened { epoch, logs } =
-            disk::open(dir, &disk_rpcs, settings.limits(), new_epoch)
-                .map_err(|(what, error)| io(what)(error))?;
+            disk::open(dir, &disk_rpcs, new_epoch).map_err(|(what, error)| io(what)(error))?;
         let mut hubs = Vec::with_capacity(rpcs.len());
         for ((rpc, disk_rpc), log) in rpcs.iter().zip(disk_rpcs).zip(logs) {
             let syncer = log.syncer();

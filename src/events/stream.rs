@@ -132,7 +132,8 @@ impl<T> EventStream<T> {
         let feed = Feed::Plain {
             next: start.next,
             floor,
-            batch: VecDeque::new(),
+            // The latest event of every key, for such a start: sent before `next`.
+            batch: start.snapshot.0.into(),
             id: STREAMS.fetch_add(1, Ordering::Relaxed),
             registered: None,
             filter,

@@ -6,7 +6,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod compaction;
 mod full_disk;
+mod latest_per_key;
 mod start_time;
 
 use std::collections::HashMap;

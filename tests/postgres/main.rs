@@ -11,6 +11,7 @@
 mod support;
 
 mod cluster;
+mod compaction;
 mod cursors;
 mod faults;
 mod groups;

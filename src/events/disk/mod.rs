@@ -8,12 +8,15 @@
 //!   machine too, for publishers that wait for it.
 //! - The last `retain` events are also kept in memory ([`MemoryLog`]), which every read is
 //!   served from; segments wholly older than them are removed.
+//! - With compaction by key, the latest event of every key that left the memory window is
+//!   kept too (see `kept`): written to a file of its own before the segments holding it go.
 //! - On open ([`open`]), the segments are read back and checked, and what the last run left
 //!   decides the epoch: see `open`.
 
 mod crc;
 mod epoch;
 mod groups;
+mod kept;
 mod lock;
 mod open;
 mod record;
@@ -62,6 +65,9 @@ pub(crate) struct DiskLog {
     lineage: Vec<(u64, u64)>,
     /// The publisher's run on the directory (its lock), shared by its event RPCs' logs.
     run: Arc<run::Run>,
+    /// With compaction by key: the records of the file of kept events, once the sync thread
+    /// made the writes handed to it.
+    kept_records: u64,
 }
 
 impl DiskLog {
@@ -79,6 +85,7 @@ impl DiskLog {
             retain,
             mut segments,
             events,
+            kept,
             next,
             damage,
             groups,
@@ -93,6 +100,9 @@ impl DiskLog {
         let current = create_segment(&dir, &segments[segments.len() - 1].1)?;
         let current = Arc::new(current);
         let mut memory = MemoryLog::with_limits(retain, limits);
+        for event in kept {
+            memory.restore_kept(recover::restamp(event, epoch));
+        }
         for event in events {
             memory.restore(recover::restamp(event, epoch));
         }
@@ -121,8 +131,17 @@ impl DiskLog {
             saved_groups,
             lineage,
             run,
+            kept_records: 0,
         };
-        for path in log.old_segments() {
+        let old = log.old_segments();
+        // A clean file of the kept events (whatever a crash left in it), before any segment
+        // goes.
+        if let Some(compaction) = log.memory.compaction() {
+            let kept: Vec<Stored> = compaction.kept().cloned().collect();
+            kept::store(&log.dir, &kept)?;
+            log.kept_records = kept.len() as u64;
+        }
+        for path in old {
             std::fs::remove_file(path)?;
         }
         Ok(log)
@@ -154,9 +173,32 @@ impl DiskLog {
         self.current_bytes = 0;
         self.current_events = 0;
         self.segments.push_back((next, path));
+        let from = self.segments.front().map_or(next, |(first, _)| *first);
         let old = self.old_segments();
-        self.syncer.rolled(file, left, next - 1, old);
+        let to = self.segments.front().map_or(next, |(first, _)| *first);
+        // Their kept events are written before the segments are removed.
+        let kept = self.kept_write(from..to);
+        self.syncer.rolled(file, left, next - 1, (old, kept));
         Ok(())
+    }
+
+    /// With compaction by key: what to write of the kept events before the segments holding
+    /// `removed` go: those of theirs, or every kept event once the file holds more superseded
+    /// records than kept ones.
+    fn kept_write(&mut self, removed: std::ops::Range<u64>) -> Option<kept::Write> {
+        let compaction = self.memory.compaction()?;
+        if removed.is_empty() {
+            return None;
+        }
+        let new: Vec<Stored> = compaction.kept_in(removed).cloned().collect();
+        let live = compaction.len() as u64;
+        if self.kept_records + new.len() as u64 > 2 * live + 1024 {
+            self.kept_records = live;
+            Some(kept::Write::Replace(compaction.kept().cloned().collect()))
+        } else {
+            self.kept_records += new.len() as u64;
+            Some(kept::Write::Append(new))
+        }
     }
 
     /// Takes the segments whose events are all older than the oldest retained off the list:
@@ -273,6 +315,18 @@ impl EventLog for DiskLog {
 
     fn since(&self, time: u64) -> (u64, bool) {
         self.memory.since(time)
+    }
+
+    fn latest_per_key(&self) -> Vec<Stored> {
+        self.memory.latest_per_key()
+    }
+
+    fn compacts(&self) -> bool {
+        self.memory.compacts()
+    }
+
+    fn dropped_past_bound(&self) -> u64 {
+        self.memory.dropped_past_bound()
     }
 
     fn expire(&mut self, now: u64) {

@@ -33,6 +33,8 @@ pub(crate) struct Rpc {
     /// `package.Service/Method`, for the sync thread's name.
     pub(crate) method: String,
     pub(crate) retain: usize,
+    /// Its retention, compaction included.
+    pub(crate) limits: Limits,
 }
 
 /// The directory opened: the epoch, and a log per event RPC, in the order given.
@@ -50,7 +52,6 @@ pub(crate) type Failed = (&'static str, std::io::Error);
 pub(crate) fn open(
     dir: &Path,
     rpcs: &[Rpc],
-    limits: Limits,
     new_epoch: impl Fn() -> u64,
 ) -> Result<Opened, Failed> {
     std::fs::create_dir_all(dir).map_err(|e| ("creating the event directory", e))?;
@@ -60,8 +61,12 @@ pub(crate) fn open(
     let last_run = run::last_run(dir).map_err(|e| ("reading how the last run ended", e))?;
     let mut logs = Vec::with_capacity(rpcs.len());
     for rpc in rpcs {
-        let recovered = recover(&dir.join(rpc.folder), rpc.retain)
-            .map_err(|e| ("reading the event log back", e))?;
+        let recovered = recover(
+            &dir.join(rpc.folder),
+            rpc.retain,
+            rpc.limits.compact.is_some(),
+        )
+        .map_err(|e| ("reading the event log back", e))?;
         logs.push(recovered);
     }
     let process_died = !last_run.closed_cleanly && last_run.same_boot;
@@ -120,7 +125,7 @@ pub(crate) fn open(
             DiskLog::open(
                 recovered,
                 &rpc.method,
-                limits,
+                rpc.limits,
                 run.clone(),
                 (kept.epoch, lineage),
             )

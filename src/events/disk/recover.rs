@@ -19,8 +19,10 @@ pub(crate) struct Recovered {
     pub(super) retain: usize,
     /// Segments by first sequence, oldest first: those holding the valid prefix.
     pub(super) segments: Vec<(u64, PathBuf)>,
-    /// The last `retain` events.
+    /// The last `retain` events; every event of the segments with compaction by key.
     pub(super) events: Vec<Stored>,
+    /// With compaction by key: the events kept past the segments' (from their file).
+    pub(super) kept: Vec<Stored>,
     /// The sequence the next event gets.
     pub(super) next: u64,
     /// Where the records stopped being valid, if they did.
@@ -44,7 +46,9 @@ pub(crate) struct Damage {
 }
 
 /// Reads the log in `dir` back (creating the directory if need be), checking every record.
-pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
+/// With `compact`, every event of the segments is read back (compaction picks what it keeps
+/// of those past `retain`), and the events kept past them.
+pub(crate) fn recover(dir: &Path, retain: usize, compact: bool) -> std::io::Result<Recovered> {
     std::fs::create_dir_all(dir)?;
     let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -84,8 +88,8 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
                     event,
                     end,
                 } if sequence == next => {
-                    if retain > 0 {
-                        if events.len() == retain {
+                    if retain > 0 || compact {
+                        if events.len() == retain && !compact {
                             events.pop_front();
                         }
                         events.push_back(Stored {
@@ -126,11 +130,17 @@ pub(crate) fn recover(dir: &Path, retain: usize) -> std::io::Result<Recovered> {
         .map(|(_, path)| path)
         .collect();
     let groups = groups::read(dir)?;
+    let kept = if compact {
+        super::kept::read(dir, segments.first().map_or(next, |(first, _)| *first))?
+    } else {
+        Vec::new()
+    };
     Ok(Recovered {
         dir: dir.to_owned(),
         retain,
         segments,
         events: events.into(),
+        kept,
         next,
         damage,
         beyond,
@@ -160,10 +170,11 @@ impl Recovered {
     pub(crate) fn discard(&mut self) -> std::io::Result<()> {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|e| ["log", "journal", "base", "tail"].iter().any(|x| e == *x))
-            {
+            if path.extension().is_some_and(|e| {
+                ["log", "journal", "base", "tail", "kept"]
+                    .iter()
+                    .any(|x| e == *x)
+            }) {
                 std::fs::remove_file(path)?;
             }
         }
@@ -171,6 +182,7 @@ impl Recovered {
         self.segments.clear();
         self.beyond.clear();
         self.events.clear();
+        self.kept.clear();
         self.next = 1;
         self.damage = None;
         self.groups = groups::Saved::default();

@@ -47,6 +47,8 @@ struct Shared {
     /// Syncs run so far, for tests and metrics.
     syncs: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writing the events kept by compaction failed: no segment is removed until the next open.
+    kept_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -71,6 +73,9 @@ struct State {
     renamed: bool,
     /// Segments older than retention, to remove.
     old: Vec<PathBuf>,
+    /// With compaction by key: the changes to the file of kept events, made before any of
+    /// `old` is removed (see `kept`).
+    kept: Vec<super::kept::Write>,
     /// The next segment, created ahead.
     spare: Option<File>,
     /// A spare is to be made (the last was taken, or a roll found none).
@@ -84,6 +89,7 @@ impl State {
         self.requested
             || !self.rolled.is_empty()
             || !self.old.is_empty()
+            || !self.kept.is_empty()
             || !self.chores.is_empty()
             || (self.spare_wanted && self.spare.is_none())
     }
@@ -113,6 +119,7 @@ impl Syncer {
             }),
             syncs: AtomicU64::new(0),
             thread: Mutex::new(None),
+            kept_failed: std::sync::atomic::AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -151,14 +158,22 @@ impl Syncer {
     }
 
     /// The log moved on to segment `file` (the spare, renamed into place); `old` (whose last
-    /// event is `last`) is to be synced, and `remove` removed.
-    pub(super) fn rolled(&self, file: Arc<File>, old: Arc<File>, last: u64, remove: Vec<PathBuf>) {
+    /// event is `last`) is to be synced, and `remove` removed, once the events kept past them
+    /// (with compaction by key) are written.
+    pub(super) fn rolled(
+        &self,
+        file: Arc<File>,
+        old: Arc<File>,
+        last: u64,
+        (remove, kept): (Vec<PathBuf>, Option<super::kept::Write>),
+    ) {
         let mut state = self.lock();
         state.file = Some(file);
         state.rolled.push((old, last));
         state.renamed = true;
         state.spare_wanted = true;
         state.old.extend(remove);
+        state.kept.extend(kept);
         drop(state);
         self.shared.wake.notify_one();
     }
@@ -253,6 +268,7 @@ fn run(shared: &Shared) {
                 rolled: std::mem::take(&mut state.rolled),
                 renamed: std::mem::take(&mut state.renamed),
                 old: std::mem::take(&mut state.old),
+                kept: std::mem::take(&mut state.kept),
                 spare: None,
                 spare_wanted: false,
                 chores: std::mem::take(&mut state.chores),
@@ -305,6 +321,14 @@ fn work(shared: &Shared, state: State) -> Vec<Chore> {
                 .send_modify(|synced| synced.sequence = synced.sequence.max(reached)),
             Err(error) => fail(shared, &error),
         }
+    }
+    if shared.kept_failed.load(Ordering::Relaxed) {
+        return state.chores;
+    }
+    if let Err(error) = super::kept::apply(&shared.dir, &state.kept) {
+        shared.kept_failed.store(true, Ordering::Relaxed);
+        tracing::warn!(dir = %shared.dir.display(), %error, "writing the events kept by compaction failed; no segment is removed until the log is opened again");
+        return state.chores;
     }
     if !state.old.is_empty() {
         for path in &state.old {

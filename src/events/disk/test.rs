@@ -1,6 +1,7 @@
 //! The disk log on its own: reopening, retention, write errors, group commit. Recovery after
 //! crashes is in `recovery`.
 
+mod compaction;
 mod recovery;
 
 use std::collections::VecDeque;
@@ -41,13 +42,18 @@ const FOLDER: &str = "E";
 
 /// Opens `dir` for a publisher of one event RPC: its epoch and its log.
 fn open_epoch(dir: &Path, retain: usize) -> (u64, DiskLog) {
+    open_with(dir, retain, Limits::default())
+}
+
+/// Opens `dir` for a publisher of one event RPC with these limits: its epoch and its log.
+pub(super) fn open_with(dir: &Path, retain: usize, limits: Limits) -> (u64, DiskLog) {
     let rpcs = [Rpc {
         folder: FOLDER,
         method: "test.v1.S/E".into(),
         retain,
+        limits,
     }];
-    let Opened { epoch, mut logs } =
-        super::open(dir, &rpcs, Limits::default(), || fastrand::u64(1..)).unwrap();
+    let Opened { epoch, mut logs } = super::open(dir, &rpcs, || fastrand::u64(1..)).unwrap();
     (epoch, logs.pop().unwrap())
 }
 
@@ -184,7 +190,7 @@ async fn durable_waits_share_syncs() {
 /// What reopening `dir` finds: the sequences of the events kept, and whether any record was
 /// not valid.
 fn reopened(dir: &Path, retain: usize) -> (Vec<u64>, Option<String>) {
-    let recovered = recover(&dir.join(FOLDER), retain).unwrap();
+    let recovered = recover(&dir.join(FOLDER), retain, false).unwrap();
     let damage = recovered.damage.as_ref().map(|d| d.what.clone());
     let sequences = recovered.events.iter().map(|e| e.sequence).collect();
     (sequences, damage)

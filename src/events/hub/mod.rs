@@ -109,6 +109,8 @@ struct State {
     draining: bool,
     /// Closed: every stream ends, nobody may subscribe, no lease timer starts.
     closed: bool,
+    /// Kept events the log dropped past its compaction bound, as counted so far.
+    compaction_dropped: u64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -179,6 +181,7 @@ impl Hub {
                 groups,
                 draining: false,
                 closed: false,
+                compaction_dropped: 0,
             }),
             latest: AtomicU64::new(latest),
             cut_off: AtomicU64::new(0),
@@ -206,6 +209,12 @@ impl Hub {
             .log
             .expire(u64::try_from(wire::now_unix_micros()).unwrap_or(0));
         state.log.oldest()
+    }
+
+    /// With compaction by key: the sequences of the events kept past the window.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn kept_sequences(&self) -> Option<Vec<u64>> {
+        self.lock().log.kept_sequences()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -300,6 +309,16 @@ impl Hub {
                 rpc: self.method.clone(),
                 reason: format!("writing the event: {error}"),
             });
+        }
+        let dropped = state.log.dropped_past_bound();
+        if dropped > state.compaction_dropped {
+            self.metrics
+                .compaction_dropped
+                .increment(dropped - state.compaction_dropped);
+            if state.compaction_dropped == 0 {
+                tracing::warn!(rpc = %self.method, "more keys than `max_compacted_keys` are kept by compaction: the oldest kept events are dropped (counted in meshless_event_compaction_dropped_total; logged once)");
+            }
+            state.compaction_dropped = dropped;
         }
         // First deliveries only: a group that cannot take the event now reads it from the
         // log later.

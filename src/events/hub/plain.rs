@@ -15,7 +15,9 @@ use crate::events::wire;
 /// Where a plain subscription starts.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Position {
-    /// The first sequence to send.
+    /// Sent first, for a start at the latest event of every key: the latest event of each.
+    pub(crate) snapshot: Snapshot,
+    /// The first sequence to send (after the snapshot).
     pub(crate) next: u64,
     /// Events of this epoch the subscriber missed before `next`.
     pub(crate) missed: u64,
@@ -23,6 +25,25 @@ pub(crate) struct Position {
     /// published after the cursor is lost, count unknown. 0 otherwise.
     pub(crate) previous_epoch: u64,
 }
+
+/// The events a subscription that starts at the latest event of every key gets first, in
+/// sequence order, taken under the hub's lock with the position after them.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot(pub(crate) Vec<Stored>);
+
+impl Snapshot {
+    fn sequences(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().map(|event| event.sequence)
+    }
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.sequences().eq(other.sequences())
+    }
+}
+
+impl Eq for Snapshot {}
 
 /// What a plain stream found when it asked for more.
 #[derive(Debug)]
@@ -47,26 +68,42 @@ impl Hub {
         let latest = log.latest();
         let oldest = log.oldest();
         let live = latest + 1;
-        let start = |missed_before_oldest: u64, previous_epoch: u64| match subscription.start {
-            Start::Live => Position {
-                next: live,
-                missed: missed_before_oldest + (live - oldest),
-                previous_epoch,
+        let at = |next, missed, previous_epoch| Position {
+            snapshot: Snapshot::default(),
+            next,
+            missed,
+            previous_epoch,
+        };
+        // Without keys, every event is its own key.
+        let wanted = match subscription.start {
+            Start::LatestPerKey if self.key.is_none() => Start::Oldest,
+            wanted => wanted,
+        };
+        // A plain reader from a cursor before the window of a log that compacts reads the
+        // events kept past it; a group stands at the window.
+        let reads_kept = log.compacts() && subscription.membership.is_none();
+        let start = |missed_before_oldest: u64, previous_epoch: u64| match wanted {
+            // What is not in the snapshot was superseded (or is gone from a log that does not
+            // compact, which counts as missed from the cursor's point of view).
+            Start::LatestPerKey => Position {
+                snapshot: Snapshot(log.latest_per_key()),
+                ..at(
+                    live,
+                    if reads_kept { 0 } else { missed_before_oldest },
+                    previous_epoch,
+                )
             },
-            Start::Oldest => Position {
-                next: oldest,
-                missed: missed_before_oldest,
-                previous_epoch,
-            },
+            Start::Live => at(live, missed_before_oldest + (live - oldest), previous_epoch),
+            Start::Oldest => at(oldest, missed_before_oldest, previous_epoch),
             // From the cursor's point of view, as for a live start: what is not delivered
             // after it is missed.
             Start::Time(time) => {
                 let (first, _) = log.since(time);
-                Position {
-                    next: first,
-                    missed: missed_before_oldest + (first - oldest),
+                at(
+                    first,
+                    missed_before_oldest + (first - oldest),
                     previous_epoch,
-                }
+                )
             }
         };
         // A cursor of an epoch this one continues (a log kept through a crash) reads on here.
@@ -78,12 +115,10 @@ impl Hub {
                 if after > latest {
                     return Err(Refusal::CursorAhead { cursor, latest });
                 }
-                if after + 1 >= oldest {
-                    Position {
-                        next: after + 1,
-                        missed: 0,
-                        previous_epoch: 0,
-                    }
+                // Before the window of a log that compacts: the kept events after the cursor,
+                // then the window (the log's reads tell of events dropped past its bound).
+                if after + 1 >= oldest || reads_kept {
+                    at(after + 1, 0, 0)
                 } else {
                     start(oldest - after - 1, 0)
                 }
@@ -92,27 +127,16 @@ impl Hub {
             // cursor is gone with it (how much is unknown); of this epoch, the events no longer
             // retained are missed.
             Some(cursor) => start(oldest - 1, cursor.epoch),
-            None => match subscription.start {
-                Start::Live => Position {
-                    next: live,
-                    missed: 0,
-                    previous_epoch: 0,
-                },
-                Start::Oldest => Position {
-                    next: oldest,
-                    missed: 0,
-                    previous_epoch: 0,
-                },
+            None => match wanted {
+                Start::LatestPerKey => start(0, 0),
+                Start::Live => at(live, 0, 0),
+                Start::Oldest => at(oldest, 0, 0),
                 // Retained events from before the time are skipped, not missed. Events gone
                 // that may be from after it are missed: all of them, since when each was
                 // published is gone with it.
                 Start::Time(time) => {
                     let (first, lost) = log.since(time);
-                    Position {
-                        next: first,
-                        missed: if lost { oldest - 1 } else { 0 },
-                        previous_epoch: 0,
-                    }
+                    at(first, if lost { oldest - 1 } else { 0 }, 0)
                 }
             },
         };

@@ -1,3 +1,6 @@
+//! The hub: sequences and cursors, where subscriptions start (from a cursor, a time, the latest
+//! per key), and what a publish refuses.
+
 use super::*;
 use crate::events::protocol::{Refusal, Subscription};
 use crate::v1::Cursor as WireCursor;
@@ -35,6 +38,7 @@ fn sequences(hub: &Hub, start: &Position) -> Vec<u64> {
 
 fn position(next: u64, missed: u64, previous_epoch: u64) -> Position {
     Position {
+        snapshot: super::plain::Snapshot::default(),
         next,
         missed,
         previous_epoch,
@@ -181,4 +185,84 @@ fn a_start_time_skips_what_was_published_before_it_and_misses_what_may_be_gone()
     publish(&hub, 1);
     assert_eq!(at(0, None), position(2, 1, 0));
     assert_eq!(at(between, None), position(3, 0, 0));
+}
+
+/// A hub whose events (`Cursor`s) are keyed by their `epoch` field, keeping the latest of
+/// every key past a window of `retain`; with the events of `keys` published.
+fn compacting(retain: usize, keys: &[u64]) -> std::sync::Arc<Hub> {
+    let mut settings = HubSettings::new("test.v1.S/E".into(), 77, retain, 8);
+    settings.key = Some(crate::keys::KeyPath {
+        fields: &[1],
+        kind: crate::keys::KeyKind::Fixed64,
+    });
+    let limits = crate::events::log::Limits {
+        compact: Some(100),
+        ..Default::default()
+    };
+    let log = crate::events::log::MemoryLog::with_limits(retain, limits);
+    let hub = Hub::with_log(settings, Box::new(log), None);
+    for (index, key) in keys.iter().enumerate() {
+        hub.publish(&WireCursor {
+            epoch: *key,
+            sequence: index as u64,
+        })
+        .unwrap();
+    }
+    hub
+}
+
+fn snapshot(start: &Position) -> Vec<u64> {
+    start.snapshot.0.iter().map(|e| e.sequence).collect()
+}
+
+#[test]
+fn a_latest_per_key_start_gets_the_latest_of_every_key_then_live() {
+    let hub = compacting(3, &[1, 2, 1, 3, 2, 4, 5]);
+    let start = hub
+        .start(&subscribe(None, StartPosition::LatestPerKey))
+        .unwrap();
+    assert_eq!(snapshot(&start), [3, 4, 5, 6, 7]);
+    assert_eq!((start.next, start.missed, start.previous_epoch), (8, 0, 0));
+
+    // A cursor before the window reads the kept events after it, whatever the start.
+    let behind = hub
+        .start(&subscribe(Some((77, 1)), StartPosition::Live))
+        .unwrap();
+    assert_eq!(behind, position(2, 0, 0));
+    assert_eq!(sequences(&hub, &behind), [3, 4, 5, 6, 7]);
+    // A cursor of another epoch: the snapshot, and the lost epoch reported.
+    let other = hub
+        .start(&subscribe(Some((5, 9)), StartPosition::LatestPerKey))
+        .unwrap();
+    assert_eq!(snapshot(&other), [3, 4, 5, 6, 7]);
+    assert_eq!((other.next, other.missed, other.previous_epoch), (8, 0, 5));
+    // A start at the oldest is the window's.
+    let oldest = hub.start(&subscribe(None, StartPosition::Oldest)).unwrap();
+    assert_eq!(oldest, position(5, 0, 0));
+}
+
+#[test]
+fn without_keys_a_latest_per_key_start_is_the_oldest() {
+    let hub = hub(3);
+    publish(&hub, 5);
+    let start = hub
+        .start(&subscribe(None, StartPosition::LatestPerKey))
+        .unwrap();
+    assert_eq!(start, position(3, 0, 0));
+}
+
+#[test]
+fn a_consumer_group_cannot_start_at_the_latest_per_key() {
+    let refused = Subscription::parse(&crate::v1::Subscribe {
+        start: StartPosition::LatestPerKey as i32,
+        group: "g".into(),
+        member: "m".into(),
+        ..crate::v1::Subscribe::default()
+    })
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("consumer group `g`"),
+        "{refused:?}"
+    );
 }

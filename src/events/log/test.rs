@@ -61,6 +61,8 @@ fn since_both_ways(log: &MemoryLog, time: u64) -> [(u64, bool); 2] {
         bytes: log.bytes,
         next: log.next,
         dropped_through: log.dropped_through,
+        compaction: log.compaction.clone(),
+        dropped_past_bound: log.dropped_past_bound,
     };
     [log.since(time), Plain(copy).since(time)]
 }
@@ -136,6 +138,7 @@ fn bytes_and_age_limit_what_is_retained() {
     let limits = Limits {
         max_bytes: Some(35),
         max_age: None,
+        compact: None,
     };
     let mut log = MemoryLog::with_limits(100, limits);
     for sequence in 1..=5 {
@@ -151,6 +154,7 @@ fn bytes_and_age_limit_what_is_retained() {
     let limits = Limits {
         max_bytes: None,
         max_age: Some(std::time::Duration::from_secs(1)),
+        compact: None,
     };
     let mut log = MemoryLog::with_limits(100, limits);
     log.append(sized(1, 0, 1)).unwrap();

@@ -163,6 +163,14 @@ impl ObserverOptions {
 
     /// Where a first subscription starts: the oldest retained event (the default), or live.
     /// For a time, see [`start_at`](Self::start_at).
+    ///
+    /// [`StartPosition::LatestPerKey`]: the latest event of every key each producer has (with
+    /// `compact_by_key`, also those kept past its retained events), in sequence order, then
+    /// every event published after, none left out and none twice. Events superseded by a later
+    /// event of their key are skipped, not reported as a gap. For an event RPC without a key,
+    /// every event is its own key (the same as the oldest). Consumer groups refuse it
+    /// (`INVALID_ARGUMENT`; `start` of an observer with a group returns an error): a group
+    /// stands at one place in each producer's log.
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = start;
         self

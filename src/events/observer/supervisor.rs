@@ -107,6 +107,14 @@ impl ObserverBuilder {
                 self.service
             )));
         }
+        if let (Some(group), crate::v1::StartPosition::LatestPerKey) =
+            (&self.options.group, self.options.start)
+        {
+            return Err(Error::invalid_input(format!(
+                "consumer group `{group}` cannot start at the latest event of every key: a group \
+                 stands at one place in each producer's log (start it at the oldest event)"
+            )));
+        }
         let mut filters = HashMap::new();
         for (rpc, (schema, filter)) in self.filters {
             let filter = filter.to_proto();

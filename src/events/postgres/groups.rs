@@ -81,6 +81,22 @@ impl EventLog for PgLog {
         self.memory.since(time)
     }
 
+    fn latest_per_key(&self) -> Vec<Stored> {
+        self.memory.latest_per_key()
+    }
+
+    fn compacts(&self) -> bool {
+        self.memory.compacts()
+    }
+
+    fn dropped_past_bound(&self) -> u64 {
+        self.memory.dropped_past_bound()
+    }
+
+    fn kept_sequences(&self) -> Option<Vec<u64>> {
+        self.memory.kept_sequences()
+    }
+
     fn keeps_groups(&self) -> bool {
         true
     }

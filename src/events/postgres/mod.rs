@@ -26,7 +26,8 @@
 //!   free once the server finds the connection dead (its TCP keepalive settings).
 //!
 //! - **Consumer groups** keep their progress in `meshless.groups` (see `groups`), and
-//!   **retention** deletes the rows of events past the retained window (see `tail`).
+//!   **retention** deletes the rows of events past the retained window (see `tail`), but
+//!   those kept by compaction by key (see `compact`).
 //!
 //! An observer whose handler writes to the same database keeps its cursor there with
 //! [`PgCursors`]: the handler's transaction records the event as handled, so that its effects
@@ -37,6 +38,7 @@
 //! [`Publisher::release`]: crate::events::Publisher::release
 
 mod claim;
+mod compact;
 mod cursor_rows;
 mod cursor_state;
 mod cursors;
@@ -85,6 +87,8 @@ impl Drop for Stream {
 pub(crate) struct Rpc {
     pub(crate) hub: HubSettings,
     pub(crate) retain: usize,
+    /// Its retention, compaction included.
+    pub(crate) limits: Limits,
 }
 
 /// What was opened: the epoch, the hubs (holding the retained events), and the stream.
@@ -100,7 +104,6 @@ pub(crate) async fn open(
     pool: &PgPool,
     name: &str,
     rpcs: Vec<Rpc>,
-    limits: Limits,
     new_epoch: u64,
 ) -> Result<Opened, Error> {
     let database = |what: &str| {
@@ -126,17 +129,34 @@ pub(crate) async fn open(
     let mut next = Vec::with_capacity(rpcs.len());
     let mut loaded_groups = Vec::with_capacity(rpcs.len());
     let outbox = Arc::new(groups::Outbox::default());
-    for (index, Rpc { mut hub, retain }) in rpcs.into_iter().enumerate() {
+    for (index, rpc) in rpcs.into_iter().enumerate() {
+        let Rpc {
+            mut hub,
+            retain,
+            limits,
+        } = rpc;
         let latest = rows::latest(&mut conn, name, &hub.method)
             .await
             .map_err(database("reading the stream's latest sequence"))?;
         let kept_from = latest.saturating_sub(retain as u64) + 1;
-        let kept = rows::numbered_from(&mut conn, name, &hub.method, kept_from)
+        // With compaction by key, the rows before the window are the kept events (and some
+        // superseded since, not deleted yet: restoring them in order drops those).
+        let read_from = if limits.compact.is_some() {
+            1
+        } else {
+            kept_from
+        };
+        let kept = rows::numbered_from(&mut conn, name, &hub.method, read_from)
             .await
             .map_err(database("reading back the retained events"))?;
         let mut log = MemoryLog::with_limits(retain, limits);
         for (sequence, event) in kept {
-            log.restore(event.stored(epoch, sequence));
+            let event = event.stored(epoch, sequence);
+            if sequence < kept_from {
+                log.restore_kept(event);
+            } else {
+                log.restore(event);
+            }
         }
         log.set_next(latest + 1);
         let saved = groups::load(&mut conn, name, &hub.method, latest)
@@ -161,6 +181,7 @@ pub(crate) async fn open(
         rpcs: methods,
         hubs: hubs.clone(),
         deleted_below: vec![0; next.len()],
+        kept_rows: vec![Default::default(); next.len()],
         next,
         pruned_at: tokio::time::Instant::now(),
         opened_at,

@@ -28,9 +28,10 @@ impl Publisher {
             .map(|rpc| super::Rpc {
                 hub: settings.configure(rpc, format!("{service}/{}", rpc.name), 0),
                 retain: settings.retain_of(rpc),
+                limits: settings.limits(rpc),
             })
             .collect();
-        let opened = super::open(pool, name, pg_rpcs, settings.limits(), new_epoch()).await?;
+        let opened = super::open(pool, name, pg_rpcs, new_epoch()).await?;
         Ok(Self {
             hubs: opened.hubs.into(),
             stream: Some(Arc::new(opened.stream)),

@@ -47,7 +47,7 @@ const FIRST_WAIT: Duration = Duration::from_millis(1);
 /// How many rows past retention start a deletion before the poll interval has passed, and
 /// at most how many batches a round deletes.
 const PRUNE_AT: u64 = 256;
-const PRUNE_BATCHES_PER_ROUND: usize = 4;
+pub(super) const PRUNE_BATCHES_PER_ROUND: usize = 4;
 
 /// The longest wait between attempts to connect again.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -124,6 +124,8 @@ pub(crate) struct Tailer {
     pub(crate) next: Vec<u64>,
     /// Below which sequence the rows of each event RPC are deleted, as far as this tailer knows.
     pub(crate) deleted_below: Vec<u64>,
+    /// With compaction by key: the rows below `deleted_below` kept for their key.
+    pub(crate) kept_rows: Vec<std::collections::BTreeSet<u64>>,
     /// When rows past retention were last deleted.
     pub(crate) pruned_at: tokio::time::Instant,
     /// When this publisher opened the stream (`claim::Opened::opened_at`).
@@ -289,6 +291,10 @@ impl Tailer {
                 continue;
             }
             self.pruned_at = now;
+            if let Some(kept) = self.hubs[rpc].kept_sequences() {
+                more |= !self.prune_kept(conn, rpc, oldest, &kept).await?;
+                continue;
+            }
             let mut batches = 0;
             while self.deleted_below[rpc] < oldest {
                 if batches == PRUNE_BATCHES_PER_ROUND {
