@@ -28,8 +28,10 @@ const MAX_PATH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct EventFilter {
     conditions: Vec<Condition>,
-    /// As the subscriber sent it: a group's members must send the same.
-    pub(crate) wire: v1::Filter,
+    /// Its conditions in a canonical form, sorted: two filters that take the same events by
+    /// the same conditions (in any order, values in any order) have the same. A group's members
+    /// must ask for the same filter.
+    pub(crate) canonical: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,32 @@ impl EventFilter {
 }
 
 impl Condition {
+    /// The condition as bytes: its path, whether it is negated, and its values, sorted.
+    fn canonical(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for field in &self.fields {
+            bytes.extend_from_slice(&field.to_be_bytes());
+        }
+        bytes.push(u8::from(self.not));
+        match &self.values {
+            Values::Int(values) => values.iter().for_each(|v| bytes.extend(v.to_be_bytes())),
+            Values::Uint(values) => values.iter().for_each(|v| bytes.extend(v.to_be_bytes())),
+            Values::Bool {
+                when_true,
+                when_false,
+            } => bytes.extend([u8::from(*when_true), u8::from(*when_false)]),
+            Values::Bytes(values) => {
+                let mut sorted: Vec<&Box<[u8]>> = values.iter().collect();
+                sorted.sort_unstable();
+                for value in sorted {
+                    bytes.extend((value.len() as u64).to_be_bytes());
+                    bytes.extend_from_slice(value);
+                }
+            }
+        }
+        bytes
+    }
+
     fn holds(&self, event: &[u8]) -> bool {
         let found = match (&self.values, scalar_at(event, &self.fields, self.kind)) {
             (Values::Int(values), Scalar::Int(value)) => values.binary_search(&value).is_ok(),
@@ -125,7 +153,7 @@ impl Filters {
         else {
             return Err("this publisher's descriptors of its event message are unreadable".into());
         };
-        let conditions = filter
+        let conditions: Vec<Condition> = filter
             .all_of
             .iter()
             .map(|condition| {
@@ -134,9 +162,12 @@ impl Filters {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let mut canonical: Vec<Vec<u8>> = conditions.iter().map(Condition::canonical).collect();
+        canonical.sort_unstable();
+        canonical.dedup();
         Ok(Some(EventFilter {
             conditions,
-            wire: filter.clone(),
+            canonical,
         }))
     }
 }
@@ -205,6 +236,7 @@ fn compile_condition(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             values.sort_unstable();
+            values.dedup();
             Values::Uint(values)
         }
         _ => {
@@ -230,6 +262,7 @@ fn compile_condition(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             values.sort_unstable();
+            values.dedup();
             Values::Int(values)
         }
     };
@@ -237,7 +270,7 @@ fn compile_condition(
         fields: resolved.fields,
         kind,
         values,
-        not: condition.not,
+        not: condition.negate,
     })
 }
 

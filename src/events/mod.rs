@@ -53,5 +53,6 @@ pub use observer::{
 pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
 pub use wire::{
-    Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+    Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, FILTERED_HEADER, MEMBER_CONNECTION_HEADER,
+    START_AFTER_HEADER,
 };

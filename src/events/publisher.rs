@@ -12,7 +12,9 @@ use super::hub::{Hub, HubSettings};
 use super::log::{Limits, MemoryLog};
 use super::protocol::Subscription;
 use super::stream::EventStream;
-use super::wire::{epoch_header_value, EPOCH_HEADER, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER};
+use super::wire::{
+    epoch_header_value, EPOCH_HEADER, FILTERED_HEADER, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+};
 use crate::peer::PeerIdentity;
 use crate::v1::{AcknowledgeResponse, Acknowledgement, Cursor, Subscribe};
 use crate::Error;
@@ -363,6 +365,7 @@ impl Publisher {
             membership.identity = PeerIdentity::of(request.extensions());
         }
         let stream = EventStream::open(hub, &subscription)?;
+        let filtered = !subscription.filter.all_of.is_empty();
         let start_after = stream.start_after();
         let connection = stream.member_connection();
         let mut response = tonic::Response::new(stream);
@@ -375,6 +378,12 @@ impl Publisher {
         }
         if let Some(Ok(value)) = connection.map(|connection| connection.to_string().parse()) {
             headers.insert(MEMBER_CONNECTION_HEADER, value);
+        }
+        if filtered {
+            headers.insert(
+                FILTERED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
         }
         Ok(response)
     }

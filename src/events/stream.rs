@@ -247,8 +247,9 @@ impl<T> EventStream<T> {
                                     match batch.pop_front() {
                                         Some(event) => event,
                                         // Everything asked for was gone: report it with what
-                                        // follows.
+                                        // follows (a heartbeat's cursor is past it too).
                                         None => {
+                                            *scanned = (*scanned).max(*next - 1);
                                             cx.waker().wake_by_ref();
                                             return Poll::Pending;
                                         }

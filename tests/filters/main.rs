@@ -176,7 +176,7 @@ fn condition(path: &str, value: filter_value::Value) -> FieldFilter {
     FieldFilter {
         path: path.to_owned(),
         any_of: vec![FilterValue { value: Some(value) }],
-        not: false,
+        negate: false,
     }
 }
 

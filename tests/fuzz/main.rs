@@ -175,7 +175,11 @@ fn filter() -> impl Strategy<Value = Filter> {
         proptest::collection::vec(value, 0..4),
         any::<bool>(),
     )
-        .prop_map(|(path, any_of, not)| FieldFilter { path, any_of, not });
+        .prop_map(|(path, any_of, negate)| FieldFilter {
+            path,
+            any_of,
+            negate,
+        });
     proptest::collection::vec(condition, 0..20).prop_map(|all_of| Filter { all_of })
 }
 

@@ -68,7 +68,7 @@ impl Filter {
         self.wire.all_of.push(FieldFilter {
             path: path.to_owned(),
             any_of,
-            not,
+            negate: not,
         });
         self
     }

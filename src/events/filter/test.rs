@@ -26,7 +26,7 @@ fn condition(path: &str, any_of: Vec<FilterValue>) -> FieldFilter {
     FieldFilter {
         path: path.to_owned(),
         any_of,
-        not: false,
+        negate: false,
     }
 }
 
@@ -89,7 +89,7 @@ fn equality_and_membership_on_strings_nested_integers_and_enums() {
 #[test]
 fn every_condition_must_hold_and_not_inverts_one() {
     let mut not_live = condition("start", vec![text("START_POSITION_LIVE")]);
-    not_live.not = true;
+    not_live.negate = true;
     let filter = compile(vec![condition("group", vec![text("eu")]), not_live]).unwrap();
     assert!(filter.matches(&event("eu", 1, StartPosition::Oldest)));
     assert!(!filter.matches(&event("eu", 1, StartPosition::Live)));
@@ -154,4 +154,23 @@ fn paths_and_values_that_do_not_fit_are_refused_saying_why() {
         all_of: vec![condition("group", vec![text("eu")])],
     });
     assert!(unknown.unwrap_err().contains("does not know"));
+}
+
+#[test]
+fn filters_with_the_same_conditions_in_another_order_are_the_same() {
+    let eu_or_us = condition("group", vec![text("eu"), text("us")]);
+    let us_or_eu = condition("group", vec![text("us"), text("eu"), text("us")]);
+    let live = condition("start", vec![text("START_POSITION_LIVE")]);
+    let live_by_number = condition(
+        "start",
+        vec![value(filter_value::Value::Uint(StartPosition::Live as u64))],
+    );
+    let one = compile(vec![eu_or_us.clone(), live.clone()]).unwrap();
+    let other = compile(vec![live_by_number, us_or_eu]).unwrap();
+    assert_eq!(one.canonical, other.canonical);
+    let mut negated = eu_or_us.clone();
+    negated.negate = true;
+    for different in [vec![eu_or_us], vec![negated, live]] {
+        assert_ne!(one.canonical, compile(different).unwrap().canonical);
+    }
 }

@@ -45,6 +45,11 @@ pub(super) struct Group {
     filter_set: bool,
 }
 
+/// A filter's conditions in canonical form (`None`: every event).
+fn canonical(filter: &Option<Arc<EventFilter>>) -> Option<&Vec<Vec<u8>>> {
+    filter.as_ref().map(|filter| &filter.canonical)
+}
+
 impl Group {
     /// A group without members that starts at sequence `next` of the log, having missed
     /// `missed` events and the tail of `previous_epoch` (0: none).
@@ -96,11 +101,10 @@ impl Group {
             Some(member) if member.identity != join.identity => return Err(JoinError::NotYours),
             _ => {}
         }
-        let wire = |filter: &Option<Arc<EventFilter>>| filter.as_ref().map(|f| f.wire.clone());
         if !self.filter_set {
             self.filter = join.filter.clone();
             self.filter_set = true;
-        } else if wire(&self.filter) != wire(&join.filter) {
+        } else if canonical(&self.filter) != canonical(&join.filter) {
             return Err(JoinError::OtherFilter);
         }
         let (sender, deliveries) = mpsc::unbounded_channel();

@@ -16,7 +16,13 @@ const MARK_AHEAD: u64 = 16;
 pub(super) struct Journal {
     on: bool,
     changes: Vec<GroupChange>,
+    /// Acknowledgements in `changes`.
+    acked: usize,
 }
+
+/// Acknowledgements that wait for the next change of a group before a publish hands them to
+/// the log itself.
+const MAX_PENDING_ACKS: usize = 1024;
 
 impl Journal {
     /// Records changes from now on.
@@ -25,13 +31,40 @@ impl Journal {
     }
 
     pub(super) fn push(&mut self, change: impl FnOnce() -> GroupChange) {
-        if self.on {
-            self.changes.push(change());
+        if !self.on {
+            return;
         }
+        let change = change();
+        if let GroupChange::Acked { sequences, .. } = &change {
+            self.acked += sequences.len();
+        }
+        // Acknowledgements of one group in a row are one change (events a filter passes over
+        // come one at a time).
+        if let (
+            Some(GroupChange::Acked {
+                group: last,
+                sequences: acked,
+            }),
+            GroupChange::Acked { group, sequences },
+        ) = (self.changes.last_mut(), &change)
+        {
+            if last == group {
+                acked.extend(sequences);
+                return;
+            }
+        }
+        self.changes.push(change);
+    }
+
+    /// Whether so many acknowledgements wait that they should go to the log now, rather than
+    /// with the next change of a group.
+    pub(super) fn is_full(&self) -> bool {
+        self.acked >= MAX_PENDING_ACKS
     }
 
     /// The changes since the last call, for the log.
     pub(super) fn take(&mut self) -> Vec<GroupChange> {
+        self.acked = 0;
         std::mem::take(&mut self.changes)
     }
 
@@ -40,7 +73,7 @@ impl Journal {
     /// them as not yet handed out while the acknowledgement before them is missing.
     pub(super) fn write(&mut self, log: &mut dyn EventLog) {
         if !self.changes.is_empty() {
-            log.record_groups(&std::mem::take(&mut self.changes));
+            log.record_groups(&self.take());
         }
     }
 }

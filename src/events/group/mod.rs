@@ -209,7 +209,10 @@ impl Groups {
         for group in self.by_name.values_mut() {
             if group.next == event.sequence && group.again.is_empty() && !group.wants(event) {
                 group.next += 1;
-                group.passed_over(vec![event.sequence], &mut self.journal);
+                self.journal.push(|| GroupChange::Acked {
+                    group: group.name.clone(),
+                    sequences: vec![event.sequence],
+                });
                 continue;
             }
             let in_turn = group.next == event.sequence
@@ -229,6 +232,11 @@ impl Groups {
                 }
                 None => {}
             }
+        }
+        // Events passed over by a filter are journaled with the next change of a group, or
+        // here once many wait.
+        if self.journal.is_full() {
+            self.journal.write(log);
         }
     }
 

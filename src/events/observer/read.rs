@@ -36,6 +36,9 @@ pub(crate) struct Reader<T, H> {
     keyed: bool,
     /// What the subscription asks the producer to filter by.
     pub(crate) filter: Option<crate::v1::Filter>,
+    /// Whether the producer of the current stream applies it: only then do its heartbeats
+    /// carry a cursor past the events filtered out.
+    pub(crate) producer_filters: bool,
     metrics: ObserverMetrics,
 }
 
@@ -103,6 +106,7 @@ where
             handling,
             keyed: typed.keyed,
             filter,
+            producer_filters: false,
             metrics,
         }
     }
@@ -162,7 +166,7 @@ where
             };
             heard = true;
             match next {
-                Some(Ok((_, metadata))) if metadata.heartbeat && self.filter.is_some() => {
+                Some(Ok((_, metadata))) if metadata.heartbeat && self.producer_filters => {
                     self.noticed(&metadata);
                     let idle = lanes.as_ref().is_none_or(|lanes| lanes.lanes.held() == 0);
                     if idle && self.plain() {

@@ -235,6 +235,10 @@ where
             self.joined = true;
             self.reader.progress.cursor = None;
         }
+        if self.reader.filter.is_some() && !subscribed.filtered {
+            tracing::warn!(instance = %self.reader.instance, rpc = self.reader.rpc, "the producer does not apply filters (a meshless older than filters): every event comes, the handler gets them all");
+        }
+        self.reader.producer_filters = subscribed.filtered;
         let ended = self
             .reader
             .read(subscribed.events, subscribed.membership)

@@ -12,7 +12,8 @@ use tonic::transport::Endpoint;
 
 use super::membership::{self, Membership};
 use crate::events::wire::{
-    parse_epoch_header, EventCodec, EPOCH_HEADER, MEMBER_CONNECTION_HEADER, START_AFTER_HEADER,
+    parse_epoch_header, EventCodec, EPOCH_HEADER, FILTERED_HEADER, MEMBER_CONNECTION_HEADER,
+    START_AFTER_HEADER,
 };
 use crate::extra_metadata::ExtraMetadata;
 use crate::v1::{Acknowledgement, Cursor, EventMetadata, Subscribe};
@@ -31,6 +32,8 @@ pub(crate) struct Subscribed<T> {
     pub(crate) epoch: Option<u64>,
     pub(crate) start_after: Option<u64>,
     pub(crate) membership: Option<Membership>,
+    /// Whether the producer said it applies the subscription's filter.
+    pub(crate) filtered: bool,
 }
 
 /// Where one instance stream subscribes: the producer instance ([`Remote`]), or in tests, a
@@ -94,6 +97,7 @@ where
             };
             let epoch = header(EPOCH_HEADER).and_then(parse_epoch_header);
             let start_after = header(START_AFTER_HEADER).and_then(|value| value.parse().ok());
+            let filtered = header(FILTERED_HEADER) == Some("1");
             if let (Some(membership), Some(connection)) = (
                 &membership,
                 header(MEMBER_CONNECTION_HEADER).and_then(|value| value.parse().ok()),
@@ -110,6 +114,7 @@ where
                 epoch,
                 start_after,
                 membership,
+                filtered,
             })
         })
     }

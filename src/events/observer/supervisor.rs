@@ -117,6 +117,11 @@ impl ObserverBuilder {
         }
         let mut filters = HashMap::new();
         for (rpc, (schema, filter)) in self.filters {
+            if !self.rpcs.contains(&rpc) {
+                return Err(Error::invalid_input(format!(
+                    "a filter is given for {rpc}, which this observer has no handler for"
+                )));
+            }
             let filter = filter.to_proto();
             Filters::new(Some(schema)).compile(&filter).map_err(|why| {
                 Error::invalid_input(format!(

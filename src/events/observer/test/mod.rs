@@ -96,6 +96,7 @@ impl Source<String> for Script {
                 epoch: Some(EPOCH),
                 start_after: Some(start_after),
                 membership: None,
+                filtered: false,
             })
         })
     }
