@@ -172,3 +172,24 @@ async fn failed_instances_are_not_picked_and_fail_fast() {
         error.message()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_racing_a_connection_waits_for_the_ready_snapshot() {
+    let (set, instance) = set_with_one_connecting_instance(Duration::from_secs(3600));
+    // Connected, and the ready snapshot not rebuilt yet: the call must not fail as if the
+    // instance could not connect.
+    instance.connected(crate::balance::connection::Connection::Tonic(
+        instance.endpoint.connect_lazy(),
+    ));
+    let waiting = tokio::spawn({
+        let set = set.clone();
+        async move {
+            set.pick(None, &[], None)
+                .await
+                .map(|(instance, _)| instance.key.to_string())
+        }
+    });
+    tokio::task::yield_now().await;
+    set.rebuild_ready();
+    assert_eq!(waiting.await.unwrap().unwrap(), "127.0.0.1:1");
+}

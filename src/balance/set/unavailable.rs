@@ -14,9 +14,12 @@ pub(super) struct Unavailable {
 impl Unavailable {
     /// Why none of `all`, the instances of `target`, can be picked, with discovery at `status`.
     pub(super) fn of(target: &str, all: &[Arc<Instance>], status: DiscoveryStatus) -> Self {
+        // A connected instance is in the ready snapshot as soon as it is rebuilt (ejected or
+        // not: an ejected one is better than none): found here, it connected an instant ago,
+        // and the call waits for the snapshot as for a connection being made.
         let connecting = all
             .iter()
-            .filter(|i| i.state() == State::Connecting)
+            .filter(|i| matches!(i.state(), State::Connecting | State::Ready))
             .count();
         let failing = all.len() - connecting;
         let dns_note = match &status {
