@@ -31,8 +31,7 @@ pub const EPOCH_HEADER: &str = "meshless-epoch";
 /// sequence right before its first event (decimal), so that a subscriber that loses the
 /// stream before any event arrives can resume exactly.
 pub const START_AFTER_HEADER: &str = "meshless-start-after";
-/// Response header of an event RPC: `1` when the publisher applies the subscription's filter
-/// (and a plain subscriber's heartbeats carry its cursor past the events filtered out).
+/// Response header of an event RPC: `1` when the publisher applies the subscription's filter.
 pub const FILTERED_HEADER: &str = "meshless-filtered";
 
 /// The response header numbering a group member's stream, for `Acknowledgement.connection`.

@@ -195,6 +195,20 @@ impl Group {
             .is_none_or(|filter| filter.matches(&event.bytes))
     }
 
+    /// Passes over a newly published event the group's filter does not want, when the group is
+    /// in turn for it: acknowledged at once. Returns whether it did.
+    pub(super) fn passes_over(&mut self, event: &Stored, journal: &mut Journal) -> bool {
+        if self.next != event.sequence || !self.again.is_empty() || self.wants(event) {
+            return false;
+        }
+        self.next += 1;
+        journal.push(|| GroupChange::Acked {
+            group: self.name.clone(),
+            sequences: vec![event.sequence],
+        });
+        true
+    }
+
     /// Events the group's filter passed over count as acknowledged, so that a log that keeps
     /// the group never owes them to it again.
     pub(super) fn passed_over(&self, sequences: Vec<u64>, journal: &mut Journal) {

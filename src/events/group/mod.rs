@@ -207,12 +207,7 @@ impl Groups {
     /// the log, so that it costs `publish` nothing.
     pub(crate) fn offer(&mut self, event: &Stored, log: &mut dyn EventLog) {
         for group in self.by_name.values_mut() {
-            if group.next == event.sequence && group.again.is_empty() && !group.wants(event) {
-                group.next += 1;
-                self.journal.push(|| GroupChange::Acked {
-                    group: group.name.clone(),
-                    sequences: vec![event.sequence],
-                });
+            if group.passes_over(event, &mut self.journal) {
                 continue;
             }
             let in_turn = group.next == event.sequence
@@ -233,8 +228,7 @@ impl Groups {
                 None => {}
             }
         }
-        // Events passed over by a filter are journaled with the next change of a group, or
-        // here once many wait.
+        // Events passed over go to the log with a group's next change, or once many wait.
         if self.journal.is_full() {
             self.journal.write(log);
         }
