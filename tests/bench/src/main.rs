@@ -2,7 +2,7 @@
 //! prints one table with absolute figures and ratios against baselines of the same run.
 //!
 //! Run with: cargo run --release --manifest-path tests/bench/Cargo.toml [-- --quick]
-//! [--only memory|unary|events|keys|filters|discovery|durable|bounds|tracing|stores|postgres] [--observers 0|1|4|16] [--size 64|1024]
+//! [--only memory|unary|events|keys|filters|compaction|discovery|durable|bounds|tracing|stores|postgres] [--observers 0|1|4|16] [--size 64|1024]
 //! [--contender raw|meshless|NATS]
 //!
 //! The servers and producers run on one thread (a Tokio runtime pinned to core 0), the clients
@@ -10,6 +10,7 @@
 //! (Debian: `apt-get install nats-server`); without it they are skipped.
 
 mod bounds;
+mod compaction;
 mod durable;
 mod events;
 mod filters;
@@ -155,6 +156,9 @@ async fn run(bench: &Bench, cores: usize) {
     }
     if wanted("filters") {
         filters::section(bench).await;
+    }
+    if wanted("compaction") {
+        compaction::section(bench).await;
     }
     if wanted("discovery") {
         discovery_section(bench).await;
