@@ -34,6 +34,7 @@ async fn retries_pause_no_longer_than_the_ceiling_then_the_event_is_dead_lettere
     let source = Arc::new(Script {
         subscriptions: subscribed,
         live_end: 0,
+        applies_filters: false,
     });
     let stream = InstanceStream::new(&typed, "127.0.0.1:1".into(), source, shared, controlled);
     let task = tokio::spawn(stream.run());

@@ -53,8 +53,14 @@ impl Subscription {
     }
 
     fn heartbeat(&self) {
+        self.heartbeat_at(0);
+    }
+
+    /// A heartbeat that carries `sequence`.
+    fn heartbeat_at(&self, sequence: u64) {
         let metadata = EventMetadata {
             epoch: EPOCH,
+            sequence,
             heartbeat: true,
             ..EventMetadata::default()
         };
@@ -75,6 +81,8 @@ impl Subscription {
 struct Script {
     subscriptions: mpsc::UnboundedSender<Subscription>,
     live_end: u64,
+    /// Whether the producer says it applies filters (`meshless-filtered`).
+    applies_filters: bool,
 }
 
 impl Source<String> for Script {
@@ -88,6 +96,7 @@ impl Source<String> for Script {
             .after
             .filter(|cursor| cursor.epoch == EPOCH)
             .map_or(self.live_end, |cursor| cursor.sequence);
+        let applies_filters = self.applies_filters;
         let told = self.subscriptions.send(Subscription { request, events });
         Box::pin(async move {
             told.map_err(|_| "the test is over".to_owned())?;
@@ -96,7 +105,7 @@ impl Source<String> for Script {
                 epoch: Some(EPOCH),
                 start_after: Some(start_after),
                 membership: None,
-                filtered: false,
+                filtered: applies_filters,
             })
         })
     }
@@ -234,6 +243,23 @@ impl Running {
         Self::start_at(options, recorder, book, 0)
     }
 
+    /// [`start`](Self::start) with a filter, against a producer that says it applies filters
+    /// or not.
+    fn start_filtered(
+        options: ObserverOptions,
+        recorder: &Arc<Recorder>,
+        applies_filters: bool,
+    ) -> Self {
+        let filter = crate::events::Filter::new().eq("region", "eu").into();
+        Self::with(
+            options,
+            recorder,
+            Book::default(),
+            0,
+            Some((filter, applies_filters)),
+        )
+    }
+
     /// [`start`](Self::start) against a producer whose live end is `live_end`.
     fn start_at(
         options: ObserverOptions,
@@ -241,6 +267,17 @@ impl Running {
         book: Book,
         live_end: u64,
     ) -> Self {
+        Self::with(options, recorder, book, live_end, None)
+    }
+
+    fn with(
+        options: ObserverOptions,
+        recorder: &Arc<Recorder>,
+        book: Book,
+        live_end: u64,
+        filter: Option<(crate::v1::Filter, bool)>,
+    ) -> Self {
+        let applies_filters = filter.as_ref().is_some_and(|(_, applies)| *applies);
         let shared = Arc::new(Shared {
             handlers: options
                 .max_concurrent_handlers
@@ -248,7 +285,10 @@ impl Running {
             options,
             member: "m".into(),
             book,
-            filters: Default::default(),
+            filters: filter
+                .into_iter()
+                .map(|(filter, _)| (RPC, filter))
+                .collect(),
         });
         let typed = Typed {
             rpc: RPC,
@@ -261,6 +301,7 @@ impl Running {
         let source = Arc::new(Script {
             subscriptions: subscribed,
             live_end,
+            applies_filters,
         });
         let stream = InstanceStream::new(&typed, "127.0.0.1:1".into(), source, shared, controlled);
         Self {

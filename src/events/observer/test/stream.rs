@@ -92,3 +92,31 @@ async fn a_retired_stream_still_open_after_its_grace_is_let_go() {
     assert!(!running.subscribed_again());
     assert!(recorder.handled().len() >= 29, "read until then");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn heartbeats_move_a_filtered_cursor_only_from_a_producer_that_applies_the_filter() {
+    for applies_filters in [true, false] {
+        let recorder = Arc::new(Recorder::default());
+        let options = ObserverOptions::default()
+            .heartbeat(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_secs(1), Duration::from_secs(10));
+        let mut running = Running::start_filtered(options, &recorder, applies_filters);
+        let first = running.subscription().await;
+        assert!(first.request.filter.is_some(), "the filter is sent");
+        first.send("a", 1);
+        recorder.until(1).await;
+        // Everything up to 10 passed over, says the heartbeat: a cursor only when the producer
+        // said it filters (an older one's heartbeat carries its latest sequence, which may be
+        // ahead of what it sent).
+        first.heartbeat_at(10);
+        drop(first);
+        let second = running.subscription().await;
+        let expected = if applies_filters { 10 } else { 1 };
+        assert_eq!(
+            second.after(),
+            Some(expected),
+            "applies filters: {applies_filters}"
+        );
+        running.stop().await;
+    }
+}
