@@ -3,7 +3,7 @@
 //! numbers; each event is then matched on its encoding, reading only the fields on the
 //! conditions' paths (nothing is decoded into a struct, nothing allocated per event).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use crate::keys::{scalar_at, KeyKind, Scalar};
@@ -170,6 +170,33 @@ impl Filters {
             canonical,
         }))
     }
+}
+
+/// An observer's filters, by gRPC path, checked against their event messages when it starts:
+/// those with conditions, as `Subscribe.filter` carries them, or why one does not fit (or is
+/// given for an event RPC not among `observed`).
+pub(crate) fn checked(
+    given: HashMap<&'static str, (EventSchema, Filter)>,
+    observed: &[&'static str],
+) -> Result<HashMap<&'static str, v1::Filter>, crate::Error> {
+    let mut filters = HashMap::new();
+    for (rpc, (schema, filter)) in given {
+        if !observed.contains(&rpc) {
+            return Err(crate::Error::invalid_input(format!(
+                "a filter is given for {rpc}, which this observer has no handler for"
+            )));
+        }
+        let filter = filter.to_proto();
+        Filters::new(Some(schema)).compile(&filter).map_err(|why| {
+            crate::Error::invalid_input(format!(
+                "the filter of {rpc} does not fit its events: {why}"
+            ))
+        })?;
+        if !filter.all_of.is_empty() {
+            filters.insert(rpc, filter);
+        }
+    }
+    Ok(filters)
 }
 
 fn compile_condition(

@@ -17,7 +17,7 @@ use super::event::{Event, HandlerError};
 use super::options::ObserverOptions;
 use crate::discovery::{self, InstanceUpdate, Resolution};
 use crate::endpoint::Connector;
-use crate::events::filter::{EventSchema, Filter, Filters};
+use crate::events::filter::{self, EventSchema, Filter};
 use crate::{Error, Target};
 
 /// Collects the event handlers of an observer, then starts it. The generated
@@ -115,23 +115,7 @@ impl ObserverBuilder {
                  stands at one place in each producer's log (start it at the oldest event)"
             )));
         }
-        let mut filters = HashMap::new();
-        for (rpc, (schema, filter)) in self.filters {
-            if !self.rpcs.contains(&rpc) {
-                return Err(Error::invalid_input(format!(
-                    "a filter is given for {rpc}, which this observer has no handler for"
-                )));
-            }
-            let filter = filter.to_proto();
-            Filters::new(Some(schema)).compile(&filter).map_err(|why| {
-                Error::invalid_input(format!(
-                    "the filter of {rpc} does not fit its events: {why}"
-                ))
-            })?;
-            if !filter.all_of.is_empty() {
-                filters.insert(rpc, filter);
-            }
-        }
+        let filters = filter::checked(self.filters, &self.rpcs)?;
         let parsed: Target = target.parse()?;
         let connector = Connector::new(self.options.connect_timeout, self.options.keepalive);
         #[cfg(feature = "tls")]
