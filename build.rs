@@ -8,6 +8,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .include_file("_meshless_v1_includes.rs")
         .compile_protos(&["proto/meshless/v1/meshless.proto"], &["proto"])?;
 
+    // The introspection services a server may serve: meshless's admin service and gRPC
+    // channelz, generated with the same paths as the library's own messages.
+    meshless_build::configure()
+        .include_file("_admin_includes.rs")
+        .compile_protos(
+            &[
+                "proto/meshless/admin/v1/admin.proto",
+                "proto/grpc/channelz/v1/channelz.proto",
+            ],
+            &["proto"],
+        )?;
+
     // Example and test services, as a user's crate would compile them.
     meshless_build::configure().compile_protos(
         &[

@@ -113,6 +113,7 @@
 // Generated code names this crate `::meshless`, in here too.
 extern crate self as meshless;
 
+pub mod admin;
 mod backoff;
 mod balance;
 mod client;

@@ -1,0 +1,22 @@
+//! What a process can tell about itself, to operators: gRPC channelz (`grpc.channelz.v1`) and
+//! meshless's admin service (`meshless.admin.v1`), both opt-in on [`Server`](crate::Server).
+//!
+//! - [`v1`]: the admin service's wire messages, and its typed client (`AdminClient`), which
+//!   the `meshless` command line reads every instance with.
+//! - `registry`: the servers, connections and channels of the process, and their call counts,
+//!   kept as they go (a few relaxed atomic additions per call).
+//! - `channelz` and `status`: the two services, filled from the registry and the publishers.
+
+pub mod v1 {
+    //! The wire messages of `meshless/admin/v1/admin.proto`, and its client.
+    #![allow(missing_docs, unreachable_pub)]
+
+    include!(concat!(env!("OUT_DIR"), "/meshless.admin.v1.rs"));
+}
+
+pub(crate) mod channelz_v1 {
+    //! The wire messages of `grpc/channelz/v1/channelz.proto`.
+    #![allow(missing_docs, unreachable_pub, dead_code)]
+
+    include!(concat!(env!("OUT_DIR"), "/grpc.channelz.v1.rs"));
+}
