@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::admin::registry::{CallCounts, SocketEntry};
 use bytes::Bytes;
 use http_body::Frame;
 
@@ -73,6 +74,8 @@ pub(crate) struct CallMetrics {
     by_method: arc_swap::ArcSwap<HashMap<String, Arc<MethodMetrics>>>,
     /// Held while a method is added.
     adding: Mutex<()>,
+    /// Calls started and ended, over all methods, for channelz and the admin service.
+    pub(crate) counts: Arc<CallCounts>,
 }
 
 /// How many methods get handles of their own; more share one entry labelled `other`, so that
@@ -86,6 +89,8 @@ struct MethodMetrics {
     /// By gRPC status code, 0 to 16.
     calls: [OnceLock<metrics::Counter>; 17],
     duration: metrics::Histogram,
+    /// The channel's or server's [`CallMetrics::counts`].
+    counts: Arc<CallCounts>,
 }
 
 impl CallMetrics {
@@ -94,7 +99,14 @@ impl CallMetrics {
             side,
             by_method: arc_swap::ArcSwap::default(),
             adding: Mutex::new(()),
+            counts: Arc::default(),
         }
+    }
+
+    /// Counts the calls in `counts` (a server's, shared with its registry entry).
+    pub(crate) fn counting_in(mut self, counts: Arc<CallCounts>) -> Self {
+        self.counts = counts;
+        self
     }
 
     fn method(&self, method: &str) -> Arc<MethodMetrics> {
@@ -111,7 +123,11 @@ impl CallMetrics {
         if let Some(found) = known.get(key) {
             return found.clone();
         }
-        let metrics = Arc::new(MethodMetrics::new(self.side.clone(), key));
+        let metrics = Arc::new(MethodMetrics::new(
+            self.side.clone(),
+            key,
+            self.counts.clone(),
+        ));
         let mut by_method = HashMap::clone(&known);
         by_method.insert(key.to_owned(), metrics.clone());
         self.by_method.store(Arc::new(by_method));
@@ -120,7 +136,7 @@ impl CallMetrics {
 }
 
 impl MethodMetrics {
-    fn new(side: Side, method: &str) -> Self {
+    fn new(side: Side, method: &str, counts: Arc<CallCounts>) -> Self {
         let label: metrics::SharedString = Arc::<str>::from(method).into();
         let duration = match &side {
             Side::Client { target } => metrics::histogram!(
@@ -137,6 +153,7 @@ impl MethodMetrics {
             method: label,
             calls: Default::default(),
             duration,
+            counts,
         }
     }
 
@@ -170,6 +187,8 @@ pub(crate) struct CallReport {
     span: tracing::Span,
     deadline: Option<Instant>,
     reported: bool,
+    /// The server connection the call came on, whose streams it counts in.
+    socket: Option<Arc<SocketEntry>>,
 }
 
 /// How close to its deadline a call the client gave up counts as `DEADLINE_EXCEEDED` on the
@@ -180,13 +199,25 @@ const NEAR_DEADLINE: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl CallReport {
     pub(crate) fn new(metrics: &CallMetrics, method: &str, span: tracing::Span) -> Self {
+        let metrics = metrics.method(method);
+        metrics.counts.started();
         Self {
-            metrics: metrics.method(method),
+            metrics,
             started: Instant::now(),
             span,
             deadline: None,
             reported: false,
+            socket: None,
         }
+    }
+
+    /// Counts the call in the streams of the server connection it came on, too.
+    pub(crate) fn on_socket(mut self, socket: Option<Arc<SocketEntry>>) -> Self {
+        if let Some(socket) = &socket {
+            socket.streams.started();
+        }
+        self.socket = socket;
+        self
     }
 
     /// The call's deadline, `timeout` from now: a call dropped after it, or shortly before
@@ -209,6 +240,11 @@ impl CallReport {
         }
         self.span.record("status", code_name(code));
         self.metrics.calls(code).increment(1);
+        let ok = code == tonic::Code::Ok;
+        self.metrics.counts.ended(ok);
+        if let Some(socket) = &self.socket {
+            socket.streams.ended(ok);
+        }
         self.metrics
             .duration
             .record(self.started.elapsed().as_secs_f64());

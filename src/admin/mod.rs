@@ -3,9 +3,14 @@
 //!
 //! - [`v1`]: the admin service's wire messages, and its typed client (`AdminClient`), which
 //!   the `meshless` command line reads every instance with.
+//! - [`channelz_v1`]: channelz's wire messages and client.
 //! - `registry`: the servers, connections and channels of the process, and their call counts,
 //!   kept as they go (a few relaxed atomic additions per call).
 //! - `channelz` and `status`: the two services, filled from the registry and the publishers.
+
+pub(crate) mod channelz;
+pub(crate) mod registry;
+pub(crate) mod status;
 
 pub mod v1 {
     //! The wire messages of `meshless/admin/v1/admin.proto`, and its client.
@@ -14,9 +19,15 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/meshless.admin.v1.rs"));
 }
 
-pub(crate) mod channelz_v1 {
-    //! The wire messages of `grpc/channelz/v1/channelz.proto`.
-    #![allow(missing_docs, unreachable_pub, dead_code)]
+pub mod channelz_v1 {
+    //! The wire messages of gRPC channelz (`grpc.channelz.v1`, see `grpc/channelz/v1/channelz.proto`
+    //! in this crate's `proto/`), and its client (`ChannelzClient`), to read any gRPC
+    //! server's channelz from Rust.
+    #![allow(missing_docs, unreachable_pub)]
 
     include!(concat!(env!("OUT_DIR"), "/grpc.channelz.v1.rs"));
 }
+
+/// The encoded descriptors of the admin service and channelz (one set for both), for
+/// reflection and the server's metrics.
+pub(crate) const ADMIN_DESCRIPTORS: &[u8] = v1::FILE_DESCRIPTOR_SET;

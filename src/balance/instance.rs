@@ -20,6 +20,22 @@ pub(crate) const EJECT_AFTER_FAILURES: u32 = 5;
 pub(crate) const FIRST_EJECTION: Duration = Duration::from_secs(1);
 /// The longest an ejection lasts.
 pub(crate) const LONGEST_EJECTION: Duration = Duration::from_secs(30);
+/// How long an instance's ejections last: the first, and the longest (each doubles the last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ejection {
+    pub(crate) first: Duration,
+    pub(crate) longest: Duration,
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Self {
+            first: FIRST_EJECTION,
+            longest: LONGEST_EJECTION,
+        }
+    }
+}
+
 /// How many successes in a row make an instance's next ejection a first one again.
 const FORGIVEN_AFTER_SUCCESSES: u32 = 100;
 /// The response time a failed call counts as, unless it took longer: a failure must never make
@@ -42,6 +58,27 @@ pub(crate) fn counts_against(code: tonic::Code) -> bool {
     )
 }
 
+/// Why a call counts against the instance that answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// It answered with a status that [`counts_against`] it.
+    Status(tonic::Code),
+    /// The connection or the answer broke.
+    Broken,
+    /// It did not answer within the call's deadline.
+    Deadline,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(code) => write!(f, "{}", crate::telemetry::code_name(*code)),
+            Self::Broken => f.write_str("the connection or the answer broke"),
+            Self::Deadline => f.write_str("no answer within the call's deadline"),
+        }
+    }
+}
+
 /// The life of an instance's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -55,6 +92,8 @@ pub(crate) enum State {
 }
 
 pub(crate) struct Instance {
+    /// Its id in the process, as channelz lists it (a subchannel).
+    pub(crate) id: i64,
     /// How the instance is named in logs and errors: `127.0.0.1:50051`.
     pub(crate) key: String,
     /// The hash of `key`, for picks by routing key.
@@ -82,6 +121,11 @@ pub(crate) struct Instance {
     ejections: AtomicU32,
     /// Until when (by [`now_nanos`]) the instance is ejected; 0: it is not.
     ejected_until: AtomicU64,
+    /// Why it was last ejected.
+    ejected_because: Mutex<String>,
+    /// Calls sent to it: those that count against it ([`counts_against`]) count as failed,
+    /// all others as succeeded.
+    pub(crate) calls: crate::admin::registry::CallCounts,
 }
 
 impl fmt::Debug for Instance {
@@ -97,6 +141,7 @@ impl fmt::Debug for Instance {
 impl Instance {
     pub(crate) fn new(key: String, endpoint: Endpoint, placement: Placement) -> Self {
         Self {
+            id: crate::admin::registry::next_id(),
             key_hash: crate::keys::hash(key.as_bytes()),
             key,
             endpoint,
@@ -113,7 +158,24 @@ impl Instance {
             successes: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            ejected_because: Mutex::new(String::new()),
+            calls: crate::admin::registry::CallCounts::default(),
         }
+    }
+
+    /// For how long still it is ejected, and why; `None` when it is not.
+    pub(crate) fn ejection(&self) -> Option<(Duration, String)> {
+        let left = self
+            .ejected_until
+            .load(Ordering::Relaxed)
+            .checked_sub(now_nanos())
+            .filter(|left| *left > 0)?;
+        let because = self
+            .ejected_because
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Some((Duration::from_nanos(left), because))
     }
 
     /// Whether the instance is ejected for failing: not picked until the ejection ends.
@@ -124,7 +186,8 @@ impl Instance {
     /// Counts the outcome of a call it answered (or failed to). Returns how long to eject the
     /// instance for when this failure makes [`EJECT_AFTER_FAILURES`] in a row; the caller
     /// ejects it with [`eject`](Self::eject) if the set can spare it.
-    pub(crate) fn count_outcome(&self, failed: bool) -> Option<Duration> {
+    pub(crate) fn count_outcome(&self, failed: bool, ejection: Ejection) -> Option<Duration> {
+        self.calls.ended(!failed);
         if !failed {
             self.failures.store(0, Ordering::Relaxed);
             if self.successes.fetch_add(1, Ordering::Relaxed) + 1 >= FORGIVEN_AFTER_SUCCESSES {
@@ -138,16 +201,25 @@ impl Instance {
             return None;
         }
         let doublings = self.ejections.load(Ordering::Relaxed).min(16);
-        Some((FIRST_EJECTION * 2u32.pow(doublings)).min(LONGEST_EJECTION))
+        Some((ejection.first * 2u32.pow(doublings)).min(ejection.longest))
     }
 
-    /// Ejects the instance for `duration`.
-    pub(crate) fn eject(&self, duration: Duration) {
+    /// Ejects the instance for `duration`, `because` of the failures that made it.
+    pub(crate) fn eject(&self, duration: Duration, because: String) {
+        *self
+            .ejected_because
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = because;
         self.failures.store(0, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         let until =
             now_nanos().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
         self.ejected_until.store(until, Ordering::Relaxed);
+    }
+
+    /// The balancer's estimate of its response time.
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency.nanos_at(now_nanos()) as u64)
     }
 
     pub(crate) fn state(&self) -> State {
@@ -284,6 +356,7 @@ impl Instance {
     /// Counts a call in flight until the guard is dropped.
     pub(crate) fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.calls.started();
         InFlight {
             instance: self.clone(),
             started: Instant::now(),

@@ -20,5 +20,5 @@ mod ready;
 mod set;
 mod watched;
 
-pub(crate) use instance::{counts_against, InFlight, Instance};
+pub(crate) use instance::{counts_against, Ejection, Failure, InFlight, Instance, State};
 pub(crate) use set::{InstanceSet, Settings};

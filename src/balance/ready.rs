@@ -61,6 +61,12 @@ impl Ready {
         }
     }
 
+    pub(crate) fn contains(&self, instance: &Arc<Instance>) -> bool {
+        self.instances
+            .iter()
+            .any(|ready| Arc::ptr_eq(ready, instance))
+    }
+
     /// How many instances calls can go to.
     pub(crate) fn len(&self) -> usize {
         self.instances.len()

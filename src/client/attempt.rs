@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::outcome::{Counted, Pending};
 use super::BoxError;
-use crate::balance::{counts_against, Instance, InstanceSet};
+use crate::balance::{counts_against, Failure, Instance, InstanceSet};
 use crate::deadline::{encode, GRPC_TIMEOUT};
 use crate::refused::REFUSED_HEADER;
 use crate::telemetry::GRPC_STATUS;
@@ -113,20 +113,22 @@ pub(super) async fn attempt(
     // answer whose head has no status is counted when it ends (see `Counted`).
     let failed = match &outcome {
         Ok(response) if response.headers().contains_key(REFUSED_HEADER) => None,
-        Ok(response) => status_of(response).map(counts_against),
+        Ok(response) => {
+            status_of(response).map(|code| counts_against(code).then_some(Failure::Status(code)))
+        }
         // Sent away before the call began (GOAWAY, a closed connection): no failure.
         Err(error) if refused_stream(&**error) => None,
         // This end reset the stream (its request failed): nothing the instance did.
         Err(_) if reset.is_some_and(|reset| !reset.remote) => None,
-        Err(_) => Some(true),
+        Err(_) => Some(Some(Failure::Broken)),
     };
-    if let Some(failed) = failed {
-        instances.count_outcome(&instance, failed);
+    if let Some(failure) = failed {
+        instances.count_outcome(&instance, failure);
     }
     let refused =
         matches!(&outcome, Ok(response) if response.headers().contains_key(REFUSED_HEADER));
     // A refusal is no answer: it must not make the instance look fast.
-    let in_flight = if failed == Some(true) || refused {
+    let in_flight = if matches!(failed, Some(Some(_))) || refused {
         in_flight.failed();
         None
     } else {

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::deadline_body::Deadlined;
 use super::routing::{header_value, ROUTING_KEY_HEADER};
-use crate::balance::{Instance, InstanceSet};
+use crate::balance::{Failure, Instance, InstanceSet};
 use crate::codegen::Call;
 use crate::deadline::grpc_timeout;
 use crate::extra_metadata::ExtraMetadata;
@@ -161,7 +161,7 @@ async fn timed_call(
         () = expiry.as_mut() => {
             // The instance the call was waiting on did not answer in time: that counts.
             if let Some(instance) = tried.last() {
-                instances.count_outcome(instance, true);
+                instances.count_outcome(instance, Some(Failure::Deadline));
             }
             return Err(tonic::Status::deadline_exceeded(format!(
                 "no answer from `{}` within the call's {timeout:?} deadline",

@@ -12,7 +12,7 @@ use crate::endpoint::Connector;
 use tokio::sync::{oneshot, watch};
 use tonic::body::Body;
 
-use crate::balance::{InstanceSet, Settings};
+use crate::balance::{Ejection, InstanceSet, Settings};
 use crate::discovery::{self, DiscoveryStatus, DnsSettings, InstanceUpdate, Resolution};
 use crate::extra_metadata::ExtraMetadata;
 use crate::{Error, Target};
@@ -99,6 +99,7 @@ pub struct ChannelBuilder {
     wait_timeout: Duration,
     reconnect_backoff: Duration,
     reconnect_backoff_max: Duration,
+    ejection: Ejection,
     dns: DnsSettings,
     metadata: ExtraMetadata,
     #[cfg(feature = "tls")]
@@ -114,6 +115,7 @@ impl Default for ChannelBuilder {
             wait_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            ejection: Ejection::default(),
             dns: DnsSettings::default(),
             metadata: ExtraMetadata::default(),
             #[cfg(feature = "tls")]
@@ -191,6 +193,19 @@ impl ChannelBuilder {
         self
     }
 
+    /// How long an instance that failed 5 calls in a row (`UNAVAILABLE`, `INTERNAL`,
+    /// `UNKNOWN`, `DATA_LOSS`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED` or a broken
+    /// connection) is left out: `first` the first time, doubling with each ejection that
+    /// follows, up to `longest`; 100 successes in a row make the next one a first again. At
+    /// most half the connected instances are ejected at once. Default: 1 s and 30 s.
+    pub fn ejection(mut self, first: Duration, longest: Duration) -> Self {
+        self.ejection = Ejection {
+            first,
+            longest: longest.max(first),
+        };
+        self
+    }
+
     /// The first and the longest pause between attempts to reconnect a failed instance; the
     /// pause doubles after each failed attempt, with up to 20% jitter. Default: 100 ms and 5 s.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
@@ -225,6 +240,7 @@ impl ChannelBuilder {
             wait_timeout: self.wait_timeout,
             reconnect_backoff: self.reconnect_backoff,
             reconnect_backoff_max: self.reconnect_backoff_max,
+            ejection: self.ejection,
         };
         let mut resolution = discovery::resolve(&parsed, &self.dns)?;
         let (instances, stopped) =
@@ -256,6 +272,7 @@ impl ChannelBuilder {
             self.attempts,
             self.metadata,
         ));
+        crate::admin::registry::register_channel(&instances, policy.metrics.counts.clone());
         Ok(Channel { instances, policy })
     }
 }

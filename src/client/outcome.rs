@@ -11,7 +11,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 use tonic::body::Body;
 
-use crate::balance::{counts_against, InFlight, Instance, InstanceSet};
+use crate::balance::{counts_against, Failure, InFlight, Instance, InstanceSet};
 use crate::telemetry::GRPC_STATUS;
 
 /// A response body whose end is counted against the instance that sent it.
@@ -30,8 +30,9 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    fn settle(self, failed: bool) {
-        self.instances.count_outcome(&self.instance, failed);
+    fn settle(self, failure: Option<Failure>) {
+        let failed = failure.is_some();
+        self.instances.count_outcome(&self.instance, failure);
         if failed {
             self.in_flight.failed();
         }
@@ -46,9 +47,9 @@ impl Counted {
         }
     }
 
-    fn settle(&mut self, failed: bool) {
+    fn settle(&mut self, failure: Option<Failure>) {
         if let Some(pending) = self.pending.take() {
-            pending.settle(failed);
+            pending.settle(failure);
         }
     }
 }
@@ -72,11 +73,14 @@ impl HttpBody for Counted {
                         .and_then(|status| status.parse::<i32>().ok())
                         .map(tonic::Code::from);
                     // Trailers without a status are a broken answer.
-                    this.settle(code.is_none_or(counts_against));
+                    this.settle(match code {
+                        Some(code) => counts_against(code).then_some(Failure::Status(code)),
+                        None => Some(Failure::Broken),
+                    });
                 }
             }
             // A broken body, or one that ended without trailers.
-            Poll::Ready(Some(Err(_)) | None) => this.settle(true),
+            Poll::Ready(Some(Err(_)) | None) => this.settle(Some(Failure::Broken)),
             Poll::Pending => {}
         }
         polled
@@ -101,7 +105,7 @@ impl Drop for Counted {
             .is_some_and(|deadline| Instant::now() >= deadline)
         {
             // Ended by the deadline, which the instance did not meet.
-            pending.settle(true);
+            pending.settle(Some(Failure::Deadline));
         } else {
             // The caller stopped reading: nothing to say about the instance.
             pending.in_flight.abandoned();

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -25,6 +25,7 @@ use tokio::time::Sleep;
 use tokio_stream::Stream;
 
 use super::linger::Lingering;
+use crate::admin::registry::{ServerEntry, SocketGuard};
 
 /// How long accepting pauses after an error.
 const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
@@ -56,11 +57,13 @@ fn peer_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Holds a connection's place in the counts until it is dropped.
+/// Holds a connection's place in the counts, and in the server's list of connections, until
+/// it is dropped.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     counts: Arc<Mutex<Counts>>,
     peer: IpAddr,
+    _listed: SocketGuard,
 }
 
 impl Drop for Admitted {
@@ -97,22 +100,25 @@ pub(crate) struct Accepting {
     pause: Option<Pin<Box<Sleep>>>,
     /// Connections refused at the cap over all peers, and at a peer's cap.
     refused: (metrics::Counter, metrics::Counter),
+    /// Where the connections are listed.
+    server: Arc<ServerEntry>,
 }
 
 impl Accepting {
-    pub(crate) fn new(listener: TcpListener, limits: Limits) -> Self {
+    pub(crate) fn new(listener: TcpListener, limits: Limits, server: Arc<ServerEntry>) -> Self {
         Self {
             listener,
             limits,
             counts: Arc::default(),
             pause: None,
             refused: crate::telemetry::connections_refused(),
+            server,
         }
     }
 
-    /// A place for a connection from `ip`, or which cap is reached.
-    fn admit(&self, ip: IpAddr) -> Result<Admitted, &'static str> {
-        let peer = peer_of(ip);
+    /// A place for a connection from `remote`, or which cap is reached.
+    fn admit(&self, remote: SocketAddr) -> Result<Admitted, &'static str> {
+        let peer = peer_of(remote.ip());
         let mut counts = lock(&self.counts);
         let from_peer = counts.per_peer.get(&peer).copied().unwrap_or(0);
         if counts.total >= self.limits.max_connections {
@@ -128,6 +134,9 @@ impl Accepting {
         Ok(Admitted {
             counts: self.counts.clone(),
             peer,
+            _listed: self
+                .server
+                .add_socket(self.listener.local_addr().ok(), remote),
         })
     }
 }
@@ -164,7 +173,7 @@ impl Stream for Accepting {
             }
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, peer))) => {
-                    let admitted = match self.admit(peer.ip()) {
+                    let admitted = match self.admit(peer) {
                         Ok(admitted) => admitted,
                         Err(cap) => {
                             tracing::debug!(%peer, cap, "connection refused: a cap is reached");

@@ -55,6 +55,8 @@ pub struct Server {
     pub(super) grace_period: Duration,
     pub(super) health: bool,
     pub(super) reflection: bool,
+    pub(super) admin: bool,
+    pub(super) channelz: bool,
     pub(super) max_concurrent_streams: u32,
     pub(super) max_local_error_resets: usize,
     pub(super) limits: Limits,
@@ -94,6 +96,8 @@ impl std::fmt::Debug for Server {
             .field("grace_period", &self.grace_period)
             .field("health", &self.health)
             .field("reflection", &self.reflection)
+            .field("admin", &self.admin)
+            .field("channelz", &self.channelz)
             .field("layers", &self.layers)
             .finish_non_exhaustive()
     }
@@ -110,6 +114,8 @@ impl Server {
             grace_period: Duration::from_secs(10),
             health: true,
             reflection: false,
+            admin: false,
+            channelz: false,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
             max_connection_age: None,
@@ -212,6 +218,29 @@ impl Server {
     /// services and messages served to any client. Default: off.
     pub fn reflection(mut self, enable: bool) -> Self {
         self.reflection = enable;
+        self
+    }
+
+    /// Whether to serve meshless's admin service (`meshless.admin.v1.Admin`, in
+    /// `meshless/admin/v1/admin.proto`): this server's event RPCs (retained events, bytes on
+    /// disk, subscribers and their lag, consumer groups with their members, unacknowledged
+    /// events, held keys and lag) and the channels of the process (instances, ejections, EWMA
+    /// latency, calls in flight, the last DNS answer and its age). What `meshless status`
+    /// reads. Behind the server's [`layer`](Self::layer)s like every service, so that the same
+    /// authorization applies. Default: off, as it tells whoever reaches the port who the
+    /// subscribers are.
+    pub fn admin(mut self, enable: bool) -> Self {
+        self.admin = enable;
+        self
+    }
+
+    /// Whether to serve gRPC channelz (`grpc.channelz.v1.Channelz`), as grpc-go and
+    /// grpc-java do: the servers of the process with their connections and the calls made on
+    /// each, and its channels (one per [`Channel`](crate::Channel)) with their instances as
+    /// subchannels, their calls started, succeeded and failed, and their connectivity state.
+    /// Any channelz client reads it. Behind the server's layers. Default: off.
+    pub fn channelz(mut self, enable: bool) -> Self {
+        self.channelz = enable;
         self
     }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +22,11 @@ use super::layers::messages::WholeMessages;
 use super::layers::observe::Observe;
 use super::layers::status;
 use super::shutdown::{set_status, Shutdown};
+use crate::admin::channelz::Channelz;
+use crate::admin::channelz_v1::ChannelzService;
+use crate::admin::registry::ServerEntry;
+use crate::admin::status::AdminStatus;
+use crate::admin::v1::AdminService;
 use crate::events::{Acknowledgements, Publisher};
 use crate::Error;
 
@@ -42,7 +48,8 @@ impl Server {
             ),
             None => None,
         };
-        let reporter = self.add_own_services()?;
+        let registered = ServerEntry::register(listener.local_addr().ok(), Arc::default());
+        let reporter = self.add_own_services(&registered)?;
         set_status(
             reporter.as_ref(),
             &self.service_names,
@@ -51,7 +58,7 @@ impl Server {
         .await;
 
         let local_addr = listener.local_addr().ok();
-        let accepting = Accepting::new(listener, self.limits);
+        let accepting = Accepting::new(listener, self.limits, registered.clone());
         let (phases, _) = watch::channel(Phase::Serving);
         let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
@@ -80,7 +87,7 @@ impl Server {
             None => builder,
         };
         let router = builder
-            .layer(Observe::new(&served, &descriptors))
+            .layer(Observe::new(&served, &descriptors, registered.clone()))
             .layer(status::layer())
             .layer(RecordDeadline)
             .layer(drain.clone())
@@ -136,7 +143,10 @@ impl Server {
 
     /// Adds the services the server serves of its own: health (its reporter is returned),
     /// consumer group acknowledgements when it publishes events, and reflection when asked.
-    fn add_own_services(&mut self) -> Result<Option<HealthReporter>, Error> {
+    fn add_own_services(
+        &mut self,
+        registered: &Arc<ServerEntry>,
+    ) -> Result<Option<HealthReporter>, Error> {
         let reporter = if self.health {
             let (reporter, health_service) = tonic_health::server::health_reporter();
             self.routes.add_service(health_service);
@@ -150,6 +160,25 @@ impl Server {
             self.descriptor_sets.push(crate::v1::FILE_DESCRIPTOR_SET);
             self.routes
                 .add_service(Acknowledgements::new(self.publishers.clone()).into_service());
+        }
+        if self.channelz {
+            self.service_names
+                .push(<ChannelzService<Channelz> as NamedService>::NAME);
+            self.descriptor_sets.push(crate::admin::ADMIN_DESCRIPTORS);
+            self.routes.add_service(Channelz.into_service());
+        }
+        if self.admin {
+            let name = <AdminService<AdminStatus> as NamedService>::NAME;
+            self.service_names.push(name);
+            if !self
+                .descriptor_sets
+                .contains(&crate::admin::ADMIN_DESCRIPTORS)
+            {
+                self.descriptor_sets.push(crate::admin::ADMIN_DESCRIPTORS);
+            }
+            let services = self.service_names.iter().map(|s| (*s).to_owned()).collect();
+            let admin = AdminStatus::new(registered.clone(), services, self.publishers.clone());
+            self.routes.add_service(admin.into_service());
         }
         if self.reflection {
             // List the services served, not every service of the registered files.

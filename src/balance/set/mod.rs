@@ -8,7 +8,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::connect::keep_connected;
-use super::instance::{InFlight, Instance, State};
+use super::instance::{Ejection, Failure, InFlight, Instance, State};
 use super::ready::Ready;
 use members::Members;
 use unavailable::Unavailable;
@@ -26,6 +26,7 @@ pub(crate) struct Settings {
     pub(crate) wait_timeout: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) reconnect_backoff_max: Duration,
+    pub(crate) ejection: Ejection,
 }
 
 /// The instances of one target.
@@ -39,6 +40,8 @@ pub(crate) struct InstanceSet {
     /// Notified whenever `ready` or the discovery status changes, for calls that wait.
     changed: Notify,
     discovery: watch::Sender<DiscoveryStatus>,
+    /// When discovery last answered (or failed to).
+    answered_at: Mutex<Option<Instant>>,
     /// Asks discovery to look again, when a connection fails.
     refresh: Arc<Notify>,
     /// Dropped with the set, which stops the task that applies discovery's updates.
@@ -71,6 +74,7 @@ impl InstanceSet {
             ready: ArcSwap::from_pointee(Ready::default()),
             changed: Notify::new(),
             discovery: watch::Sender::new(DiscoveryStatus::Pending),
+            answered_at: Mutex::new(None),
             refresh,
             _stop_discovery: stop,
         });
@@ -132,6 +136,12 @@ impl InstanceSet {
     }
 
     pub(crate) fn set_discovery_status(&self, status: DiscoveryStatus) {
+        if status != DiscoveryStatus::Pending {
+            *self
+                .answered_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        }
         self.discovery.send_replace(status);
         self.changed.notify_waiters();
     }
@@ -146,6 +156,24 @@ impl InstanceSet {
         self.all
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every instance, in no order, and whether each is among those calls go to now.
+    pub(crate) fn instances(&self) -> Vec<(Arc<Instance>, bool)> {
+        let ready = self.ready.load();
+        self.lock_all()
+            .iter()
+            .map(|instance| (instance.clone(), ready.contains(instance)))
+            .collect()
+    }
+
+    /// What discovery last said, and when it last answered (or failed to).
+    pub(crate) fn last_answer(&self) -> (DiscoveryStatus, Option<Instant>) {
+        let answered = *self
+            .answered_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (self.discovery.borrow().clone(), answered)
     }
 
     /// How many instances calls can go to now.
@@ -166,8 +194,9 @@ impl InstanceSet {
     /// (rounded down) are ejected already: never all of them. Instances that are connecting or
     /// failing to connect are no spares, since calls cannot go to them. Decided under the set's
     /// lock, so that two instances failing at once cannot both take the last place.
-    pub(crate) fn count_outcome(self: &Arc<Self>, instance: &Instance, failed: bool) {
-        let Some(duration) = instance.count_outcome(failed) else {
+    pub(crate) fn count_outcome(self: &Arc<Self>, instance: &Instance, failure: Option<Failure>) {
+        let Some(duration) = instance.count_outcome(failure.is_some(), self.settings.ejection)
+        else {
             return;
         };
         {
@@ -183,7 +212,16 @@ impl InstanceSet {
                 tracing::debug!(target = %self.target, instance = %instance.key, "failing, but not ejected: as many instances as may be are ejected already");
                 return;
             }
-            instance.eject(duration);
+            let last = failure
+                .map(|failure| failure.to_string())
+                .unwrap_or_default();
+            instance.eject(
+                duration,
+                format!(
+                    "{} calls in a row failed, the last: {last}",
+                    super::instance::EJECT_AFTER_FAILURES
+                ),
+            );
         }
         tracing::warn!(target = %self.target, instance = %instance.key, ?duration, "instance failed {} calls in a row; ejected", super::instance::EJECT_AFTER_FAILURES);
         self.rebuild_ready();

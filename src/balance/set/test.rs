@@ -8,6 +8,7 @@ fn set_with_one_connecting_instance(wait_timeout: Duration) -> (Arc<InstanceSet>
         wait_timeout,
         reconnect_backoff: Duration::from_millis(100),
         reconnect_backoff_max: Duration::from_secs(1),
+        ejection: Ejection::default(),
     };
     let (set, _) = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, Arc::default());
     // No connection task: the test decides when the instance connects.
@@ -36,7 +37,7 @@ fn connected(set: &InstanceSet, key: &str) -> Arc<Instance> {
 
 fn fail(set: &Arc<InstanceSet>, instance: &Instance, times: u32) {
     for _ in 0..times {
-        set.count_outcome(instance, true);
+        set.count_outcome(instance, Some(Failure::Status(tonic::Code::Unavailable)));
     }
 }
 
@@ -62,6 +63,7 @@ async fn a_connection_that_cannot_be_made_asks_discovery_to_look_again() {
         wait_timeout: Duration::from_secs(1),
         reconnect_backoff: Duration::from_millis(100),
         reconnect_backoff_max: Duration::from_secs(1),
+        ejection: Ejection::default(),
     };
     let (set, _) = InstanceSet::new("ipv4:127.0.0.1:1".into(), settings, refresh.clone());
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -94,7 +96,7 @@ async fn two_instances_failing_at_once_are_never_both_ejected() {
                 let (set, instance, start) = (set.clone(), instance.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    set.count_outcome(&instance, true);
+                    set.count_outcome(&instance, Some(Failure::Broken));
                 })
             })
             .collect();

@@ -12,6 +12,7 @@ use tower::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::admin::registry::{ServerEntry, SocketEntry};
 use crate::telemetry::{CallMetrics, CallReport, Reported, Side};
 
 #[derive(Debug, Clone)]
@@ -27,12 +28,15 @@ struct State {
     methods: HashSet<String>,
     /// `/package.Service/` of each service served without descriptors.
     undescribed: Vec<String>,
+    /// The server as channelz lists it: its connections count their calls.
+    server: Arc<ServerEntry>,
 }
 
 impl Observe {
     /// Metrics and spans for the services named `services`, whose methods the encoded
-    /// `FileDescriptorSet`s `descriptors` declare (as far as they do).
-    pub(crate) fn new(services: &[&str], descriptors: &[&[u8]]) -> Self {
+    /// `FileDescriptorSet`s `descriptors` declare (as far as they do), counted in `server`'s
+    /// calls and connections.
+    pub(crate) fn new(services: &[&str], descriptors: &[&[u8]], server: Arc<ServerEntry>) -> Self {
         let mut declared: HashMap<String, Vec<String>> = HashMap::new();
         for set in descriptors {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
@@ -60,9 +64,10 @@ impl Observe {
         }
         Self {
             state: Arc::new(State {
-                metrics: CallMetrics::new(Side::Server),
+                metrics: CallMetrics::new(Side::Server).counting_in(server.calls.clone()),
                 methods,
                 undescribed,
+                server,
             }),
         }
     }
@@ -83,6 +88,22 @@ impl State {
         } else {
             "unknown"
         }
+    }
+}
+
+impl State {
+    /// The server connection `request` came on.
+    fn socket_of<B>(&self, request: &http::Request<B>) -> Option<Arc<SocketEntry>> {
+        use tonic::transport::server::TcpConnectInfo;
+        let extensions = request.extensions();
+        let tcp = extensions.get::<TcpConnectInfo>();
+        #[cfg(feature = "tls")]
+        let tcp = tcp.or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .map(|tls| tls.get_ref())
+        });
+        self.server.socket(&tcp?.remote_addr()?)
     }
 }
 
@@ -130,7 +151,8 @@ where
             self.state.method_label(method),
             span.clone(),
         )
-        .with_timeout(crate::deadline::grpc_timeout(&request));
+        .with_timeout(crate::deadline::grpc_timeout(&request))
+        .on_socket(self.state.socket_of(&request));
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move { call.await.map(|response| report.watch(response)) })
     }
@@ -145,6 +167,7 @@ mod test {
         let observe = Observe::new(
             &["grpc.health.v1.Health", "plain.Undescribed"],
             &[tonic_health::pb::FILE_DESCRIPTOR_SET],
+            ServerEntry::register(None, Arc::default()),
         );
         let label = |path| observe.state.method_label(path).to_owned();
         assert_eq!(
