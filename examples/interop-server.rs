@@ -245,6 +245,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let orders = OrdersPublisher::new();
     Server::builder()
         .reflection(true)
+        .channelz(true)
+        .admin(true)
         .add_service(EchoService::with_publisher(
             Echo {
                 publisher: publisher.clone(),
