@@ -13,10 +13,12 @@ use bytes::Bytes;
 
 pub(crate) use compact::Compaction;
 pub(crate) use continued::continued_cursor;
+pub(crate) use failure::LastError;
 pub(crate) use groups::{GroupChange, SavedGroup};
 
 mod compact;
 mod continued;
+mod failure;
 mod groups;
 
 /// One published event, encoded once with its metadata, shared by every subscriber (a clone
@@ -50,6 +52,28 @@ pub(crate) struct Read {
     pub(crate) missed: u64,
     /// The sequence to read from next time.
     pub(crate) next: u64,
+}
+
+/// Where a log keeps its events, as the admin status tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage<'a> {
+    Memory,
+    /// In files, in this folder (the event RPC's).
+    Files(&'a std::path::Path),
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+impl Storage<'_> {
+    /// Its name in the admin status: `memory`, `files` or `postgres`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Storage::Memory => "memory",
+            Storage::Files(_) => "files",
+            #[cfg(feature = "postgres")]
+            Storage::Postgres => "postgres",
+        }
+    }
 }
 
 /// Where the events of one event RPC are kept.
@@ -138,6 +162,21 @@ pub(crate) trait EventLog: Send + 'static {
     /// The latest sequence published; 0 before the first event.
     fn latest(&self) -> u64 {
         self.next_sequence() - 1
+    }
+
+    /// Where the log keeps its events.
+    fn storage(&self) -> Storage<'_> {
+        Storage::Memory
+    }
+
+    /// With compaction by key: how many events are kept past the window now.
+    fn compacted_keys(&self) -> u64 {
+        0
+    }
+
+    /// The last error the log met while it ran (see [`LastError`]), if any.
+    fn last_error(&self) -> Option<String> {
+        None
     }
 
     /// Whether the log keeps consumer groups (then the hub records their changes).
@@ -340,6 +379,10 @@ impl EventLog for MemoryLog {
 
     fn dropped_past_bound(&self) -> u64 {
         self.dropped_past_bound
+    }
+
+    fn compacted_keys(&self) -> u64 {
+        self.compaction.as_ref().map_or(0, |c| c.len() as u64)
     }
 
     #[cfg(feature = "postgres")]

@@ -40,6 +40,7 @@ pub mod observer;
 pub mod postgres;
 mod protocol;
 mod publisher;
+mod status;
 mod stream;
 mod wire;
 

@@ -33,6 +33,8 @@ pub(crate) struct Subscription {
     pub(crate) membership: Option<Membership>,
     /// Only the events that match; no conditions: every event.
     pub(crate) filter: Filter,
+    /// The subscriber's address, when the request carries it (for the admin status).
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 /// Where a subscription without a usable cursor starts.
@@ -141,6 +143,7 @@ impl Subscription {
             },
             membership,
             filter: request.filter.clone().unwrap_or_default(),
+            peer: None,
         })
     }
 }

@@ -361,6 +361,7 @@ impl Publisher {
     ) -> Result<tonic::Response<EventStream<T>>, tonic::Status> {
         let hub = &self.hubs[rpc];
         let mut subscription = Subscription::parse(request.get_ref())?;
+        subscription.peer = request.remote_addr();
         if let Some(membership) = &mut subscription.membership {
             membership.identity = PeerIdentity::of(request.extensions());
         }

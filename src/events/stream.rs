@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 
 use super::filter::EventFilter;
 use super::group::{Delivery, Joined};
-use super::hub::{Fetched, Hub, Position};
+use super::hub::{Admitted, Fetched, Hub, Progress};
 use super::log::Stored;
 use super::protocol::{self, Subscription};
 use super::wire::{delivery_field, Envelope};
@@ -67,6 +67,8 @@ enum Feed {
         filter: Option<EventFilter>,
         /// The last sequence sent or passed over: where a subscriber with a filter may resume.
         scanned: u64,
+        /// `scanned` as the admin status sees it, and the subscriber's address.
+        progress: Arc<Progress>,
     },
     Member {
         group: String,
@@ -99,11 +101,10 @@ impl<T> EventStream<T> {
                     .filters
                     .compile(&subscription.filter)
                     .map_err(|why| protocol::bad_filter(&hub.method, &why))?;
-                let (position, floor) = hub.admit_plain(subscription)?;
+                let admitted = hub.admit_plain(subscription)?;
                 Ok(Self::plain(
                     hub.clone(),
-                    position,
-                    floor,
+                    admitted,
                     subscription.heartbeat,
                     filter,
                 ))
@@ -120,24 +121,29 @@ impl<T> EventStream<T> {
         }
     }
 
-    /// A plain subscriber's stream. The hub has counted it.
+    /// A plain subscriber's stream. The hub has counted and listed it.
     fn plain(
         hub: Arc<Hub>,
-        start: Position,
-        floor: u64,
+        admitted: Admitted,
         heartbeat: Option<Duration>,
         filter: Option<EventFilter>,
     ) -> Self {
-        static STREAMS: AtomicU64 = AtomicU64::new(1);
+        let Admitted {
+            position: start,
+            floor,
+            id,
+            progress,
+        } = admitted;
         let feed = Feed::Plain {
             next: start.next,
             floor,
             // The latest event of every key, for such a start: sent before `next`.
             batch: start.snapshot.0.into(),
-            id: STREAMS.fetch_add(1, Ordering::Relaxed),
+            id,
             registered: None,
             filter,
             scanned: start.next - 1,
+            progress,
         };
         let mut stream = Self::new(hub, feed, start.missed, heartbeat);
         stream.previous_epoch = start.previous_epoch;
@@ -232,6 +238,7 @@ impl<T> EventStream<T> {
                 registered,
                 filter,
                 scanned,
+                progress,
             } => {
                 let mut passed_over = 0;
                 let event = loop {
@@ -250,6 +257,7 @@ impl<T> EventStream<T> {
                                         // follows (a heartbeat's cursor is past it too).
                                         None => {
                                             *scanned = (*scanned).max(*next - 1);
+                                            progress.cursor.store(*scanned, Ordering::Relaxed);
                                             cx.waker().wake_by_ref();
                                             return Poll::Pending;
                                         }
@@ -262,6 +270,8 @@ impl<T> EventStream<T> {
                         }
                     };
                     *scanned = event.sequence;
+                    // For the admin status: a relaxed store, nothing else per event.
+                    progress.cursor.store(event.sequence, Ordering::Relaxed);
                     match filter {
                         Some(filter) if !filter.matches(&event.bytes) => {
                             passed_over += 1;
@@ -366,7 +376,7 @@ impl<T> Drop for EventStream<T> {
                 if let Some(round) = registered {
                     self.hub.unregister(*id, *round);
                 }
-                self.hub.plain_stream_ended();
+                self.hub.plain_stream_ended(*id);
             }
             Feed::Member {
                 group,

@@ -246,6 +246,8 @@ impl Journal {
             std::fs::rename(self.dir.join(SPARE), self.dir.join(tail_name(covered + 1)))
         {
             tracing::warn!(dir = %self.dir.display(), %error, "starting a new consumer group journal failed; tried again later");
+            self.syncer
+                .report("starting a new consumer group journal", &error);
             *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(spare);
             return;
         }
@@ -255,19 +257,24 @@ impl Journal {
             group.prune(oldest);
         }
         let groups = self.groups.clone();
-        let (dir, compacting, spare) = (
+        let (dir, compacting, spare, errors) = (
             self.dir.clone(),
             self.compacting.clone(),
             self.spare.clone(),
+            self.syncer.errors(),
         );
         compacting.store(true, Ordering::Release);
         self.syncer.chore(Box::new(move || {
             if let Err(error) = write_base(&dir, &groups, covered) {
                 tracing::warn!(dir = %dir.display(), %error, "compacting the consumer group journal failed; tried again later");
+                errors.set("compacting the consumer group journal", &error);
             }
             match make_spare(&dir) {
                 Ok(file) => *spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(file),
-                Err(error) => tracing::warn!(dir = %dir.display(), %error, "creating the next consumer group journal failed; tried again later"),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "creating the next consumer group journal failed; tried again later");
+                    errors.set("creating the next consumer group journal", &error);
+                }
             }
             compacting.store(false, Ordering::Release);
         }));

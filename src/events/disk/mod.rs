@@ -30,7 +30,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::log::{EventLog, GroupChange, Limits, MemoryLog, Read, SavedGroup, Stored};
+use super::log::{EventLog, GroupChange, Limits, MemoryLog, Read, SavedGroup, Storage, Stored};
 pub(crate) use open::{open, Opened, Rpc};
 pub(crate) use record::MAX_EVENT;
 #[cfg(test)]
@@ -214,48 +214,9 @@ impl DiskLog {
         old
     }
 
-    /// Cuts off a partial record a failed write left, if any is left.
-    fn cut_partial(&mut self) -> std::io::Result<()> {
-        if let Some(error) = &self.partial {
-            self.current.set_len(self.current_bytes).map_err(|undo| {
-                std::io::Error::new(
-                    undo.kind(),
-                    format!("writing the event log failed ({error}) and the partial record cannot be removed ({undo})"),
-                )
-            })?;
-            self.partial = None;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for DiskLog {
-    /// A log closed in order (its publisher dropped after a shutdown) is on stable storage;
-    /// the run ends cleanly if every log of it was synced.
-    fn drop(&mut self) {
-        let cut = self.cut_partial();
-        // The thread syncs what it was handed and the current segment, then ends.
-        self.syncer.close();
-        if let Err(error) = cut.and_then(|()| self.journal.sync()) {
-            tracing::warn!(dir = %self.dir.display(), %error, "syncing the event log on close failed");
-            self.run.spoil();
-        }
-        if self.syncer.has_failed() {
-            self.run.spoil();
-        }
-    }
-}
-
-impl EventLog for DiskLog {
-    fn next_sequence(&self) -> u64 {
-        self.memory.next_sequence()
-    }
-
-    fn oldest(&self) -> u64 {
-        self.memory.oldest()
-    }
-
-    fn append(&mut self, event: Stored) -> std::io::Result<()> {
+    /// Appends `event` to the current segment and to the memory window, rolling to a new
+    /// segment when this one is full.
+    fn write(&mut self, event: Stored) -> std::io::Result<()> {
         if event.bytes.len() > MAX_EVENT {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -300,6 +261,7 @@ impl EventLog for DiskLog {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => {
                     tracing::warn!(dir = %self.dir.display(), %error, "starting a new segment of the event log failed; the current one goes on");
+                    self.syncer.report("starting a new segment", &error);
                 }
             }
         }
@@ -307,6 +269,55 @@ impl EventLog for DiskLog {
             self.scratch = Vec::new();
         }
         Ok(())
+    }
+
+    /// Cuts off a partial record a failed write left, if any is left.
+    fn cut_partial(&mut self) -> std::io::Result<()> {
+        if let Some(error) = &self.partial {
+            self.current.set_len(self.current_bytes).map_err(|undo| {
+                std::io::Error::new(
+                    undo.kind(),
+                    format!("writing the event log failed ({error}) and the partial record cannot be removed ({undo})"),
+                )
+            })?;
+            self.partial = None;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DiskLog {
+    /// A log closed in order (its publisher dropped after a shutdown) is on stable storage;
+    /// the run ends cleanly if every log of it was synced.
+    fn drop(&mut self) {
+        let cut = self.cut_partial();
+        // The thread syncs what it was handed and the current segment, then ends.
+        self.syncer.close();
+        if let Err(error) = cut.and_then(|()| self.journal.sync()) {
+            tracing::warn!(dir = %self.dir.display(), %error, "syncing the event log on close failed");
+            self.run.spoil();
+        }
+        if self.syncer.has_failed() {
+            self.run.spoil();
+        }
+    }
+}
+
+impl EventLog for DiskLog {
+    fn next_sequence(&self) -> u64 {
+        self.memory.next_sequence()
+    }
+
+    fn oldest(&self) -> u64 {
+        self.memory.oldest()
+    }
+
+    fn append(&mut self, event: Stored) -> std::io::Result<()> {
+        let written = self.write(event);
+        if let Err(error) = &written {
+            self.syncer.report("writing an event", error);
+        }
+        written
     }
 
     fn read(&self, from: u64, max: usize, out: &mut VecDeque<Stored>) -> Read {
@@ -329,6 +340,18 @@ impl EventLog for DiskLog {
         self.memory.dropped_past_bound()
     }
 
+    fn storage(&self) -> Storage<'_> {
+        Storage::Files(&self.dir)
+    }
+
+    fn compacted_keys(&self) -> u64 {
+        self.memory.compacted_keys()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.syncer.last_error()
+    }
+
     fn expire(&mut self, now: u64) {
         self.memory.expire(now);
     }
@@ -340,6 +363,8 @@ impl EventLog for DiskLog {
     fn record_groups(&mut self, changes: &[GroupChange]) {
         if let Err(error) = self.journal.record(changes, self.memory.oldest()) {
             tracing::error!(dir = %self.dir.display(), %error, "recording consumer group progress failed; after a restart, their events may be delivered again");
+            self.syncer
+                .report("recording consumer group progress", &error);
         }
     }
 

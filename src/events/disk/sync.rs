@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::epoch;
+use crate::events::log::LastError;
 
 /// The name of the segment created ahead, in the log's folder.
 pub(super) const SPARE: &str = "next.spare";
@@ -49,6 +50,8 @@ struct Shared {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Writing the events kept by compaction failed: no segment is removed until the next open.
     kept_failed: std::sync::atomic::AtomicBool,
+    /// The log's last error, from this thread or the publish path.
+    errors: LastError,
 }
 
 impl std::fmt::Debug for Shared {
@@ -120,6 +123,7 @@ impl Syncer {
             syncs: AtomicU64::new(0),
             thread: Mutex::new(None),
             kept_failed: std::sync::atomic::AtomicBool::new(false),
+            errors: LastError::default(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -184,6 +188,21 @@ impl Syncer {
         self.shared.wake.notify_one();
     }
 
+    /// Keeps `error` as the log's last error (see [`LastError`]): `what` failed.
+    pub(super) fn report(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.shared.errors.set(what, error);
+    }
+
+    /// The log's last error, if any.
+    pub(super) fn last_error(&self) -> Option<String> {
+        self.shared.errors.get()
+    }
+
+    /// The record of the log's last error, for work that does not hold the syncer.
+    pub(super) fn errors(&self) -> LastError {
+        self.shared.errors.clone()
+    }
+
     /// Whether a sync failed.
     pub(crate) fn has_failed(&self) -> bool {
         self.shared.synced.borrow().error.is_some()
@@ -246,6 +265,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
 
 fn fail(shared: &Shared, error: &std::io::Error) {
     tracing::error!(dir = %shared.dir.display(), %error, "syncing the event log failed; durable publishes fail from now on");
+    shared.errors.set("syncing the event log", error);
     shared.synced.send_modify(|synced| {
         synced.error = Some(format!("syncing the event log: {error}").into());
     });
@@ -283,6 +303,7 @@ fn run(shared: &Shared) {
                 Ok(spare) => lock(shared).spare = Some(spare),
                 Err(error) => {
                     tracing::warn!(dir = %shared.dir.display(), %error, "creating the next segment of the event log failed; tried again at the next roll");
+                    shared.errors.set("creating the next segment", &error);
                 }
             }
         }
@@ -328,12 +349,16 @@ fn work(shared: &Shared, state: State) -> Vec<Chore> {
     if let Err(error) = super::kept::apply(&shared.dir, &state.kept) {
         shared.kept_failed.store(true, Ordering::Relaxed);
         tracing::warn!(dir = %shared.dir.display(), %error, "writing the events kept by compaction failed; no segment is removed until the log is opened again");
+        shared
+            .errors
+            .set("writing the events kept by compaction", &error);
         return state.chores;
     }
     if !state.old.is_empty() {
         for path in &state.old {
             if let Err(error) = std::fs::remove_file(path) {
                 tracing::warn!(path = %path.display(), %error, "removing an old segment of the event log failed; it is removed at the next open");
+                shared.errors.set("removing an old segment", &error);
             }
         }
         let _ = epoch::sync_dir(&shared.dir);

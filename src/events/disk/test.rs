@@ -149,11 +149,18 @@ fn a_failed_write_is_an_error_and_leaves_no_event_behind() {
     // A handle that cannot write, as a full or failing disk refuses writes.
     let path = log.segments.back().unwrap().1.clone();
     let writable = std::mem::replace(&mut log.current, Arc::new(File::open(&path).unwrap()));
+    assert_eq!(log.last_error(), None);
     let error = log.append(event(3)).unwrap_err();
     assert_ne!(error.kind(), std::io::ErrorKind::Other, "{error}");
     assert_eq!(log.next_sequence(), 3, "the event is not in the log");
+    // Kept for the admin status, after the write works again too.
     log.current = writable;
     append(&mut log, 1);
+    assert_eq!(
+        log.last_error(),
+        Some(format!("writing an event: {error}")),
+        "the failed write is the log's last error"
+    );
     drop(log);
     let log = open(&scratch.0, 100);
     assert_eq!(log.next_sequence(), 4);

@@ -43,6 +43,8 @@ pub(super) struct Group {
     filter: Option<Arc<EventFilter>>,
     /// Whether `filter` was set: a group formed again from a log takes its first member's.
     filter_set: bool,
+    /// When a member last acknowledged an event (for the admin status).
+    pub(super) last_acknowledged: Option<Instant>,
 }
 
 /// A filter's conditions in canonical form (`None`: every event).
@@ -68,6 +70,7 @@ impl Group {
             keyed: Keyed::default(),
             filter: None,
             filter_set: false,
+            last_acknowledged: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl Group {
         let member = self.members.get_mut(key).expect("added above");
         member.window = join.window;
         member.lease.length = join.lease;
+        member.peer = join.peer;
         member.connection = connection;
         // A previous stream of the same member, still open, ends here, and what it still
         // buffers is delivered again below, on this one.
@@ -359,6 +363,8 @@ impl Group {
         if acked.is_empty() {
             return;
         }
+        // Per acknowledgement, not per event: a clock read.
+        self.last_acknowledged = Some(Instant::now());
         self.in_flight -= acked.len();
         for unacked in &acked {
             if let Some(key) = unacked.event.key {

@@ -64,6 +64,20 @@ impl Keyed {
         self.held_count
     }
 
+    /// How many keys have an event out (delivered, not acknowledged).
+    pub(super) fn busy_count(&self) -> usize {
+        self.busy.len()
+    }
+
+    /// The lowest sequence held, if any (a look at every event held: for the admin status).
+    pub(super) fn oldest_held(&self) -> Option<u64> {
+        self.held
+            .values()
+            .flat_map(|held| held.events.iter())
+            .map(|unacked| unacked.event.sequence)
+            .min()
+    }
+
     /// Whether `key` has an event out or held: a new event of it waits its turn.
     pub(super) fn waits(&self, key: u64) -> bool {
         self.busy.contains_key(&key) || self.held.contains_key(&key)

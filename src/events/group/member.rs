@@ -63,6 +63,8 @@ pub(crate) struct Join {
     pub(crate) identity: Option<PeerIdentity>,
     /// The member's filter: the group's, or the group is formed with it.
     pub(crate) filter: Option<Arc<EventFilter>>,
+    /// The member's address, when its request carried it (for the admin status).
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 /// A member's connection, as the hub hands it to the member's stream.
@@ -122,6 +124,8 @@ pub(super) struct Member {
     /// The hash of `id`, for rendezvous hashing.
     pub(super) id_hash: u64,
     pub(super) identity: Option<PeerIdentity>,
+    /// The address of its latest connection, when known.
+    pub(super) peer: Option<std::net::SocketAddr>,
     pub(super) window: usize,
     /// Delivered and not acknowledged, in delivery order.
     pub(super) unacked: VecDeque<Unacked>,
@@ -153,6 +157,7 @@ impl Member {
             id_hash: crate::keys::hash(join.member.as_bytes()),
             id: join.member.clone(),
             identity: join.identity.clone(),
+            peer: join.peer,
             window: join.window,
             unacked: VecDeque::new(),
             sender: None,

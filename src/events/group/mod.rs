@@ -12,7 +12,8 @@
 //! - `keyed.rs`: keys, their owners by rendezvous hashing, one event per key out, and the keys
 //!   waiting, by owner (with what a publish costs at the documented limits);
 //! - `lease.rs`: a member's lease and its timer; `idle.rs`: groups without members;
-//! - `journal.rs`: what a log that keeps groups is told, and groups formed again from it.
+//! - `journal.rs`: what a log that keeps groups is told, and groups formed again from it;
+//! - `status.rs`: the groups as the admin status shows them.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,6 +32,7 @@ mod journal;
 mod keyed;
 mod lease;
 mod member;
+mod status;
 
 /// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
 /// been without members the longest gives way.

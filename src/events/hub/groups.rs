@@ -66,6 +66,7 @@ impl Hub {
                     handled,
                     identity: membership.identity.clone(),
                     filter: filter.map(Arc::new),
+                    peer: subscription.peer,
                 },
                 log.as_mut(),
             )

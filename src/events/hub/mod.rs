@@ -4,7 +4,8 @@
 //! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
 //! subscription starts and wakes streams that have caught up (`plain.rs`). Consumer groups
 //! ([`super::group`]) are handed each event as it is published, and joined, acknowledged and
-//! left under the hub's lock (`groups.rs`). `drain.rs` ends it all for shutdown.
+//! left under the hub's lock (`groups.rs`). `drain.rs` ends it all for shutdown; `status.rs`
+//! is the hub's part of the admin status.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,7 +25,7 @@ use crate::keys::KeyPath;
 use crate::telemetry::EventMetrics;
 use crate::v1::Cursor;
 
-pub(crate) use plain::{Fetched, Position};
+pub(crate) use plain::{Admitted, Fetched, Progress};
 
 /// How many events a plain stream takes from the log at a time.
 const READ_BATCH: usize = 32;
@@ -46,6 +47,9 @@ pub(crate) struct Hub {
     pub(crate) cut_off: AtomicU64,
     /// Open streams of subscribers without a group.
     plain_streams: AtomicUsize,
+    /// Those streams, by number, with how far each got (for the admin status): each is
+    /// listed when admitted and taken off when it ends, never touched per event.
+    plain: Mutex<std::collections::BTreeMap<u64, Arc<Progress>>>,
     /// The most plain subscribers served at once.
     max_subscribers: usize,
     /// Woken when an acknowledgement arrives or a stream ends: what a drain waits for.
@@ -186,6 +190,7 @@ impl Hub {
             latest: AtomicU64::new(latest),
             cut_off: AtomicU64::new(0),
             plain_streams: AtomicUsize::new(0),
+            plain: Mutex::new(std::collections::BTreeMap::new()),
             max_subscribers,
             changed: Notify::new(),
             first_delivery: wire::delivery_field(1, 0, 0),
@@ -392,6 +397,7 @@ impl Encoded {
 mod drain;
 mod groups;
 mod plain;
+mod status;
 
 #[cfg(test)]
 mod test;

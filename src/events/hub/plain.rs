@@ -1,8 +1,11 @@
 //! Plain subscribers (without a group): where a subscription starts, reading the log by
-//! cursor, being woken for the next event, and how many are open.
+//! cursor, being woken for the next event, and which are open (with their address and how
+//! far each got, for the admin status).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -44,6 +47,30 @@ impl PartialEq for Snapshot {
 }
 
 impl Eq for Snapshot {}
+
+/// A plain subscriber admitted: where it starts, and its entry in the hub's list of those
+/// open.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) position: Position,
+    /// The latest sequence when it subscribed: its buffer's floor.
+    pub(crate) floor: u64,
+    /// Its stream's number, to be woken by and to leave the list with.
+    pub(crate) id: u64,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// How far a plain subscriber got, shared by its stream (which writes it) and the hub's list
+/// of open streams (which the admin status reads).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// The subscriber's address, when its request carried it.
+    pub(crate) peer: Option<SocketAddr>,
+    /// The last sequence sent to it or passed over by its filter; before any, the one it was
+    /// told it starts after (0 when it was told none: it starts with a gap or a snapshot).
+    /// Stored relaxed by its stream as it goes: the one cost per event of the admin status.
+    pub(crate) cursor: AtomicU64,
+}
 
 /// What a plain stream found when it asked for more.
 #[derive(Debug)]
@@ -197,24 +224,59 @@ impl Hub {
         Fetched::Events { missed }
     }
 
-    /// Admits a plain subscriber (counted until [`plain_stream_ended`](Self::plain_stream_ended)):
-    /// where it starts, and the latest sequence now (its buffer's floor).
+    /// Admits a plain subscriber (counted and listed until
+    /// [`plain_stream_ended`](Self::plain_stream_ended)): where it starts, the latest
+    /// sequence now (its buffer's floor), and its entry in the list of open streams.
     pub(crate) fn admit_plain(
         &self,
         subscription: &Subscription,
-    ) -> Result<(Position, u64), tonic::Status> {
+    ) -> Result<Admitted, tonic::Status> {
+        static STREAMS: AtomicU64 = AtomicU64::new(1);
         let open = self.plain_streams.fetch_add(1, Ordering::AcqRel);
         self.metrics.subscribers.set((open + 1) as f64);
         let refusal = if open >= self.max_subscribers {
             Refusal::TooManySubscribers(self.max_subscribers)
         } else {
             match self.start(subscription) {
-                Ok(position) => return Ok((position, self.latest())),
+                Ok(position) => {
+                    let told = position.snapshot.0.is_empty()
+                        && position.missed == 0
+                        && position.previous_epoch == 0;
+                    let progress = Arc::new(Progress {
+                        peer: subscription.peer,
+                        cursor: AtomicU64::new(if told { position.next - 1 } else { 0 }),
+                    });
+                    let id = STREAMS.fetch_add(1, Ordering::Relaxed);
+                    self.plain_list().insert(id, progress.clone());
+                    return Ok(Admitted {
+                        position,
+                        floor: self.latest(),
+                        id,
+                        progress,
+                    });
+                }
                 Err(refusal) => refusal,
             }
         };
-        self.plain_stream_ended();
+        self.plain_stream_counted_out();
         Err(protocol::refused(&self.method, &refusal, None))
+    }
+
+    fn plain_list(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<Progress>>> {
+        // Inserts and removes are whole before they can panic: poisoning is harmless.
+        self.plain
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The plain subscribers open now, in the order they subscribed: address and cursor.
+    pub(super) fn plain_progress(&self) -> Vec<(Option<SocketAddr>, u64)> {
+        self.plain_list()
+            .values()
+            .map(|progress| (progress.peer, progress.cursor.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// A plain stream that ends takes its waker out of the list it was registered in, unless
@@ -228,8 +290,13 @@ impl Hub {
         self.plain_streams.load(Ordering::Acquire)
     }
 
-    /// A plain subscriber's stream ended.
-    pub(crate) fn plain_stream_ended(&self) {
+    /// The plain subscriber's stream `id` ended.
+    pub(crate) fn plain_stream_ended(&self, id: u64) {
+        self.plain_list().remove(&id);
+        self.plain_stream_counted_out();
+    }
+
+    fn plain_stream_counted_out(&self) {
         let open = self.plain_streams.fetch_sub(1, Ordering::AcqRel) - 1;
         self.metrics.subscribers.set(open as f64);
         self.changed.notify_waiters();

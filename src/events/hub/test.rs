@@ -1,6 +1,7 @@
 //! The hub: sequences and cursors, where subscriptions start (from a cursor, a time, the latest
 //! per key), and what a publish refuses.
 
+use super::plain::Position;
 use super::*;
 use crate::events::protocol::{Refusal, Subscription};
 use crate::v1::Cursor as WireCursor;

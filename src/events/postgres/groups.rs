@@ -19,7 +19,9 @@ use std::sync::Mutex;
 
 use sqlx::{Connection as _, PgConnection, Row as _};
 
-use crate::events::log::{EventLog, GroupChange, MemoryLog, Read, SavedGroup, Stored};
+use crate::events::log::{
+    EventLog, GroupChange, LastError, MemoryLog, Read, SavedGroup, Storage, Stored,
+};
 
 /// Group changes recorded by the hubs and not yet taken by the tailer, with the event RPC
 /// (its index in the stream) each is of.
@@ -54,6 +56,8 @@ pub(crate) struct PgLog {
     pub(crate) rpc: usize,
     pub(crate) saved: Vec<(String, SavedGroup)>,
     pub(crate) outbox: std::sync::Arc<Outbox>,
+    /// The stream's last error, which its tailer keeps.
+    pub(crate) errors: LastError,
 }
 
 impl EventLog for PgLog {
@@ -95,6 +99,18 @@ impl EventLog for PgLog {
 
     fn kept_sequences(&self) -> Option<Vec<u64>> {
         self.memory.kept_sequences()
+    }
+
+    fn storage(&self) -> Storage<'_> {
+        Storage::Postgres
+    }
+
+    fn compacted_keys(&self) -> u64 {
+        self.memory.compacted_keys()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.errors.get()
     }
 
     fn keeps_groups(&self) -> bool {

@@ -129,6 +129,7 @@ pub(crate) async fn open(
     let mut next = Vec::with_capacity(rpcs.len());
     let mut loaded_groups = Vec::with_capacity(rpcs.len());
     let outbox = Arc::new(groups::Outbox::default());
+    let shared = Arc::new(tail::Shared::default());
     for (index, rpc) in rpcs.into_iter().enumerate() {
         let Rpc {
             mut hub,
@@ -171,10 +172,10 @@ pub(crate) async fn open(
             rpc: index,
             saved,
             outbox: outbox.clone(),
+            errors: shared.errors.clone(),
         };
         hubs.push(Hub::with_log(hub, Box::new(log), None));
     }
-    let shared = Arc::new(tail::Shared::default());
     let tailer = tail::Tailer {
         stream: name.to_owned(),
         options,

@@ -37,6 +37,7 @@ use tokio::sync::Notify;
 use super::groups::{Outbox, Written};
 use super::{claim, rows};
 use crate::events::hub::Hub;
+use crate::events::log::LastError;
 
 /// How often the tailer looks for rows nobody told it of.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -63,6 +64,9 @@ pub(crate) struct Shared {
     published: Notify,
     /// Set when the tailer is to stop (then `committed` is notified).
     stop: AtomicBool,
+    /// The stream's last error (a lost connection, a failed write), which every event RPC of
+    /// the stream reports as its log's.
+    pub(crate) errors: LastError,
 }
 
 impl Shared {
@@ -166,6 +170,7 @@ impl Tailer {
                 () = self.outbox.changed.notified() => {
                     if let Err(error) = self.write_groups(&mut conn).await {
                         tracing::warn!(stream = %self.stream, %error, "writing consumer group progress failed; connecting again");
+                        self.shared.errors.set("writing consumer group progress", &error);
                         match self.reconnect(conn).await {
                             Some(new) => conn = new,
                             None => return,
@@ -191,10 +196,14 @@ impl Tailer {
                 }
                 Err(Failure::Lost) => {
                     tracing::error!(stream = %self.stream, "rows of this stream were numbered by another publisher: it no longer serves the stream's new events");
+                    self.shared.errors.set("numbering the stream's events", &"rows were numbered by another publisher: this one no longer serves the stream's new events");
                     return;
                 }
                 Err(Failure::Database(error)) => {
                     tracing::warn!(stream = %self.stream, %error, "reading the stream's events failed; connecting again");
+                    self.shared
+                        .errors
+                        .set("reading the stream's events", &error);
                     match self.reconnect(conn).await {
                         Some(new) => conn = new,
                         None => return,
@@ -206,6 +215,9 @@ impl Tailer {
         // What the groups did until now is theirs when the name is opened again.
         if let Err(error) = self.write_groups(&mut conn).await {
             tracing::warn!(stream = %self.stream, %error, "writing consumer group progress failed as the stream was let go; their latest events go out again, marked");
+            self.shared
+                .errors
+                .set("writing consumer group progress", &error);
         }
         claim::release(conn, &self.stream).await;
     }
@@ -316,6 +328,8 @@ impl Tailer {
     fn hand_over(&self, rpc: usize, sequence: u64, event: crate::events::hub::Encoded) {
         if let Err(error) = self.hubs[rpc].append(event, Some(sequence)) {
             tracing::error!(stream = %self.stream, rpc = %self.rpcs[rpc], %error, "a numbered event could not be served");
+            let what = format!("serving a numbered event of {}", self.rpcs[rpc]);
+            self.shared.errors.set(&what, &error);
         }
     }
 
@@ -344,10 +358,12 @@ impl Tailer {
                 Ok(conn) => conn,
                 Err(claim::ClaimError::InUse(_)) => {
                     tracing::error!(stream = %self.stream, "another publisher claimed the stream while this one was disconnected: this one no longer serves its new events");
+                    self.shared.errors.set("connecting again", &"another publisher claimed the stream meanwhile: this one no longer serves its new events");
                     return None;
                 }
                 Err(error) => {
                     tracing::warn!(stream = %self.stream, %error, "connecting again failed");
+                    self.shared.errors.set("connecting again", &error);
                     continue;
                 }
             };
@@ -355,11 +371,13 @@ impl Tailer {
                 Ok(opened_at) if opened_at == self.opened_at => {}
                 Ok(_) => {
                     tracing::error!(stream = %self.stream, "another publisher opened the stream while this one was disconnected: this one no longer serves its new events");
+                    self.shared.errors.set("connecting again", &"another publisher opened the stream meanwhile: this one no longer serves its new events");
                     claim::release(conn, &self.stream).await;
                     return None;
                 }
                 Err(error) => {
                     tracing::warn!(stream = %self.stream, %error, "reading the stream's owner failed");
+                    self.shared.errors.set("reading the stream's owner", &error);
                     claim::release(conn, &self.stream).await;
                     continue;
                 }
@@ -368,6 +386,9 @@ impl Tailer {
                 Ok(()) => return Some(conn),
                 Err(error) => {
                     tracing::warn!(stream = %self.stream, %error, "reading back the stream's events failed");
+                    self.shared
+                        .errors
+                        .set("reading back the stream's events", &error);
                     claim::release(conn, &self.stream).await;
                 }
             }
