@@ -41,7 +41,7 @@ impl AdminStatus {
         let mut event_rpcs: Vec<wire::EventRpcStatus> = self
             .publishers
             .iter()
-            .flat_map(|_publisher: &Publisher| Vec::<wire::EventRpcStatus>::new())
+            .flat_map(Publisher::admin_status)
             .collect();
         event_rpcs.sort_by(|a, b| a.rpc.cmp(&b.rpc));
         let mut channels: Vec<wire::ChannelStatus> = registry::channels()

@@ -28,8 +28,6 @@ use crate::admin::v1::EventRpcStatus;
 
 impl Publisher {
     /// One status per event RPC this publisher serves, by path.
-    // Called by the admin service (`crate::admin`), which lands apart from this.
-    #[allow(dead_code)]
     pub(crate) fn admin_status(&self) -> Vec<EventRpcStatus> {
         let mut rpcs: Vec<EventRpcStatus> = self
             .hubs

@@ -401,3 +401,133 @@ async fn the_admin_service_and_channelz_refuse_an_anonymous_caller_behind_an_aut
         .expect("the operator is let in");
     guarded.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn the_admin_view_shows_an_event_rpcs_subscribers_and_a_groups_lag() {
+    use meshless::v1::{Acknowledgement, Cursor, EventGroupsClient, StartPosition, Subscribe};
+    use support::{EchoPublisher, EchoService, EchoedEvent};
+    use tokio_stream::StreamExt;
+
+    const ECHOED: &str = "/testing.v1.Echo/Echoed";
+    let publisher = EchoPublisher::new();
+    let server = Running::start(
+        Server::builder()
+            .admin(true)
+            // The member that stays has 6 events it will never acknowledge.
+            .grace_period(Duration::from_millis(100))
+            .add_service(EchoService::with_publisher(
+                Echo::default(),
+                publisher.clone(),
+            )),
+    )
+    .await;
+    let mut published = Vec::new();
+    for i in 0..10 {
+        published.push(
+            publisher
+                .publish_echoed(EchoedEvent {
+                    message: format!("event {i}"),
+                })
+                .expect("publish"),
+        );
+    }
+    let channel = Channel::connect(&server.target()).await.expect("channel");
+    let echo = EchoClient::new(channel.clone()).into_tonic();
+    // A plain subscriber that read every event.
+    let mut plain = echo
+        .clone()
+        .echoed(Subscribe {
+            start: StartPosition::Oldest as i32,
+            ..Subscribe::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    for _ in 0..10 {
+        tokio::time::timeout(PATIENCE, plain.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("an event");
+    }
+    // A consumer group member that got events and acknowledged the first 4.
+    let mut member = echo
+        .clone()
+        .echoed(Subscribe {
+            start: StartPosition::Oldest as i32,
+            group: "billing".into(),
+            member: "billing-1".into(),
+            max_unacknowledged: 6,
+            lease_ms: 60_000,
+            ..Subscribe::default()
+        })
+        .await
+        .expect("join")
+        .into_inner();
+    for _ in 0..6 {
+        tokio::time::timeout(PATIENCE, member.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("an event");
+    }
+    EventGroupsClient::new(channel.clone())
+        .acknowledge(Acknowledgement {
+            rpc: ECHOED.into(),
+            group: "billing".into(),
+            member: "billing-1".into(),
+            handled: Some(Cursor {
+                epoch: published[3].epoch,
+                sequence: published[3].sequence,
+            }),
+            ..Acknowledgement::default()
+        })
+        .await
+        .expect("acknowledge");
+
+    let status = status(&mut AdminClient::new(channel)).await;
+    assert_eq!(status.event_rpcs.len(), 1, "{status:?}");
+    let rpc = &status.event_rpcs[0];
+    assert_eq!(rpc.rpc, ECHOED);
+    assert_eq!(rpc.epoch, published[0].epoch);
+    assert_eq!(
+        (rpc.first_sequence, rpc.last_sequence),
+        (published[0].sequence, published[9].sequence)
+    );
+    assert_eq!(rpc.storage, "memory");
+    assert_eq!((rpc.bytes_on_disk, rpc.subscribers_cut_off), (0, 0));
+    assert_eq!(rpc.last_error, "");
+    assert_eq!(rpc.subscribers.len(), 1, "{:?}", rpc.subscribers);
+    let subscriber = &rpc.subscribers[0];
+    assert_eq!(
+        (subscriber.cursor, subscriber.lag),
+        (published[9].sequence, 0)
+    );
+    assert!(
+        subscriber.peer.starts_with("127.0.0.1:"),
+        "{}",
+        subscriber.peer
+    );
+
+    assert_eq!(rpc.groups.len(), 1);
+    let group = &rpc.groups[0];
+    assert_eq!(group.name, "billing");
+    assert_eq!(group.members.len(), 1);
+    let joined = &group.members[0];
+    assert_eq!(
+        (
+            joined.member.as_str(),
+            joined.lease_ms,
+            joined.unacknowledged
+        ),
+        ("billing-1", 60_000, 6)
+    );
+    assert!(joined.peer.starts_with("127.0.0.1:"));
+    // The 4 acknowledged made room for the last 4: all 6 left are delivered.
+    assert_eq!(group.unacknowledged, 6);
+    assert_eq!(group.acknowledged_through, published[3].sequence);
+    assert_eq!(group.lag, 6);
+    assert!(group.last_acknowledgement_ms_ago.is_some());
+    drop((plain, member));
+    server.stop().await.expect("stop");
+}

@@ -53,11 +53,12 @@ impl Group {
                     identity: member.identity.as_ref().map(text).unwrap_or_default(),
                     lease_ms: millis(member.lease.length),
                     unacknowledged: member.unacked.len() as u64,
+                    member: member.id.clone(),
                 };
                 (member.id.as_str(), status)
             })
             .collect();
-        // By member name (which the status does not carry): a stable order.
+        // By member id: a stable order.
         members.sort_by(|a, b| a.0.cmp(b.0));
         let unacknowledged = members.iter().map(|(_, m)| m.unacknowledged).sum::<u64>();
         // Where the group reads the log next; what left the log before is missed, not owed.
