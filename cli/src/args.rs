@@ -1,0 +1,508 @@
+//! The command line's arguments, parsed by hand: three commands with a few flags each do not
+//! need an argument parser's compile time.
+//!
+//! Flags may come anywhere after the command, as `--flag value` or `--flag=value`; an unknown
+//! flag, a missing value or a missing argument is an [`Error`] that names it, and `--help`
+//! anywhere prints [`USAGE`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// What `meshless --help` prints.
+pub(crate) const USAGE: &str = "\
+meshless: look at and talk to the instances of a meshless service, without a proxy or a broker
+
+USAGE:
+    meshless status <target> [--json] [--watch [--interval 2s]] [--timeout 5s]
+    meshless tail <target> <package.Service/Event> [--from oldest|live] [--group NAME]
+                  [--descriptor-set FILE] [--count N] [--timeout 5s]
+    meshless call <target> <package.Service/Method> '<json>' [--descriptor-set FILE]
+                  [--timeout 10s]
+
+COMMANDS:
+    status   Asks every instance of <target> for its admin view (meshless.admin.v1.Admin,
+             served with Server::admin(true)) and prints one report: instances, event RPCs,
+             consumer groups with their lag per producer, ejected instances.
+               --json             one JSON object instead of tables
+               --watch            refresh in place until Ctrl-C (every --interval, default 2s)
+               --timeout D        how long DNS and each instance may take (default 5s)
+    tail     Subscribes to the event RPC on every instance of <target> and prints one JSON
+             object per event: {\"instance\", \"sequence\", \"key\", \"event\"}, in order per
+             producer. The event is decoded with descriptors from gRPC reflection
+             (Server::reflection(true)) or from --descriptor-set.
+               --from oldest|live where to start (default oldest: every retained event)
+               --group NAME       join consumer group NAME and acknowledge each event printed
+               --count N          stop after N events
+               --descriptor-set F a FileDescriptorSet (protoc --include_imports -o F, buf build -o F)
+               --timeout D        how long DNS, reflection and subscribing may take (default 5s)
+    call     Sends one request, written in JSON, to one instance of <target> (picked by the
+             balancer) and prints the response as JSON. A failed call prints
+             `error: CODE: message` and exits with 1.
+               --descriptor-set F as for tail
+               --timeout D        the call's deadline (default 10s)
+
+TARGETS:
+    dns:[//dns-server[:port]/]host:port     A/AAAA records of host
+    dns+srv:[//dns-server[:port]/]name      SRV records of name (Consul: users.service.consul)
+    ipv4:10.0.0.1:50051,10.0.0.2:50051      fixed addresses (ipv6:[fd00::1]:50051 likewise)
+    http://host:port                        one host
+
+Durations: 500ms, 2s, 1m. Exit code: 0 on success, 1 on any error (2 for bad arguments).
+";
+
+/// One parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Command {
+    /// `--help`, `-h`, `help`, or no arguments.
+    Help,
+    /// `--version`, `-V`.
+    Version,
+    /// `meshless status`.
+    Status(StatusArgs),
+    /// `meshless tail`.
+    Tail(TailArgs),
+    /// `meshless call`.
+    Call(CallArgs),
+}
+
+/// `meshless status <target> [--json] [--watch [--interval D]] [--timeout D]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StatusArgs {
+    pub(crate) target: String,
+    pub(crate) json: bool,
+    pub(crate) watch: bool,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+/// Where `tail` starts on each producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    /// Every event the producer still retains, then live ones.
+    Oldest,
+    /// Only events published from now on.
+    Live,
+}
+
+/// `meshless tail <target> <package.Service/Event> ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TailArgs {
+    pub(crate) target: String,
+    pub(crate) method: MethodName,
+    pub(crate) from: From,
+    pub(crate) group: Option<String>,
+    pub(crate) descriptor_set: Option<PathBuf>,
+    pub(crate) count: Option<u64>,
+    pub(crate) timeout: Duration,
+}
+
+/// `meshless call <target> <package.Service/Method> '<json>' ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallArgs {
+    pub(crate) target: String,
+    pub(crate) method: MethodName,
+    pub(crate) json: String,
+    pub(crate) descriptor_set: Option<PathBuf>,
+    pub(crate) timeout: Duration,
+}
+
+/// `package.Service/Method`, also accepted as `/package.Service/Method` and
+/// `package.Service.Method` (grpcurl's form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MethodName {
+    /// `package.Service`.
+    pub(crate) service: String,
+    /// `Method`.
+    pub(crate) method: String,
+}
+
+impl MethodName {
+    fn parse(text: &str) -> Result<Self, Error> {
+        let trimmed = text.strip_prefix('/').unwrap_or(text);
+        let split = trimmed
+            .rsplit_once('/')
+            .or_else(|| trimmed.rsplit_once('.'));
+        match split {
+            Some((service, method))
+                if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
+            {
+                Ok(Self {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                })
+            }
+            _ => Err(Error::usage(format!(
+                "`{text}` is not a method: write it as package.Service/Method"
+            ))),
+        }
+    }
+
+    /// The gRPC path: `/package.Service/Method`.
+    pub(crate) fn path(&self) -> String {
+        format!("/{}/{}", self.service, self.method)
+    }
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.service, self.method)
+    }
+}
+
+/// Parses the arguments after the program's name.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Command::Help);
+    }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        return Ok(Command::Version);
+    }
+    let Some((command, rest)) = args.split_first() else {
+        return Ok(Command::Help);
+    };
+    let mut parsed = Parsed::split(command, rest)?;
+    let command = match command.as_str() {
+        "help" => Command::Help,
+        "status" => {
+            let [target] = parsed.positionals("status", ["<target>"])?;
+            let watch = parsed.switch("--watch");
+            let interval = parsed.duration("--interval")?;
+            if interval.is_some() && !watch {
+                return Err(Error::usage("--interval goes with --watch"));
+            }
+            Command::Status(StatusArgs {
+                target,
+                json: parsed.switch("--json"),
+                watch,
+                interval: interval.unwrap_or(Duration::from_secs(2)),
+                timeout: parsed
+                    .duration("--timeout")?
+                    .unwrap_or(Duration::from_secs(5)),
+            })
+        }
+        "tail" => {
+            let [target, method] =
+                parsed.positionals("tail", ["<target>", "<package.Service/Event>"])?;
+            let from = match parsed.value("--from").as_deref() {
+                None | Some("oldest") => From::Oldest,
+                Some("live") => From::Live,
+                Some(other) => {
+                    return Err(Error::usage(format!(
+                        "--from takes oldest or live, not `{other}`"
+                    )))
+                }
+            };
+            let count = match parsed.value("--count") {
+                None => None,
+                Some(count) => Some(count.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(
+                    || Error::usage(format!("--count takes a positive number, not `{count}`")),
+                )?),
+            };
+            let group = parsed.value("--group");
+            if group.as_deref() == Some("") {
+                return Err(Error::usage("--group takes a non-empty name"));
+            }
+            Command::Tail(TailArgs {
+                target,
+                method: MethodName::parse(&method)?,
+                from,
+                group,
+                descriptor_set: parsed.value("--descriptor-set").map(PathBuf::from),
+                count,
+                timeout: parsed
+                    .duration("--timeout")?
+                    .unwrap_or(Duration::from_secs(5)),
+            })
+        }
+        "call" => {
+            let [target, method, json] =
+                parsed.positionals("call", ["<target>", "<package.Service/Method>", "'<json>'"])?;
+            Command::Call(CallArgs {
+                target,
+                method: MethodName::parse(&method)?,
+                json,
+                descriptor_set: parsed.value("--descriptor-set").map(PathBuf::from),
+                timeout: parsed
+                    .duration("--timeout")?
+                    .unwrap_or(Duration::from_secs(10)),
+            })
+        }
+        other => return Err(Error::usage(format!(
+            "unknown command `{other}`: the commands are status, tail and call (meshless --help)"
+        ))),
+    };
+    parsed.finish(command)
+}
+
+/// A command's arguments, split into positionals and flags, each flag checked against the
+/// command's own.
+#[derive(Debug)]
+struct Parsed {
+    positionals: Vec<String>,
+    flags: Vec<(&'static str, Option<String>)>,
+}
+
+/// The flags of each command: name, and whether it takes a value.
+fn flags_of(command: &str) -> &'static [(&'static str, bool)] {
+    match command {
+        "status" => &[
+            ("--json", false),
+            ("--watch", false),
+            ("--interval", true),
+            ("--timeout", true),
+        ],
+        "tail" => &[
+            ("--from", true),
+            ("--group", true),
+            ("--descriptor-set", true),
+            ("--count", true),
+            ("--timeout", true),
+        ],
+        "call" => &[("--descriptor-set", true), ("--timeout", true)],
+        _ => &[],
+    }
+}
+
+impl Parsed {
+    fn split(command: &str, args: &[String]) -> Result<Self, Error> {
+        let known = flags_of(command);
+        let mut parsed = Parsed {
+            positionals: Vec::new(),
+            flags: Vec::new(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            // A lone `-` or anything not starting with `--` is a positional (JSON may start
+            // with `-` only as a number, which is not a request).
+            if !arg.starts_with("--") {
+                parsed.positionals.push(arg.clone());
+                continue;
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (arg.as_str(), None),
+            };
+            let Some(&(flag, takes_value)) = known.iter().find(|(flag, _)| *flag == name) else {
+                let accepted: Vec<&str> = known.iter().map(|(flag, _)| *flag).collect();
+                return Err(Error::usage(if accepted.is_empty() {
+                    format!("unknown flag `{name}`")
+                } else {
+                    format!(
+                        "unknown flag `{name}` for `meshless {command}`: it takes {}",
+                        accepted.join(", ")
+                    )
+                }));
+            };
+            let value = match (takes_value, inline) {
+                (true, Some(value)) => Some(value),
+                (true, None) => Some(
+                    args.next()
+                        .cloned()
+                        .ok_or_else(|| Error::usage(format!("{flag} needs a value")))?,
+                ),
+                (false, None) => None,
+                (false, Some(_)) => {
+                    return Err(Error::usage(format!("{flag} takes no value")));
+                }
+            };
+            if parsed.flags.iter().any(|(f, _)| *f == flag) {
+                return Err(Error::usage(format!("{flag} is given twice")));
+            }
+            parsed.flags.push((flag, value));
+        }
+        Ok(parsed)
+    }
+
+    fn positionals<const N: usize>(
+        &mut self,
+        command: &str,
+        names: [&str; N],
+    ) -> Result<[String; N], Error> {
+        let given = std::mem::take(&mut self.positionals);
+        if given.len() < N {
+            return Err(Error::usage(format!(
+                "`meshless {command}` needs {}: missing {}",
+                names.join(" "),
+                names[given.len()..].join(" ")
+            )));
+        }
+        if given.len() > N {
+            return Err(Error::usage(format!(
+                "`meshless {command}` takes {}: unexpected `{}`",
+                names.join(" "),
+                given[N]
+            )));
+        }
+        Ok(given
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("the length was checked")))
+    }
+
+    fn switch(&mut self, flag: &str) -> bool {
+        self.take(flag).is_some()
+    }
+
+    fn value(&mut self, flag: &str) -> Option<String> {
+        self.take(flag).flatten()
+    }
+
+    fn duration(&mut self, flag: &str) -> Result<Option<Duration>, Error> {
+        self.value(flag)
+            .map(|text| {
+                parse_duration(&text).ok_or_else(|| {
+                    Error::usage(format!(
+                        "{flag} takes a duration such as 500ms, 2s or 1m, not `{text}`"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn take(&mut self, flag: &str) -> Option<Option<String>> {
+        let at = self.flags.iter().position(|(f, _)| *f == flag)?;
+        Some(self.flags.remove(at).1)
+    }
+
+    /// Every flag of the command was looked at by the time the command is built.
+    fn finish(self, command: Command) -> Result<Command, Error> {
+        debug_assert!(self.flags.is_empty(), "flags left: {:?}", self.flags);
+        Ok(command)
+    }
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number is seconds. Positive only.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    let duration = Duration::try_from_secs_f64(seconds).ok()?;
+    (!duration.is_zero()).then_some(duration)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn parse_args(line: &str) -> Result<Command, Error> {
+        parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn status_with_flags_anywhere() {
+        let command = parse_args("status --json dns+srv:///users.service.consul --timeout 1s")
+            .expect("parses");
+        assert_eq!(
+            command,
+            Command::Status(StatusArgs {
+                target: "dns+srv:///users.service.consul".into(),
+                json: true,
+                watch: false,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+            })
+        );
+        let Command::Status(watch) =
+            parse_args("status ipv4:127.0.0.1:1 --watch --interval=500ms").expect("parses")
+        else {
+            panic!("not status");
+        };
+        assert!(watch.watch);
+        assert_eq!(watch.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn tail_and_call() {
+        let Command::Tail(tail) = parse_args(
+            "tail ipv4:127.0.0.1:1 testing.orders.v1.Orders/OrderLogged --from live --group billing --count 3",
+        )
+        .expect("parses") else {
+            panic!("not tail");
+        };
+        assert_eq!(tail.method.path(), "/testing.orders.v1.Orders/OrderLogged");
+        assert_eq!(tail.from, From::Live);
+        assert_eq!(tail.group.as_deref(), Some("billing"));
+        assert_eq!(tail.count, Some(3));
+
+        let command = parse(
+            [
+                "call",
+                "ipv4:127.0.0.1:1",
+                "/testing.orders.v1.Orders/Change",
+                r#"{"order": {"id": "a"}}"#,
+            ]
+            .map(String::from),
+        )
+        .expect("parses");
+        let Command::Call(call) = command else {
+            panic!("not call")
+        };
+        assert_eq!(call.method.service, "testing.orders.v1.Orders");
+        assert_eq!(call.method.method, "Change");
+        assert_eq!(call.json, r#"{"order": {"id": "a"}}"#);
+        assert_eq!(call.timeout, Duration::from_secs(10));
+        // grpcurl's dotted form.
+        let dotted = MethodName::parse("testing.orders.v1.Orders.Change").expect("parses");
+        assert_eq!(dotted.path(), "/testing.orders.v1.Orders/Change");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let message = |line: &str| parse_args(line).expect_err(line).to_string();
+        assert_eq!(
+            message("status ipv4:127.0.0.1:1 --jsn"),
+            "unknown flag `--jsn` for `meshless status`: it takes --json, --watch, --interval, --timeout"
+        );
+        assert_eq!(
+            message("tail ipv4:127.0.0.1:1"),
+            "`meshless tail` needs <target> <package.Service/Event>: missing <package.Service/Event>"
+        );
+        assert_eq!(message("tail x y --count"), "--count needs a value");
+        assert_eq!(
+            message("tail x a.B/C --count 0"),
+            "--count takes a positive number, not `0`"
+        );
+        assert_eq!(
+            message("tail x a.B/C --from newest"),
+            "--from takes oldest or live, not `newest`"
+        );
+        assert_eq!(
+            message("status x --timeout soon"),
+            "--timeout takes a duration such as 500ms, 2s or 1m, not `soon`"
+        );
+        assert_eq!(
+            message("status x y"),
+            "`meshless status` takes <target>: unexpected `y`"
+        );
+        assert_eq!(
+            message("status x --interval 1s"),
+            "--interval goes with --watch"
+        );
+        assert!(message("watch x").starts_with("unknown command `watch`"));
+        assert!(message("call x Method {}").contains("not a method"));
+        assert_eq!(parse_args("status x --help").expect("help"), Command::Help);
+        assert_eq!(parse_args("").expect("help"), Command::Help);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("2 days"), None);
+    }
+}

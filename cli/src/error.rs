@@ -1,0 +1,84 @@
+//! [`Error`]: what went wrong, in one sentence a user can act on, and the exit code it gives.
+
+use std::fmt;
+
+/// A failure of the command: printed as `error: {message}` on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Error {
+    message: String,
+    usage: bool,
+}
+
+impl Error {
+    /// A failure while running the command: exit code 1.
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            usage: false,
+        }
+    }
+
+    /// Bad arguments: exit code 2, with a pointer to `--help`.
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            usage: true,
+        }
+    }
+
+    /// The process's exit code for this error.
+    pub(crate) fn exit_code(&self) -> i32 {
+        if self.usage {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether this is a usage error (bad arguments).
+    pub(crate) fn is_usage(&self) -> bool {
+        self.usage
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `UNAVAILABLE: connection refused`: a status as gRPC tools print it.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.is_empty() {
+        code_name(status.code()).to_owned()
+    } else {
+        format!("{}: {message}", code_name(status.code()))
+    }
+}
+
+/// The name of a gRPC status code as the gRPC spec writes it (`NOT_FOUND`).
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
