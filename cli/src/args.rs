@@ -230,9 +230,11 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, E
                     .unwrap_or(Duration::from_secs(10)),
             })
         }
-        other => return Err(Error::usage(format!(
+        other => {
+            return Err(Error::usage(format!(
             "unknown command `{other}`: the commands are status, tail and call (meshless --help)"
-        ))),
+        )))
+        }
     };
     parsed.finish(command)
 }

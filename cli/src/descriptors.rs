@@ -64,39 +64,27 @@ async fn reflect(
     let mut files: BTreeMap<String, FileDescriptorProto> = BTreeMap::new();
     let mut asking = vec![MessageRequest::FileContainingSymbol(service.to_owned())];
     for _ in 0..IMPORT_ROUNDS {
-        for response in ask(&mut client, who, asking).await? {
-            match response {
-                MessageResponse::FileDescriptorResponse(found) => {
-                    for encoded in found.file_descriptor_proto {
-                        let file = FileDescriptorProto::decode(encoded.as_slice()).map_err(
-                            |error| {
-                                Error::new(format!(
-                                    "{who}: reflection sent a file descriptor that does not decode: {error}"
-                                ))
-                            },
-                        )?;
-                        files.insert(file.name().to_owned(), file);
-                    }
-                }
-                MessageResponse::ErrorResponse(error)
-                    if error.error_code == tonic::Code::NotFound as i32 =>
-                {
-                    let served = list_services(&mut client, who).await.unwrap_or_default();
-                    return Err(Error::new(format!(
-                        "{who} does not serve `{service}`{}",
-                        served_list(&served)
-                    )));
-                }
-                MessageResponse::ErrorResponse(error) => {
-                    return Err(Error::new(format!(
-                        "{who}: reflection failed: {}",
-                        status_text(&tonic::Status::new(
-                            tonic::Code::from(error.error_code),
-                            error.error_message
-                        ))
-                    )));
-                }
-                _ => {}
+        let answers = match ask(&mut client, asking).await {
+            Ok(answers) => answers,
+            // tonic's reflection answers a symbol it does not know with a status, others with
+            // an error response: both come here.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let served = list_services(&mut client).await.unwrap_or_default();
+                return Err(Error::new(format!(
+                    "{who} does not serve `{service}`{}",
+                    served_list(&served)
+                )));
+            }
+            Err(status) => return Err(reflection_error(who, &status)),
+        };
+        for found in answers {
+            for encoded in found {
+                let file = FileDescriptorProto::decode(encoded.as_slice()).map_err(|error| {
+                    Error::new(format!(
+                        "{who}: reflection sent a file descriptor that does not decode: {error}"
+                    ))
+                })?;
+                files.insert(file.name().to_owned(), file);
             }
         }
         let missing: Vec<String> = files
@@ -127,12 +115,35 @@ async fn reflect(
     )))
 }
 
-/// Sends `requests` on one reflection stream and returns the answers.
+/// Sends `requests` on one reflection stream and returns the files of each answer; an error
+/// response is returned as the status it stands for.
 async fn ask(
     client: &mut ServerReflectionClient<meshless::Channel>,
-    who: &str,
     requests: Vec<MessageRequest>,
-) -> Result<Vec<MessageResponse>, Error> {
+) -> Result<Vec<Vec<Vec<u8>>>, tonic::Status> {
+    let mut answers = Vec::new();
+    for response in exchange(client, requests).await? {
+        match response {
+            MessageResponse::FileDescriptorResponse(found) => {
+                answers.push(found.file_descriptor_proto)
+            }
+            MessageResponse::ErrorResponse(error) => {
+                return Err(tonic::Status::new(
+                    tonic::Code::from(error.error_code),
+                    error.error_message,
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(answers)
+}
+
+/// One reflection stream: `requests` out, their answers back.
+async fn exchange(
+    client: &mut ServerReflectionClient<meshless::Channel>,
+    requests: Vec<MessageRequest>,
+) -> Result<Vec<MessageResponse>, tonic::Status> {
     let expected = requests.len();
     let requests: Vec<ServerReflectionRequest> = requests
         .into_iter()
@@ -143,15 +154,13 @@ async fn ask(
         .collect();
     let mut stream = client
         .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .map_err(|status| reflection_error(who, &status))?
+        .await?
         .into_inner();
     let mut answers = Vec::with_capacity(expected);
     while answers.len() < expected {
-        match stream.message().await {
-            Ok(Some(response)) => answers.extend(response.message_response),
-            Ok(None) => break,
-            Err(status) => return Err(reflection_error(who, &status)),
+        match stream.message().await? {
+            Some(response) => answers.extend(response.message_response),
+            None => break,
         }
     }
     Ok(answers)
@@ -159,16 +168,9 @@ async fn ask(
 
 async fn list_services(
     client: &mut ServerReflectionClient<meshless::Channel>,
-    who: &str,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<String>, tonic::Status> {
     let mut names = Vec::new();
-    for response in ask(
-        client,
-        who,
-        vec![MessageRequest::ListServices(String::new())],
-    )
-    .await?
-    {
+    for response in exchange(client, vec![MessageRequest::ListServices(String::new())]).await? {
         if let MessageResponse::ListServicesResponse(list) = response {
             names.extend(list.service.into_iter().map(|service| service.name));
         }
@@ -181,7 +183,12 @@ fn served_list(served: &[String]) -> String {
     let served: Vec<&str> = served
         .iter()
         .map(String::as_str)
-        .filter(|name| !name.starts_with("grpc."))
+        // What every meshless server may serve is not what the user looks for.
+        .filter(|name| {
+            !["grpc.", "meshless.v1.", "meshless.admin."]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
         .collect();
     if served.is_empty() {
         String::new()
@@ -271,7 +278,8 @@ mod test {
             .expect_err("no such service");
         assert_eq!(
             error.to_string(),
-            "no service `shop.v1.Orders` in the set; it serves meshless.admin.v1.Admin"
+            // meshless's own services are not listed as what the user may have meant.
+            "no service `shop.v1.Orders` in the set"
         );
     }
 

@@ -1,0 +1,73 @@
+//! Clear errors, exit code 1: nothing to talk to, or an instance without what the command
+//! needs.
+
+use crate::support::{meshless, Running, Serving, ZONE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_resolves_to_nothing() {
+    let dns = meshless::testing::TestDns::start(ZONE)
+        .await
+        .expect("the DNS server");
+    let target = dns.srv_target(&format!("nobody.{ZONE}"));
+    for args in [
+        vec!["status", target.as_str()],
+        vec![
+            "tail",
+            target.as_str(),
+            "testing.orders.v1.Orders/OrderLogged",
+        ],
+    ] {
+        let ran = meshless(&args).await;
+        let stderr = ran.failed(1);
+        assert!(
+            stderr.starts_with(&format!("error: {target} resolved to no instance: ")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("NXDOMAIN"), "{stderr}");
+    }
+    let ran = meshless(&["call", &target, "testing.orders.v1.Orders/Change", "{}"]).await;
+    assert!(
+        ran.failed(1)
+            .starts_with(&format!("error: {target} resolved to no instance: ")),
+        "{ran:#?}"
+    );
+    dns.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_admin_or_reflection() {
+    let plain = Running::orders("plain", Serving::default()).await;
+    let target = plain.target();
+    let ran = meshless(&["status", &target]).await;
+    assert_eq!(
+        ran.failed(1).trim(),
+        format!(
+            "error: {} does not serve meshless.admin.v1.Admin: enable it with Server::admin(true)",
+            plain.addr
+        )
+    );
+    let ran = meshless(&["tail", &target, "testing.orders.v1.Orders/OrderLogged"]).await;
+    assert_eq!(
+        ran.failed(1).trim(),
+        format!(
+            "error: {} does not serve gRPC reflection (grpc.reflection.v1.ServerReflection): \
+             enable Server::reflection(true) or pass --descriptor-set",
+            plain.addr
+        )
+    );
+    plain.stop().await;
+}
+
+#[tokio::test]
+async fn bad_arguments() {
+    let ran = meshless(&["status", "ipv4:127.0.0.1:1", "--jsn"]).await;
+    assert!(
+        ran.failed(2)
+            .starts_with("error: unknown flag `--jsn` for `meshless status`"),
+        "{ran:#?}"
+    );
+    let ran = meshless(&["status", "users:50051"]).await;
+    assert!(ran.failed(1).contains("unknown scheme `users`"), "{ran:#?}");
+    let ran = meshless(&["--help"]).await;
+    assert!(ran.ok().contains("meshless status <target>"));
+}

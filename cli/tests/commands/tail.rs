@@ -1,0 +1,188 @@
+//! `meshless tail`: every producer's events, in order per producer, as JSON lines.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::support::{event, meshless, Cluster, Serving};
+
+const ORDER_CHANGED: &str = "testing.orders.v1.Orders/OrderChanged";
+
+fn lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
+
+/// The events printed, per instance: (sequence, key, order id, step) in the order printed.
+fn per_instance(events: &[Value]) -> BTreeMap<String, Vec<(u64, String, String, u64)>> {
+    let mut seen: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for event in events {
+        let step = match &event["event"]["step"] {
+            // Protobuf's JSON: 64-bit integers as strings, zero left out.
+            Value::String(step) => step.parse().expect("a number"),
+            Value::Null => 0,
+            other => panic!("step {other}"),
+        };
+        seen.entry(event["instance"].as_str().expect("instance").to_owned())
+            .or_default()
+            .push((
+                event["sequence"].as_u64().expect("sequence"),
+                event["key"].as_str().expect("key").to_owned(),
+                event["event"]["order"]["id"]
+                    .as_str()
+                    .expect("order id")
+                    .to_owned(),
+                step,
+            ));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_producers_events_in_order_and_stops_after_count() {
+    let cluster = Cluster::start(
+        "tail",
+        2,
+        Serving {
+            reflection: true,
+            ..Serving::default()
+        },
+    )
+    .await;
+    // 4 events on the first producer, 3 on the second, orders interleaved.
+    let mut expected = BTreeMap::new();
+    for (running, count) in cluster.instances.iter().zip([4u64, 3]) {
+        let mut published = Vec::new();
+        for step in 0..count {
+            let order = format!("{}-o{}", running.name, step % 2);
+            let cursor = running
+                .publisher
+                .publish_order_changed(event(&order, step))
+                .expect("publish");
+            published.push((cursor.sequence, order.clone(), order, step));
+        }
+        expected.insert(running.addr.to_string(), published);
+    }
+
+    let ran = meshless(&[
+        "tail",
+        &cluster.target,
+        ORDER_CHANGED,
+        "--from",
+        "oldest",
+        "--count",
+        "7",
+    ])
+    .await;
+    let events = lines(ran.ok());
+    assert_eq!(events.len(), 7, "{}", ran.stdout);
+    assert_eq!(
+        per_instance(&events),
+        expected,
+        "in order per producer, each once"
+    );
+    // The keys in fixed order, as the README shows them.
+    assert!(
+        ran.stdout
+            .lines()
+            .all(|line| line.starts_with(r#"{"instance":""#)),
+        "{}",
+        ran.stdout
+    );
+    println!(
+        "$ meshless tail {} {ORDER_CHANGED} --from oldest --count 7\n{}",
+        cluster.target, ran.stdout
+    );
+
+    // --from live: only what is published after the subscription.
+    let tail = tokio::spawn({
+        let target = cluster.target.clone();
+        async move {
+            meshless(&[
+                "tail",
+                &target,
+                ORDER_CHANGED,
+                "--from",
+                "live",
+                "--count",
+                "1",
+            ])
+            .await
+        }
+    });
+    let first = &cluster.instances[0];
+    let live = crate::support::eventually("the live tail prints an event", || {
+        let _ = first.publisher.publish_order_changed(event("live", 99));
+        let done = tail.is_finished();
+        async move { done.then_some(()) }
+    });
+    live.await;
+    let ran = tail.await.expect("the tail task");
+    let events = lines(ran.ok());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"]["order"]["id"], "live", "{}", ran.stdout);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_in_a_group_acknowledges_what_it_printed() {
+    let cluster = Cluster::start(
+        "grouptail",
+        2,
+        Serving {
+            reflection: true,
+            ..Serving::default()
+        },
+    )
+    .await;
+    for running in &cluster.instances {
+        for step in 0..3 {
+            running
+                .publisher
+                .publish_order_logged(event(&running.name, step))
+                .expect("publish");
+        }
+    }
+    let logged = "testing.orders.v1.Orders/OrderLogged";
+    let ran = meshless(&[
+        "tail",
+        &cluster.target,
+        logged,
+        "--group",
+        "audit",
+        "--count",
+        "6",
+    ])
+    .await;
+    let events = lines(ran.ok());
+    assert_eq!(events.len(), 6);
+    assert!(
+        events.iter().all(|e| e["delivery_count"] == 1),
+        "{}",
+        ran.stdout
+    );
+
+    // The group acknowledged all six and left: the next member gets only what comes next.
+    let next = cluster.instances[1]
+        .publisher
+        .publish_order_logged(event("next", 7))
+        .expect("publish");
+    let ran = meshless(&[
+        "tail",
+        &cluster.target,
+        logged,
+        "--group",
+        "audit",
+        "--count",
+        "1",
+    ])
+    .await;
+    let events = lines(ran.ok());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["instance"], cluster.instances[1].addr.to_string());
+    assert_eq!(events[0]["sequence"], next.sequence, "{}", ran.stdout);
+    assert_eq!(events[0]["event"]["order"]["id"], "next");
+    cluster.stop().await;
+}
