@@ -8,6 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshless::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use meshless::ChannelBuilder;
+
 use crate::error::Error;
 
 /// What `meshless --help` prints.
@@ -20,6 +23,8 @@ USAGE:
                   [--descriptor-set FILE] [--count N] [--timeout 5s]
     meshless call <target> <package.Service/Method> '<json>' [--descriptor-set FILE]
                   [--timeout 10s]
+    Every command also takes --header 'name: value' (repeatable): sent with every call, for
+    servers whose layers want a token.
 
 COMMANDS:
     status   Asks every instance of <target> for its admin view (meshless.admin.v1.Admin,
@@ -75,6 +80,7 @@ pub(crate) struct StatusArgs {
     pub(crate) watch: bool,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) headers: Headers,
 }
 
 /// Where `tail` starts on each producer.
@@ -96,6 +102,7 @@ pub(crate) struct TailArgs {
     pub(crate) descriptor_set: Option<PathBuf>,
     pub(crate) count: Option<u64>,
     pub(crate) timeout: Duration,
+    pub(crate) headers: Headers,
 }
 
 /// `meshless call <target> <package.Service/Method> '<json>' ...`.
@@ -106,6 +113,37 @@ pub(crate) struct CallArgs {
     pub(crate) json: String,
     pub(crate) descriptor_set: Option<PathBuf>,
     pub(crate) timeout: Duration,
+    pub(crate) headers: Headers,
+}
+
+/// `--header 'name: value'`s: metadata sent with every call (a bearer token for servers whose
+/// layers want one, the admin service included).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Headers(Vec<(AsciiMetadataKey, AsciiMetadataValue)>);
+
+impl Headers {
+    fn parse(given: Vec<String>) -> Result<Self, Error> {
+        let mut headers = Vec::with_capacity(given.len());
+        for header in given {
+            let bad = || {
+                Error::usage(format!(
+                    "--header takes 'name: value' with an ASCII name and value, not `{header}`"
+                ))
+            };
+            let (name, value) = header.split_once(':').ok_or_else(bad)?;
+            let name: AsciiMetadataKey = name.trim().parse().map_err(|_| bad())?;
+            let value: AsciiMetadataValue = value.trim().parse().map_err(|_| bad())?;
+            headers.push((name, value));
+        }
+        Ok(Self(headers))
+    }
+
+    /// `builder` sending these headers with every call.
+    pub(crate) fn apply(&self, builder: ChannelBuilder) -> ChannelBuilder {
+        self.0.iter().fold(builder, |builder, (name, value)| {
+            builder.metadata(name.clone(), value.clone())
+        })
+    }
 }
 
 /// `package.Service/Method`, also accepted as `/package.Service/Method` and
@@ -164,6 +202,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, E
         return Ok(Command::Help);
     };
     let mut parsed = Parsed::split(command, rest)?;
+    let headers = Headers::parse(parsed.take_all("--header"))?;
     let command = match command.as_str() {
         "help" => Command::Help,
         "status" => {
@@ -181,6 +220,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, E
                 timeout: parsed
                     .duration("--timeout")?
                     .unwrap_or(Duration::from_secs(5)),
+                headers: headers.clone(),
             })
         }
         "tail" => {
@@ -215,6 +255,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, E
                 timeout: parsed
                     .duration("--timeout")?
                     .unwrap_or(Duration::from_secs(5)),
+                headers: headers.clone(),
             })
         }
         "call" => {
@@ -228,6 +269,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, E
                 timeout: parsed
                     .duration("--timeout")?
                     .unwrap_or(Duration::from_secs(10)),
+                headers: headers.clone(),
             })
         }
         other => {
@@ -255,6 +297,7 @@ fn flags_of(command: &str) -> &'static [(&'static str, bool)] {
             ("--watch", false),
             ("--interval", true),
             ("--timeout", true),
+            ("--header", true),
         ],
         "tail" => &[
             ("--from", true),
@@ -262,8 +305,13 @@ fn flags_of(command: &str) -> &'static [(&'static str, bool)] {
             ("--descriptor-set", true),
             ("--count", true),
             ("--timeout", true),
+            ("--header", true),
         ],
-        "call" => &[("--descriptor-set", true), ("--timeout", true)],
+        "call" => &[
+            ("--descriptor-set", true),
+            ("--timeout", true),
+            ("--header", true),
+        ],
         _ => &[],
     }
 }
@@ -310,7 +358,7 @@ impl Parsed {
                     return Err(Error::usage(format!("{flag} takes no value")));
                 }
             };
-            if parsed.flags.iter().any(|(f, _)| *f == flag) {
+            if flag != "--header" && parsed.flags.iter().any(|(f, _)| *f == flag) {
                 return Err(Error::usage(format!("{flag} is given twice")));
             }
             parsed.flags.push((flag, value));
@@ -363,6 +411,15 @@ impl Parsed {
             .transpose()
     }
 
+    /// Every value of a flag that may be given several times.
+    fn take_all(&mut self, flag: &str) -> Vec<String> {
+        let mut values = Vec::new();
+        while let Some(value) = self.value(flag) {
+            values.push(value);
+        }
+        values
+    }
+
     fn take(&mut self, flag: &str) -> Option<Option<String>> {
         let at = self.flags.iter().position(|(f, _)| *f == flag)?;
         Some(self.flags.remove(at).1)
@@ -413,6 +470,7 @@ mod test {
                 watch: false,
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
+                headers: Headers::default(),
             })
         );
         let Command::Status(watch) =
@@ -464,7 +522,7 @@ mod test {
         let message = |line: &str| parse_args(line).expect_err(line).to_string();
         assert_eq!(
             message("status ipv4:127.0.0.1:1 --jsn"),
-            "unknown flag `--jsn` for `meshless status`: it takes --json, --watch, --interval, --timeout"
+            "unknown flag `--jsn` for `meshless status`: it takes --json, --watch, --interval, --timeout, --header"
         );
         assert_eq!(
             message("tail ipv4:127.0.0.1:1"),
@@ -495,6 +553,42 @@ mod test {
         assert!(message("call x Method {}").contains("not a method"));
         assert_eq!(parse_args("status x --help").expect("help"), Command::Help);
         assert_eq!(parse_args("").expect("help"), Command::Help);
+    }
+
+    #[test]
+    fn headers_repeat() {
+        let Command::Call(call) = parse(
+            [
+                "call",
+                "x",
+                "a.B/C",
+                "{}",
+                "--header",
+                "authorization: Bearer t",
+                "--header=x-team:billing",
+            ]
+            .map(String::from),
+        )
+        .expect("parses") else {
+            panic!("not call")
+        };
+        let headers: Vec<(String, String)> = call
+            .headers
+            .0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().expect("ASCII").to_owned()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("authorization".to_owned(), "Bearer t".to_owned()),
+                ("x-team".to_owned(), "billing".to_owned())
+            ]
+        );
+        let error = parse_args("status x --header nocolon").expect_err("no colon");
+        assert!(error
+            .to_string()
+            .starts_with("--header takes 'name: value'"));
     }
 
     #[test]

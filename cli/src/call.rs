@@ -23,7 +23,9 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Error> {
     args.target
         .parse::<meshless::Target>()
         .map_err(|error| Error::new(error.to_string()))?;
-    let channel = Channel::builder()
+    let channel = args
+        .headers
+        .apply(Channel::builder())
         .timeout(Some(args.timeout))
         .wait_timeout(args.timeout)
         .connect(&args.target)

@@ -21,6 +21,7 @@ use meshless::{Channel, Target};
 use tokio::time::Instant;
 use tokio_stream::Stream;
 
+use crate::args::Headers;
 use crate::error::Error;
 
 /// A target's instances: the first answer, and for DNS targets the lookups that follow.
@@ -155,13 +156,19 @@ fn sorted(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     set.into_iter().collect()
 }
 
-/// A channel to exactly one instance, whose calls fail (not wait) soon when it is down.
-pub(crate) async fn channel_to(addr: SocketAddr, timeout: Duration) -> Result<Channel, Error> {
+/// A channel to exactly one instance, whose calls fail (not wait) soon when it is down, and
+/// carry `headers`.
+pub(crate) async fn channel_to(
+    addr: SocketAddr,
+    timeout: Duration,
+    headers: &Headers,
+) -> Result<Channel, Error> {
     let target = match addr {
         SocketAddr::V4(_) => format!("ipv4:{addr}"),
         SocketAddr::V6(_) => format!("ipv6:{addr}"),
     };
-    Channel::builder()
+    headers
+        .apply(Channel::builder())
         .connect_timeout(timeout)
         .wait_timeout(timeout)
         .timeout(Some(timeout))

@@ -31,7 +31,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::args::{From, TailArgs};
+use crate::args::{From, Headers, TailArgs};
 use crate::codec::RawCodec;
 use crate::descriptors;
 use crate::error::{status_text, Error};
@@ -73,6 +73,7 @@ struct Subscription {
     request: Subscribe,
     event_type: MessageDescriptor,
     timeout: Duration,
+    headers: Headers,
 }
 
 /// One producer instance being tailed.
@@ -95,7 +96,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
         Some(path) => (descriptors::from_file(path)?, path.display().to_string()),
         None => (
             descriptors::from_reflection(
-                channel_to(first, args.timeout).await?,
+                channel_to(first, args.timeout, &args.headers).await?,
                 &first.to_string(),
                 &args.method.service,
                 args.timeout,
@@ -121,6 +122,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
         },
         event_type: method.output(),
         timeout: args.timeout,
+        headers: args.headers.clone(),
     };
 
     let (deliveries_tx, mut deliveries) = mpsc::channel(256);
@@ -263,7 +265,7 @@ async fn start(
     subscription: &Subscription,
     deliveries: mpsc::Sender<Delivery>,
 ) -> Result<Producer, Error> {
-    let channel = channel_to(addr, subscription.timeout).await?;
+    let channel = channel_to(addr, subscription.timeout, &subscription.headers).await?;
     let removed = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(follow(
         addr,

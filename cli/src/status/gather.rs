@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use meshless::admin::v1::{AdminClient, GetStatusRequest, InstanceStatus};
 
+use crate::args::Headers;
 use crate::error::status_text;
 use crate::resolve::channel_to;
 
@@ -73,10 +74,15 @@ pub(crate) struct Ejected {
 }
 
 /// Asks every instance in `addresses` for its status, at once, each for at most `timeout`.
-pub(crate) async fn gather(target: &str, addresses: &[SocketAddr], timeout: Duration) -> Report {
+pub(crate) async fn gather(
+    target: &str,
+    addresses: &[SocketAddr],
+    timeout: Duration,
+    headers: &Headers,
+) -> Report {
     let asks: Vec<_> = addresses
         .iter()
-        .map(|&address| tokio::spawn(ask(address, timeout)))
+        .map(|&address| tokio::spawn(ask(address, timeout, headers.clone())))
         .collect();
     let mut instances = Vec::with_capacity(asks.len());
     for (ask, &address) in asks.into_iter().zip(addresses) {
@@ -89,8 +95,12 @@ pub(crate) async fn gather(target: &str, addresses: &[SocketAddr], timeout: Dura
     derive(target, instances)
 }
 
-async fn ask(address: SocketAddr, timeout: Duration) -> Result<InstanceStatus, String> {
-    let channel = channel_to(address, timeout)
+async fn ask(
+    address: SocketAddr,
+    timeout: Duration,
+    headers: Headers,
+) -> Result<InstanceStatus, String> {
+    let channel = channel_to(address, timeout, &headers)
         .await
         .map_err(|error| error.to_string())?;
     let client = AdminClient::new(channel);

@@ -70,7 +70,13 @@ pub(crate) async fn run(args: StatusArgs) -> Result<(), Error> {
 
 async fn report(args: &StatusArgs) -> Result<gather::Report, Error> {
     let resolved = resolve::resolve(&args.target, args.timeout).await?;
-    let report = gather::gather(&args.target, &resolved.instances, args.timeout).await;
+    let report = gather::gather(
+        &args.target,
+        &resolved.instances,
+        args.timeout,
+        &args.headers,
+    )
+    .await;
     if report.instances.iter().all(|i| i.status.is_err()) {
         return Err(Error::new(report.errors().join("; ")));
     }

@@ -58,6 +58,39 @@ async fn an_instance_without_admin_or_reflection() {
     plain.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_service_behind_a_layer_takes_a_header() {
+    fn bearer(request: meshless::Request<()>) -> Result<meshless::Request<()>, meshless::Status> {
+        match request.metadata().get("authorization").map(|v| v.to_str()) {
+            Some(Ok("Bearer ops")) => Ok(request),
+            _ => Err(meshless::Status::unauthenticated(
+                "a valid bearer token is required",
+            )),
+        }
+    }
+    let guarded = Running::orders_on(
+        "guarded",
+        Serving {
+            admin: true,
+            ..Serving::default()
+        },
+        meshless::Server::builder().layer(meshless::server::InterceptorLayer::new(bearer)),
+    )
+    .await;
+    let target = guarded.target();
+    let ran = meshless(&["status", &target]).await;
+    assert_eq!(
+        ran.failed(1).trim(),
+        format!(
+            "error: {}: UNAUTHENTICATED: a valid bearer token is required",
+            guarded.addr
+        )
+    );
+    let ran = meshless(&["status", &target, "--header", "authorization: Bearer ops"]).await;
+    assert!(ran.ok().contains("testing.orders.v1.Orders"), "{ran:#?}");
+    guarded.stop().await;
+}
+
 #[tokio::test]
 async fn bad_arguments() {
     let ran = meshless(&["status", "ipv4:127.0.0.1:1", "--jsn"]).await;

@@ -70,6 +70,11 @@ pub struct Serving {
 
 impl Running {
     pub async fn orders(name: &str, serving: Serving) -> Self {
+        Self::orders_on(name, serving, Server::builder()).await
+    }
+
+    /// An Orders server built on `server` (with its layers, say).
+    pub async fn orders_on(name: &str, serving: Serving, server: Server) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -79,7 +84,7 @@ impl Running {
             name: name.to_owned(),
             broken: serving.broken,
         };
-        let server = Server::builder()
+        let server = server
             .admin(serving.admin)
             .reflection(serving.reflection)
             // Consumer groups with events held by blocked handlers are not waited for.
