@@ -186,3 +186,75 @@ async fn tail_in_a_group_acknowledges_what_it_printed() {
     assert_eq!(events[0]["event"]["order"]["id"], "next");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let cluster = Cluster::start(
+        "interrupted",
+        1,
+        Serving {
+            reflection: true,
+            ..Serving::default()
+        },
+    )
+    .await;
+    let producer = &cluster.instances[0];
+    for step in 0..3 {
+        producer
+            .publisher
+            .publish_order_logged(event("o", step))
+            .expect("publish");
+    }
+    let logged = "testing.orders.v1.Orders/OrderLogged";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
+        .args(["tail", &cluster.target, logged, "--group", "ops"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("meshless starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for sequence in 1..=3u64 {
+        let line = tokio::time::timeout(crate::support::PATIENCE, stdout.next_line())
+            .await
+            .expect("an event within the patience")
+            .expect("stdout")
+            .expect("a line");
+        let event: Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(event["sequence"], sequence, "{line}");
+    }
+    let pid = child.id().expect("running").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(crate::support::PATIENCE, child.wait())
+        .await
+        .expect("meshless stops on Ctrl-C")
+        .expect("its exit status");
+    assert_eq!(status.code(), Some(0));
+
+    // It acknowledged the three: the group's next member gets the next event.
+    let next = producer
+        .publisher
+        .publish_order_logged(event("next", 3))
+        .expect("publish");
+    let ran = meshless(&[
+        "tail",
+        &cluster.target,
+        logged,
+        "--group",
+        "ops",
+        "--count",
+        "1",
+    ])
+    .await;
+    let events = lines(ran.ok());
+    assert_eq!(events[0]["sequence"], next.sequence, "{}", ran.stdout);
+    cluster.stop().await;
+}
