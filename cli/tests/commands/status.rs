@@ -261,3 +261,60 @@ async fn status_reports_instances_group_lag_per_producer_and_the_ejected_instanc
     broken.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_redraws_in_place_until_ctrl_c() {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+
+    let running = Running::orders(
+        "watched",
+        Serving {
+            admin: true,
+            ..Serving::default()
+        },
+    )
+    .await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
+        .args([
+            "status",
+            &running.target(),
+            "--watch",
+            "--interval",
+            "100ms",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("meshless starts");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    tokio::time::timeout(crate::support::PATIENCE, async {
+        let mut buffer = [0u8; 4096];
+        while seen.matches("\x1b[H\x1b[2J").count() < 3 {
+            let read = stdout.read(&mut buffer).await.expect("stdout");
+            assert!(read > 0, "meshless stopped: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    })
+    .await
+    .expect("three reports within the patience");
+    let pid = child.id().expect("running").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(crate::support::PATIENCE, child.wait())
+        .await
+        .expect("meshless stops on Ctrl-C")
+        .expect("its exit status");
+    assert_eq!(status.code(), Some(0));
+    // The first report drawn whole: between the first two clears.
+    let report = seen.split("\x1b[H\x1b[2J").nth(1).expect("a report");
+    assert!(report.contains(&running.addr.to_string()), "{seen}");
+    assert!(report.contains("every 100ms; Ctrl-C to stop"), "{seen}");
+    running.stop().await;
+}
