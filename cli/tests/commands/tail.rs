@@ -197,6 +197,7 @@ async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
         1,
         Serving {
             reflection: true,
+            admin: true,
             ..Serving::default()
         },
     )
@@ -239,7 +240,31 @@ async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
         .expect("its exit status");
     assert_eq!(status.code(), Some(0));
 
-    // It acknowledged the three: the group's next member gets the next event.
+    // It left the group on its way out, having acknowledged the three.
+    let admin = meshless::admin::v1::AdminClient::new(
+        meshless::Channel::connect(&producer.target())
+            .await
+            .expect("channel"),
+    );
+    let status = admin
+        .get_status(meshless::admin::v1::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner();
+    let rpc = status
+        .event_rpcs
+        .iter()
+        .find(|rpc| rpc.rpc == "/testing.orders.v1.Orders/OrderLogged")
+        .expect("the event RPC");
+    let group = rpc
+        .groups
+        .iter()
+        .find(|g| g.name == "ops")
+        .expect("the group");
+    assert!(group.members.is_empty(), "{group:?}");
+    assert_eq!((group.acknowledged_through, group.lag), (3, 0), "{group:?}");
+
+    // The group's next member gets the next event.
     let next = producer
         .publisher
         .publish_order_logged(event("next", 3))
