@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::admin::registry::{CallCounts, SocketEntry};
+use crate::admin::registry::{wall_nanos, CallCounts, SocketEntry};
 use bytes::Bytes;
 use http_body::Frame;
 
@@ -184,6 +184,8 @@ impl MethodMetrics {
 pub(crate) struct CallReport {
     metrics: Arc<MethodMetrics>,
     started: Instant,
+    /// When it started, by the wall clock ([`wall_nanos`]).
+    started_wall: u64,
     span: tracing::Span,
     deadline: Option<Instant>,
     reported: bool,
@@ -200,10 +202,12 @@ const NEAR_DEADLINE: std::time::Duration = std::time::Duration::from_millis(25);
 impl CallReport {
     pub(crate) fn new(metrics: &CallMetrics, method: &str, span: tracing::Span) -> Self {
         let metrics = metrics.method(method);
-        metrics.counts.started();
+        let wall = wall_nanos();
+        metrics.counts.started_at(wall);
         Self {
             metrics,
             started: Instant::now(),
+            started_wall: wall,
             span,
             deadline: None,
             reported: false,
@@ -211,10 +215,12 @@ impl CallReport {
         }
     }
 
-    /// Counts the call in the streams of the server connection it came on, too.
+    /// Counts the call in the streams of the server connection it came on, too: one that
+    /// ends with its status sent (trailers) as succeeded, one reset or dropped before as failed
+    /// (channelz's meaning for a socket's streams).
     pub(crate) fn on_socket(mut self, socket: Option<Arc<SocketEntry>>) -> Self {
         if let Some(socket) = &socket {
-            socket.streams.started();
+            socket.streams.started_at(self.started_wall);
         }
         self.socket = socket;
         self
@@ -230,20 +236,20 @@ impl CallReport {
         self
     }
 
-    fn finish(mut self, code: tonic::Code) {
-        self.record(code);
+    /// Reports the call: its status was sent (`sent`), or it ended without one.
+    fn finish(mut self, code: tonic::Code, sent: bool) {
+        self.record(code, sent);
     }
 
-    fn record(&mut self, code: tonic::Code) {
+    fn record(&mut self, code: tonic::Code, sent: bool) {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
         self.span.record("status", code_name(code));
         self.metrics.calls(code).increment(1);
-        let ok = code == tonic::Code::Ok;
-        self.metrics.counts.ended(ok);
+        self.metrics.counts.ended(code == tonic::Code::Ok);
         if let Some(socket) = &self.socket {
-            socket.streams.ended(ok);
+            socket.streams.ended(sent);
         }
         self.metrics
             .duration
@@ -252,7 +258,7 @@ impl CallReport {
 
     /// Reports a call that ended without a response.
     pub(crate) fn failed(self, code: tonic::Code) {
-        self.finish(code);
+        self.finish(code, false);
     }
 
     /// Watches `response` for the call's status.
@@ -260,7 +266,7 @@ impl CallReport {
         let (parts, body) = response.into_parts();
         let report = match status_of(&parts.headers) {
             Some(code) => {
-                self.finish(code);
+                self.finish(code, true);
                 None
             }
             None => Some(self),
@@ -282,7 +288,7 @@ impl Drop for CallReport {
                 Some(deadline) if Instant::now() >= deadline => tonic::Code::DeadlineExceeded,
                 _ => tonic::Code::Cancelled,
             };
-            self.record(code);
+            self.record(code, false);
         }
     }
 }
@@ -323,19 +329,20 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     if let Some(report) = self.report.take() {
-                        report.finish(status_of(trailers).unwrap_or(tonic::Code::Unknown));
+                        let code = status_of(trailers).unwrap_or(tonic::Code::Unknown);
+                        report.finish(code, true);
                     }
                 }
             }
             Poll::Ready(Some(Err(error))) => {
                 let code = error_code(error);
                 if let Some(report) = self.report.take() {
-                    report.finish(code);
+                    report.finish(code, false);
                 }
             }
             Poll::Ready(None) => {
                 if let Some(report) = self.report.take() {
-                    report.finish(tonic::Code::Unknown);
+                    report.finish(tonic::Code::Unknown, false);
                 }
             }
             Poll::Pending => {}

@@ -2,13 +2,16 @@
 //!
 //! How meshless maps onto channelz's entities:
 //! - a server is a [`Server`](crate::Server) while it serves, with its listening socket and the
-//!   connections it has accepted as sockets; each connection counts the calls (streams) made
-//!   on it, succeeded when their status is `OK`;
+//!   connections it has accepted as sockets. The server counts its calls as succeeded when
+//!   their status is `OK`; a connection counts its streams as succeeded when they ended with
+//!   their status sent (whatever it was), failed when reset or dropped before (channelz's
+//!   meaning for sockets);
 //! - a top channel is a [`Channel`](crate::Channel), named by its target; its subchannels are
 //!   the target's instances, named by address. A channel's calls succeed with an `OK` status;
-//!   an instance counts as failed the calls that count against it (the ones that eject it:
+//!   an instance counts as failed the calls that failed against it (the ones that eject it:
 //!   `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`, `RESOURCE_EXHAUSTED`, a deadline it
-//!   missed, a broken connection), since answers about the request say nothing of it.
+//!   missed, a broken connection), that it refused or that were given up before an answer;
+//!   answers about the request (`NOT_FOUND`...) say nothing of it and count as succeeded.
 //!
 //! Pages hold at most [`PAGE`] results.
 
@@ -262,6 +265,20 @@ impl wire::ChannelzHandler for Channelz {
         Ok(Response::new(wire::GetServersResponse {
             server: servers.iter().map(|entry| server(entry)).collect(),
             end,
+        }))
+    }
+
+    async fn get_server(
+        &self,
+        request: Request<wire::GetServerRequest>,
+    ) -> Result<Response<wire::GetServerResponse>, Status> {
+        let id = request.into_inner().server_id;
+        let entry = registry::servers()
+            .into_iter()
+            .find(|server| server.id == id)
+            .ok_or_else(|| not_found("server", id))?;
+        Ok(Response::new(wire::GetServerResponse {
+            server: Some(server(&entry)),
         }))
     }
 

@@ -48,15 +48,25 @@ pub(crate) struct Calls {
     pub(crate) last_started: Option<SystemTime>,
 }
 
+/// Nanoseconds since the Unix epoch, now.
+pub(crate) fn wall_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
 impl CallCounts {
+    /// A call started now.
     pub(crate) fn started(&self) {
+        self.started_at(wall_nanos());
+    }
+
+    /// A call started at `wall` ([`wall_nanos`]).
+    pub(crate) fn started_at(&self, wall: u64) {
         self.started.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-            });
-        self.last_started.store(now, Ordering::Relaxed);
+        self.last_started.store(wall, Ordering::Relaxed);
     }
 
     pub(crate) fn ended(&self, ok: bool) {
@@ -85,8 +95,16 @@ pub(crate) struct ServerEntry {
     pub(crate) started: Instant,
     /// The calls it served: counted where its call metrics are.
     pub(crate) calls: Arc<CallCounts>,
-    /// Its open connections, by the client's address.
-    sockets: Mutex<HashMap<SocketAddr, Arc<SocketEntry>>>,
+    /// Its open connections, by the client's address, in shards by port: every call looks
+    /// its connection up, and calls on different connections rarely meet on one lock.
+    sockets: [Mutex<HashMap<SocketAddr, Arc<SocketEntry>>>; SHARDS],
+}
+
+/// How many shards a server's connections are kept in.
+const SHARDS: usize = 16;
+
+fn shard(remote: &SocketAddr) -> usize {
+    usize::from(remote.port()) % SHARDS
 }
 
 /// A connection a server accepted.
@@ -104,12 +122,20 @@ pub(crate) struct SocketEntry {
 pub(crate) struct SocketGuard {
     server: Weak<ServerEntry>,
     remote: SocketAddr,
+    id: i64,
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         if let Some(server) = self.server.upgrade() {
-            lock(&server.sockets).remove(&self.remote);
+            let mut sockets = lock(&server.sockets[shard(&self.remote)]);
+            // A new connection from the same address may have taken the place already.
+            if sockets
+                .get(&self.remote)
+                .is_some_and(|socket| socket.id == self.id)
+            {
+                sockets.remove(&self.remote);
+            }
         }
     }
 }
@@ -123,7 +149,7 @@ impl ServerEntry {
             listen,
             started: Instant::now(),
             calls,
-            sockets: Mutex::default(),
+            sockets: Default::default(),
         });
         let mut servers = lock(&registry().servers);
         servers.retain(|_, server| server.strong_count() > 0);
@@ -137,30 +163,41 @@ impl ServerEntry {
         local: Option<SocketAddr>,
         remote: SocketAddr,
     ) -> SocketGuard {
+        let id = next_id();
         let socket = Arc::new(SocketEntry {
-            id: next_id(),
+            id,
             local,
             remote,
             streams: CallCounts::default(),
         });
-        lock(&self.sockets).insert(remote, socket);
+        lock(&self.sockets[shard(&remote)]).insert(remote, socket);
         SocketGuard {
             server: Arc::downgrade(self),
             remote,
+            id,
         }
     }
 
     /// The open connection from `remote`.
     pub(crate) fn socket(&self, remote: &SocketAddr) -> Option<Arc<SocketEntry>> {
-        lock(&self.sockets).get(remote).cloned()
+        lock(&self.sockets[shard(remote)]).get(remote).cloned()
     }
 
     /// Its open connections, by id.
     pub(crate) fn sockets(&self) -> Vec<Arc<SocketEntry>> {
-        let mut sockets: Vec<_> = lock(&self.sockets).values().cloned().collect();
+        let mut sockets: Vec<_> = (self.sockets.iter())
+            .flat_map(|shard| lock(shard).values().cloned().collect::<Vec<_>>())
+            .collect();
         sockets.sort_by_key(|socket| socket.id);
         sockets
     }
+}
+
+/// An id of this process drawn at random once, so that servers of one process can be told
+/// from those of another with the same host name and PID (containers).
+pub(crate) fn process_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
 }
 
 /// A channel of the process.
@@ -215,4 +252,40 @@ pub(crate) fn channels() -> Vec<(i64, Arc<InstanceSet>, Arc<CallCounts>)> {
             Some((channel.id, instances, channel.calls.clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_connection_closing_after_another_took_its_address_leaves_the_new_one_listed() {
+        let server = ServerEntry::register(None, Arc::default());
+        let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let old = server.add_socket(None, remote);
+        let new = server.add_socket(None, remote);
+        let new_id = server.socket(&remote).expect("listed").id;
+        drop(old);
+        assert_eq!(server.socket(&remote).map(|socket| socket.id), Some(new_id));
+        drop(new);
+        assert!(server.socket(&remote).is_none());
+        assert!(server.sockets().is_empty());
+    }
+
+    #[test]
+    fn servers_leave_the_registry_when_dropped_and_ids_are_never_reused() {
+        let first = ServerEntry::register(None, Arc::default());
+        let second = ServerEntry::register(None, Arc::default());
+        let ids = [
+            first.id,
+            first.listen_socket_id,
+            second.id,
+            second.listen_socket_id,
+        ];
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        assert!(servers().iter().any(|server| server.id == first.id));
+        drop(first);
+        assert!(servers().iter().all(|server| server.id != ids[0]));
+        assert!(servers().iter().any(|server| server.id == second.id));
+    }
 }

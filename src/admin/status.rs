@@ -14,7 +14,11 @@ use crate::events::Publisher;
 
 /// The admin service of one server.
 #[derive(Debug)]
-pub(crate) struct AdminStatus {
+pub(crate) struct AdminStatus(Arc<Sources>);
+
+/// What the admin view is read from.
+#[derive(Debug)]
+struct Sources {
     server: Arc<ServerEntry>,
     services: Vec<String>,
     publishers: Vec<Publisher>,
@@ -26,17 +30,19 @@ impl AdminStatus {
         services: Vec<String>,
         publishers: Vec<Publisher>,
     ) -> Self {
-        Self {
+        Self(Arc::new(Sources {
             server,
             services,
             publishers,
-        }
+        }))
     }
 
     pub(crate) fn into_service(self) -> wire::AdminService<Self> {
         wire::AdminService::new(self)
     }
+}
 
+impl Sources {
     fn status(&self) -> wire::InstanceStatus {
         let mut event_rpcs: Vec<wire::EventRpcStatus> = self
             .publishers
@@ -61,6 +67,7 @@ impl AdminStatus {
             uptime_ms: millis(self.server.started.elapsed()),
             process_id: std::process::id(),
             host: host_name(),
+            process: registry::process_token().to_owned(),
         }
     }
 }
@@ -141,6 +148,11 @@ impl wire::AdminHandler for AdminStatus {
         &self,
         _request: Request<wire::GetStatusRequest>,
     ) -> Result<Response<wire::InstanceStatus>, Status> {
-        Ok(Response::new(self.status()))
+        // It reads files (the sizes of event logs, the host name): off the async workers.
+        let sources = self.0.clone();
+        let status = tokio::task::spawn_blocking(move || sources.status())
+            .await
+            .map_err(|e| Status::internal(format!("gathering the admin view: {e}")))?;
+        Ok(Response::new(status))
     }
 }

@@ -123,8 +123,9 @@ pub(crate) struct Instance {
     ejected_until: AtomicU64,
     /// Why it was last ejected.
     ejected_because: Mutex<String>,
-    /// Calls sent to it: those that count against it ([`counts_against`]) count as failed,
-    /// all others as succeeded.
+    /// Calls sent to it, counted when they end: those that failed against it
+    /// ([`counts_against`]), that it refused or that the caller gave up count as failed, all
+    /// others as succeeded.
     pub(crate) calls: crate::admin::registry::CallCounts,
 }
 
@@ -187,7 +188,6 @@ impl Instance {
     /// instance for when this failure makes [`EJECT_AFTER_FAILURES`] in a row; the caller
     /// ejects it with [`eject`](Self::eject) if the set can spare it.
     pub(crate) fn count_outcome(&self, failed: bool, ejection: Ejection) -> Option<Duration> {
-        self.calls.ended(!failed);
         if !failed {
             self.failures.store(0, Ordering::Relaxed);
             if self.successes.fetch_add(1, Ordering::Relaxed) + 1 >= FORGIVEN_AFTER_SUCCESSES {
@@ -417,5 +417,6 @@ impl Drop for InFlight {
             (End::Answered, true) | (End::Abandoned, _) => {}
         }
         self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.instance.calls.ended(self.end == End::Answered);
     }
 }

@@ -81,6 +81,8 @@ pub(super) async fn attempt(
         request.headers_mut().insert(GRPC_TIMEOUT, encode(left));
     }
     let Some(connection) = instance.connection() else {
+        // Never sent: no response time, and no call it answered.
+        in_flight.abandoned();
         return Attempt::NotProcessed(Response::Status(tonic::Status::unavailable(format!(
             "instance {} of `{}` lost its connection",
             instance.key,
@@ -130,6 +132,10 @@ pub(super) async fn attempt(
     // A refusal is no answer: it must not make the instance look fast.
     let in_flight = if matches!(failed, Some(Some(_))) || refused {
         in_flight.failed();
+        None
+    } else if outcome.is_err() {
+        // Sent away before it began, or reset by this end: no answer of the instance's.
+        in_flight.abandoned();
         None
     } else {
         Some(in_flight)

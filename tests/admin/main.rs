@@ -8,8 +8,9 @@ mod support;
 use std::time::Duration;
 
 use meshless::admin::channelz_v1::{
-    channel_connectivity_state::State, ChannelzClient, GetChannelRequest, GetServerSocketsRequest,
-    GetServersRequest, GetSocketRequest, GetSubchannelRequest, GetTopChannelsRequest,
+    channel_connectivity_state::State, ChannelzClient, GetChannelRequest, GetServerRequest,
+    GetServerSocketsRequest, GetServersRequest, GetSocketRequest, GetSubchannelRequest,
+    GetTopChannelsRequest,
 };
 use meshless::admin::v1::{AdminClient, ChannelStatus, GetStatusRequest, InstanceStatus};
 use meshless::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -119,6 +120,14 @@ async fn channelz_counts_a_servers_calls_per_connection_and_a_channels_per_insta
     );
     assert!(data.last_call_started_timestamp.is_some());
     let server_id = server.r#ref.as_ref().unwrap().server_id;
+    let alone = channelz
+        .get_server(GetServerRequest { server_id })
+        .await
+        .expect("GetServer")
+        .into_inner()
+        .server
+        .unwrap();
+    assert_eq!(&alone, server);
 
     let sockets = channelz
         .get_server_sockets(GetServerSocketsRequest {
@@ -145,7 +154,8 @@ async fn channelz_counts_a_servers_calls_per_connection_and_a_channels_per_insta
             streams.streams_succeeded,
             streams.streams_failed
         ),
-        (6, 4, 2)
+        // A socket's stream succeeds when its status is sent, whatever the status.
+        (6, 6, 0)
     );
     let local = socket.local.unwrap().address.unwrap();
     let meshless::admin::channelz_v1::address::Address::TcpipAddress(local) = local else {

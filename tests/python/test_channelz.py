@@ -59,7 +59,8 @@ def test_channelz_lists_the_server_its_sockets_and_the_calls_made_on_them():
         assert sockets.end
         assert sockets.socket_ref
         # Ours is the socket that counts exactly our calls, this GetSocket included: started
-        # and not yet ended, while every one before it ended, one of them (NOT_FOUND) failed.
+        # and not yet ended, while every one before it ended with its status sent (NOT_FOUND
+        # included: a socket's stream fails only when it is reset or dropped).
         found = []
         for ref in sockets.socket_ref:
             got = channelz.GetSocket(channelz_pb2.GetSocketRequest(socket_id=ref.socket_id))
@@ -69,13 +70,18 @@ def test_channelz_lists_the_server_its_sockets_and_the_calls_made_on_them():
                 found.append((got.socket, data))
         assert len(found) == 1, f"no socket counted our {made} calls"
         ours, data = found[0]
-        assert data.streams_succeeded == made - 2
-        assert data.streams_failed == 1
+        assert data.streams_succeeded == made - 1
+        assert data.streams_failed == 0
         remote = ours.remote.tcpip_address
         assert socket.inet_ntop(socket.AF_INET, remote.ip_address) == "127.0.0.1"
         assert remote.port > 0
         local = ours.local.tcpip_address
         assert local.port == int(TARGET.rsplit(":", 1)[1])
+
+        alone = channelz.GetServer(
+            channelz_pb2.GetServerRequest(server_id=server.ref.server_id)
+        )
+        assert alone.server.ref == server.ref
 
         listen = channelz.GetSocket(
             channelz_pb2.GetSocketRequest(socket_id=server.listen_socket[0].socket_id)

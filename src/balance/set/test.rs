@@ -195,3 +195,22 @@ async fn a_call_racing_a_connection_waits_for_the_ready_snapshot() {
     set.rebuild_ready();
     assert_eq!(waiting.await.unwrap().unwrap(), "127.0.0.1:1");
 }
+
+#[tokio::test]
+async fn an_instances_calls_end_once_each_answered_as_succeeded_and_refused_or_given_up_as_failed()
+{
+    let (_set, instance) = set_with_one_connecting_instance(Duration::from_secs(1));
+    drop(instance.start_call());
+    instance.start_call().failed();
+    instance.start_call().abandoned();
+    let open = instance.start_call();
+    let calls = instance.calls.read();
+    assert_eq!(
+        (calls.started, calls.succeeded, calls.failed),
+        (4, 1, 2),
+        "the call in flight has not ended"
+    );
+    assert!(calls.last_started.is_some());
+    drop(open);
+    assert_eq!(instance.calls.read().succeeded, 2);
+}
