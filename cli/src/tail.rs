@@ -38,6 +38,7 @@ use crate::codec::RawCodec;
 use crate::descriptors;
 use crate::error::{status_text, Error};
 use crate::resolve::{self, channel_to, Change};
+use crate::terminal::printable;
 
 /// The response header that names a group member's stream, for its acknowledgements.
 const MEMBER_CONNECTION: &str = "meshless-member-connection";
@@ -162,7 +163,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
                                 old.task.abort();
                             }
                         }
-                        Err(error) => eprintln!("meshless: {error}"),
+                        Err(error) => eprintln!("meshless: {}", printable(&error.to_string())),
                     }
                 }
                 Some(Change::Remove(addr)) => {
@@ -198,10 +199,10 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
                     }
                 }
                 Some(Delivery::Broken { instance, error }) => {
-                    eprintln!("meshless: {instance}: {error}; subscribing again");
+                    eprintln!("meshless: {instance}: {}; subscribing again", printable(&error));
                 }
                 Some(Delivery::Refused { instance, error }) => {
-                    eprintln!("meshless: {instance}: {error}");
+                    eprintln!("meshless: {instance}: {}", printable(&error));
                     if let Some(producer) = producers.get_mut(&instance) {
                         producer.refused = true;
                     }
@@ -544,7 +545,7 @@ async fn acknowledge(
         Ok(Err(status)) => {
             eprintln!(
                 "meshless: {instance}: {what} failed: {}",
-                status_text(&status)
+                printable(&status_text(&status))
             )
         }
         Err(_) => eprintln!("meshless: {instance}: {what} took more than {timeout:?}"),
