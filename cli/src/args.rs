@@ -54,7 +54,8 @@ TARGETS:
     ipv4:10.0.0.1:50051,10.0.0.2:50051      fixed addresses (ipv6:[fd00::1]:50051 likewise)
     http://host:port                        one host
 
-Durations: 500ms, 2s, 1m. Exit code: 0 on success, 1 on any error (2 for bad arguments).
+Durations: 500ms, 2s, 1m, up to 8760h (a year).
+Exit code: 0 on success, 1 on any error (2 for bad arguments).
 ";
 
 /// One parsed command line.
@@ -402,10 +403,15 @@ impl Parsed {
     fn duration(&mut self, flag: &str) -> Result<Option<Duration>, Error> {
         self.value(flag)
             .map(|text| {
-                parse_duration(&text).ok_or_else(|| {
-                    Error::usage(format!(
-                        "{flag} takes a duration such as 500ms, 2s or 1m, not `{text}`"
-                    ))
+                parse_duration(&text).map_err(|bad| {
+                    Error::usage(match bad {
+                        BadDuration::Unreadable => {
+                            format!("{flag} takes a duration such as 500ms, 2s or 1m, not `{text}`")
+                        }
+                        BadDuration::TooLong => {
+                            format!("{flag} takes at most a year (8760h), not `{text}`")
+                        }
+                    })
                 })
             })
             .transpose()
@@ -432,22 +438,44 @@ impl Parsed {
     }
 }
 
-/// `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number is seconds. Positive only.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+/// The longest duration a flag takes: a year. Longer ones are mistakes, and deadlines past
+/// what `Instant` can hold would panic.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why a duration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadDuration {
+    /// Not a positive number with a known unit.
+    Unreadable,
+    /// More than [`MAX_DURATION`].
+    TooLong,
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number is seconds. Positive, at most
+/// [`MAX_DURATION`].
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
+    let number: f64 = number.parse().map_err(|_| BadDuration::Unreadable)?;
     let seconds = match unit {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" => number * 60.0,
         "h" => number * 3600.0,
-        _ => return None,
+        _ => return Err(BadDuration::Unreadable),
     };
-    let duration = Duration::try_from_secs_f64(seconds).ok()?;
-    (!duration.is_zero()).then_some(duration)
+    // Compared as seconds first: a number too big for a `Duration` is too long, not
+    // unreadable.
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(BadDuration::TooLong);
+    }
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|_| BadDuration::Unreadable)?;
+    if duration.is_zero() {
+        return Err(BadDuration::Unreadable);
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -593,12 +621,43 @@ mod test {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("2 days"), None);
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0s"), Err(BadDuration::Unreadable));
+        assert_eq!(parse_duration("-1s"), Err(BadDuration::Unreadable));
+        assert_eq!(parse_duration("2 days"), Err(BadDuration::Unreadable));
+    }
+
+    #[test]
+    fn durations_are_at_most_a_year() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("8760.5h"), Err(BadDuration::TooLong));
+        assert_eq!(parse_duration("31536001"), Err(BadDuration::TooLong));
+        // Past what a `Duration` holds: too long all the same, not a panic.
+        let huge = "9".repeat(40);
+        assert_eq!(parse_duration(&huge), Err(BadDuration::TooLong));
+        assert_eq!(
+            parse_duration(&format!("{huge}h")),
+            Err(BadDuration::TooLong)
+        );
+        let message = |line: &str| parse_args(line).expect_err(line).to_string();
+        assert_eq!(
+            message("call x a.B/C {} --timeout 99999999999999999999h"),
+            "--timeout takes at most a year (8760h), not `99999999999999999999h`"
+        );
+        assert_eq!(
+            message("status x --watch --interval 9000h"),
+            "--interval takes at most a year (8760h), not `9000h`"
+        );
+        let Command::Tail(tail) = parse_args("tail x a.B/C --timeout 8760h").expect("a year")
+        else {
+            panic!("not tail");
+        };
+        // The deadlines the commands compute hold it.
+        assert!(tokio::time::Instant::now()
+            .checked_add(tail.timeout)
+            .is_some());
     }
 }

@@ -16,6 +16,7 @@ use crate::args::CallArgs;
 use crate::codec::RawCodec;
 use crate::descriptors;
 use crate::error::{status_text, Error};
+use crate::resolve;
 
 /// Runs `meshless call`: prints the response on stdout.
 pub(crate) async fn run(args: CallArgs) -> Result<(), Error> {
@@ -28,6 +29,7 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Error> {
         .apply(Channel::builder())
         .timeout(Some(args.timeout))
         .wait_timeout(args.timeout)
+        .dns(resolve::dns_settings(args.timeout))
         .connect(&args.target)
         .await
         .map_err(|error| Error::new(format!("{}: {error}", args.target)))?;

@@ -15,7 +15,7 @@
 //!
 //! Modules: [`args`] (parsing by hand), [`resolve`] (targets to instances), [`status`],
 //! [`tail`], [`call`], [`descriptors`] (reflection, descriptor sets), [`codec`] (messages as
-//! their bytes), [`error`].
+//! their bytes), [`error`], [`terminal`] (server text made safe to print).
 
 mod args;
 mod call;
@@ -25,6 +25,7 @@ mod error;
 mod resolve;
 mod status;
 mod tail;
+mod terminal;
 
 use args::Command;
 use error::Error;
@@ -49,7 +50,8 @@ fn main() {
 }
 
 fn report(error: &Error) -> i32 {
-    eprintln!("error: {error}");
+    // Errors quote what servers said (status messages): escaped for the terminal.
+    eprintln!("error: {}", terminal::printable(&error.to_string()));
     if error.is_usage() {
         eprintln!("(meshless --help lists the commands and their flags)");
     }

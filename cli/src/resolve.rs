@@ -71,11 +71,17 @@ pub(crate) async fn resolve(target: &str, timeout: Duration) -> Result<Resolved,
     }
 }
 
-async fn resolve_dns(target: &str, timeout: Duration) -> Result<Resolved, Error> {
+/// DNS lookups that give up on the first answer after `timeout`, each query after at most
+/// that too: the commands' `--timeout` covers DNS.
+pub(crate) fn dns_settings(timeout: Duration) -> DnsSettings {
     let mut settings = DnsSettings::default();
     settings.first_answer_timeout = timeout;
     settings.timeout = settings.timeout.min(timeout);
-    let mut discover = DnsDiscover::new(target, settings)
+    settings
+}
+
+async fn resolve_dns(target: &str, timeout: Duration) -> Result<Resolved, Error> {
+    let mut discover = DnsDiscover::new(target, dns_settings(timeout))
         .map_err(|error| Error::new(format!("{target}: {error}")))?;
     let deadline = Instant::now() + timeout;
     let mut instances = BTreeSet::new();

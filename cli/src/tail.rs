@@ -8,14 +8,16 @@
 //! subscribed to as well, and those it removes are not subscribed to again.
 //!
 //! With `--group`, the command is one member of the consumer group on every producer, and
-//! acknowledges each event after printing it. Stopping (`--count`, Ctrl-C) leaves the group on
-//! every producer, so the events it held go to the other members at once.
+//! acknowledges each event after printing it. Stopping (`--count`, Ctrl-C, or stdout closed
+//! by its reader, as `| head -3` does) leaves the group on every producer at once, so the
+//! events it held go to the other members without waiting for its lease.
 //!
 //! Each line: `{"instance": "10.0.0.7:50051", "sequence": 42, "key": "o-1", "event": {...}}`,
 //! with `"missed": N` when the producer reports events this subscriber will never see, and
 //! `"delivery_count"` in a group. The event is in protobuf's JSON mapping.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,13 +31,14 @@ use prost::bytes::Bytes;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::args::{From, Headers, TailArgs};
 use crate::codec::RawCodec;
 use crate::descriptors;
 use crate::error::{status_text, Error};
 use crate::resolve::{self, channel_to, Change};
+use crate::terminal::printable;
 
 /// The response header that names a group member's stream, for its acknowledgements.
 const MEMBER_CONNECTION: &str = "meshless-member-connection";
@@ -88,7 +91,7 @@ struct Producer {
     refused: bool,
 }
 
-/// Runs `meshless tail` until `--count` events were printed or Ctrl-C.
+/// Runs `meshless tail` until `--count` events were printed, Ctrl-C, or stdout is closed.
 pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
     let resolved = resolve::resolve(&args.target, args.timeout).await?;
     let first = resolved.instances[0];
@@ -160,7 +163,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
                                 old.task.abort();
                             }
                         }
-                        Err(error) => eprintln!("meshless: {error}"),
+                        Err(error) => eprintln!("meshless: {}", printable(&error.to_string())),
                     }
                 }
                 Some(Change::Remove(addr)) => {
@@ -173,12 +176,21 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
             },
             delivery = deliveries.recv() => match delivery {
                 Some(Delivery::Event { instance, metadata, event, connection }) => {
-                    print_event(instance, &metadata, event, member.is_some())?;
+                    if let Err(error) = print_event(instance, &metadata, event, member.is_some()) {
+                        // A reader that closed stdout (`| head -3`) has read all it wanted:
+                        // stop as on Ctrl-C. The event not printed is not acknowledged.
+                        if error.kind() != io::ErrorKind::BrokenPipe {
+                            outcome = Err(Error::new(format!("cannot write to stdout: {error}")));
+                        }
+                        break;
+                    }
                     let cursor = Cursor { epoch: metadata.epoch, sequence: metadata.sequence };
                     if let Some(producer) = producers.get_mut(&instance) {
                         producer.last = Some((cursor, connection));
                         if let (Some(group), Some(member)) = (&args.group, &member) {
-                            acknowledge(producer, &subscription.path, group, member, false, args.timeout).await;
+                            if let Some(request) = acknowledgement(producer, &subscription.path, group, member, false) {
+                                acknowledge(instance, producer.channel.clone(), request, args.timeout).await;
+                            }
                         }
                     }
                     printed += 1;
@@ -187,10 +199,10 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
                     }
                 }
                 Some(Delivery::Broken { instance, error }) => {
-                    eprintln!("meshless: {instance}: {error}; subscribing again");
+                    eprintln!("meshless: {instance}: {}; subscribing again", printable(&error));
                 }
                 Some(Delivery::Refused { instance, error }) => {
-                    eprintln!("meshless: {instance}: {error}");
+                    eprintln!("meshless: {instance}: {}", printable(&error));
                     if let Some(producer) = producers.get_mut(&instance) {
                         producer.refused = true;
                     }
@@ -208,24 +220,26 @@ pub(crate) async fn run(args: TailArgs) -> Result<(), Error> {
     }
 
     // Stop every stream, then leave the group everywhere so that the events this member held
-    // go to the others at once rather than after its lease.
+    // go to the others at once rather than after its lease: on every producer at once, so that
+    // stopping takes at most one --timeout however many producers do not answer.
     for producer in producers.values() {
         producer.task.abort();
     }
     if let (Some(group), Some(member)) = (&args.group, &member) {
-        for producer in producers.values_mut() {
-            if !producer.refused {
-                acknowledge(
-                    producer,
-                    &subscription.path,
-                    group,
-                    member,
-                    true,
+        let mut leaving = JoinSet::new();
+        for (&instance, producer) in producers.iter().filter(|(_, producer)| !producer.refused) {
+            if let Some(request) =
+                acknowledgement(producer, &subscription.path, group, member, true)
+            {
+                leaving.spawn(acknowledge(
+                    instance,
+                    producer.channel.clone(),
+                    request,
                     args.timeout,
-                )
-                .await;
+                ));
             }
         }
+        while leaving.join_next().await.is_some() {}
     }
     outcome
 }
@@ -441,13 +455,11 @@ fn print_event(
     metadata: &EventMetadata,
     event: serde_json::Value,
     in_group: bool,
-) -> Result<(), Error> {
+) -> io::Result<()> {
     use std::io::Write;
     let line = event_line(instance, metadata, &event, in_group);
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")
-        .and_then(|()| stdout.flush())
-        .map_err(|error| Error::new(format!("cannot write to stdout: {error}")))
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush())
 }
 
 fn event_line(
@@ -486,23 +498,21 @@ fn event_line(
     line
 }
 
-/// Acknowledges the last event printed from `producer`, or leaves the group. A failure is
-/// reported and otherwise ignored: the producer gives the event out again.
-async fn acknowledge(
+/// The acknowledgement of the last event printed from `producer`, or the request to leave the
+/// group (acknowledging it too); `None` when there is nothing to acknowledge.
+fn acknowledgement(
     producer: &Producer,
     path: &str,
     group: &str,
     member: &str,
     leave: bool,
-    timeout: Duration,
-) {
+) -> Option<Acknowledgement> {
     let (handled, connection) = match producer.last {
         Some((cursor, connection)) => (Some(cursor), connection),
         None if leave => (None, 0),
-        None => return,
+        None => return None,
     };
-    let client = EventGroupsClient::new(producer.channel.clone());
-    let request = Acknowledgement {
+    Some(Acknowledgement {
         rpc: path.to_owned(),
         group: group.to_owned(),
         member: member.to_owned(),
@@ -510,7 +520,19 @@ async fn acknowledge(
         leave,
         connection,
         ..Acknowledgement::default()
-    };
+    })
+}
+
+/// Sends `request` to a producer, waiting at most `timeout`. A failure is reported and
+/// otherwise ignored: the producer gives the event out again.
+async fn acknowledge(
+    instance: SocketAddr,
+    channel: Channel,
+    request: Acknowledgement,
+    timeout: Duration,
+) {
+    let leave = request.leave;
+    let client = EventGroupsClient::new(channel);
     let what = if leave {
         "leaving the group"
     } else {
@@ -520,8 +542,13 @@ async fn acknowledge(
         Ok(Ok(_)) => {}
         // A member that had nothing yet may be unknown to a producer: nothing to leave.
         Ok(Err(status)) if leave && status.code() == tonic::Code::NotFound => {}
-        Ok(Err(status)) => eprintln!("meshless: {what} failed: {}", status_text(&status)),
-        Err(_) => eprintln!("meshless: {what} took more than {timeout:?}"),
+        Ok(Err(status)) => {
+            eprintln!(
+                "meshless: {instance}: {what} failed: {}",
+                printable(&status_text(&status))
+            )
+        }
+        Err(_) => eprintln!("meshless: {instance}: {what} took more than {timeout:?}"),
     }
 }
 

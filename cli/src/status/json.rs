@@ -2,6 +2,10 @@
 //! service's messages with their proto field names, 64-bit integers as numbers, fields at
 //! their default values included), plus the derived `groups` and `ejected` lists. Keys are
 //! sorted, rows in the tables' order.
+//!
+//! Epochs are strings of their decimal digits, as protobuf's JSON writes 64-bit integers: they
+//! are random 64-bit numbers, which jq and JavaScript would round to the nearest double.
+//! Counts and sequences stay numbers.
 
 use std::sync::OnceLock;
 
@@ -82,14 +86,35 @@ pub(crate) fn status_json(status: &InstanceStatus) -> Value {
         .stringify_64_bit_integers(false)
         .use_proto_field_name(true)
         .skip_default_fields(false);
-    DynamicMessage::decode(instance_status(), status.encode_to_vec().as_slice())
+    let mut value = DynamicMessage::decode(instance_status(), status.encode_to_vec().as_slice())
         .map_err(|error| error.to_string())
         .and_then(|message| {
             message
                 .serialize_with_options(serde_json::value::Serializer, &options)
                 .map_err(|error| error.to_string())
         })
-        .unwrap_or_else(|error| json!({ "undecodable": error }))
+        .unwrap_or_else(|error| json!({ "undecodable": error }));
+    stringify_epochs(&mut value);
+    value
+}
+
+/// Every number under a key `epoch` or `..._epoch`, at any depth, as a string.
+fn stringify_epochs(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if key == "epoch" || key.ends_with("_epoch") {
+                    if let Value::Number(number) = field {
+                        *field = Value::String(number.to_string());
+                        continue;
+                    }
+                }
+                stringify_epochs(field);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(stringify_epochs),
+        _ => {}
+    }
 }
 
 fn instance_status() -> MessageDescriptor {
@@ -130,7 +155,10 @@ mod test {
         assert_eq!(value["listen_address"], "127.0.0.1:50051");
         assert_eq!(value["process_id"], 42);
         assert_eq!(value["uptime_ms"], 0, "default values are printed");
-        assert_eq!(value["event_rpcs"][0]["epoch"], u64::MAX);
+        // Epochs as strings, every digit kept; other 64-bit integers as numbers.
+        assert_eq!(value["event_rpcs"][0]["epoch"], "18446744073709551615");
         assert_eq!(value["event_rpcs"][0]["groups"][0]["lag"], 3);
+        let text = value.to_string();
+        assert!(text.contains(r#""epoch":"18446744073709551615""#), "{text}");
     }
 }

@@ -17,6 +17,7 @@ mod table;
 use crate::args::StatusArgs;
 use crate::error::Error;
 use crate::resolve;
+use crate::terminal::printable;
 
 /// Runs `meshless status`.
 pub(crate) async fn run(args: StatusArgs) -> Result<(), Error> {
@@ -59,7 +60,7 @@ pub(crate) async fn run(args: StatusArgs) -> Result<(), Error> {
                 }
             }
             // A target that resolves to nothing for a while is worth watching too.
-            Err(error) => eprintln!("error: {error}"),
+            Err(error) => eprintln!("error: {}", printable(&error.to_string())),
         }
         tokio::select! {
             _ = &mut ctrl_c => return Ok(()),

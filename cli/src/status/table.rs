@@ -1,10 +1,12 @@
 //! The report as aligned tables: INSTANCES, EVENT RPCS, GROUPS, EJECTED, and ERRORS when an
 //! instance did not answer. Rows are sorted, so two reports of the same state are the same
-//! text.
+//! text. What the servers said (every cell, every error) is printed with its control
+//! characters escaped ([`printable`]).
 
 use std::fmt::Write;
 
 use super::gather::{Process, Report};
+use crate::terminal::printable;
 
 /// Services every meshless server may serve, left out of the INSTANCES table (the JSON has
 /// them).
@@ -22,7 +24,7 @@ pub(crate) fn render(report: &Report) -> String {
     let answered = report.instances.iter().filter(|i| i.status.is_ok()).count();
     let mut out = format!(
         "{}: {} instance{}, {answered} answered\n",
-        report.target,
+        printable(&report.target),
         report.instances.len(),
         plural(report.instances.len())
     );
@@ -186,7 +188,7 @@ pub(crate) fn render(report: &Report) -> String {
     if !errors.is_empty() {
         out.push_str("\nERRORS\n");
         for error in errors {
-            let _ = writeln!(out, "{error}");
+            let _ = writeln!(out, "{}", printable(&error));
         }
     }
     out
@@ -213,16 +215,25 @@ fn section(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String
 }
 
 /// Columns aligned on the widest cell, two spaces apart; the last column is not padded.
+/// Control characters in cells are escaped.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| printable(cell).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
     let headers: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&headers).chain(rows) {
+    for row in std::iter::once(&headers).chain(&rows) {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
             if i + 1 == row.len() {
@@ -289,6 +300,78 @@ mod test {
             text,
             "A          LONGER  C\nwide cell  x       last\ny          z\n"
         );
+    }
+
+    #[test]
+    fn what_servers_say_is_printed_with_control_characters_escaped() {
+        use super::super::gather::{derive, Instance};
+        use meshless::admin::v1::{
+            ChannelInstanceStatus, ChannelStatus, EventRpcStatus, GroupStatus, InstanceStatus,
+        };
+
+        let clear = "\x1b[2J\x1b]0;owned\x07";
+        let status = InstanceStatus {
+            services: vec![format!("evil.{clear}Service")],
+            event_rpcs: vec![EventRpcStatus {
+                rpc: "/a.B/C".into(),
+                last_error: format!("disk full{clear}"),
+                groups: vec![GroupStatus {
+                    name: format!("billing\n{clear}"),
+                    ..GroupStatus::default()
+                }],
+                ..EventRpcStatus::default()
+            }],
+            channels: vec![ChannelStatus {
+                target: "ipv4:10.0.0.2:1".into(),
+                instances: vec![ChannelInstanceStatus {
+                    address: "10.0.0.2:1".into(),
+                    ejected: true,
+                    ejected_because: format!("\x1b[31mUNAVAILABLE\x1b[0m{clear}"),
+                    ..ChannelInstanceStatus::default()
+                }],
+                ..ChannelStatus::default()
+            }],
+            host: format!("host{clear}"),
+            process_id: 7,
+            ..InstanceStatus::default()
+        };
+        let report = derive(
+            "ipv4:127.0.0.1:50051",
+            vec![
+                Instance {
+                    address: "127.0.0.1:50051".parse().expect("an address"),
+                    status: Ok(status),
+                },
+                Instance {
+                    address: "127.0.0.1:50052".parse().expect("an address"),
+                    status: Err(format!("127.0.0.1:50052: UNAVAILABLE: {clear}")),
+                },
+            ],
+        );
+        let text = render(&report);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        let escaped = r"\u{1b}[2J\u{1b}]0;owned\u{7}";
+        for shown in [
+            format!(r"\u{{1b}}[31mUNAVAILABLE\u{{1b}}[0m{escaped}"),
+            format!("disk full{escaped}"),
+            format!(r"billing\n{escaped}"),
+            format!("host{escaped}:7"),
+            format!("evil.{escaped}Service"),
+            format!("UNAVAILABLE: {escaped}"),
+        ] {
+            assert!(text.contains(&shown), "{shown} in {text}");
+        }
+        // Every row is one line: the group's name did not break its row.
+        let groups: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != "GROUPS")
+            .skip(2)
+            .take_while(|line| !line.is_empty())
+            .collect();
+        assert_eq!(groups.len(), 1, "{text}");
     }
 
     #[test]

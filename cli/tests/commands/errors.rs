@@ -91,6 +91,45 @@ async fn the_admin_service_behind_a_layer_takes_a_header() {
     guarded.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_server_that_never_answers_is_given_up_on_after_the_timeout() {
+    // Takes queries and answers none.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let target = format!(
+        "dns+srv://{}/orders.{ZONE}",
+        silent.local_addr().expect("local address")
+    );
+    for mut args in [
+        vec!["status", target.as_str()],
+        vec![
+            "call",
+            target.as_str(),
+            "testing.orders.v1.Orders/Change",
+            "{}",
+        ],
+    ] {
+        args.extend(["--timeout", "400ms"]);
+        let started = std::time::Instant::now();
+        let ran = meshless(&args).await;
+        let took = started.elapsed();
+        let stderr = ran.failed(1);
+        assert!(
+            stderr.contains("no answer from DNS within 400ms"),
+            "{args:?}: {stderr}"
+        );
+        // Not the 5 s that DNS discovery waits for a first answer by default.
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "{args:?} took {took:?}"
+        );
+    }
+    let ran = meshless(&["call", &target, "a.B/C", "{}", "--timeout", "999999h"]).await;
+    assert_eq!(
+        ran.failed(2).lines().next(),
+        Some("error: --timeout takes at most a year (8760h), not `999999h`")
+    );
+}
+
 #[tokio::test]
 async fn bad_arguments() {
     let ran = meshless(&["status", "ipv4:127.0.0.1:1", "--jsn"]).await;

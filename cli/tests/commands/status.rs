@@ -89,13 +89,18 @@ async fn status_reports_instances_group_lag_per_producer_and_the_ejected_instanc
         },
     )
     .await;
+    // Each producer's epoch, as its publisher told it.
+    let mut epochs = Vec::new();
     for (running, published) in cluster.instances.iter().zip(PUBLISHED) {
+        let mut epoch = 0;
         for step in 0..published {
-            running
+            epoch = running
                 .publisher
                 .publish_order_logged(crate::support::event(&running.name, step))
-                .expect("publish");
+                .expect("publish")
+                .epoch;
         }
+        epochs.push(epoch);
     }
     let members = [member(&cluster.target).await, member(&cluster.target).await];
 
@@ -143,9 +148,23 @@ async fn status_reports_instances_group_lag_per_producer_and_the_ejected_instanc
         .map(|instance| instance["address"].as_str().expect("address"))
         .collect();
     assert_eq!(reported, addresses, "exactly the three instances, sorted");
-    for instance in report["instances"].as_array().expect("instances") {
+    for (instance, epoch) in report["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .zip(&epochs)
+    {
         let status = &instance["status"];
         assert_eq!(status["listen_address"], instance["address"]);
+        // The epoch as a string of its digits: random 64-bit numbers, which a JSON number
+        // would not carry whole to jq or JavaScript.
+        let rpc = status["event_rpcs"]
+            .as_array()
+            .expect("event_rpcs")
+            .iter()
+            .find(|rpc| rpc["rpc"] == LOGGED)
+            .expect("the event RPC");
+        assert_eq!(rpc["epoch"], Value::String(epoch.to_string()), "{rpc}");
         assert_eq!(status["process_id"], std::process::id());
         assert!(status["services"]
             .as_array()
@@ -224,6 +243,15 @@ async fn status_reports_instances_group_lag_per_producer_and_the_ejected_instanc
     for row in &instances {
         assert_eq!(row[2], "testing.orders.v1.Orders", "{row:?}");
         assert_eq!(row[3], "3", "three event RPCs: {row:?}");
+    }
+    // The table writes epochs in hex.
+    let rpcs = section("EVENT RPCS");
+    for (addr, epoch) in addresses.iter().zip(&epochs) {
+        let row = rpcs
+            .iter()
+            .find(|row| row[0] == *addr && row[1] == LOGGED)
+            .unwrap_or_else(|| panic!("{addr} {LOGGED} in {text}"));
+        assert_eq!(row[2], format!("{epoch:016x}"), "{row:?}");
     }
     let groups = section("GROUPS");
     assert_eq!(groups.len(), 3, "{text}");

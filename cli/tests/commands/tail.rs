@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::support::{event, meshless, Cluster, Serving};
+use crate::support::{event, eventually, meshless, Cluster, Proxy, Running, Serving, PATIENCE};
 
 const ORDER_CHANGED: &str = "testing.orders.v1.Orders/OrderChanged";
 
@@ -241,26 +241,7 @@ async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
     assert_eq!(status.code(), Some(0));
 
     // It left the group on its way out, having acknowledged the three.
-    let admin = meshless::admin::v1::AdminClient::new(
-        meshless::Channel::connect(&producer.target())
-            .await
-            .expect("channel"),
-    );
-    let status = admin
-        .get_status(meshless::admin::v1::GetStatusRequest {})
-        .await
-        .expect("GetStatus")
-        .into_inner();
-    let rpc = status
-        .event_rpcs
-        .iter()
-        .find(|rpc| rpc.rpc == "/testing.orders.v1.Orders/OrderLogged")
-        .expect("the event RPC");
-    let group = rpc
-        .groups
-        .iter()
-        .find(|g| g.name == "ops")
-        .expect("the group");
+    let group = logged_group(producer, "ops").await.expect("the group");
     assert!(group.members.is_empty(), "{group:?}");
     assert_eq!((group.acknowledged_through, group.lag), (3, 0), "{group:?}");
 
@@ -282,4 +263,194 @@ async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
     let events = lines(ran.ok());
     assert_eq!(events[0]["sequence"], next.sequence, "{}", ran.stdout);
     cluster.stop().await;
+}
+
+/// Group `name` of OrderLogged, as `running`'s admin service reports it.
+async fn logged_group(running: &Running, name: &str) -> Option<meshless::admin::v1::GroupStatus> {
+    let admin = meshless::admin::v1::AdminClient::new(
+        meshless::Channel::connect(&running.target())
+            .await
+            .expect("channel"),
+    );
+    let status = admin
+        .get_status(meshless::admin::v1::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner();
+    let rpc = status
+        .event_rpcs
+        .iter()
+        .find(|rpc| rpc.rpc == "/testing.orders.v1.Orders/OrderLogged")
+        .expect("the event RPC");
+    rpc.groups.iter().find(|g| g.name == name).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_stops_tail_cleanly_and_it_leaves_its_group() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let cluster = Cluster::start(
+        "piped",
+        1,
+        Serving {
+            reflection: true,
+            admin: true,
+            ..Serving::default()
+        },
+    )
+    .await;
+    let producer = &cluster.instances[0];
+    for step in 0..3 {
+        producer
+            .publisher
+            .publish_order_logged(event("o", step))
+            .expect("publish");
+    }
+    let logged = "testing.orders.v1.Orders/OrderLogged";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
+        .args(["tail", &cluster.target, logged, "--group", "pipe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("meshless starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(PATIENCE, stdout.next_line())
+        .await
+        .expect("an event within the patience")
+        .expect("stdout")
+        .expect("a line");
+    let first: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(first["sequence"], 1, "{line}");
+    // The reader has all it wants, as `| head -1` would: it closes its end.
+    drop(stdout);
+
+    // tail finds out at its next line: there is one as long as it runs.
+    let status = eventually("meshless stops once stdout is closed", || {
+        let _ = producer.publisher.publish_order_logged(event("more", 9));
+        let exited = child.try_wait().expect("its exit status");
+        async move { exited }
+    })
+    .await;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "nothing went wrong");
+
+    // It left the group on its way out.
+    let group = logged_group(producer, "pipe").await.expect("the group");
+    assert!(group.members.is_empty(), "{group:?}");
+    assert!(group.acknowledged_through >= 1, "{group:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_leaves_the_group_on_every_producer_at_once() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let serving = Serving {
+        reflection: true,
+        admin: true,
+        ..Serving::default()
+    };
+    let producers = [
+        Running::orders("hanging-1", serving).await,
+        Running::orders("hanging-2", serving).await,
+    ];
+    // tail reaches each producer through a proxy, which stops passing anything when frozen.
+    let proxies = [
+        Proxy::to(producers[0].addr).await,
+        Proxy::to(producers[1].addr).await,
+    ];
+    for producer in &producers {
+        producer
+            .publisher
+            .publish_order_logged(event(&producer.name, 0))
+            .expect("publish");
+    }
+    let target = format!("ipv4:{},{}", proxies[0].addr, proxies[1].addr);
+    let logged = "testing.orders.v1.Orders/OrderLogged";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
+        .args([
+            "tail",
+            &target,
+            logged,
+            "--group",
+            "hung",
+            "--timeout",
+            "3s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("meshless starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..2 {
+        tokio::time::timeout(PATIENCE, stdout.next_line())
+            .await
+            .expect("an event within the patience")
+            .expect("stdout")
+            .expect("a line");
+    }
+    // Both acknowledged, so that nothing is in flight when the producers stop answering.
+    for producer in &producers {
+        eventually("tail acknowledged the event it printed", || async move {
+            logged_group(producer, "hung")
+                .await
+                .filter(|group| group.acknowledged_through == 1)
+        })
+        .await;
+    }
+    for proxy in &proxies {
+        proxy.freeze();
+    }
+
+    let started = Instant::now();
+    let pid = child.id().expect("running").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("meshless stops on Ctrl-C")
+        .expect("its exit status");
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Each leave waits for its --timeout (3 s): one after the other they would take 6 s.
+    assert!(
+        took < Duration::from_millis(4500),
+        "stopping took {took:?}: {stderr}"
+    );
+    for proxy in &proxies {
+        assert!(
+            stderr.contains(&format!("meshless: {}: leaving the group", proxy.addr)),
+            "{stderr}"
+        );
+    }
+    drop(proxies);
+    for producer in producers {
+        producer.stop().await;
+    }
 }
