@@ -2,7 +2,8 @@
 //! derived from all of them (consumer groups per producer, ejected instances per process).
 //!
 //! Servers of one process report the same channels (the channels are the process's), so
-//! channels are taken once per process, told apart by (host, process id).
+//! channels are taken once per process, told apart by the random id each process draws
+//! (`InstanceStatus.process`), or by (host, process id) for servers that do not send one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,20 +141,24 @@ pub(crate) fn derive(target: &str, instances: Vec<Instance>) -> Report {
     groups.sort_by(|a, b| (&a.rpc, &a.group, a.producer).cmp(&(&b.rpc, &b.group, b.producer)));
 
     // One status per process: the first of its servers (by address) speaks for it.
-    let mut processes: BTreeMap<(String, u32), (Vec<SocketAddr>, &InstanceStatus)> =
+    let mut processes: BTreeMap<(String, u32, String), (Vec<SocketAddr>, &InstanceStatus)> =
         BTreeMap::new();
     for instance in &instances {
         let Ok(status) = &instance.status else {
             continue;
         };
         processes
-            .entry((status.host.clone(), status.process_id))
+            .entry((
+                status.host.clone(),
+                status.process_id,
+                status.process.clone(),
+            ))
             .or_insert_with(|| (Vec::new(), status))
             .0
             .push(instance.address);
     }
     let mut ejected = Vec::new();
-    for ((host, process_id), (servers, status)) in &processes {
+    for ((host, process_id, _), (servers, status)) in &processes {
         let process = Process {
             host: host.clone(),
             process_id: *process_id,
@@ -187,5 +192,45 @@ impl Report {
             .iter()
             .filter_map(|instance| instance.status.as_ref().err().map(String::as_str))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use meshless::admin::v1::{ChannelInstanceStatus, ChannelStatus};
+
+    /// A status from `process` on host `h`, PID 1, whose channel ejected `10.0.0.9:1`.
+    fn status(process: &str) -> InstanceStatus {
+        InstanceStatus {
+            host: "h".into(),
+            process_id: 1,
+            process: process.into(),
+            channels: vec![ChannelStatus {
+                target: "dns:///x".into(),
+                instances: vec![ChannelInstanceStatus {
+                    address: "10.0.0.9:1".into(),
+                    ejected: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn channels_are_taken_once_per_process_told_apart_by_its_random_id() {
+        let instance = |port: u16, process: &str| Instance {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            status: Ok(status(process)),
+        };
+        // Two containers with the same host name and PID: two processes.
+        let report = derive("t", vec![instance(1, "aa"), instance(2, "bb")]);
+        assert_eq!(report.ejected.len(), 2);
+        // Two servers of one process: one.
+        let report = derive("t", vec![instance(1, "aa"), instance(2, "aa")]);
+        assert_eq!(report.ejected.len(), 1);
+        assert_eq!(report.ejected[0].process.servers.len(), 2);
     }
 }
