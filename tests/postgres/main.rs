@@ -101,9 +101,13 @@ fn event(message: &str) -> EchoedEvent {
     }
 }
 
-/// A producer serving `publisher`'s events on 127.0.0.1.
+/// A producer serving `publisher`'s events on 127.0.0.1, with the admin service.
 async fn serve(publisher: &EchoPublisher) -> Running {
-    Running::publishing(publisher.clone()).await
+    Running::start(Server::builder().admin(true).add_service(EchoService::with_publisher(
+        Echo::default(),
+        publisher.clone(),
+    )))
+    .await
 }
 
 /// Waits until `done`, looked at again each time `changed` is notified; `false` when that
@@ -871,6 +875,22 @@ async fn the_database_server_restarted_while_events_flow_loses_nothing_committed
         // Events published one transaction at a time are numbered in the order they committed.
         let order: Vec<usize> = handled.iter().map(|m| m[1..].parse().unwrap()).collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "in commit order");
+        // The admin view says where the events live and how far they go.
+        let status = meshless::admin::v1::AdminClient::new(
+            meshless::Channel::connect(&watched.producer.target())
+                .await
+                .unwrap(),
+        )
+        .get_status(meshless::admin::v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+        let rpc = &status.event_rpcs[0];
+        assert_eq!(
+            (rpc.storage.as_str(), rpc.epoch, rpc.first_sequence, rpc.last_sequence),
+            ("postgres", epoch, 1, expected.len() as u64)
+        );
+        eprintln!("the log's last error, as the admin view has it: {:?}", rpc.last_error);
         eprintln!(
             "restart: {} committed ({} of them after the restart), {} unsure, {} failed attempts",
             published.committed.len(),
