@@ -103,10 +103,14 @@ fn event(message: &str) -> EchoedEvent {
 
 /// A producer serving `publisher`'s events on 127.0.0.1, with the admin service.
 async fn serve(publisher: &EchoPublisher) -> Running {
-    Running::start(Server::builder().admin(true).add_service(EchoService::with_publisher(
-        Echo::default(),
-        publisher.clone(),
-    )))
+    Running::start(
+        Server::builder()
+            .admin(true)
+            .add_service(EchoService::with_publisher(
+                Echo::default(),
+                publisher.clone(),
+            )),
+    )
     .await
 }
 
@@ -887,10 +891,18 @@ async fn the_database_server_restarted_while_events_flow_loses_nothing_committed
         .into_inner();
         let rpc = &status.event_rpcs[0];
         assert_eq!(
-            (rpc.storage.as_str(), rpc.epoch, rpc.first_sequence, rpc.last_sequence),
+            (
+                rpc.storage.as_str(),
+                rpc.epoch,
+                rpc.first_sequence,
+                rpc.last_sequence
+            ),
             ("postgres", epoch, 1, expected.len() as u64)
         );
-        eprintln!("the log's last error, as the admin view has it: {:?}", rpc.last_error);
+        eprintln!(
+            "the log's last error, as the admin view has it: {:?}",
+            rpc.last_error
+        );
         eprintln!(
             "restart: {} committed ({} of them after the restart), {} unsure, {} failed attempts",
             published.committed.len(),
