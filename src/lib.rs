@@ -16,6 +16,10 @@
 //!   silent gap) and runs observers that subscribe to every producer instance, alone or in
 //!   consumer groups; events with a key are handled in order per key, keys in parallel. No
 //!   broker.
+//! - [`admin`]: what each process can tell operators, served on request
+//!   ([`Server::admin`], [`Server::channelz`]): gRPC channelz, and meshless's admin service
+//!   (event RPCs, consumer groups and their lag, instances and ejections), which the `meshless`
+//!   command line (`cli/`) reads from every instance of a target.
 //!
 //! # Features
 //!
