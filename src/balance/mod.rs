@@ -14,11 +14,13 @@
 
 mod connect;
 mod connection;
+mod failure;
 mod instance;
 mod latency;
 mod ready;
 mod set;
 mod watched;
 
-pub(crate) use instance::{counts_against, Ejection, Failure, InFlight, Instance, State};
+pub(crate) use failure::{counts_against, Ejection, Failure};
+pub(crate) use instance::{InFlight, Instance, State};
 pub(crate) use set::{InstanceSet, Settings};

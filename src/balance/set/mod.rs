@@ -8,7 +8,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::connect::keep_connected;
-use super::instance::{Ejection, Failure, InFlight, Instance, State};
+use super::failure::{Ejection, Failure};
+use super::instance::{InFlight, Instance, State};
 use super::ready::Ready;
 use members::Members;
 use unavailable::Unavailable;
@@ -189,7 +190,7 @@ impl InstanceSet {
     }
 
     /// Counts how a call to `instance` ended. An instance that failed
-    /// [`EJECT_AFTER_FAILURES`](super::instance::EJECT_AFTER_FAILURES) times in a row is
+    /// [`EJECT_AFTER_FAILURES`](super::failure::EJECT_AFTER_FAILURES) times in a row is
     /// ejected, for a time that doubles with each ejection, unless half the connected instances
     /// (rounded down) are ejected already: never all of them. Instances that are connecting or
     /// failing to connect are no spares, since calls cannot go to them. Decided under the set's
@@ -219,11 +220,11 @@ impl InstanceSet {
                 duration,
                 format!(
                     "{} calls in a row failed, the last: {last}",
-                    super::instance::EJECT_AFTER_FAILURES
+                    super::failure::EJECT_AFTER_FAILURES
                 ),
             );
         }
-        tracing::warn!(target = %self.target, instance = %instance.key, ?duration, "instance failed {} calls in a row; ejected", super::instance::EJECT_AFTER_FAILURES);
+        tracing::warn!(target = %self.target, instance = %instance.key, ?duration, "instance failed {} calls in a row; ejected", super::failure::EJECT_AFTER_FAILURES);
         self.rebuild_ready();
         let set = Arc::downgrade(self);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

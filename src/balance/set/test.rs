@@ -46,7 +46,7 @@ async fn an_ejected_instance_is_picked_when_it_is_all_that_is_left() {
     let (set, _) = set_with_one_connecting_instance(Duration::from_secs(1));
     set.remove("127.0.0.1:1");
     let (a, _b) = (connected(&set, "a:1"), connected(&set, "b:1"));
-    fail(&set, &a, super::super::instance::EJECT_AFTER_FAILURES);
+    fail(&set, &a, super::super::failure::EJECT_AFTER_FAILURES);
     assert!(a.is_ejected());
     assert_eq!(set.ready_count(), 1);
     set.remove("b:1");
@@ -86,7 +86,7 @@ async fn two_instances_failing_at_once_are_never_both_ejected() {
             fail(
                 &set,
                 instance,
-                super::super::instance::EJECT_AFTER_FAILURES - 1,
+                super::super::failure::EJECT_AFTER_FAILURES - 1,
             );
         }
         let start = Arc::new(std::sync::Barrier::new(2));
