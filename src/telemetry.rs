@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::admin::registry::CallCounts;
 
-pub(crate) use code::code_name;
+pub use code::code_name;
 pub(crate) use report::{CallReport, Reported};
 
 mod code;

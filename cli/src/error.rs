@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use meshless::telemetry::code_name;
+
 /// A failure of the command: printed as `error: {message}` on stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Error {
@@ -56,29 +58,5 @@ pub(crate) fn status_text(status: &tonic::Status) -> String {
         code_name(status.code()).to_owned()
     } else {
         format!("{}: {message}", code_name(status.code()))
-    }
-}
-
-/// The name of a gRPC status code as the gRPC spec writes it (`NOT_FOUND`).
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -1,7 +1,8 @@
 //! The names of gRPC status codes, as metrics label them.
 
-/// The name of a gRPC status code, as metrics label it (`OK`, `UNAVAILABLE`...).
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+/// The name of a gRPC status code as the gRPC spec writes it, and as meshless's metrics label
+/// it (`OK`, `NOT_FOUND`, `UNAVAILABLE`...).
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -187,13 +187,21 @@ async fn tail_in_a_group_acknowledges_what_it_printed() {
     cluster.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
+/// One producer (named `name`) with 3 events of `OrderLogged`, and `meshless tail --group
+/// <group>` on it, with its stdout read line by line.
+async fn tailing_in_a_group(
+    name: &str,
+    group: &str,
+) -> (
+    Cluster,
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
     use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let cluster = Cluster::start(
-        "interrupted",
+        name,
         1,
         Serving {
             reflection: true,
@@ -202,23 +210,30 @@ async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
         },
     )
     .await;
-    let producer = &cluster.instances[0];
     for step in 0..3 {
-        producer
+        cluster.instances[0]
             .publisher
             .publish_order_logged(event("o", step))
             .expect("publish");
     }
     let logged = "testing.orders.v1.Orders/OrderLogged";
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
-        .args(["tail", &cluster.target, logged, "--group", "ops"])
+        .args(["tail", &cluster.target, logged, "--group", group])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("meshless starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (cluster, child, stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_tail_cleanly_and_it_leaves_its_group() {
+    let (cluster, mut child, mut stdout) = tailing_in_a_group("interrupted", "ops").await;
+    let producer = &cluster.instances[0];
+    let logged = "testing.orders.v1.Orders/OrderLogged";
     for sequence in 1..=3u64 {
         let line = tokio::time::timeout(crate::support::PATIENCE, stdout.next_line())
             .await
@@ -287,36 +302,10 @@ async fn logged_group(running: &Running, name: &str) -> Option<meshless::admin::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_stops_tail_cleanly_and_it_leaves_its_group() {
-    use std::process::Stdio;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    use tokio::io::AsyncReadExt;
 
-    let cluster = Cluster::start(
-        "piped",
-        1,
-        Serving {
-            reflection: true,
-            admin: true,
-            ..Serving::default()
-        },
-    )
-    .await;
+    let (cluster, mut child, mut stdout) = tailing_in_a_group("piped", "pipe").await;
     let producer = &cluster.instances[0];
-    for step in 0..3 {
-        producer
-            .publisher
-            .publish_order_logged(event("o", step))
-            .expect("publish");
-    }
-    let logged = "testing.orders.v1.Orders/OrderLogged";
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshless"))
-        .args(["tail", &cluster.target, logged, "--group", "pipe"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("meshless starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let line = tokio::time::timeout(PATIENCE, stdout.next_line())
         .await
         .expect("an event within the patience")
