@@ -77,10 +77,34 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             "not answer before the event is safe from a crash of the machine. A publisher without a".to_owned(),
             "directory (`new`) has no storage: it returns at once.".to_owned(),
         ]);
+        let publish_batch = format_ident!("publish_{}_batch", method.name);
+        let batch_doc = docs::lines(&[
+            format!("Publishes `events` of `{}` as [`{publish}`](Self::{publish}) does each, all or none, under", method.proto_name),
+            "consecutive sequences, and returns the last one's cursor (`None` for no events). The batch".to_owned(),
+            "takes the publisher's lock once, is written to the event log in one write (a publisher with".to_owned(),
+            "a directory) and wakes each subscriber once: cheaper per event than one publish each. One".to_owned(),
+            "event too large refuses the batch, and a failed write publishes none of it.".to_owned(),
+        ]);
+        let publish_batch_durable = format_ident!("publish_{}_batch_durable", method.name);
+        let batch_durable_doc = docs::lines(&[
+            format!("Publishes `events` of `{}` as [`{publish_batch}`](Self::{publish_batch}) does, and returns", method.proto_name),
+            "once they are on stable storage (one `fdatasync` for the batch; at once for a publisher".to_owned(),
+            "without a directory).".to_owned(),
+        ]);
         quote! {
             #doc
             pub fn #publish(&self, event: #event) -> ::core::result::Result<::meshless::v1::Cursor, ::meshless::events::PublishError> {
                 self.inner.publish(#index, &event)
+            }
+
+            #batch_doc
+            pub fn #publish_batch(&self, events: &[#event]) -> ::core::result::Result<::core::option::Option<::meshless::v1::Cursor>, ::meshless::events::PublishError> {
+                self.inner.publish_batch(#index, events)
+            }
+
+            #batch_durable_doc
+            pub async fn #publish_batch_durable(&self, events: &[#event]) -> ::core::result::Result<::core::option::Option<::meshless::v1::Cursor>, ::meshless::events::PublishError> {
+                self.inner.publish_batch_durable(#index, events).await
             }
 
             #durable_doc

@@ -90,6 +90,17 @@ pub(crate) trait EventLog: Send + 'static {
     /// oldest events beyond retention. On error the event is not in the log.
     fn append(&mut self, event: Stored) -> std::io::Result<()>;
 
+    /// Appends events whose sequences follow [`next_sequence`](Self::next_sequence) in order,
+    /// all or none: on error none of them is in the log. A log that writes does it in one
+    /// write.
+    fn append_all(&mut self, events: &[Stored]) -> std::io::Result<()> {
+        // What appends in memory only, which cannot fail halfway.
+        for event in events {
+            self.append(event.clone())?;
+        }
+        Ok(())
+    }
+
     /// Drops the events older than the log's age limit at `now` (microseconds since the Unix
     /// epoch), if it has one.
     fn expire(&mut self, _now: u64) {}

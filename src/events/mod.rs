@@ -8,7 +8,8 @@
 //! - Each publisher has an epoch (random, drawn at start) and, per event RPC, a sequence: a
 //!   cursor is (epoch, sequence).
 //! - An event is encoded once, whatever the number of subscribers; `publish` never waits on
-//!   them, and refuses an event too large for the streams. Events are kept in an event log
+//!   them, and refuses an event too large for the streams. A batch (`publish_*_batch`) is
+//!   published all or none, under consecutive sequences, with one write and one wake-up. Events are kept in an event log
 //!   (`log`: the last `retain`, in memory; `disk`: in files too, for a publisher opened on a
 //!   directory, with its epoch and consumer groups) that every subscriber and consumer group
 //!   reads by cursor.
@@ -40,6 +41,7 @@ pub mod observer;
 pub mod postgres;
 mod protocol;
 mod publisher;
+mod settings;
 mod status;
 mod stream;
 mod wire;
@@ -51,7 +53,8 @@ pub use observer::{
     CursorStore, DeadLetter, Event, FileCursors, Gap, HandlerError, ObserverBuilder,
     ObserverHandle, ObserverOptions,
 };
-pub use publisher::{EventRpc, Publisher, PublisherSettings, DEFAULT_RETAIN};
+pub use publisher::Publisher;
+pub use settings::{EventRpc, PublisherSettings, DEFAULT_RETAIN};
 pub use stream::EventStream;
 pub use wire::{
     Envelope, EPOCH_HEADER, EVENT_METADATA_FIELD, FILTERED_HEADER, MEMBER_CONNECTION_HEADER,

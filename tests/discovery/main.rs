@@ -346,9 +346,13 @@ async fn srv_weights_skew_traffic_priorities_pick_the_tier_and_ports_come_from_s
             .or_default() += 1;
     }
     let heavy_share = served.get("heavy").copied().unwrap_or(0) as f64 / 2000.0;
+    // Weights alone give 3/4 (within 0.03 of it, at 3 standard deviations). The band is wider
+    // below: an instance that answers more than 4x slower than the other candidate loses the
+    // pick whatever its weight (as the README says), and on a loaded machine a stall of the
+    // heavy one moves some calls to the light one for a while. Ignoring weights gives 1/2.
     assert!(
-        (0.68..0.82).contains(&heavy_share),
-        "weights 1:3 give the heavy one 3/4: {served:?}"
+        (0.62..0.82).contains(&heavy_share),
+        "weights 1:3 give the heavy one about 3/4: {served:?}"
     );
     assert_eq!(
         served.get("backup"),

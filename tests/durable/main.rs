@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batches;
 mod compaction;
 mod full_disk;
 mod latest_per_key;

@@ -214,10 +214,11 @@ impl DiskLog {
         old
     }
 
-    /// Appends `event` to the current segment and to the memory window, rolling to a new
-    /// segment when this one is full.
-    fn write(&mut self, event: Stored) -> std::io::Result<()> {
-        if event.bytes.len() > MAX_EVENT {
+    /// Appends `events` to the current segment in one write, and to the memory window, then
+    /// rolls to a new segment when this one is full (a batch is never split across segments,
+    /// so that a failed write keeps none of it).
+    fn write(&mut self, events: &[Stored]) -> std::io::Result<()> {
+        if let Some(event) = events.iter().find(|event| event.bytes.len() > MAX_EVENT) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
@@ -226,14 +227,19 @@ impl DiskLog {
                 ),
             ));
         }
+        let Some(last) = events.last().map(|event| event.sequence) else {
+            return Ok(());
+        };
         self.cut_partial()?;
         self.scratch.clear();
-        record::encode(
-            event.sequence,
-            event.published_at,
-            &event.bytes,
-            &mut self.scratch,
-        );
+        for event in events {
+            record::encode(
+                event.sequence,
+                event.published_at,
+                &event.bytes,
+                &mut self.scratch,
+            );
+        }
         if let Err(error) = (&*self.current).write_all(&self.scratch) {
             // Cut a partly written record off, so that the next one follows a whole record.
             let untouched = self
@@ -249,14 +255,15 @@ impl DiskLog {
             let _ = self.cut_partial();
             return Err(error);
         }
-        let sequence = event.sequence;
         self.current_bytes += self.scratch.len() as u64;
-        self.current_events += 1;
-        self.syncer.written(sequence);
-        self.memory.append(event)?;
+        self.current_events += events.len() as u64;
+        self.syncer.written(last);
+        for event in events {
+            self.memory.append(event.clone())?;
+        }
         if self.current_events >= self.roll_after_events || self.current_bytes >= SEGMENT_BYTES {
-            // The event is written; a failure to roll is tried again at the next append.
-            match self.roll(sequence + 1) {
+            // The events are written; a failure to roll is tried again at the next append.
+            match self.roll(last + 1) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => {
@@ -313,7 +320,11 @@ impl EventLog for DiskLog {
     }
 
     fn append(&mut self, event: Stored) -> std::io::Result<()> {
-        let written = self.write(event);
+        self.append_all(std::slice::from_ref(&event))
+    }
+
+    fn append_all(&mut self, events: &[Stored]) -> std::io::Result<()> {
+        let written = self.write(events);
         if let Err(error) = &written {
             self.syncer.report("writing an event", error);
         }

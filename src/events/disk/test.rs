@@ -166,6 +166,57 @@ fn a_failed_write_is_an_error_and_leaves_no_event_behind() {
     assert_eq!(log.next_sequence(), 4);
 }
 
+#[test]
+fn a_batch_is_one_record_run_in_one_segment_and_reads_back_after_a_reopen() {
+    let scratch = Scratch::new();
+    // Segments roll after 2 events (a quarter of retain); a batch of 5 is not split.
+    let mut log = open(&scratch.0, 8);
+    append_settled(&mut log, 1);
+    let batch: Vec<Stored> = (2..=6).map(event).collect();
+    log.append_all(&batch).unwrap();
+    settle(&log.syncer);
+    assert_eq!(log.next_sequence(), 7);
+    let segments: Vec<u64> = log.segments.iter().map(|(first, _)| *first).collect();
+    assert_eq!(
+        segments,
+        [1, 7],
+        "the batch went into the segment of event 1, then it rolled"
+    );
+    drop(log);
+    let log = open(&scratch.0, 8);
+    assert_eq!(
+        all(&log),
+        (1..=6)
+            .map(|s| (s, Bytes::from(format!("event {s}"))))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_failed_batch_write_leaves_none_of_the_batch_behind() {
+    let scratch = Scratch::new();
+    let mut log = open(&scratch.0, 100);
+    append(&mut log, 2);
+    let path = log.segments.back().unwrap().1.clone();
+    let writable = std::mem::replace(&mut log.current, Arc::new(File::open(&path).unwrap()));
+    let batch: Vec<Stored> = (3..=5).map(event).collect();
+    log.append_all(&batch).unwrap_err();
+    assert_eq!(
+        log.next_sequence(),
+        3,
+        "no event of the batch is in the log"
+    );
+    assert_eq!(all(&log).len(), 2);
+    log.current = writable;
+    log.append_all(&batch).unwrap();
+    drop(log);
+    let log = open(&scratch.0, 100);
+    assert_eq!(
+        all(&log).iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_waits_share_syncs() {
     let scratch = Scratch::new();

@@ -4,28 +4,29 @@
 //! Plain subscribers read the log by cursor (see `EventStream`); the hub only says where a
 //! subscription starts and wakes streams that have caught up (`plain.rs`). Consumer groups
 //! ([`super::group`]) are handed each event as it is published, and joined, acknowledged and
-//! left under the hub's lock (`groups.rs`). `drain.rs` ends it all for shutdown; `status.rs`
-//! is the hub's part of the admin status.
+//! left under the hub's lock (`groups.rs`). `publish.rs` appends events, one or a batch at a
+//! time; `drain.rs` ends it all for shutdown; `status.rs` is the hub's part of the admin status.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
-use prost::Message;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::disk::Syncer;
 use super::error::PublishError;
-use super::fanout::{self, Waiters};
+use super::fanout::Waiters;
 use super::filter::{EventSchema, Filters};
 use super::group::{Groups, Sweep};
-use super::log::{EventLog, Stored};
+use super::log::EventLog;
 use super::wire;
 use crate::keys::KeyPath;
 use crate::telemetry::EventMetrics;
 use crate::v1::Cursor;
 
 pub(crate) use plain::{Admitted, Fetched, Progress};
+#[cfg(feature = "postgres")]
+pub(crate) use publish::Encoded;
 
 /// How many events a plain stream takes from the log at a time.
 const READ_BATCH: usize = 32;
@@ -251,152 +252,12 @@ impl Hub {
     pub(crate) fn syncs(&self) -> u64 {
         self.syncer.as_ref().map_or(0, Syncer::syncs)
     }
-
-    /// Publishes an event: never waits for subscribers. An event too large for the stream's
-    /// message limit is refused, so that it can never hold up the events behind it.
-    pub(crate) fn publish(&self, event: &impl Message) -> Result<Cursor, PublishError> {
-        let encoded = self.encode(event)?;
-        self.append(encoded, None)
-    }
-
-    /// Encodes an event for this event RPC, outside any lock: refuses one too large for the
-    /// stream's message limit, and takes its key and the publisher's span.
-    pub(crate) fn encode(&self, event: &impl Message) -> Result<Encoded, PublishError> {
-        let size = event.encoded_len();
-        if size > self.max_event_size {
-            self.metrics.refused.increment(1);
-            return Err(PublishError::TooLarge {
-                rpc: self.method.clone(),
-                size,
-                limit: self.max_event_size,
-            });
-        }
-        // The publisher's span, for the observers' spans to link to (`opentelemetry` feature).
-        let (traceparent, tracestate) = crate::trace_context::of_current_span();
-        // Encoded once, outside the lock; only the small metadata is added under it.
-        let mut bytes =
-            BytesMut::with_capacity(size + 32 + traceparent.len() + tracestate.len() + 8);
-        event.encode_raw(&mut bytes);
-        let key = self.key.map(|path| path.key_of(&bytes));
-        Ok(Encoded {
-            bytes,
-            key,
-            traceparent,
-            tracestate,
-            published_at: wire::now_unix_micros(),
-        })
-    }
-
-    /// Appends an encoded event under the next sequence (which must be `expected`, when
-    /// given), hands it to the groups and wakes the plain streams waiting for it.
-    pub(crate) fn append(
-        &self,
-        encoded: Encoded,
-        expected: Option<u64>,
-    ) -> Result<Cursor, PublishError> {
-        let mut state = self.lock();
-        let sequence = state.log.next_sequence();
-        if expected.is_some_and(|expected| expected != sequence) {
-            drop(state);
-            return Err(PublishError::Io {
-                rpc: self.method.clone(),
-                reason: format!(
-                    "the event's sequence is {expected:?}, the log's next is {sequence}"
-                ),
-            });
-        }
-        let stored = encoded.stored(self.epoch, sequence);
-        if let Err(error) = state.log.append(stored.clone()) {
-            drop(state);
-            self.metrics.log_errors.increment(1);
-            tracing::error!(rpc = %self.method, %error, "writing an event to the event log failed; publish_* returns the error");
-            return Err(PublishError::Io {
-                rpc: self.method.clone(),
-                reason: format!("writing the event: {error}"),
-            });
-        }
-        let dropped = state.log.dropped_past_bound();
-        if dropped > state.compaction_dropped {
-            self.metrics
-                .compaction_dropped
-                .increment(dropped - state.compaction_dropped);
-            if state.compaction_dropped == 0 {
-                tracing::warn!(rpc = %self.method, "more keys than `max_compacted_keys` are kept by compaction: the oldest kept events are dropped (counted in meshless_event_compaction_dropped_total; logged once)");
-            }
-            state.compaction_dropped = dropped;
-        }
-        // First deliveries only: a group that cannot take the event now reads it from the
-        // log later.
-        let State { groups, log, .. } = &mut *state;
-        groups.offer(&stored, log.as_mut());
-        self.latest.store(sequence, Ordering::Release);
-        let woken = state.waiters.take();
-        drop(state);
-        if !woken.is_empty() {
-            let emptied = fanout::wake(woken);
-            self.lock().waiters.recycle(emptied);
-        }
-        self.metrics.published.increment(1);
-        Ok(Cursor {
-            epoch: self.epoch,
-            sequence,
-        })
-    }
-}
-
-/// An event encoded for an event RPC, waiting for its sequence.
-#[derive(Debug)]
-pub(crate) struct Encoded {
-    /// The event's message, encoded; its metadata is appended with the sequence.
-    pub(crate) bytes: BytesMut,
-    /// The event's key, for an event RPC with keys.
-    pub(crate) key: Option<Vec<u8>>,
-    /// The publisher's span (W3C trace context), empty without one.
-    pub(crate) traceparent: String,
-    pub(crate) tracestate: String,
-    /// Microseconds since the Unix epoch.
-    pub(crate) published_at: i64,
-}
-
-impl Encoded {
-    /// The event as the log keeps it: its metadata appended, under `sequence` of `epoch`.
-    pub(crate) fn stored(self, epoch: u64, sequence: u64) -> Stored {
-        let Encoded {
-            mut bytes,
-            key,
-            traceparent,
-            tracestate,
-            published_at,
-        } = self;
-        // An empty key (a string or bytes key left unset) is no key.
-        let key_hash = key
-            .as_deref()
-            .filter(|key| !key.is_empty())
-            .map(crate::keys::hash);
-        // Straight into the event's buffer, which has room for it.
-        wire::append_published(
-            &mut bytes,
-            wire::Published {
-                epoch,
-                sequence,
-                published_at,
-                traceparent,
-                tracestate,
-                key: key.unwrap_or_default(),
-            },
-        );
-        Stored {
-            sequence,
-            published_at: u64::try_from(published_at).unwrap_or(0),
-            bytes: bytes.freeze(),
-            key: key_hash,
-        }
-    }
 }
 
 mod drain;
 mod groups;
 mod plain;
+mod publish;
 mod status;
 
 #[cfg(test)]

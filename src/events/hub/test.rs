@@ -1,6 +1,8 @@
 //! The hub: sequences and cursors, where subscriptions start (from a cursor, a time, the latest
 //! per key), and what a publish refuses.
 
+use prost::Message as _;
+
 use super::plain::Position;
 use super::*;
 use crate::events::protocol::{Refusal, Subscription};
@@ -152,6 +154,88 @@ fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
     assert!(matches!(error, PublishError::TooLarge { size, limit: 100, .. } if size > 200));
     // Nothing was kept, and the next event gets the first sequence.
     assert_eq!(hub.publish(&WireCursor::default()).unwrap().sequence, 1);
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_batch_takes_consecutive_sequences_and_wakes_a_waiting_stream_once() {
+    let hub = hub(10);
+    publish(&hub, 1);
+    let wakes = std::sync::Arc::new(Wakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let (mut next, mut registered, mut batch) = (2, None, std::collections::VecDeque::new());
+    let fetched = hub.fetch(&mut next, 1, &mut batch, (1, &mut registered), &waker);
+    assert!(matches!(fetched, Fetched::Waiting));
+
+    let events: Vec<WireCursor> = (10..14)
+        .map(|sequence| WireCursor { epoch: 0, sequence })
+        .collect();
+    let last = hub.publish_batch(&events).unwrap();
+    assert_eq!(
+        last,
+        Some(WireCursor {
+            epoch: 77,
+            sequence: 5
+        })
+    );
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "one wake-up for the batch"
+    );
+    assert!(matches!(
+        hub.fetch(&mut next, 1, &mut batch, (1, &mut registered), &waker),
+        Fetched::Events { missed: 0 }
+    ));
+    let read: Vec<(u64, u64)> = batch
+        .iter()
+        .map(|stored| {
+            let (event, metadata) = wire::Envelope::<WireCursor>::decode(&stored.bytes[..])
+                .unwrap()
+                .into_parts()
+                .unwrap();
+            (metadata.sequence, event.sequence)
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [(2, 10), (3, 11), (4, 12), (5, 13)],
+        "in the batch's order"
+    );
+
+    assert_eq!(hub.publish_batch::<WireCursor>(&[]).unwrap(), None);
+    assert_eq!(hub.latest(), 5, "an empty batch publishes nothing");
+}
+
+#[test]
+fn a_batch_with_one_event_too_large_is_refused_whole() {
+    let mut settings = HubSettings::new("test.v1.S/E".into(), 77, 10, 8);
+    settings.max_event_size = 100;
+    let hub = Hub::with_log(
+        settings,
+        Box::new(crate::events::log::MemoryLog::new(10)),
+        None,
+    );
+    let small = crate::v1::Acknowledgement::default();
+    let large = crate::v1::Acknowledgement {
+        rpc: "x".repeat(200),
+        ..Default::default()
+    };
+    let error = hub
+        .publish_batch(&[small.clone(), large, small.clone()])
+        .unwrap_err();
+    assert!(matches!(error, PublishError::TooLarge { limit: 100, .. }));
+    assert_eq!(hub.latest(), 0, "none of the batch is kept");
+    assert_eq!(hub.publish(&small).unwrap().sequence, 1);
 }
 
 #[test]

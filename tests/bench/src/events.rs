@@ -97,12 +97,34 @@ fn message(size: usize) -> String {
 #[derive(Clone)]
 pub enum Producer {
     Meshless(mesh::EchoPublisher),
+    /// Publishes with `publish_echoed_batch`, this many events at a time.
+    MeshlessBatches(mesh::EchoPublisher, usize),
     Raw(broadcast::Sender<plain::EchoedEvent>),
     Nats(async_nats::Client),
 }
 
 impl Producer {
     async fn publish(&self, count: u64, size: usize, per_second: Option<u64>) {
+        if let Producer::MeshlessBatches(publisher, batch) = self {
+            let mut events = Vec::with_capacity(*batch);
+            let mut left = count;
+            while left > 0 {
+                let take = left.min(*batch as u64);
+                events.clear();
+                events.extend((0..take).map(|_| mesh::EchoedEvent {
+                    message: message(size),
+                }));
+                publisher
+                    .publish_echoed_batch(&events)
+                    .expect("small events");
+                left -= take;
+                // Let the runtime's other tasks (the streams) run, as one at a time does.
+                if (count - left) % 1024 < take {
+                    tokio::task::yield_now().await;
+                }
+            }
+            return;
+        }
         // At a rate, each event goes out at its own time, not in bursts.
         let started = Instant::now();
         for i in 0..count {
@@ -112,7 +134,7 @@ impl Producer {
             }
             let message = message(size);
             match self {
-                Producer::Meshless(publisher) => {
+                Producer::Meshless(publisher) | Producer::MeshlessBatches(publisher, _) => {
                     publisher
                         .publish_echoed(mesh::EchoedEvent { message })
                         .expect("a small event");
@@ -247,6 +269,9 @@ pub enum Contender {
 }
 
 /// Where the producer with its log in files keeps it: removed by the events section.
+/// How many events the batch rows publish at a time (`publish_*_batch`).
+const BATCH: usize = 100;
+
 pub fn durable_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("meshless-bench-events-{}", std::process::id()))
 }
@@ -297,12 +322,22 @@ pub async fn producers(
         (
             "meshless",
             Contender::Meshless(mesh_addr),
-            Producer::Meshless(publisher),
+            Producer::Meshless(publisher.clone()),
         ),
         (
             "meshless, log in files",
             Contender::Meshless(durable_addr),
-            Producer::Meshless(durable),
+            Producer::Meshless(durable.clone()),
+        ),
+        (
+            "meshless, batches of 100",
+            Contender::Meshless(mesh_addr),
+            Producer::MeshlessBatches(publisher, BATCH),
+        ),
+        (
+            "meshless, files, batches of 100",
+            Contender::Meshless(durable_addr),
+            Producer::MeshlessBatches(durable, BATCH),
         ),
     ];
     if let Some(url) = nats {

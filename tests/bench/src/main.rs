@@ -74,14 +74,19 @@ fn main() {
     let server = server_runtime.handle().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server_core = cores.first().copied();
-    let server_thread = std::thread::spawn(move || {
-        if let Some(core) = server_core {
-            core_affinity::set_for_current(core);
-        }
-        server_runtime.block_on(async {
-            let _ = stopped.await;
-        });
-    });
+    // Named, so that a profile can tell the servers' thread apart (`perf report --comm
+    // bench-server`).
+    let server_thread = std::thread::Builder::new()
+        .name("bench-server".into())
+        .spawn(move || {
+            if let Some(core) = server_core {
+                core_affinity::set_for_current(core);
+            }
+            server_runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })
+        .expect("the servers' thread");
     if let Some(core) = cores.get(1).copied() {
         core_affinity::set_for_current(core);
     }
@@ -235,12 +240,14 @@ async fn tracing_section(bench: &Bench) {
         ),
     ] {
         println!(
-            "  {:<44} {:>10.0} {:>9.0} {:>9.0} {:>8.2}",
+            "  {:<44} {:>10.0} {:>9.0} {:>9.0} {:>8.2}   {} failed of {}",
             name,
             report.per_second,
             report.p50_us,
             report.p99_us,
-            report.per_second / base.per_second
+            report.per_second / base.per_second,
+            report.errors,
+            report.calls
         );
     }
     for (name, report) in [
@@ -378,7 +385,7 @@ async fn events_section(bench: &Bench) {
 
     println!("Events, 1 producer -> N observers, every event delivered (cursors on for meshless)");
     println!(
-        "  {:<24} {:>5} {:>9} {:>13} {:>10} {:>12} {:>9}",
+        "  {:<32} {:>5} {:>9} {:>13} {:>10} {:>12} {:>9}",
         "", "N", "size", "events/s", "x raw", "delivered", "cpu/ev ns"
     );
     let mut cpu_by_observers = Vec::new();
@@ -409,7 +416,7 @@ async fn events_section(bench: &Bench) {
                     cpu_by_observers.push((observers, r.producer_cpu_per_event));
                 }
                 println!(
-                    "  {:<24} {:>5} {:>8}B {:>13.0} {:>10} {:>12} {:>9}",
+                    "  {:<32} {:>5} {:>8}B {:>13.0} {:>10} {:>12} {:>9}",
                     r.name,
                     r.observers,
                     r.size,
@@ -452,8 +459,12 @@ async fn events_section(bench: &Bench) {
         "", "p50 us", "p99 us", "x p99"
     );
     let mut raw_p99 = f64::NAN;
-    let mut rows: Vec<(&str, &events::Contender, &events::Producer)> =
-        producers.iter().map(|(n, c, p)| (*n, c, p)).collect();
+    // One event at a time: the batch rows publish bursts.
+    let mut rows: Vec<(&str, &events::Contender, &events::Producer)> = producers
+        .iter()
+        .filter(|(name, _, _)| !name.contains("batches"))
+        .map(|(n, c, p)| (*n, c, p))
+        .collect();
     let plain_on_meshless =
         producers
             .iter()
