@@ -81,15 +81,16 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
         let batch_doc = docs::lines(&[
             format!("Publishes `events` of `{}` as [`{publish}`](Self::{publish}) does each, all or none, under", method.proto_name),
             "consecutive sequences, and returns the last one's cursor (`None` for no events). The batch".to_owned(),
-            "takes the publisher's lock once, is written to the event log in one write (a publisher with".to_owned(),
-            "a directory) and wakes each subscriber once: cheaper per event than one publish each. One".to_owned(),
-            "event too large refuses the batch, and a failed write publishes none of it.".to_owned(),
+            "takes the event RPC's lock once, is written to the event log at once (a publisher with a".to_owned(),
+            "directory; a crash during that write keeps none of it) and wakes each subscriber once:".to_owned(),
+            "cheaper per event than one publish each. One event too large refuses the batch, as does a".to_owned(),
+            "batch over 64 MiB encoded (`PublishError::BatchTooLarge`); a failed write publishes none of it.".to_owned(),
         ]);
         let publish_batch_durable = format_ident!("publish_{}_batch_durable", method.name);
         let batch_durable_doc = docs::lines(&[
             format!("Publishes `events` of `{}` as [`{publish_batch}`](Self::{publish_batch}) does, and returns", method.proto_name),
-            "once they are on stable storage (one `fdatasync` for the batch; at once for a publisher".to_owned(),
-            "without a directory).".to_owned(),
+            "once they are on stable storage (syncs are shared with other durable publishes; at once for".to_owned(),
+            "a publisher without a directory).".to_owned(),
         ]);
         quote! {
             #doc

@@ -17,6 +17,20 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// A batch (`publish_*_batch`) larger, encoded, than one batch may be (64 MiB, or
+    /// [`PublisherSettings::max_event_size`](super::PublisherSettings::max_event_size) when
+    /// that is larger): none of it was published. Publish it as several batches.
+    #[error("the batch of {events} {rpc} events is {size} bytes encoded; a batch holds at most {limit}: publish it as several")]
+    BatchTooLarge {
+        /// The event RPC, `package.Service/Method`.
+        rpc: String,
+        /// How many events the batch holds.
+        events: usize,
+        /// The batch's encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The event could not be written to the event log's files (a full disk, an I/O error),
     /// or, for a durable publish, synced to stable storage. Not kept when it could not be
     /// written; when only the sync failed, it was published but may not survive a crash of

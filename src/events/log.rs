@@ -92,9 +92,9 @@ pub(crate) trait EventLog: Send + 'static {
 
     /// Appends events whose sequences follow [`next_sequence`](Self::next_sequence) in order,
     /// all or none: on error none of them is in the log. A log that writes does it in one
-    /// write.
+    /// write, and overrides this default, which is for logs whose `append` cannot fail (in
+    /// memory).
     fn append_all(&mut self, events: &[Stored]) -> std::io::Result<()> {
-        // What appends in memory only, which cannot fail halfway.
         for event in events {
             self.append(event.clone())?;
         }

@@ -149,13 +149,16 @@ impl Subscription {
 }
 
 impl From<PublishError> for tonic::Status {
-    /// `RESOURCE_EXHAUSTED` for an event over the size limit, as for any message over it;
+    /// `RESOURCE_EXHAUSTED` for an event (or a batch) over the size limit, as for any message
+    /// over it;
     /// `UNAVAILABLE` when the event log failed (another instance may take the call);
     /// `FAILED_PRECONDITION` for a plain publish on a publisher whose events are published in
     /// transactions.
     fn from(error: PublishError) -> Self {
         match error {
-            PublishError::TooLarge { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            PublishError::TooLarge { .. } | PublishError::BatchTooLarge { .. } => {
+                tonic::Status::resource_exhausted(error.to_string())
+            }
             PublishError::Io { .. } => tonic::Status::unavailable(error.to_string()),
             PublishError::InTransaction { .. } => {
                 tonic::Status::failed_precondition(error.to_string())

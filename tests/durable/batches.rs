@@ -3,7 +3,7 @@
 
 use meshless::events::{PublishError, PublisherSettings};
 
-use super::{echoed, first_events, scratch, support};
+use super::{cut_at_event, echoed, first_events, scratch, support};
 
 #[tokio::test]
 async fn a_batch_is_read_in_order_and_kept_across_a_reopen() {
@@ -85,4 +85,38 @@ async fn a_batch_with_an_event_too_large_publishes_none_of_it() {
     );
     let next = publisher.publish_echoed(echoed("after")).unwrap();
     assert_eq!(next.sequence, 1, "nothing of the refused batch was kept");
+}
+
+#[tokio::test]
+async fn a_batch_cut_by_a_killed_process_inside_its_write_is_not_published() {
+    let dir = scratch();
+    let publisher = support::EchoPublisher::open(&dir.0).unwrap();
+    publisher.publish_echoed(echoed("one")).unwrap();
+    let two = publisher.publish_echoed(echoed("two")).unwrap();
+    publisher
+        .publish_echoed_batch(&[echoed("three"), echoed("four"), echoed("five")])
+        .unwrap();
+    drop(publisher);
+    // What a process killed inside the batch's write leaves: the batch's first two records
+    // whole, not its last; and no clean close.
+    cut_at_event(&dir.0, 5, 0);
+    std::fs::remove_file(dir.0.join("closed-cleanly")).unwrap();
+
+    let reopened = support::EchoPublisher::open(&dir.0).unwrap();
+    assert_eq!(
+        reopened.as_publisher().epoch(),
+        two.epoch,
+        "the epoch goes on"
+    );
+    let after = reopened.publish_echoed(echoed("after")).unwrap();
+    assert_eq!(after.sequence, 3, "none of the batch was kept");
+    let producer = support::Running::publishing(reopened).await;
+    let read = first_events(&producer.target(), None, 3).await;
+    assert_eq!(
+        read.iter()
+            .map(|(message, _, sequence, _)| (message.as_str(), *sequence))
+            .collect::<Vec<_>>(),
+        [("one", 1), ("two", 2), ("after", 3)]
+    );
+    producer.stop().await.unwrap();
 }

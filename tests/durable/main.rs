@@ -333,7 +333,9 @@ fn cut_at_event(dir: &Path, sequence: u64, bytes: usize) {
     let data = std::fs::read(&last).unwrap();
     let mut at = 0;
     loop {
-        let length = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        // The top bit marks a record followed by one of the same batch.
+        let length =
+            (u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) & 0x7FFF_FFFF) as usize;
         let record_sequence = u64::from_le_bytes(data[at + 8..at + 16].try_into().unwrap());
         if record_sequence == sequence {
             break;

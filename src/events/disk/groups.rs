@@ -149,6 +149,7 @@ fn change_at(data: &Bytes, at: usize) -> Option<(GroupChange, usize)> {
             published_at: 0,
             event,
             end,
+            ..
         } => Some((decode(&event)?, end)),
         _ => None,
     }

@@ -96,6 +96,7 @@ pub(super) fn read(dir: &Path, before: u64) -> std::io::Result<Vec<Stored>> {
                 published_at,
                 event,
                 end,
+                ..
             } => {
                 if sequence < before {
                     events.push(Stored {

@@ -214,9 +214,10 @@ impl DiskLog {
         old
     }
 
-    /// Appends `events` to the current segment in one write, and to the memory window, then
-    /// rolls to a new segment when this one is full (a batch is never split across segments,
-    /// so that a failed write keeps none of it).
+    /// Appends `events` to the current segment in one write (records marked as one batch), and
+    /// to the memory window, then rolls to a new segment when this one is full. A batch is
+    /// never split across segments: a failed write keeps none of it, and recovery after a
+    /// write interrupted inside it (a crash) neither.
     fn write(&mut self, events: &[Stored]) -> std::io::Result<()> {
         if let Some(event) = events.iter().find(|event| event.bytes.len() > MAX_EVENT) {
             return Err(std::io::Error::new(
@@ -232,11 +233,20 @@ impl DiskLog {
         };
         self.cut_partial()?;
         self.scratch.clear();
-        for event in events {
-            record::encode(
+        self.scratch.reserve(
+            events
+                .iter()
+                .map(|event| record::HEADER + record::SEQUENCE + event.bytes.len())
+                .sum(),
+        );
+        for (index, event) in events.iter().enumerate() {
+            // Recovery keeps a batch only with its last record: all of it, or none.
+            let more = index + 1 < events.len();
+            record::encode_in_batch(
                 event.sequence,
                 event.published_at,
                 &event.bytes,
+                more,
                 &mut self.scratch,
             );
         }

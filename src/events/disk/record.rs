@@ -2,6 +2,11 @@
 //! where the body is `[sequence: u64][publish time: u64][the event, encoded with its
 //! metadata]`. A record that the data ends inside is cut (what a write interrupted part way
 //! leaves); one whose length or checksum does not hold is corrupt.
+//!
+//! The length's top bit says that the next record belongs to the same batch
+//! (`publish_*_batch`): a batch's records are written at once, and recovery keeps a batch only
+//! once its last record (the bit clear) is whole, so that a write interrupted inside a batch
+//! keeps none of it. Records written one at a time have the bit clear.
 
 use bytes::Bytes;
 
@@ -10,20 +15,36 @@ use super::crc;
 /// Length and checksum.
 pub(super) const HEADER: usize = 8;
 /// Sequence and publish time.
-const SEQUENCE: usize = 16;
+pub(super) const SEQUENCE: usize = 16;
 /// No body is longer: a length past it is garbage, not a record. Appends refuse bodies past it.
 pub(super) const MAX_BODY: usize = 1024 * 1024 * 1024;
 
 /// The largest event (encoded, with its metadata) a record holds.
 pub(crate) const MAX_EVENT: usize = MAX_BODY - SEQUENCE;
 
+/// In the length field: the next record is of the same batch.
+const MORE: u32 = 1 << 31;
+
 /// Appends the record of event `sequence` to `out`.
 pub(super) fn encode(sequence: u64, published_at: u64, event: &[u8], out: &mut Vec<u8>) {
+    encode_in_batch(sequence, published_at, event, false, out);
+}
+
+/// Appends the record of event `sequence` to `out`; `more`: the next record is of the same
+/// batch.
+pub(super) fn encode_in_batch(
+    sequence: u64,
+    published_at: u64,
+    event: &[u8],
+    more: bool,
+    out: &mut Vec<u8>,
+) {
     let mut prefix = [0u8; SEQUENCE];
     prefix[..8].copy_from_slice(&sequence.to_le_bytes());
     prefix[8..].copy_from_slice(&published_at.to_le_bytes());
     let length = u32::try_from(SEQUENCE + event.len()).unwrap_or(u32::MAX);
     let checksum = crc::update(crc::update(0, &prefix), event);
+    let length = if more { length | MORE } else { length };
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&checksum.to_le_bytes());
     out.extend_from_slice(&prefix);
@@ -33,12 +54,14 @@ pub(super) fn encode(sequence: u64, published_at: u64, event: &[u8], out: &mut V
 /// What lies at an offset of a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Scanned {
-    /// A whole record; the next one starts at `end`.
+    /// A whole record; the next one starts at `end`. `more`: the next record is of the same
+    /// batch.
     Record {
         sequence: u64,
         published_at: u64,
         event: Bytes,
         end: usize,
+        more: bool,
     },
     /// The end of the data.
     End,
@@ -57,7 +80,9 @@ pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
     let Some(length) = rest.get(0..4) else {
         return Scanned::Cut;
     };
-    let length = u32::from_le_bytes(length.try_into().unwrap_or_default()) as usize;
+    let length = u32::from_le_bytes(length.try_into().unwrap_or_default());
+    let more = length & MORE != 0;
+    let length = (length & !MORE) as usize;
     if !(SEQUENCE..=MAX_BODY).contains(&length) {
         return Scanned::Corrupt;
     }
@@ -77,12 +102,35 @@ pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
         published_at,
         event: data.slice(start..at + HEADER + length),
         end: at + HEADER + length,
+        more,
     }
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn the_records_of_a_batch_say_that_more_follow_but_the_last() {
+        let mut out = Vec::new();
+        encode_in_batch(1, 10, b"a", true, &mut out);
+        encode_in_batch(2, 20, b"b", false, &mut out);
+        let data = Bytes::from(out);
+        let Scanned::Record { more, end, .. } = scan(&data, 0) else {
+            panic!("a record");
+        };
+        assert!(more);
+        let Scanned::Record {
+            sequence,
+            more,
+            event,
+            ..
+        } = scan(&data, end)
+        else {
+            panic!("a record");
+        };
+        assert_eq!((sequence, more, &event[..]), (2, false, &b"b"[..]));
+    }
 
     fn two_records() -> Vec<u8> {
         let mut out = Vec::new();
@@ -99,6 +147,7 @@ mod test {
             published_at,
             event,
             end,
+            ..
         } = scan(&data, 0)
         else {
             panic!("a record");

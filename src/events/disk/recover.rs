@@ -80,6 +80,10 @@ pub(crate) fn recover(dir: &Path, retain: usize, compact: bool) -> std::io::Resu
         let data = Bytes::from(std::fs::read(path)?);
         let mut at = 0;
         kept = index + 1;
+        // The records of a batch read so far, kept once its last one is whole, and where the
+        // batch starts.
+        let mut batch: Vec<Stored> = Vec::new();
+        let mut batch_at = 0;
         let invalid = loop {
             match record::scan(&data, at) {
                 Scanned::Record {
@@ -87,22 +91,34 @@ pub(crate) fn recover(dir: &Path, retain: usize, compact: bool) -> std::io::Resu
                     published_at,
                     event,
                     end,
+                    more,
                 } if sequence == next => {
-                    if retain > 0 || compact {
-                        if events.len() == retain && !compact {
-                            events.pop_front();
-                        }
-                        events.push_back(Stored {
-                            sequence,
-                            published_at,
-                            key: wire::key_hash_of(&event),
-                            bytes: event,
-                        });
+                    if batch.is_empty() {
+                        batch_at = at;
                     }
+                    batch.push(Stored {
+                        sequence,
+                        published_at,
+                        key: wire::key_hash_of(&event),
+                        bytes: event,
+                    });
                     next += 1;
                     at = end;
+                    if more {
+                        continue;
+                    }
+                    for stored in batch.drain(..) {
+                        if retain > 0 || compact {
+                            if events.len() == retain && !compact {
+                                events.pop_front();
+                            }
+                            events.push_back(stored);
+                        }
+                    }
                 }
-                Scanned::End => break None,
+                Scanned::End if batch.is_empty() => break None,
+                // A batch whose last record was never written: none of it was published.
+                Scanned::End => break Some(("ends inside a batch".to_owned(), index + 1 == count)),
                 Scanned::Record { sequence, .. } => {
                     break Some((
                         format!("holds event {sequence} where event {next} belongs"),
@@ -116,6 +132,11 @@ pub(crate) fn recover(dir: &Path, retain: usize, compact: bool) -> std::io::Resu
             }
         };
         if let Some((what, cut_tail)) = invalid {
+            // What is valid ends before the batch left unfinished, if any.
+            if !batch.is_empty() {
+                next -= batch.len() as u64;
+                at = batch_at;
+            }
             damage = Some(Damage {
                 what: format!("{} {what} at byte {at} of {}", path.display(), data.len()),
                 cut_tail,

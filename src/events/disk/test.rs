@@ -217,6 +217,44 @@ fn a_failed_batch_write_leaves_none_of_the_batch_behind() {
     );
 }
 
+#[test]
+fn a_batch_whose_last_record_was_never_written_is_not_recovered() {
+    let scratch = Scratch::new();
+    let mut log = open(&scratch.0, 100);
+    append(&mut log, 2);
+    log.append_all(&(3..=5).map(event).collect::<Vec<_>>())
+        .unwrap();
+    let path = log.segments.back().unwrap().1.clone();
+    drop(log);
+    // What a process killed inside the batch's write leaves: the records of events 3 and 4
+    // whole, not the last one.
+    let length = std::fs::metadata(&path).unwrap().len();
+    let last_record = (record::HEADER + record::SEQUENCE + "event 5".len()) as u64;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(length - last_record).unwrap();
+    drop(file);
+
+    let mut log = open(&scratch.0, 100);
+    assert_eq!(
+        all(&log).iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [1, 2],
+        "none of the batch"
+    );
+    assert_eq!(log.next_sequence(), 3);
+    append(&mut log, 1);
+    drop(log);
+    let log = open(&scratch.0, 100);
+    assert_eq!(
+        all(&log),
+        vec![
+            (1, Bytes::from("event 1")),
+            (2, Bytes::from("event 2")),
+            (3, Bytes::from("event 3"))
+        ],
+        "the next event follows the last whole one"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_waits_share_syncs() {
     let scratch = Scratch::new();

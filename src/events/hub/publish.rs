@@ -16,6 +16,9 @@ use crate::events::log::Stored;
 use crate::events::wire;
 use crate::v1::Cursor;
 
+/// The most bytes of events (encoded) one batch holds, unless one event may be larger.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
 impl Hub {
     /// Publishes an event: never waits for subscribers. An event too large for the stream's
     /// message limit is refused, so that it can never hold up the events behind it.
@@ -24,9 +27,9 @@ impl Hub {
         self.append(encoded, None)
     }
 
-    /// Publishes `events` under consecutive sequences, all or none: one too large refuses the
-    /// batch, and a failed write keeps none of it. Returns the last one's cursor (`None` for
-    /// no events).
+    /// Publishes `events` under consecutive sequences, all or none: one too large, or all of
+    /// them over [`MAX_BATCH_BYTES`], refuses the batch, and a failed write keeps none of it.
+    /// Returns the last one's cursor (`None` for no events).
     pub(crate) fn publish_batch<T: Message>(
         &self,
         events: &[T],
@@ -37,6 +40,19 @@ impl Hub {
             .collect::<Result<Vec<_>, _>>()?;
         if encoded.is_empty() {
             return Ok(None);
+        }
+        // Bounded: it is written (and copied once for that) under the lock, and a segment of
+        // the file log holds it whole.
+        let size: usize = encoded.iter().map(|encoded| encoded.bytes.len()).sum();
+        let limit = MAX_BATCH_BYTES.max(self.max_event_size);
+        if size > limit {
+            self.metrics.refused.increment(encoded.len() as u64);
+            return Err(PublishError::BatchTooLarge {
+                rpc: self.method.clone(),
+                events: encoded.len(),
+                size,
+                limit,
+            });
         }
         let mut state = self.lock();
         let first = state.log.next_sequence();

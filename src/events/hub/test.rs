@@ -167,7 +167,7 @@ impl std::task::Wake for Wakes {
 }
 
 #[test]
-fn a_batch_takes_consecutive_sequences_and_wakes_a_waiting_stream_once() {
+fn a_batch_takes_consecutive_sequences_and_wakes_a_waiting_stream() {
     let hub = hub(10);
     publish(&hub, 1);
     let wakes = std::sync::Arc::new(Wakes::default());
@@ -236,6 +236,24 @@ fn a_batch_with_one_event_too_large_is_refused_whole() {
     assert!(matches!(error, PublishError::TooLarge { limit: 100, .. }));
     assert_eq!(hub.latest(), 0, "none of the batch is kept");
     assert_eq!(hub.publish(&small).unwrap().sequence, 1);
+}
+
+#[test]
+fn a_batch_over_the_batch_limit_is_refused_whole() {
+    let hub = hub(10);
+    let megabyte = crate::v1::Acknowledgement {
+        rpc: "x".repeat(1024 * 1024),
+        ..Default::default()
+    };
+    let batch = vec![megabyte; publish::MAX_BATCH_BYTES / (1024 * 1024) + 1];
+    let error = hub.publish_batch(&batch).unwrap_err();
+    assert!(
+        matches!(error, PublishError::BatchTooLarge { events, limit, .. } if events == batch.len() && limit == publish::MAX_BATCH_BYTES),
+        "{error}"
+    );
+    assert_eq!(hub.latest(), 0, "none of the batch is kept");
+    // Each event is 1 MiB and a few bytes encoded: 63 of them fit.
+    assert!(hub.publish_batch(&batch[2..]).unwrap().is_some());
 }
 
 #[test]

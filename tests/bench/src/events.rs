@@ -268,10 +268,10 @@ pub enum Contender {
     },
 }
 
-/// Where the producer with its log in files keeps it: removed by the events section.
 /// How many events the batch rows publish at a time (`publish_*_batch`).
 const BATCH: usize = 100;
 
+/// Where the producer with its log in files keeps it: removed by the events section.
 pub fn durable_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("meshless-bench-events-{}", std::process::id()))
 }
