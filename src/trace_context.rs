@@ -123,12 +123,15 @@ mod enabled {
     /// unsampled one, is handled without a span: OpenTelemetry's sampling decision is the
     /// publisher's, and a span per event and observer would otherwise cost every delivery.
     pub(crate) fn traces_event(traceparent: &str) -> bool {
-        // version "-" trace-id "-" parent-id "-" trace-flags, the sampled flag being bit 0.
-        let flags = traceparent
-            .rsplit('-')
-            .next()
-            .and_then(|flags| u8::from_str_radix(flags, 16).ok());
-        traceparent.len() == 55 && flags.is_some_and(|flags| flags & 1 == 1)
+        // version "-" trace-id "-" parent-id "-" trace-flags (55 bytes), the sampled flag
+        // being bit 0 of the flags. Checked per event and observer: the length first, which
+        // an event published outside a trace (no traceparent) fails at once.
+        traceparent.len() == 55
+            && traceparent.as_bytes()[52] == b'-'
+            && traceparent
+                .get(53..)
+                .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+                .is_some_and(|flags| flags & 1 == 1)
     }
 
     /// Links `span` to the publisher's span that an event's metadata names.
@@ -184,5 +187,8 @@ mod test {
         assert!(!traces_event(""));
         assert!(!traces_event("garbage"));
         assert!(!traces_event(&sampled[..54]));
+        // 55 bytes that are not a traceparent.
+        assert!(!traces_event(&"0".repeat(55)));
+        assert!(!traces_event(&format!("{}-0x", &sampled[..52])));
     }
 }

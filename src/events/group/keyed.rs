@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::member::{Members, Unacked};
+use super::seeded::NumberMap;
 use crate::keys;
 
 /// How many keys' owners a group remembers between two changes of its members.
@@ -30,21 +31,21 @@ const NOBODY: u64 = 0;
 #[derive(Debug, Default)]
 pub(super) struct Keyed {
     /// Keys with an event out (delivered, not acknowledged), and the member that has it.
-    busy: HashMap<u64, u64>,
+    busy: NumberMap<u64>,
     /// Events waiting for their key's turn, per key in order: their key has an event out, or
     /// its member has no room.
-    held: HashMap<u64, Held>,
+    held: NumberMap<Held>,
     /// Events in `held`.
     held_count: usize,
     /// Keys with events held and none out, by owner, each as (sequence of the first held,
     /// key): they wait only for their owner to have room.
-    waiting: HashMap<u64, BTreeSet<(u64, u64)>>,
+    waiting: NumberMap<BTreeSet<(u64, u64)>>,
     /// Owners whose waiting keys may go now: looked at by the next hand-out.
     may_take: BTreeSet<u64>,
     /// Connected members, as (hash of the name, key): the candidates for owning a key.
     live: Vec<(u64, u64)>,
     /// Owners computed since `live` last changed, by key.
-    owners: HashMap<u64, Option<u64>>,
+    owners: NumberMap<Option<u64>>,
     /// Rendezvous scores computed, for tests of the cost of a hand-out.
     #[cfg(test)]
     pub(super) scores: std::cell::Cell<u64>,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::lease::Lease;
+use super::seeded::NumberMap;
 use crate::events::filter::EventFilter;
 use crate::events::log::Stored;
 use crate::peer::PeerIdentity;
@@ -224,7 +225,7 @@ fn looked_at() {
 /// A group's members by key, their names, and the index of the live ones with room.
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    by_key: HashMap<u64, Member>,
+    by_key: NumberMap<Member>,
     names: HashMap<String, u64>,
     /// Live members with room, the least loaded first, then the one served longest ago:
     /// (unacknowledged, turn, key).

@@ -32,6 +32,7 @@ mod journal;
 mod keyed;
 mod lease;
 mod member;
+mod seeded;
 mod status;
 
 /// How many consumer groups one event RPC of a publisher serves. Past it, the group that has
