@@ -256,6 +256,10 @@ async fn a_rolled_back_publish_is_never_delivered() {
             publisher.publish_echoed(event("plain")),
             Err(PublishError::InTransaction { .. })
         ));
+        assert!(matches!(
+            publisher.publish_echoed_batch(&[event("plain"), event("batch")]),
+            Err(PublishError::InTransaction { .. })
+        ));
         // Committed after the rollback, with a plain commit (no helper): the publisher notices it
         // by itself.
         let mut committed = pool.begin().await.unwrap();
