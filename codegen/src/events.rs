@@ -83,7 +83,7 @@ pub(crate) fn publisher(service: &Service) -> TokenStream {
             "consecutive sequences, and returns the last one's cursor (`None` for no events). The batch".to_owned(),
             "takes the event RPC's lock once, is written to the event log at once (a publisher with a".to_owned(),
             "directory; a crash during that write keeps none of it) and wakes each subscriber once:".to_owned(),
-            "cheaper per event than one publish each. One event too large refuses the batch, as does a".to_owned(),
+            "cheaper per event than one publish each for small events. One event too large refuses the batch, as does a".to_owned(),
             "batch over 64 MiB encoded (`PublishError::BatchTooLarge`); a failed write publishes none of it.".to_owned(),
         ]);
         let publish_batch_durable = format_ident!("publish_{}_batch_durable", method.name);

@@ -4,9 +4,10 @@
 //! leaves); one whose length or checksum does not hold is corrupt.
 //!
 //! The length's top bit says that the next record belongs to the same batch
-//! (`publish_*_batch`): a batch's records are written at once, and recovery keeps a batch only
-//! once its last record (the bit clear) is whole, so that a write interrupted inside a batch
-//! keeps none of it. Records written one at a time have the bit clear.
+//! (`publish_*_batch`); the checksum then covers it too (the body's, continued over a byte 1).
+//! A batch's records are written at once, and recovery keeps a batch only once its last record
+//! (the bit clear) is whole, so that a write interrupted inside a batch keeps none of it.
+//! Records written one at a time have the bit clear.
 
 use bytes::Bytes;
 
@@ -24,6 +25,17 @@ pub(crate) const MAX_EVENT: usize = MAX_BODY - SEQUENCE;
 
 /// In the length field: the next record is of the same batch.
 const MORE: u32 = 1 << 31;
+
+/// The checksum of a record whose body checksums to `body`: a record marked "more follow"
+/// has the mark folded in, so that a flipped mark fails the checksum like a flipped byte of
+/// the body (records without it keep the checksum they always had).
+fn with_flag(body: u32, more: bool) -> u32 {
+    if more {
+        crc::update(body, &[1])
+    } else {
+        body
+    }
+}
 
 /// Appends the record of event `sequence` to `out`.
 pub(super) fn encode(sequence: u64, published_at: u64, event: &[u8], out: &mut Vec<u8>) {
@@ -43,7 +55,7 @@ pub(super) fn encode_in_batch(
     prefix[..8].copy_from_slice(&sequence.to_le_bytes());
     prefix[8..].copy_from_slice(&published_at.to_le_bytes());
     let length = u32::try_from(SEQUENCE + event.len()).unwrap_or(u32::MAX);
-    let checksum = crc::update(crc::update(0, &prefix), event);
+    let checksum = with_flag(crc::update(crc::update(0, &prefix), event), more);
     let length = if more { length | MORE } else { length };
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&checksum.to_le_bytes());
@@ -91,7 +103,7 @@ pub(super) fn scan(data: &Bytes, at: usize) -> Scanned {
     }
     let checksum = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
     let body = &rest[HEADER..HEADER + length];
-    if crc::update(0, body) != checksum {
+    if with_flag(crc::update(0, body), more) != checksum {
         return Scanned::Corrupt;
     }
     let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
@@ -130,6 +142,16 @@ mod test {
             panic!("a record");
         };
         assert_eq!((sequence, more, &event[..]), (2, false, &b"b"[..]));
+    }
+
+    #[test]
+    fn a_flipped_batch_mark_is_a_corrupt_record() {
+        for more in [true, false] {
+            let mut out = Vec::new();
+            encode_in_batch(1, 10, b"event", more, &mut out);
+            out[3] ^= 0x80;
+            assert_eq!(scan(&Bytes::from(out), 0), Scanned::Corrupt, "more: {more}");
+        }
     }
 
     fn two_records() -> Vec<u8> {

@@ -133,12 +133,15 @@ pub(crate) fn recover(dir: &Path, retain: usize, compact: bool) -> std::io::Resu
         };
         if let Some((what, cut_tail)) = invalid {
             // What is valid ends before the batch left unfinished, if any.
-            if !batch.is_empty() {
+            let what = if batch.is_empty() {
+                format!("{what} at byte {at}")
+            } else {
                 next -= batch.len() as u64;
                 at = batch_at;
-            }
+                format!("{what}, inside a batch from event {next} at byte {at}")
+            };
             damage = Some(Damage {
-                what: format!("{} {what} at byte {at} of {}", path.display(), data.len()),
+                what: format!("{} {what} of {}", path.display(), data.len()),
                 cut_tail,
                 valid_bytes: at as u64,
             });
