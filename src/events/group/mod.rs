@@ -13,7 +13,8 @@
 //!   waiting, by owner (with what a publish costs at the documented limits);
 //! - `lease.rs`: a member's lease and its timer; `idle.rs`: groups without members;
 //! - `journal.rs`: what a log that keeps groups is told, and groups formed again from it;
-//! - `status.rs`: the groups as the admin status shows them.
+//! - `status.rs`: the groups as the admin status shows them; `seeded.rs`: the hasher of the
+//!   maps keyed by numbers.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -377,17 +378,6 @@ impl Groups {
     #[cfg(test)]
     pub(crate) fn key_scores(&self) -> u64 {
         self.by_name.values().map(|g| g.keyed.scores.get()).sum()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
-        let group = &self.by_name[group];
-        group
-            .members
-            .key_of(member)
-            .and_then(|key| group.members.get(key))
-            .map(|member| member.unacked.iter().map(|u| u.event.sequence).collect())
-            .unwrap_or_default()
     }
 }
 

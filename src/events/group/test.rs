@@ -83,6 +83,19 @@ pub(super) fn ack(group: &str, member: &str, sequence: u64) -> Acknowledgement {
     }
 }
 
+impl Groups {
+    /// The sequences `member` of `group` has not acknowledged, in delivery order.
+    pub(crate) fn unacked(&self, group: &str, member: &str) -> Vec<u64> {
+        let group = &self.by_name[group];
+        group
+            .members
+            .key_of(member)
+            .and_then(|key| group.members.get(key))
+            .map(|member| member.unacked.iter().map(|u| u.event.sequence).collect())
+            .unwrap_or_default()
+    }
+}
+
 #[test]
 fn each_event_goes_to_one_member_the_least_loaded_first() {
     let hub = hub(100);

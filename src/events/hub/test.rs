@@ -137,19 +137,29 @@ fn a_cursor_from_the_future_is_invalid() {
     assert!(matches!(error, Refusal::CursorAhead { latest: 3, .. }));
 }
 
-#[test]
-fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
+/// A hub whose events may be 100 bytes encoded at most.
+fn hub_taking_at_most_100_bytes() -> std::sync::Arc<Hub> {
     let mut settings = HubSettings::new("test.v1.S/E".into(), 77, 10, 8);
     settings.max_event_size = 100;
-    let hub = Hub::with_log(
+    Hub::with_log(
         settings,
         Box::new(crate::events::log::MemoryLog::new(10)),
         None,
-    );
-    let large = crate::v1::Acknowledgement {
+    )
+}
+
+/// An event over 200 bytes encoded.
+fn over_200_bytes() -> crate::v1::Acknowledgement {
+    crate::v1::Acknowledgement {
         rpc: "x".repeat(200),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn an_event_too_large_for_its_streams_is_refused_and_not_kept() {
+    let hub = hub_taking_at_most_100_bytes();
+    let large = over_200_bytes();
     let error = hub.publish(&large).unwrap_err();
     assert!(matches!(error, PublishError::TooLarge { size, limit: 100, .. } if size > 200));
     // Nothing was kept, and the next event gets the first sequence.
@@ -218,18 +228,9 @@ fn a_batch_takes_consecutive_sequences_and_wakes_a_waiting_stream() {
 
 #[test]
 fn a_batch_with_one_event_too_large_is_refused_whole() {
-    let mut settings = HubSettings::new("test.v1.S/E".into(), 77, 10, 8);
-    settings.max_event_size = 100;
-    let hub = Hub::with_log(
-        settings,
-        Box::new(crate::events::log::MemoryLog::new(10)),
-        None,
-    );
+    let hub = hub_taking_at_most_100_bytes();
     let small = crate::v1::Acknowledgement::default();
-    let large = crate::v1::Acknowledgement {
-        rpc: "x".repeat(200),
-        ..Default::default()
-    };
+    let large = over_200_bytes();
     let error = hub
         .publish_batch(&[small.clone(), large, small.clone()])
         .unwrap_err();
